@@ -1,0 +1,191 @@
+"""Supervised fine-tuning: maximise the log-likelihood of completions given prompts.
+
+    preflab sft --model MODEL --data DATA --output-dir RUN
+
+The loss is the mean negative log-likelihood over completion tokens (prompt and padding
+masked; ``--no-completion-only`` trains on the prompt too). Over gradient accumulation the
+token-level sums are divided by the number of completion tokens in the *whole* optimizer
+batch, counted before the first backward, so 8 micro-batches of 1 give the same update as
+1 micro-batch of 8 (a mean per micro-batch would weight short examples more).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from preflab import models
+from preflab.config import TrainConfig, arg, parse_config
+from preflab.data import (
+    TruncationPolicy,
+    collate_sft,
+    load_sft_dataset,
+    split_train_eval,
+)
+from preflab.logprobs import nll_loss_sum, position_ids_from_attention_mask
+from preflab.runtime import distributed, memory, session
+from preflab.runtime.metrics import format_metrics
+from preflab.runtime.stream import ExampleStream
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """``preflab sft``: the shared training flags plus what is specific to SFT."""
+
+    learning_rate: float = arg(2e-4, "Peak learning rate of AdamW.")
+    completion_only: bool = arg(
+        True, "Count the loss on completion tokens only (--no-completion-only: whole sequence)."
+    )
+
+
+def truncation_policy(cfg: TrainConfig) -> TruncationPolicy:
+    return TruncationPolicy(
+        max_length=cfg.max_length,
+        max_prompt_length=cfg.max_prompt_length or None,
+        overlong=cfg.overlong,
+    )
+
+
+def load_data(cfg: SFTConfig, tokenizer):
+    policy = truncation_policy(cfg)
+    examples, report = load_sft_dataset(
+        cfg.data, tokenizer, policy, completion_only=cfg.completion_only
+    )
+    if cfg.eval_data:
+        eval_examples, _ = load_sft_dataset(
+            cfg.eval_data, tokenizer, policy, completion_only=cfg.completion_only
+        )
+    else:
+        examples, eval_examples = split_train_eval(examples, cfg.eval_fraction, cfg.seed)
+    return examples, eval_examples, report
+
+
+def forward_nll(model, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL over completion tokens of one micro-batch, and their count."""
+    input_ids = batch["input_ids"].to(device)
+    attention_mask = batch["attention_mask"].to(device)
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_attention_mask(attention_mask),
+        use_cache=False,
+    ).logits
+    return nll_loss_sum(logits, input_ids, batch["completion_mask"].to(device))
+
+
+@torch.no_grad()
+def evaluate(model, examples, cfg: SFTConfig, pad_id: int, run: session.Run) -> dict[str, float]:
+    """Mean NLL per completion token over the held-out examples (all ranks combined)."""
+    if not examples:
+        return {}
+    model.eval()
+    size = cfg.eval_batch_size or cfg.batch_size
+    mine = examples[run.ctx.rank :: run.ctx.world_size]
+    totals = torch.zeros(2, dtype=torch.float64)
+    for start in range(0, len(mine), size):
+        batch = collate_sft(mine[start : start + size], pad_id)
+        loss_sum, count = forward_nll(model, batch, run.device)
+        totals += torch.tensor([loss_sum.item(), float(count)], dtype=torch.float64)
+    totals = distributed.all_reduce_sum(totals, run.ctx)
+    model.train()
+    loss = (totals[0] / totals[1].clamp(min=1)).item()
+    return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0))}
+
+
+def train(cfg: SFTConfig) -> dict:
+    run = session.start_run(cfg, "sft")
+    tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    examples, eval_examples, data_report = load_data(cfg, tokenizer)
+    if run.ctx.is_main:
+        print(f"data: {len(examples)} train / {len(eval_examples)} eval examples; "
+              f"{data_report.summary()}", flush=True)
+    model = session.load_trainable(cfg, run)
+    model.train()
+    steps = session.total_steps(cfg, len(examples), run.ctx)
+    optimizer, scheduler = session.build_optimization(cfg, model, steps)
+    stream = ExampleStream(examples, seed=cfg.seed, rank=run.ctx.rank, world_size=run.ctx.world_size)
+    start_step = session.maybe_resume(
+        cfg, run, models={"policy": model}, optimizer=optimizer, scheduler=scheduler, stream=stream
+    )
+    ddp_model = distributed.wrap_ddp(model, run.ctx, run.device)
+    logger = session.open_logger(run, start_step)
+    pad_id = tokenizer.pad_token_id
+    throughput = session.Throughput()
+    if start_step == 0:
+        logger.log(0, evaluate(model, eval_examples, cfg, pad_id, run))
+
+    bar = tqdm(total=steps, initial=start_step, desc="sft", disable=not (cfg.progress and run.ctx.is_main),
+               file=sys.stderr, dynamic_ncols=True)
+    step = start_step
+    roles = None
+    running_loss = torch.zeros(2, dtype=torch.float64)  # loss-weighted tokens since last log
+    for step in range(start_step + 1, steps + 1):
+        micro_batches = [collate_sft(stream.next_batch(cfg.batch_size), pad_id) for _ in range(cfg.grad_accum)]
+        # Normalise by the completion tokens of the whole optimizer batch on every rank.
+        local_tokens = sum(int(b["completion_mask"][:, 1:].sum()) for b in micro_batches)
+        global_tokens = distributed.all_reduce_sum(torch.tensor(float(local_tokens)), run.ctx).item()
+        for i, batch in enumerate(micro_batches):
+            # DDP averages gradients over ranks; multiply back so the result is sum / tokens.
+            sync = i == len(micro_batches) - 1 or not run.ctx.enabled
+            with contextlib.nullcontext() if sync else ddp_model.no_sync():
+                loss_sum, _ = forward_nll(ddp_model, batch, run.device)
+                (loss_sum * run.ctx.world_size / max(global_tokens, 1.0)).backward()
+            running_loss += torch.tensor([loss_sum.item(), 0.0], dtype=torch.float64)
+            throughput.add(int(batch["attention_mask"].sum()))
+        running_loss[1] += local_tokens
+        grad_norm = None
+        if cfg.max_grad_norm > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        if roles is None:  # measured while gradients and optimizer state both exist
+            roles = {"policy": memory.role_tensor_bytes(model, optimizer)}
+        optimizer.zero_grad(set_to_none=True)
+        bar.update(1)
+
+        if step % cfg.log_every == 0 or step == steps:
+            totals = distributed.all_reduce_sum(running_loss, run.ctx)
+            record = {
+                "loss": (totals[0] / totals[1].clamp(min=1)).item(),
+                "lr": scheduler.get_last_lr()[0],
+                "tokens_per_sec": throughput.rate() * run.ctx.world_size,
+                "elapsed_s": run.elapsed(),
+                "epoch": stream.epoch,
+                "memory/peak_rss_bytes": memory.peak_rss_bytes(),
+            }
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            running_loss.zero_()
+            if cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
+                record.update(evaluate(model, eval_examples, cfg, pad_id, run))
+            logger.log(step, record)
+            bar.set_postfix_str(format_metrics(record, ("loss", "eval/loss", "tokens_per_sec")))
+        if cfg.save_every and step % cfg.save_every == 0 and step != steps:
+            session.save_step(run, step, models={"policy": model}, optimizer=optimizer,
+                              scheduler=scheduler, stream=stream)
+    bar.close()
+
+    final_eval = evaluate(model, eval_examples, cfg, pad_id, run)
+    logger.log(step, final_eval)
+    logger.close()
+    roles = roles or {"policy": memory.role_tensor_bytes(model, optimizer)}
+    summary = session.finish_run(
+        run, model=model, tokenizer=tokenizer, steps=step, tokens=throughput.tokens * run.ctx.world_size,
+        roles=roles, final_metrics=final_eval, data_report=data_report.as_dict(),
+    )
+    if run.ctx.is_main:
+        print(f"sft: {step} steps in {summary['wall_s']:.1f}s; "
+              f"{format_metrics(final_eval, ('eval/loss',))}; model in {run.dir / 'final'}", flush=True)
+    distributed.teardown(run.ctx)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(SFTConfig, argv, prog="preflab sft", description=__doc__)
+    train(cfg)
+    return 0

@@ -1,0 +1,71 @@
+"""``preflab <command>``: one command per job. Thin: parse, validate, call.
+
+Each command lives in its own module and exposes ``main(argv) -> int``; modules are
+imported only when their command runs, so ``preflab --help`` is instant. Errors in what
+the user gave (a ``PreflabError``) print one paragraph and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sft": ("preflab.algorithms.sft", "supervised fine-tuning on completions"),
+    "world": ("preflab.world.cli", "the built-in task: build it, label pairs, score a policy"),
+    "demo": ("preflab.demo", "the whole pipeline on the built-in task, offline, in minutes"),
+}
+
+USAGE = """usage: preflab <command> [flags]    (preflab <command> --help for its flags)
+
+Align language models with human preferences, by RLHF and DPO, and measure the two.
+
+commands:
+{commands}
+"""
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {doc}" for name, (_, doc) in COMMANDS.items()]
+    return USAGE.format(commands="\n".join(lines))
+
+
+def _quiet_libraries() -> None:
+    # Library chatter (load bars, advisory warnings) would bury preflab's own output.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from preflab import __version__
+
+        print(f"preflab {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"preflab: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    _quiet_libraries()
+    from preflab.errors import PreflabError
+
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        return int(module.main(rest) or 0)
+    except PreflabError as exc:
+        print(f"preflab {name}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"preflab {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Token and sequence log-probabilities from a causal LM, the input of every loss.
+
+The shift: logits at position t predict token t + 1, so ``token_logps`` returns ``[B, T-1]``
+where column t is ``log p(input_ids[:, t+1] | input_ids[:, :t+1])``. A ``completion_mask``
+``[B, T]`` marks the tokens whose log-probs count (the completion, not the prompt or the
+padding); its column 0 is dropped (token 0 has no prediction) and the rest aligns with
+``token_logps``.
+
+Memory: a vocabulary of 150k makes ``[B, T, V]`` logits the largest tensor of a step. A
+full ``log_softmax(logits.float())`` would add a float32 copy of it, and autograd would keep
+that copy alive until backward. ``token_logps`` instead works through the positions in
+chunks, upcasting one chunk at a time, and its backward recomputes each chunk's softmax
+from the saved (low-precision) logits, so the extra memory is one float32 chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+DEFAULT_CHUNK_SIZE = 1024
+"""(batch, position) pairs upcast at once: 1024 x V=150k x 4 bytes ~ 600 MB of float32."""
+
+
+class _ChunkedTokenLogps(torch.autograd.Function):
+    """``log_softmax(logits[:, :-1].float())`` gathered at ``targets``, chunk by chunk.
+
+    Saves the input logits and one float32 log-normaliser per position; backward gives
+    ``d/dlogits = g * (onehot(target) - softmax(logits))`` in the dtype of ``logits``.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, steps: int) -> Tensor:
+        B, T1 = targets.shape
+        out = torch.empty(B, T1, dtype=torch.float32, device=logits.device)
+        lse = torch.empty_like(out)
+        for s in range(0, T1, steps):
+            e = min(s + steps, T1)
+            chunk = logits[:, s:e].float()
+            lse[:, s:e] = torch.logsumexp(chunk, dim=-1)
+            picked = chunk.gather(-1, targets[:, s:e, None]).squeeze(-1)
+            out[:, s:e] = picked - lse[:, s:e]
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.steps = steps
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        logits, targets, lse = ctx.saved_tensors
+        T1 = targets.shape[1]
+        grad = torch.zeros_like(logits)  # the last position predicts nothing: its grad is 0
+        grad_out = grad_out.float()
+        for s in range(0, T1, ctx.steps):
+            e = min(s + ctx.steps, T1)
+            g = grad_out[:, s:e, None]
+            probs = torch.exp(logits[:, s:e].float() - lse[:, s:e, None])
+            chunk_grad = (-g) * probs
+            chunk_grad.scatter_add_(-1, targets[:, s:e, None], g)
+            grad[:, s:e] = chunk_grad.to(grad.dtype)
+        return grad, None, None
+
+
+def token_logps(
+    logits: Tensor, input_ids: Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> Tensor:
+    """Per-token log-probs of the observed next tokens, ``[B, T-1]`` float32.
+
+    ``logits`` ``[B, T, V]`` (any float dtype), ``input_ids`` ``[B, T]``. Column t is
+    ``log softmax(logits[:, t])[input_ids[:, t+1]]``. The positions are processed in chunks
+    of about ``chunk_size`` (batch, position) pairs, so no float32 copy of the whole logits
+    tensor is made, in forward or backward. Differentiable with respect to ``logits``.
+    """
+    if logits.dim() != 3 or input_ids.shape != logits.shape[:2]:
+        raise ValueError(
+            f"expected logits [B, T, V] and input_ids [B, T], got {tuple(logits.shape)} "
+            f"and {tuple(input_ids.shape)}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    targets = input_ids[:, 1:].long()
+    steps = max(1, chunk_size // max(1, logits.shape[0]))  # positions along T per chunk
+    return _ChunkedTokenLogps.apply(logits, targets, steps)
+
+
+@dataclass
+class SequenceLogps:
+    """Completion log-probs per sequence, ``[B]`` each (float32, ``count`` int64)."""
+
+    sum: Tensor
+    """Sum of the completion tokens' log-probs (DPO and most direct losses)."""
+    mean: Tensor
+    """``sum / max(count, 1)`` (IPO, SimPO, ORPO)."""
+    count: Tensor
+    """Number of completion tokens that were scored."""
+
+
+def sequence_logps(
+    logits: Tensor,
+    input_ids: Tensor,
+    completion_mask: Tensor,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> SequenceLogps:
+    """Sum and mean log-prob of the completion tokens of each sequence.
+
+    ``completion_mask`` ``[B, T]`` (bool or 0/1) marks the tokens to score; ``mask[:, 0]`` is
+    ignored because token 0 has no prediction. Masked positions contribute exactly 0 (not
+    ``0 * x``), so garbage logits at padding cannot leak in as NaN.
+    """
+    logps = token_logps(logits, input_ids, chunk_size=chunk_size)
+    mask = completion_mask[:, 1:].to(torch.bool)
+    total = torch.where(mask, logps, torch.zeros_like(logps)).sum(-1)
+    count = mask.sum(-1)
+    return SequenceLogps(sum=total, mean=total / count.clamp(min=1), count=count)
+
+
+def nll_loss_sum(
+    logits: Tensor,
+    input_ids: Tensor,
+    completion_mask: Tensor,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[Tensor, Tensor]:
+    """SFT: ``(sum of -log p over completion tokens, number of those tokens)``, both 0-d.
+
+    Returning the sum (not the mean) lets the trainer divide by the token count of the
+    whole accumulated batch, so accumulating 8 micro-batches of 1 equals one batch of 8.
+    """
+    seq = sequence_logps(logits, input_ids, completion_mask, chunk_size=chunk_size)
+    return -seq.sum.sum(), seq.count.sum()
+
+
+def position_ids_from_attention_mask(attention_mask: Tensor) -> Tensor:
+    """Positions 0, 1, ... counted over attended tokens only; padding gets 0.
+
+    With LEFT padding the first real token gets position 0, exactly as in the unpadded
+    sequence (the model's default ``arange`` would start it at the pad count).
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def forward_logps(
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_mask: Tensor,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[SequenceLogps, Tensor]:
+    """Run a causal LM once and score its completions.
+
+    Calls ``model(input_ids=, attention_mask=, position_ids=, use_cache=False)`` with
+    ``position_ids_from_attention_mask`` (so left and right padding give the same result)
+    and returns ``(SequenceLogps, logits [B, T, V])``. The logits are returned because the
+    model has made them anyway and callers want entropy or other token statistics from them;
+    drop the reference (``seq, _ = ...``) when not needed, so they can be freed.
+    """
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_attention_mask(attention_mask),
+        use_cache=False,
+    )
+    logits = out.logits
+    return sequence_logps(logits, input_ids, completion_mask, chunk_size=chunk_size), logits
+
+
+def _rows(seq: SequenceLogps, rows: slice) -> SequenceLogps:
+    return SequenceLogps(sum=seq.sum[rows], mean=seq.mean[rows], count=seq.count[rows])
+
+
+def concatenated_forward(
+    model, batch: dict, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[SequenceLogps, SequenceLogps]:
+    """Chosen and rejected through the model in ONE forward: ``(chosen, rejected)``.
+
+    ``batch`` holds ``input_ids``, ``attention_mask``, ``completion_mask`` of shape
+    ``[2B, T]`` with rows ``:B`` the chosen and rows ``B:`` the rejected completions, and
+    ``batch_size = B``.
+    """
+    n = int(batch["batch_size"])
+    if batch["input_ids"].shape[0] != 2 * n:
+        raise ValueError(
+            f"concatenated batch has {batch['input_ids'].shape[0]} rows; expected "
+            f"2 * batch_size = {2 * n}"
+        )
+    seq, _ = forward_logps(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["completion_mask"],
+        chunk_size=chunk_size,
+    )
+    return _rows(seq, slice(0, n)), _rows(seq, slice(n, 2 * n))

@@ -1,0 +1,61 @@
+"""Preference-learning losses as pure functions of tensors; imports only torch.
+
+``direct``: the DPO family, SimPO, ORPO, KTO. ``rl``: reward-model loss, GAE, whitening,
+PPO's clipped losses, KL estimators. ``registry``: each direct loss's needs as data.
+"""
+
+from preflab.losses.direct import (
+    dpo_loss,
+    hinge_loss,
+    ipo_loss,
+    kto_loss,
+    log_odds,
+    orpo_loss,
+    robust_loss,
+    simpo_loss,
+)
+from preflab.losses.registry import (
+    DIRECT_LOSSES,
+    DirectLossOutput,
+    LossSpec,
+    check_direct_loss_args,
+    compute_direct_loss,
+    get_direct_loss,
+)
+from preflab.losses.rl import (
+    KL_ESTIMATORS,
+    gae,
+    kl_per_token,
+    masked_mean,
+    masked_var,
+    ppo_policy_loss,
+    ppo_value_loss,
+    reward_model_loss,
+    whiten,
+)
+
+__all__ = [
+    "DIRECT_LOSSES",
+    "KL_ESTIMATORS",
+    "DirectLossOutput",
+    "LossSpec",
+    "check_direct_loss_args",
+    "compute_direct_loss",
+    "dpo_loss",
+    "gae",
+    "get_direct_loss",
+    "hinge_loss",
+    "ipo_loss",
+    "kl_per_token",
+    "kto_loss",
+    "log_odds",
+    "masked_mean",
+    "masked_var",
+    "orpo_loss",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "reward_model_loss",
+    "robust_loss",
+    "simpo_loss",
+    "whiten",
+]

@@ -1,0 +1,227 @@
+"""Loading, adapting and saving causal language models and their tokenizers.
+
+Safe by default: pickle-based weight files (``.bin``, ``.pt``, ``.pth``, ``.ckpt``) can run
+code when loaded, so they are refused unless ``allow_pickle=True``; a model's own Python
+code runs only with ``trust_remote_code=True``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from preflab.errors import ModelLoadError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# The tokenizer classes that mean "the generic fast tokenizer from tokenizer.json". Loading
+# these through AutoTokenizer can pick a model-specific slow class instead (transformers v5
+# maps by model type), which re-tokenizes differently; load them as what they are.
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; anything else is passed to torch.device."""
+    if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"unknown device {name!r}: {exc}", field="device") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError("--device cuda asked for, but no CUDA GPU is visible", field="device")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 where the GPU supports it, float32 otherwise (CPU, MPS, old GPUs)."""
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _is_local(path: str) -> bool:
+    return Path(path).exists()
+
+
+def _check_local_weights(path: Path, allow_pickle: bool) -> None:
+    if not path.is_dir():
+        raise ModelLoadError("not a model directory", path=str(path))
+    files = [p.name for p in path.iterdir()]
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            "no config.json: this is not a Hugging Face model directory", path=str(path)
+        )
+    has_safe = any(n.endswith(".safetensors") for n in files)
+    has_pickle = any(n.endswith(PICKLE_SUFFIXES) for n in files)
+    if not has_safe and has_pickle and not allow_pickle:
+        raise ModelLoadError(
+            "the weights are pickle files, which can run arbitrary code when loaded; "
+            "convert them to safetensors, or pass --allow-pickle if you trust their source",
+            path=str(path),
+        )
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' per-load progress bars; preflab reports loading itself."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def load_tokenizer(path: str, *, trust_remote_code: bool = False):
+    """The model's tokenizer, with a pad token (the EOS token if it had none)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    quiet_transformers()
+    try:
+        cls: Any = AutoTokenizer
+        config_file = Path(path) / "tokenizer_config.json"
+        if config_file.is_file():
+            declared = json.loads(config_file.read_text()).get("tokenizer_class")
+            if declared in GENERIC_TOKENIZER_CLASSES:
+                cls = PreTrainedTokenizerFast
+        tokenizer = cls.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load a tokenizer: {_first_line(exc)}", path=path) from None
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ModelLoadError("the tokenizer has neither a pad nor an EOS token", path=path)
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(
+    path: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
+):
+    """Any causal LM from a local directory or a hub id, in ``dtype`` on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    if _is_local(path):
+        _check_local_weights(Path(path), allow_pickle)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dtype,
+            use_safetensors=None if allow_pickle else True,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError) as exc:
+        where = "" if _is_local(path) else "it is not a local directory, and the hub said: "
+        raise ModelLoadError(f"could not load the model: {where}{_first_line(exc)}", path=path) from None
+    model.to(device)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def find_lora_targets(model: torch.nn.Module) -> list[str]:
+    """Names (last component) of every linear layer inside the transformer blocks.
+
+    Works across families without a table: Llama/Qwen2 (q_proj ... down_proj), GPT-2
+    (c_attn, c_proj, c_fc; these are ``Conv1D``), GPT-NeoX (query_key_value, dense, ...).
+    The output head and embeddings are left out: adapting them is rarely wanted.
+    """
+    linear_types: tuple[type, ...] = (torch.nn.Linear,)
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        linear_types = (torch.nn.Linear, Conv1D)
+    except ImportError:  # pragma: no cover - very old transformers
+        pass
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names: set[str] = set()
+    for name, module in model.named_modules():
+        if module is output or not isinstance(module, linear_types):
+            continue
+        if "score" in name.split(".") or "lm_head" in name.split("."):
+            continue
+        names.add(name.rsplit(".", 1)[-1])
+    if not names:
+        raise ModelLoadError(
+            "found no linear layers to adapt with LoRA; pass --lora-target-modules"
+        )
+    return sorted(names)
+
+
+def apply_lora(
+    model: torch.nn.Module,
+    *,
+    rank: int,
+    alpha: float = 0.0,
+    dropout: float = 0.0,
+    target_modules: list[str] | None = None,
+    task_type: str = "CAUSAL_LM",
+    modules_to_save: list[str] | None = None,
+    adapter_name: str = "default",
+):
+    """Wrap ``model`` with LoRA adapters of ``rank`` (alpha 0 means 2 x rank)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = target_modules or find_lora_targets(model)
+    # GPT-2 style Conv1D layers store weights transposed; LoRA must know.
+    conv1d = any(type(m).__name__ == "Conv1D" and n.rsplit(".", 1)[-1] in targets
+                 for n, m in model.named_modules())
+    config = LoraConfig(
+        fan_in_fan_out=conv1d,
+        r=rank,
+        lora_alpha=alpha or 2 * rank,
+        lora_dropout=dropout,
+        target_modules=targets,
+        task_type=task_type,
+        modules_to_save=modules_to_save,
+    )
+    return get_peft_model(model, config, adapter_name=adapter_name)
+
+
+def is_peft_model(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel / FSDP-style wrapper."""
+    return getattr(model, "module", model)
+
+
+def save_model(model: torch.nn.Module, tokenizer, out_dir: str | Path, *, card: str = "") -> Path:
+    """Write a loadable model directory (safetensors + tokenizer + README.md card).
+
+    For a LoRA model, ``out_dir`` gets the merged full model (so ``from_pretrained`` loads
+    it like any other) and ``out_dir/adapter`` the adapter alone.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = unwrap(model)
+    if is_peft_model(model):
+        model.save_pretrained(out / "adapter")
+        import copy
+
+        merged = copy.deepcopy(model).merge_and_unload()
+        merged.save_pretrained(out)
+    else:
+        model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if card:
+        (out / "README.md").write_text(card, encoding="utf-8")
+    return out

@@ -1,0 +1,215 @@
+"""preflab.logprobs against brute force: the shift, the masks, padding, chunking, one forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from preflab.logprobs import (
+    concatenated_forward,
+    forward_logps,
+    nll_loss_sum,
+    position_ids_from_attention_mask,
+    sequence_logps,
+    token_logps,
+)
+from preflab.tiny import build_random_causal_lm
+
+VOCAB = 50
+PAD = 0
+
+
+def brute_token_logps(logits, ids):
+    """For each b, t: log_softmax(logits[b, t])[ids[b, t + 1]], as nested Python loops."""
+    B, T, _ = logits.shape
+    out = torch.zeros(B, T - 1, dtype=torch.float64)
+    for b in range(B):
+        for t in range(T - 1):
+            out[b, t] = torch.log_softmax(logits[b, t].double(), -1)[ids[b, t + 1]]
+    return out
+
+
+def naive_token_logps(logits, ids):
+    """The full-vocabulary float32 version the chunked one must equal (values and grads)."""
+    full = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return full.gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+
+@pytest.fixture()
+def random_batch():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 11, generator=g) * 3
+    ids = torch.randint(0, 11, (3, 7), generator=g)
+    return logits, ids
+
+
+def test_token_logps_matches_brute_force(random_batch):
+    logits, ids = random_batch
+    got = token_logps(logits, ids)
+    assert got.shape == (3, 6) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), brute_token_logps(logits, ids), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 5, 1024])
+def test_chunked_equals_unchunked_values_and_gradients(random_batch, chunk_size):
+    logits, ids = random_batch
+    weights = torch.randn(3, 6, generator=torch.Generator().manual_seed(1))
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    got = token_logps(a, ids, chunk_size=chunk_size)
+    want = naive_token_logps(b, ids)
+    torch.testing.assert_close(got, want)
+    (got * weights).sum().backward()
+    (want * weights).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    assert torch.all(a.grad[:, -1] == 0)  # the last position predicts nothing
+
+
+def test_bf16_logits_path(random_batch):
+    logits, ids = random_batch
+    low = logits.to(torch.bfloat16).requires_grad_()
+    got = token_logps(low, ids, chunk_size=4)
+    assert got.dtype == torch.float32
+    # Exact against the float32 computation on the same (bf16-rounded) values.
+    torch.testing.assert_close(got, naive_token_logps(low.detach().float(), ids))
+    got.sum().backward()
+    assert low.grad.dtype == torch.bfloat16 and torch.isfinite(low.grad.float()).all()
+    ref = low.detach().float().requires_grad_()
+    naive_token_logps(ref, ids).sum().backward()
+    torch.testing.assert_close(low.grad.float(), ref.grad, atol=1e-2, rtol=1e-2)
+
+
+def test_sequence_logps_masks_and_shift(random_batch):
+    """completion_mask[:, 0] is ignored; mask[:, t] selects token_logps[:, t - 1]."""
+    logits, ids = random_batch
+    mask = torch.tensor(
+        [[1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 0, 0], [1, 0, 0, 0, 0, 0, 0]], dtype=torch.bool
+    )
+    seq = sequence_logps(logits, ids, mask)
+    brute = brute_token_logps(logits, ids)
+    want_sum = [brute[0].sum(), brute[1, 2] + brute[1, 3], torch.tensor(0.0)]
+    torch.testing.assert_close(seq.sum.double(), torch.stack(want_sum).double(), atol=1e-5, rtol=0)
+    assert seq.count.tolist() == [6, 2, 0]
+    torch.testing.assert_close(seq.mean[:2], seq.sum[:2] / torch.tensor([6.0, 2.0]))
+    assert seq.mean[2] == 0  # no tokens: mean is 0, not NaN
+    loss_sum, count = nll_loss_sum(logits, ids, mask)
+    torch.testing.assert_close(loss_sum, -seq.sum.sum())
+    assert count.item() == 8
+
+
+def test_position_ids_from_attention_mask():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert position_ids_from_attention_mask(mask).tolist() == [
+        [0, 0, 0, 1, 2],
+        [0, 1, 2, 2, 2],
+        [0, 1, 2, 3, 4],
+    ]
+
+
+# --- against a tiny random Llama -----------------------------------------------------------
+
+SEQUENCES = [  # (prompt, completion) token ids; lengths differ so padding is needed
+    ([1, 5, 6], [7, 8, 2]),
+    ([1, 9], [10, 11, 12, 13, 2]),
+    ([1, 14, 15, 16, 17], [18, 2]),
+    ([1, 20, 21], [22, 23, 2]),
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = build_random_causal_lm("llama", vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4)
+    return m.eval()
+
+
+def pad_batch(pairs, side):
+    """input_ids, attention_mask, completion_mask ``[N, T]`` padded on ``side``."""
+    T = max(len(p) + len(c) for p, c in pairs)
+    rows = []
+    for prompt, completion in pairs:
+        ids = prompt + completion
+        comp = [0] * len(prompt) + [1] * len(completion)
+        n = T - len(ids)
+        pad_ids, zeros = [PAD] * n, [0] * n
+        if side == "left":
+            rows.append((pad_ids + ids, zeros + [1] * len(ids), zeros + comp))
+        else:
+            rows.append((ids + pad_ids, [1] * len(ids) + zeros, comp + zeros))
+    return tuple(torch.tensor([r[i] for r in rows]) for i in range(3))
+
+
+def unpadded_logps(model, pairs):
+    """One sequence at a time, no padding: the ground truth for every padded layout."""
+    sums, means = [], []
+    with torch.no_grad():
+        for prompt, completion in pairs:
+            ids = torch.tensor([prompt + completion])
+            logits = model(input_ids=ids).logits
+            seq = sequence_logps(
+                logits, ids, torch.tensor([[0] * len(prompt) + [1] * len(completion)])
+            )
+            sums.append(seq.sum[0])
+            means.append(seq.mean[0])
+    return torch.stack(sums), torch.stack(means)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_equals_unpadded_sequences(model, side):
+    want_sum, want_mean = unpadded_logps(model, SEQUENCES)
+    ids, attn, comp = pad_batch(SEQUENCES, side)
+    with torch.no_grad():
+        seq, logits = forward_logps(model, ids, attn, comp, chunk_size=3)
+    assert logits.shape == (*ids.shape, VOCAB)
+    torch.testing.assert_close(seq.sum, want_sum, atol=1e-5, rtol=0)
+    torch.testing.assert_close(seq.mean, want_mean, atol=1e-5, rtol=0)
+    assert seq.count.tolist() == [len(c) for _, c in SEQUENCES]
+
+
+def test_forward_logps_gradients_flow(model):
+    ids, attn, comp = pad_batch(SEQUENCES, "left")
+    model.zero_grad()
+    seq, _ = forward_logps(model, ids, attn, comp, chunk_size=2)
+    seq.sum.sum().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    model.zero_grad()
+
+
+def test_concatenated_forward_equals_two_forwards(model):
+    chosen, rejected = SEQUENCES[:2], SEQUENCES[2:]
+    ids, attn, comp = pad_batch(chosen + rejected, "left")
+    batch = {"input_ids": ids, "attention_mask": attn, "completion_mask": comp, "batch_size": 2}
+    with torch.no_grad():
+        got_c, got_r = concatenated_forward(model, batch)
+        want_c, _ = forward_logps(model, *pad_batch(chosen, "left"))
+        want_r, _ = forward_logps(model, *pad_batch(rejected, "left"))
+    for got, want in ((got_c, want_c), (got_r, want_r)):
+        torch.testing.assert_close(got.sum, want.sum, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got.mean, want.mean, atol=1e-5, rtol=0)
+        assert torch.equal(got.count, want.count)
+    with pytest.raises(ValueError, match="batch_size"):
+        concatenated_forward(model, {**batch, "batch_size": 3})
+
+
+def test_no_float32_copy_of_logits_is_kept_for_backward():
+    """What autograd saves for backward: the bf16 logits themselves plus O(B T) float32,
+    never a float32 [B, T, V] tensor (the naive log_softmax keeps one)."""
+    logits = torch.randn(2, 16, 64).to(torch.bfloat16).requires_grad_()
+    ids = torch.randint(0, 64, (2, 16))
+    saved = []
+
+    def pack(x):
+        saved.append((x.dtype, x.numel()))
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        token_logps(logits, ids, chunk_size=8)
+    big_float32 = [n for dtype, n in saved if dtype == torch.float32 and n >= 2 * 15 * 64]
+    assert not big_float32, saved
+    assert (torch.bfloat16, logits.numel()) in saved  # backward recomputes from these
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        naive_token_logps(logits, ids)
+    assert any(dtype == torch.float32 and n >= 2 * 15 * 64 for dtype, n in saved)

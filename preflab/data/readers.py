@@ -1,0 +1,256 @@
+"""Read records from JSON Lines, JSON, CSV/TSV, Parquet, a directory of these, or a hub name.
+
+Every record keeps where it came from (``path`` and a 1-based ``line``), so that any later
+check -- a missing field, a message out of order, a prompt too long -- can name the exact
+place in the user's file. What ``line`` counts depends on the format:
+
+    .jsonl / .ndjson   the physical line in the file (blank lines are skipped, not renumbered)
+    .json              the element's 1-based index in the array of records
+    .csv / .tsv        the 1-based data row (the header row is not counted)
+    .parquet           the 1-based row
+    hub dataset name   the 1-based row of the split
+
+CSV and Parquet cannot always store lists of messages natively, so a text cell that holds a
+JSON list of ``{"role": ..., "content": ...}`` objects is decoded into that list (only then:
+any other text stays text, so a prompt such as ``"[1, 2] is a list"`` is left alone).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from preflab.errors import DataError
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+SUFFIXES = (*JSONL_SUFFIXES, ".json", ".parquet", ".csv", ".tsv")
+_EXPECTED_FILE = "a .jsonl, .ndjson, .json, .parquet, .csv or .tsv file, a directory of them, or a Hugging Face dataset name"
+# A hub name is "owner/name" or "name": word characters, dots and dashes, at most one slash.
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record as read: its fields, the file it came from and its 1-based line (or row)."""
+
+    data: dict
+    path: str
+    line: int
+
+
+def read_records(source: str, *, split: str | None = None) -> list[Record]:
+    """Read every record of ``source`` (a file, a directory of files, or a hub dataset name).
+
+    ``split`` is used only for hub datasets (default ``"train"``). Raises ``DataError`` for a
+    missing file, undecodable bytes, invalid JSON, a record that is not an object, or a
+    source with no records at all.
+    """
+    path = Path(os.path.expanduser(str(source)))
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and _suffix(p) in SUFFIXES
+                       and not p.name.startswith("."))
+        if not files:
+            raise DataError("directory holds no data files", path=str(path), expected=_EXPECTED_FILE)
+        records = [r for f in files for r in _read_file(f)]
+    elif path.is_file():
+        records = _read_file(path)
+    elif _looks_like_hub_name(str(source)):
+        records = _read_hub(str(source), split or "train")
+    else:
+        raise DataError("no such file or directory", path=str(source), expected=_EXPECTED_FILE)
+    if not records:
+        raise DataError("no records found (the file is empty)", path=str(source),
+                        expected="at least one record")
+    return records
+
+
+def _suffix(path: Path) -> str:
+    return path.suffix.lower()
+
+
+def _looks_like_hub_name(source: str) -> bool:
+    # A path the user meant as a local file (has a data extension, starts with ./ or ~, or
+    # has more than one separator) gets "file not found" at once, not a slow hub lookup.
+    return not source.lower().endswith(SUFFIXES) and bool(_HUB_NAME.match(source))
+
+
+def _read_file(path: Path) -> list[Record]:
+    suffix = _suffix(path)
+    if suffix in JSONL_SUFFIXES:
+        return _read_jsonl(path, path.read_bytes())
+    if suffix == ".json":
+        return _read_json(path)
+    if suffix in (".csv", ".tsv"):
+        return _read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    raise DataError(f"unsupported file type {suffix or '(no extension)'!r}", path=str(path),
+                    expected=_EXPECTED_FILE)
+
+
+def _decode_line(raw: bytes, path: Path, line: int) -> str:
+    """Strict UTF-8, so a stray Latin-1 byte is reported where it is instead of silently mangled."""
+    if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a byte-order mark some editors write; not part of the data
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"bytes that are not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})",
+            path=str(path), line=line, expected="a file saved as UTF-8 text",
+        ) from None
+
+
+def _read_jsonl(path: Path, raw: bytes) -> list[Record]:
+    records = []
+    for number, raw_line in enumerate(raw.split(b"\n"), start=1):
+        if not raw_line.strip():
+            continue
+        text = _decode_line(raw_line, path, number)
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"invalid JSON: {e.msg}: column {e.colno}", path=str(path),
+                            line=number, expected="one JSON object per line") from None
+        if not isinstance(value, dict):
+            raise DataError(f"the line holds a JSON {_json_type(value)}, not an object",
+                            path=str(path), line=number,
+                            expected='one JSON object per line, such as {"text": "..."}')
+        records.append(Record(value, str(path), number))
+    return records
+
+
+def _read_json(path: Path) -> list[Record]:
+    raw = path.read_bytes()
+    text = _decode_whole(raw, path)
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as e:
+        # Many ".json" files are really JSON Lines; read them as such unless the file
+        # clearly starts an array, where the whole-document error is the useful one.
+        if text.lstrip().startswith("["):
+            raise DataError(f"invalid JSON: {e.msg}: column {e.colno}", path=str(path),
+                            line=e.lineno, expected="a JSON array of objects") from None
+        return _read_jsonl(path, raw)
+    items = _records_list(document, path)
+    records = []
+    for index, item in enumerate(items, start=1):
+        if not isinstance(item, dict):
+            raise DataError(f"element {index} of the array is a JSON {_json_type(item)}, "
+                            "not an object", path=str(path), line=index,
+                            expected="an array of JSON objects")
+        records.append(Record(item, str(path), index))
+    return records
+
+
+def _records_list(document: Any, path: Path) -> list:
+    """The list of records in a JSON document: the array itself, or ``{"data": [...]}``."""
+    if isinstance(document, list):
+        return document
+    if isinstance(document, dict):
+        from preflab.data.formats import ALL_FIELDS  # here: formats imports this module
+
+        lists = [k for k, v in document.items() if isinstance(v, list)]
+        # {"messages": [...]} is one record, not a wrapper around a list of records.
+        if len(lists) == 1 and lists[0] not in ALL_FIELDS:
+            return document[lists[0]]
+    raise DataError(
+        f"the document is a JSON {_json_type(document)}, not a list of records", path=str(path),
+        expected='a JSON array of objects, an object with one list-valued key such as '
+                 '{"data": [...]}, or one JSON object per line',
+    )
+
+
+def _decode_whole(raw: bytes, path: Path) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(
+            f"bytes that are not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {column})",
+            path=str(path), line=line, expected="a file saved as UTF-8 text",
+        ) from None
+
+
+def _read_csv(path: Path, *, delimiter: str) -> list[Record]:
+    text = _decode_whole(path.read_bytes(), path)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    records: list[Record] = []
+    try:
+        header = next(reader, None)
+        if header is None:
+            return records
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue  # a blank line, as the csv module reads it
+            number = len(records) + 1
+            if len(row) != len(header):
+                raise DataError(f"the row has {len(row)} cells but the header names "
+                                f"{len(header)} columns", path=str(path), line=number,
+                                expected=f"{len(header)} cells per row ({', '.join(header)})")
+            data = {name: _maybe_messages(cell) for name, cell in zip(header, row)}
+            records.append(Record(data, str(path), number))
+    except csv.Error as e:
+        raise DataError(f"malformed CSV: {e}", path=str(path), line=len(records) + 1) from None
+    return records
+
+
+def _read_parquet(path: Path) -> list[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several types for a corrupt or foreign file
+        raise DataError(f"not a readable Parquet file: {_one_line(e)}", path=str(path)) from None
+    return [Record({k: _maybe_messages(v) for k, v in row.items()}, str(path), i)
+            for i, row in enumerate(rows, start=1)]
+
+
+def _maybe_messages(value: Any) -> Any:
+    """Decode a text cell that holds a JSON list of chat messages; leave anything else alone."""
+    if not isinstance(value, str) or not value.lstrip().startswith("["):
+        return value
+    try:
+        decoded = json.loads(value)
+    except json.JSONDecodeError:
+        return value
+    is_messages = isinstance(decoded, list) and decoded and all(
+        isinstance(m, dict) and "role" in m for m in decoded)
+    return decoded if is_messages else value
+
+
+def _load_hub_dataset(name: str, split: str) -> list[dict]:
+    """Load a split from the Hugging Face hub (or its local cache); tests replace this."""
+    import datasets
+
+    return list(datasets.load_dataset(name, split=split))
+
+
+def _read_hub(name: str, split: str) -> list[Record]:
+    try:
+        rows = _load_hub_dataset(name, split)
+    except Exception as e:  # network, auth, missing split: all mean "cannot use this name"
+        raise DataError(
+            "no such file or directory, and it could not be loaded as a Hugging Face dataset "
+            f"name either ({type(e).__name__}: {_one_line(e)})",
+            path=name, expected=_EXPECTED_FILE,
+        ) from None
+    return [Record(dict(row), name, i) for i, row in enumerate(rows, start=1)]
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+             type(None): "null", dict: "object"}
+    return names.get(type(value), type(value).__name__)

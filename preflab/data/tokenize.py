@@ -1,0 +1,350 @@
+"""Turn records into token ids for each kind of training, under one truncation policy.
+
+Rules (the same for every loader, so SFT, DPO, KTO and PPO see a prompt identically):
+
+- A text prompt is ``tokenizer(prompt, add_special_tokens=True)``, so a tokenizer that adds
+  BOS does so. A text completion is ``tokenizer(completion, add_special_tokens=False)`` plus
+  EOS (where the tokenizer has one and the completion does not already end with it).
+- A conversational prompt (a list of messages) is rendered with the tokenizer's chat template
+  and ``add_generation_prompt=True``, then tokenized with ``add_special_tokens=False`` (the
+  template writes any BOS itself). Its completion is the rendering of prompt + completion
+  messages, tokenized, minus the prompt's tokens, plus EOS. The rendered prompt must be a
+  prefix of the rendered conversation, or the reply cannot be told apart from the prompt:
+  that is a ``DataError``. (Where the texts agree but the tokenizer merged across the
+  boundary, the remaining text is tokenized alone.) A ``messages`` record trains on its last
+  assistant message; the messages before it are the prompt.
+- A ``text`` record (language modeling) is all completion: ``tokenizer(text,
+  add_special_tokens=True)`` plus EOS, with the completion mask 1 everywhere (the log-prob
+  code never scores position 0, which has no context).
+- Truncation: a prompt longer than ``max_prompt_length`` keeps its LAST tokens (the end of a
+  prompt is next to the reply and matters most). A prompt that leaves no room for one
+  completion token within ``max_length`` is an error, or is skipped with ``overlong="skip"``.
+  Then each completion is cut on the right so that prompt + completion <= ``max_length``.
+  The report counts records read, prompts cut, completions cut (chosen and rejected each
+  count), and records skipped.
+- Unpaired (KTO) data may also be preference data: each pair gives a desirable example
+  (the chosen completion) and an undesirable one (the rejected), with the same prompt.
+- Prompt data takes the prompt of any record that has one (a ``messages`` record: the
+  messages before its last assistant reply); ``PromptExample.prompt`` is the rendered prompt
+  text before truncation, for reward functions and judges.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from preflab.data.formats import RecordKind, parse_label, preference_parts, resolve_kind, validate
+from preflab.data.readers import Record, read_records
+from preflab.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+K = RecordKind
+SFT_KINDS = (K.LANGUAGE_MODELING, K.PROMPT_COMPLETION, K.CONVERSATIONAL)
+PREFERENCE_KINDS = (K.PREFERENCE, K.IMPLICIT_PREFERENCE)
+UNPAIRED_KINDS = (K.UNPAIRED, K.PREFERENCE, K.IMPLICIT_PREFERENCE)
+PROMPT_KINDS = (K.PROMPT_ONLY, K.PROMPT_COMPLETION, K.CONVERSATIONAL, K.PREFERENCE,
+                K.IMPLICIT_PREFERENCE, K.UNPAIRED)
+T = TypeVar("T")
+
+
+@dataclass
+class SFTExample:
+    """A whole sequence; ``completion_mask`` is 1 where the loss counts the token's log-prob."""
+
+    input_ids: list[int]
+    completion_mask: list[int]
+
+
+@dataclass
+class PreferenceExample:
+    """One prompt with a chosen and a rejected completion (each ending in EOS unless cut)."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+
+
+@dataclass
+class UnpairedExample:
+    """One prompt and completion; ``label`` True = desirable, False = undesirable."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    label: bool
+
+
+@dataclass
+class PromptExample:
+    """A prompt to generate from; ``prompt`` is its rendered text (before truncation)."""
+
+    prompt_ids: list[int]
+    prompt: str
+
+
+@dataclass
+class TruncationPolicy:
+    """How long sequences may be, and what to do with a prompt that leaves no room."""
+
+    max_length: int = 512
+    """Most tokens in prompt + completion."""
+    max_prompt_length: int | None = None
+    """Most prompt tokens; a longer prompt keeps its last tokens. None: no separate limit."""
+    overlong: str = "error"
+    """A prompt with no room for a completion: "error" stops with its file and line, "skip" drops it."""
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ConfigError(f"--max-length {self.max_length} is too small",
+                              expected="at least 2 (one prompt and one completion token)")
+        if self.max_prompt_length is not None and not 0 < self.max_prompt_length < self.max_length:
+            raise ConfigError(f"--max-prompt-length {self.max_prompt_length} leaves no room "
+                              f"for a completion under --max-length {self.max_length}",
+                              expected=f"a value from 1 to {self.max_length - 1}")
+        if self.overlong not in ("error", "skip"):
+            raise ConfigError(f"--overlong {self.overlong!r} is not a choice",
+                              expected="'error' or 'skip'")
+
+
+@dataclass
+class TruncationReport:
+    """What truncation did to a dataset; shown to the user and saved with the run."""
+
+    records: int = 0
+    prompts_truncated: int = 0
+    completions_truncated: int = 0
+    skipped: int = 0
+
+    def summary(self) -> str:
+        return (f"{self.records} records: {self.prompts_truncated} prompts truncated (left), "
+                f"{self.completions_truncated} completions truncated (right), "
+                f"{self.skipped} skipped as overlong")
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class _Encoder:
+    """Tokenizes the parts of one record at a time, truncating and counting into a report."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, policy: TruncationPolicy) -> None:
+        self.tokenizer = tokenizer
+        self.policy = policy
+        self.report = TruncationReport()
+        self.eos: int | None = tokenizer.eos_token_id
+
+    def ids(self, text: str, *, special: bool) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def with_eos(self, ids: list[int]) -> list[int]:
+        if self.eos is not None and (not ids or ids[-1] != self.eos):
+            ids = [*ids, self.eos]
+        return ids
+
+    def render(self, record: Record, messages: list, *, generation_prompt: bool) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise DataError(
+                "the model's tokenizer has no chat template, so records holding lists of "
+                "messages cannot be turned into text", path=record.path, line=record.line,
+                expected="a chat or instruct model whose tokenizer has a chat_template, or "
+                         "records whose prompt and completion are plain strings")
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=generation_prompt)
+        except Exception as e:  # the template's own checks raise (jinja) errors of its choosing
+            raise DataError(f"the tokenizer's chat template failed on this record: {e}",
+                            path=record.path, line=record.line) from None
+
+    def prompt(self, record: Record, prompt: Any) -> tuple[list[int], str]:
+        """The prompt's ids (untruncated) and its text."""
+        if isinstance(prompt, list):
+            text = self.render(record, prompt, generation_prompt=True)
+            return self.ids(text, special=False), text
+        return self.ids(prompt, special=True), prompt
+
+    def completion(self, record: Record, prompt: Any, prompt_text: str,
+                   prompt_ids: list[int], completion: Any, field: str) -> list[int]:
+        """The completion's ids plus EOS (untruncated); see the module docstring."""
+        if not isinstance(completion, list):
+            return self.with_eos(self.ids(completion, special=False))
+        full = self.render(record, prompt + completion, generation_prompt=False)
+        if not full.startswith(prompt_text):
+            raise DataError(
+                "the tokenizer's chat template renders the prompt (with its generation prompt) "
+                "differently from the start of the whole conversation, so the reply cannot be "
+                "separated from the prompt", path=record.path, line=record.line, field=field,
+                expected="a chat template whose rendering of the prompt messages with "
+                         "add_generation_prompt=True is a prefix of the rendered conversation")
+        full_ids = self.ids(full, special=False)
+        if full_ids[: len(prompt_ids)] == prompt_ids:
+            return self.with_eos(full_ids[len(prompt_ids):])
+        return self.with_eos(self.ids(full[len(prompt_text):], special=False))
+
+    def fit_prompt(self, record: Record, ids: list[int], field: str) -> list[int] | None:
+        """Apply ``max_prompt_length`` (keep the end) and the overlong rule; None = skip."""
+        policy = self.policy
+        if policy.max_prompt_length is not None and len(ids) > policy.max_prompt_length:
+            ids = ids[-policy.max_prompt_length:]
+            self.report.prompts_truncated += 1
+        if len(ids) < policy.max_length:
+            return ids
+        if policy.overlong == "skip":
+            self.report.skipped += 1
+            return None
+        raise DataError(
+            f"prompt is {len(ids)} tokens, longer than --max-length {policy.max_length} leaves "
+            "room for (a completion needs at least one token)", path=record.path,
+            line=record.line, field=field,
+            expected=f"a prompt under {policy.max_length} tokens, or --max-prompt-length / "
+                     "--overlong skip")
+
+    def fit_completion(self, prompt_length: int, ids: list[int]) -> list[int]:
+        room = self.policy.max_length - prompt_length
+        if len(ids) > room:
+            self.report.completions_truncated += 1
+            return ids[:room]
+        return ids
+
+    def pair(self, record: Record, prompt: Any, completions: Sequence[Any],
+             field: str) -> tuple[list[int], list[list[int]]] | None:
+        """A prompt and its completions, tokenized and truncated; None when skipped."""
+        prompt_ids, text = self.prompt(record, prompt)
+        names = ["chosen", "rejected"] if len(completions) == 2 else ["completion"]
+        if "messages" in record.data:
+            names = ["messages"]
+        full = [self.completion(record, prompt, text, prompt_ids, c, name)
+                for c, name in zip(completions, names)]
+        fitted = self.fit_prompt(record, prompt_ids, field)
+        if fitted is None:
+            return None
+        return fitted, [self.fit_completion(len(fitted), ids) for ids in full]
+
+
+def _prompt_field(record: Record) -> str:
+    return next(f for f in ("prompt", "messages", "chosen") if f in record.data)
+
+
+def _load(source: str, split: str | None, accepted: Sequence[RecordKind], purpose: str,
+          tokenizer: PreTrainedTokenizerBase, policy: TruncationPolicy,
+          build: Callable[[_Encoder, Record, RecordKind], list[T]]) -> tuple[list[T], TruncationReport]:
+    """Read, check and tokenize every record of ``source`` with ``build``."""
+    encoder = _Encoder(tokenizer, policy)
+    examples: list[T] = []
+    for record in read_records(source, split=split):
+        kind = resolve_kind(record, accepted, purpose)
+        validate(record, kind)
+        encoder.report.records += 1
+        examples.extend(build(encoder, record, kind))
+    if not examples:  # every record was skipped: say so here, not as an empty batch later
+        raise DataError(
+            f"all {encoder.report.records} records were skipped: each prompt is longer than "
+            f"--max-length {policy.max_length} leaves room for", path=source,
+            expected="a larger --max-length, or --max-prompt-length to cut prompts")
+    return examples, encoder.report
+
+
+def load_sft_dataset(source: str, tokenizer: PreTrainedTokenizerBase, policy: TruncationPolicy,
+                     *, completion_only: bool = True,
+                     split: str | None = None) -> tuple[list[SFTExample], TruncationReport]:
+    """SFT examples from text, prompt-completion or conversational records.
+
+    ``completion_only=False`` also counts the prompt tokens in the loss (mask 1 there).
+    """
+
+    def build(enc: _Encoder, record: Record, kind: RecordKind) -> list[SFTExample]:
+        data = record.data
+        if kind is K.LANGUAGE_MODELING:
+            ids = enc.fit_completion(0, enc.with_eos(enc.ids(data["text"], special=True)))
+            return [SFTExample(ids, [1] * len(ids))]
+        if kind is K.CONVERSATIONAL:
+            prompt, completion = data["messages"][:-1], data["messages"][-1:]
+        else:
+            prompt, completion = data["prompt"], data["completion"]
+        fitted = enc.pair(record, prompt, [completion], _prompt_field(record))
+        if fitted is None:
+            return []
+        prompt_ids, (completion_ids,) = fitted
+        mask = [0 if completion_only else 1] * len(prompt_ids) + [1] * len(completion_ids)
+        return [SFTExample(prompt_ids + completion_ids, mask)]
+
+    return _load(source, split, SFT_KINDS, "SFT", tokenizer, policy, build)
+
+
+def load_preference_dataset(source: str, tokenizer: PreTrainedTokenizerBase,
+                            policy: TruncationPolicy, *, split: str | None = None,
+                            ) -> tuple[list[PreferenceExample], TruncationReport]:
+    """Preference pairs from explicit- or implicit-prompt preference records."""
+
+    def build(enc: _Encoder, record: Record, kind: RecordKind) -> list[PreferenceExample]:
+        prompt, chosen, rejected = preference_parts(record, kind)
+        fitted = enc.pair(record, prompt, [chosen, rejected], _prompt_field(record))
+        if fitted is None:
+            return []
+        prompt_ids, (chosen_ids, rejected_ids) = fitted
+        return [PreferenceExample(prompt_ids, chosen_ids, rejected_ids)]
+
+    return _load(source, split, PREFERENCE_KINDS, "preference training", tokenizer, policy, build)
+
+
+def load_unpaired_dataset(source: str, tokenizer: PreTrainedTokenizerBase,
+                          policy: TruncationPolicy, *, split: str | None = None,
+                          ) -> tuple[list[UnpairedExample], TruncationReport]:
+    """Labelled completions (KTO); a preference pair gives one desirable and one undesirable."""
+
+    def build(enc: _Encoder, record: Record, kind: RecordKind) -> list[UnpairedExample]:
+        if kind is K.UNPAIRED:
+            prompt, completions = record.data["prompt"], [record.data["completion"]]
+            labels = [parse_label(record)]
+        else:
+            prompt, *completions = preference_parts(record, kind)
+            labels = [True, False]
+        fitted = enc.pair(record, prompt, completions, _prompt_field(record))
+        if fitted is None:
+            return []
+        prompt_ids, completion_ids = fitted
+        return [UnpairedExample(prompt_ids, ids, label)
+                for ids, label in zip(completion_ids, labels)]
+
+    return _load(source, split, UNPAIRED_KINDS, "unpaired (KTO) training", tokenizer, policy,
+                 build)
+
+
+def load_prompt_dataset(source: str, tokenizer: PreTrainedTokenizerBase,
+                        policy: TruncationPolicy, *, split: str | None = None,
+                        ) -> tuple[list[PromptExample], TruncationReport]:
+    """Prompts to generate from (PPO, online DPO, best-of-n), from any record with a prompt."""
+
+    def build(enc: _Encoder, record: Record, kind: RecordKind) -> list[PromptExample]:
+        if kind is K.CONVERSATIONAL:
+            prompt = record.data["messages"][:-1]
+        elif kind in PREFERENCE_KINDS:
+            prompt = preference_parts(record, kind)[0]
+        else:
+            prompt = record.data["prompt"]
+        ids, text = enc.prompt(record, prompt)
+        fitted = enc.fit_prompt(record, ids, _prompt_field(record))
+        return [] if fitted is None else [PromptExample(fitted, text)]
+
+    return _load(source, split, PROMPT_KINDS, "a prompt dataset", tokenizer, policy, build)
+
+
+def split_train_eval(examples: list[T], eval_fraction: float,
+                     seed: int) -> tuple[list[T], list[T]]:
+    """Shuffle with ``random.Random(seed)`` and split off ``eval_fraction`` for evaluation.
+
+    At least one eval example when ``eval_fraction > 0`` and there are two or more examples;
+    the training part is never empty.
+    """
+    if not 0 <= eval_fraction < 1:
+        raise ConfigError(f"eval fraction {eval_fraction} is out of range",
+                          expected="a number from 0 (no eval split) up to, not including, 1")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = 0
+    if eval_fraction > 0 and len(examples) >= 2:
+        n_eval = min(max(1, round(len(examples) * eval_fraction)), len(examples) - 1)
+    return [examples[i] for i in order[n_eval:]], [examples[i] for i in order[:n_eval]]

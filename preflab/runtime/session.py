@@ -50,8 +50,6 @@ def start_run(cfg: TrainConfig, command: str) -> Run:
         cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, is_main=ctx.is_main
     )
     distributed.barrier(ctx)
-    if ctx.is_main and not cfg.resume:
-        rundir.write_config(run_dir, dataclasses.asdict(cfg), command=command)
     rng.seed_everything(cfg.seed)
     return Run(config=cfg, command=command, ctx=ctx, device=device, dtype=dtype, dir=run_dir)
 
@@ -148,6 +146,13 @@ def models_unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def open_logger(run: Run, resume_step: int) -> MetricLogger:
+    """Start the run's record: ``config.yaml`` (new runs) and the metric log.
+
+    Called once data and models have loaded, so a run that fails on bad input leaves no
+    half-made run behind that a corrected re-run would have to ``--overwrite``.
+    """
+    if run.ctx.is_main and not run.config.resume:
+        rundir.write_config(run.dir, dataclasses.asdict(run.config), command=run.command)
     return MetricLogger(
         run.dir,
         report_to=run.config.report_to,

@@ -172,11 +172,13 @@ def finish_run(
     roles: dict[str, dict[str, int]],
     final_metrics: dict[str, Any],
     data_report: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``final/``, ``summary.json`` and ``README.md``; return the summary."""
     cfg = run.config
     summary = {
         "command": run.command,
+        **(extra or {}),
         "steps": steps,
         "wall_s": round(run.elapsed(), 3),
         "tokens": tokens,

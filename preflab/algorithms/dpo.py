@@ -1,0 +1,316 @@
+"""Direct preference optimisation and its family: the article's "highway".
+
+    preflab dpo --model SFT_MODEL --data PAIRS --output-dir RUN [--loss sigmoid|cdpo|ipo|...]
+
+Each step: chosen and rejected go through the policy in ONE concatenated forward; the
+reference's log-probs come from wherever ``preflab.reference`` holds it (a frozen copy,
+the LoRA base with adapters off, a precomputed cache, or nowhere for SimPO/ORPO); the loss
+comes from the registry in ``preflab.losses``, which also says whether log-probs are summed
+or averaged over tokens and whether an SFT term is added. With gradient accumulation the
+per-example losses are summed and divided by the global batch size, so any split of a
+batch into micro-batches gives the same update.
+
+Implicit rewards (logged as ``rewards/*``) are beta * (log pi - log pi_ref) for the
+reference-based losses and beta * log pi (length-averaged) for the reference-free ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from preflab import models, reference
+from preflab.config import TrainConfig, arg, parse_config
+from preflab.data import (
+    TruncationPolicy,
+    collate_preference,
+    load_preference_dataset,
+    load_prompt_dataset,
+    split_train_eval,
+)
+from preflab.errors import ConfigError
+from preflab.evaluation import sample_and_score
+from preflab.logprobs import concatenated_forward
+from preflab.losses import DIRECT_LOSSES, compute_direct_loss, get_direct_loss
+from preflab.losses.registry import check_direct_loss_args
+from preflab.rewards import load_reward_function
+from preflab.runtime import distributed, memory, session
+from preflab.runtime.metrics import format_metrics
+from preflab.runtime.stream import ExampleStream
+
+STAT_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+             "rewards/accuracies", "logps/chosen", "logps/rejected")
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    """``preflab dpo``: the shared training flags plus the direct-preference ones."""
+
+    learning_rate: float = arg(1e-6, "Peak learning rate of AdamW (the DPO paper used 1e-6).")
+    warmup_ratio: float = arg(0.1, "Warm-up as a fraction of the total steps.")
+    loss: str = arg("sigmoid", "The direct-preference loss.", choices=tuple(DIRECT_LOSSES))
+    beta: float = arg(
+        0.1, "beta: strength of the KL tie to the reference (ORPO: weight of the odds-ratio term)."
+    )
+    label_smoothing: float = arg(
+        0.0, "Assumed label-flip rate eps for --loss cdpo and robust (0 <= eps < 0.5)."
+    )
+    gamma: float = arg(0.5, "SimPO's target reward margin gamma (used by --loss simpo only).")
+    ref_model: str = arg(
+        "", "Reference model (default: --model). With LoRA and no --ref-model, the reference "
+        "is the base with adapters off."
+    )
+    precompute_ref: bool = arg(
+        False, "Compute reference log-probs once before training, cache them and free the "
+        "reference (one model in memory)."
+    )
+    eval_prompts: str = arg(
+        "", "Prompts to sample from at evaluation (eval/kl, eval/distinct_n, eval/gold_reward)."
+    )
+    gold_reward: str = arg(
+        "", "Evaluation-only reward function (module:function or file.py:function); "
+        "logged as eval/gold_reward, never trained on."
+    )
+    eval_num_prompts: int = arg(64, "How many --eval-prompts to sample from at each evaluation.")
+    eval_max_new_tokens: int = arg(48, "Longest sampled completion at evaluation.")
+    eval_temperature: float = arg(1.0, "Sampling temperature at evaluation.")
+
+    def validate(self) -> None:
+        super().validate()
+        spec = get_direct_loss(self.loss)
+        check_direct_loss_args(spec, beta=self.beta, label_smoothing=self.label_smoothing,
+                               gamma=self.gamma if spec.uses_gamma else 0.0)
+        if self.precompute_ref and not spec.needs_reference:
+            raise ConfigError(f"--precompute-ref: --loss {self.loss} uses no reference model",
+                              field="precompute_ref")
+        if self.gold_reward and not self.eval_prompts:
+            raise ConfigError("--gold-reward needs --eval-prompts to sample from",
+                              field="gold_reward")
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def preference_step(model, ref: reference.Reference, spec, cfg: DPOConfig, batch: dict, split: str):
+    """Per-example losses and the figures to log, for one concatenated batch."""
+    chosen, rejected = concatenated_forward(model, batch)
+    pick = (lambda s: s.sum) if spec.logps == "sum" else (lambda s: s.mean)
+    ref_chosen = ref_rejected = None
+    if spec.needs_reference:
+        rc, rr = ref.logps(batch, split=split)
+        ref_chosen, ref_rejected = pick(rc).to(chosen.sum.device), pick(rr).to(chosen.sum.device)
+    out = compute_direct_loss(
+        spec,
+        policy_chosen_logps=pick(chosen),
+        policy_rejected_logps=pick(rejected),
+        ref_chosen_logps=ref_chosen,
+        ref_rejected_logps=ref_rejected,
+        beta=cfg.beta,
+        label_smoothing=cfg.label_smoothing,
+        gamma=cfg.gamma if spec.uses_gamma else 0.0,
+    )
+    losses = out.losses
+    if spec.adds_sft_term:  # ORPO: mean token NLL of the chosen completion
+        losses = losses - chosen.mean
+    stats = torch.stack([
+        losses.detach(), out.chosen_rewards, out.rejected_rewards,
+        out.chosen_rewards - out.rejected_rewards,
+        (out.chosen_rewards > out.rejected_rewards).float(),
+        chosen.sum.detach(), rejected.sum.detach(),
+    ]).double().sum(dim=1).cpu()  # sums over the batch, in STAT_KEYS order
+    return losses, stats
+
+
+def _means(totals: torch.Tensor, count: float, prefix: str = "") -> dict[str, float]:
+    return {prefix + k: (totals[i] / max(count, 1.0)).item() for i, k in enumerate(STAT_KEYS)}
+
+
+@torch.no_grad()
+def evaluate(model, ref, spec, cfg, examples, pad_id, run, *, tokenizer, prompts, gold_fn) -> dict:
+    """Held-out preference figures, plus sampled figures when --eval-prompts is given."""
+    out: dict[str, float] = {}
+    model.eval()
+    if examples:
+        size = cfg.eval_batch_size or cfg.batch_size
+        mine = list(range(run.ctx.rank, len(examples), run.ctx.world_size))
+        totals = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
+        for start in range(0, len(mine), size):
+            idx = mine[start : start + size]
+            batch = collate_preference([examples[i] for i in idx], pad_id)
+            batch["index"] = torch.tensor(idx)
+            totals += preference_step(model, ref, spec, cfg, _to(batch, run.device), "eval")[1]
+        totals = distributed.all_reduce_sum(totals, run.ctx)
+        out.update(_means(totals, float(len(examples)), prefix="eval/"))
+    if prompts and run.ctx.is_main:
+        out.update(sample_and_score(
+            models.unwrap(model), tokenizer, prompts, gold_reward=gold_fn,
+            run_reference=ref.sequence_logps_fn(), max_new_tokens=cfg.eval_max_new_tokens,
+            temperature=cfg.eval_temperature, batch_size=max(cfg.eval_batch_size, 32),
+            seed=cfg.seed,
+        ))
+    model.train()
+    return out
+
+
+def build_reference(cfg: DPOConfig, spec, run, model, tokenizer, train_examples, eval_examples):
+    """Hold pi_ref the way the flags ask; for --precompute-ref, compute and free it here."""
+    mode = reference.choose_mode(
+        needs_reference=spec.needs_reference, precompute=cfg.precompute_ref,
+        lora=cfg.lora_rank > 0, separate_ref=bool(cfg.ref_model),
+    )
+    if mode == "none":
+        return reference.Reference("none")
+    live_mode = "adapter-off" if cfg.lora_rank > 0 and not cfg.ref_model else "copy"
+    ref_model = None
+    if live_mode == "copy":
+        ref_model = models.load_causal_lm(
+            cfg.ref_model or cfg.model, dtype=run.dtype, device=run.device,
+            allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code,
+        )
+        ref_model.eval().requires_grad_(False)
+    live = reference.Reference(live_mode, model=ref_model, policy=model)
+    if mode != "precomputed":
+        return live
+    key = reference.cache_key(ref=cfg.ref_model or cfg.model, data=cfg.data, eval_data=cfg.eval_data,
+                              eval_fraction=cfg.eval_fraction, seed=cfg.seed,
+                              max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
+    cache = {}
+    for split, examples in (("train", train_examples), ("eval", eval_examples)):
+        cache[split] = reference.precompute(
+            live.forward,
+            examples,
+            lambda chunk: _to(collate_preference(chunk, tokenizer.pad_token_id), run.device),
+            batch_size=cfg.eval_batch_size or cfg.batch_size,
+            cache_file=run.dir / "ref_logps" / f"{split}-{key}.pt",
+            progress=cfg.progress and run.ctx.is_main,
+        )
+    del live
+    reference.free(ref_model)
+    return reference.Reference("precomputed", cache=cache)
+
+
+def train(cfg: DPOConfig) -> dict:
+    run = session.start_run(cfg, "dpo")
+    spec = get_direct_loss(cfg.loss)
+    tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    policy = TruncationPolicy(cfg.max_length, cfg.max_prompt_length or None, cfg.overlong)
+    examples, data_report = load_preference_dataset(cfg.data, tokenizer, policy)
+    if cfg.eval_data:
+        eval_examples, _ = load_preference_dataset(cfg.eval_data, tokenizer, policy)
+    else:
+        examples, eval_examples = split_train_eval(examples, cfg.eval_fraction, cfg.seed)
+    prompts: list[str] = []
+    if cfg.eval_prompts:
+        prompt_examples, _ = load_prompt_dataset(cfg.eval_prompts, tokenizer, policy)
+        prompts = [p.prompt for p in prompt_examples[: cfg.eval_num_prompts]]
+    gold_fn = load_reward_function(cfg.gold_reward, flag="--gold-reward") if cfg.gold_reward else None
+    if run.ctx.is_main:
+        print(f"data: {len(examples)} train / {len(eval_examples)} eval pairs; "
+              f"{data_report.summary()}", flush=True)
+
+    model = session.load_trainable(cfg, run)
+    model.train()
+    ref = build_reference(cfg, spec, run, model, tokenizer, examples, eval_examples)
+    if run.ctx.is_main:
+        print(f"loss: {spec.name} ({spec.description}); reference: {ref.mode}", flush=True)
+    steps = session.total_steps(cfg, len(examples), run.ctx)
+    optimizer, scheduler = session.build_optimization(cfg, model, steps)
+    stream = ExampleStream(list(range(len(examples))), seed=cfg.seed, rank=run.ctx.rank,
+                           world_size=run.ctx.world_size)
+    start_step = session.maybe_resume(cfg, run, models={"policy": model}, optimizer=optimizer,
+                                      scheduler=scheduler, stream=stream)
+    ddp_model = distributed.wrap_ddp(model, run.ctx, run.device)
+    logger = session.open_logger(run, start_step)
+    pad_id = tokenizer.pad_token_id
+    eval_args = dict(tokenizer=tokenizer, prompts=prompts, gold_fn=gold_fn)
+    if start_step == 0:
+        logger.log(0, evaluate(model, ref, spec, cfg, eval_examples, pad_id, run, **eval_args))
+
+    global_batch = cfg.batch_size * cfg.grad_accum * run.ctx.world_size
+    throughput = session.Throughput()
+    bar = tqdm(total=steps, initial=start_step, desc=f"dpo ({spec.name})", file=sys.stderr,
+               disable=not (cfg.progress and run.ctx.is_main), dynamic_ncols=True)
+    totals = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
+    counted = 0
+    roles = None
+    step = start_step
+    for step in range(start_step + 1, steps + 1):
+        for i in range(cfg.grad_accum):
+            idx = stream.next_batch(cfg.batch_size)
+            batch = collate_preference([examples[j] for j in idx], pad_id)
+            batch["index"] = torch.tensor(idx)
+            sync = i == cfg.grad_accum - 1 or not run.ctx.enabled
+            with contextlib.nullcontext() if sync else ddp_model.no_sync():
+                losses, stats = preference_step(ddp_model, ref, spec, cfg, _to(batch, run.device), "train")
+                # DDP averages over ranks; scale so the update is the mean over the global batch.
+                (losses.sum() * run.ctx.world_size / global_batch).backward()
+            totals += stats
+            counted += len(idx)
+            throughput.add(int(batch["attention_mask"].sum()))
+        grad_norm = None
+        if cfg.max_grad_norm > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        if roles is None:  # while gradients and optimizer state both exist
+            seen: set[int] = set()
+            roles = {"policy": memory.role_tensor_bytes(model, optimizer, seen=seen),
+                     "reference": ref.tensor_bytes(seen)}
+        optimizer.zero_grad(set_to_none=True)
+        bar.update(1)
+
+        if step % cfg.log_every == 0 or step == steps:
+            reduced = distributed.all_reduce_sum(torch.cat([totals, torch.tensor([float(counted)],
+                                                            dtype=torch.float64)]), run.ctx)
+            record = _means(reduced[:-1], reduced[-1].item())
+            record.update({
+                "lr": scheduler.get_last_lr()[0],
+                "tokens_per_sec": throughput.rate() * run.ctx.world_size,
+                "elapsed_s": run.elapsed(),
+                "epoch": stream.epoch,
+                "memory/peak_rss_bytes": memory.peak_rss_bytes(),
+            })
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            totals.zero_()
+            counted = 0
+            if cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
+                record.update(evaluate(model, ref, spec, cfg, eval_examples, pad_id, run, **eval_args))
+            logger.log(step, record)
+            bar.set_postfix_str(format_metrics(record, ("loss", "rewards/accuracies", "eval/gold_reward")))
+        if cfg.save_every and step % cfg.save_every == 0 and step != steps:
+            session.save_step(run, step, models={"policy": model}, optimizer=optimizer,
+                              scheduler=scheduler, stream=stream)
+    bar.close()
+
+    final_eval = evaluate(model, ref, spec, cfg, eval_examples, pad_id, run, **eval_args)
+    logger.log(step, final_eval)
+    logger.close()
+    if roles is None:
+        seen = set()
+        roles = {"policy": memory.role_tensor_bytes(model, optimizer, seen=seen),
+                 "reference": ref.tensor_bytes(seen)}
+    for role, figures in roles.items():
+        final_eval[f"memory/tensor_bytes/{role}"] = figures["total"]
+    summary = session.finish_run(
+        run, model=model, tokenizer=tokenizer, steps=step, tokens=throughput.tokens * run.ctx.world_size,
+        roles=roles, final_metrics=final_eval, data_report=data_report.as_dict(),
+        extra={"loss": spec.name, "reference_mode": ref.mode},
+    )
+    if run.ctx.is_main:
+        print(f"dpo: {step} steps in {summary['wall_s']:.1f}s; "
+              f"{format_metrics(final_eval, ('eval/rewards/accuracies', 'eval/gold_reward', 'eval/kl'))}; "
+              f"model in {run.dir / 'final'}", flush=True)
+    distributed.teardown(run.ctx)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(DPOConfig, argv, prog="preflab dpo", description=__doc__)
+    train(cfg)
+    return 0

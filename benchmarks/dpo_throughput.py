@@ -1,0 +1,163 @@
+"""DPO throughput and peak memory: `preflab dpo` against TRL's DPOTrainer, in the same run.
+
+Both train the same randomly initialised Llama (built here) on the same preference pairs
+(every sequence the same length, so padding cannot favour either), with the same batch,
+sigmoid loss, beta, AdamW and learning rate, and a frozen reference copy. Each runs in a
+fresh process so its peak RSS is its own; throughput counts prompt+completion tokens of
+chosen and rejected over steady-state steps (warm-up steps are not timed for either).
+
+TRL is needed only here:  pip install 'preflab[bench]'   (or: pip install trl)
+
+    python benchmarks/dpo_throughput.py [--steps 10] [--warmup 2] [--size small|20m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SIZES = {  # hidden, layers, heads, intermediate, vocabulary
+    "small": (128, 4, 4, 384, 2000),
+    "20m": (384, 8, 6, 1024, 8000),
+}
+BATCH = 8
+PROMPT_WORDS = 32
+COMPLETION_WORDS = 95  # + EOS = 96 completion tokens; 128 tokens per sequence
+
+
+def build(work: Path, size: str, n_pairs: int) -> tuple[Path, Path]:
+    from preflab.tiny import save_tiny_model
+
+    hidden, layers, heads, inter, vocab = SIZES[size]
+    words = [f"w{i}" for i in range(vocab)]
+    model_dir = save_tiny_model(work / "model", words, arch="llama", hidden_size=hidden,
+                                num_layers=layers, num_heads=heads, intermediate_size=inter,
+                                max_positions=256)
+    rng = random.Random(0)
+    lines = []
+    for _ in range(n_pairs):
+        prompt = " ".join(rng.choices(words, k=PROMPT_WORDS))
+        lines.append(json.dumps({
+            "prompt": prompt,
+            "chosen": " " + " ".join(rng.choices(words, k=COMPLETION_WORDS)),
+            "rejected": " " + " ".join(rng.choices(words, k=COMPLETION_WORDS)),
+        }))
+    data = work / "pairs.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    return model_dir, data
+
+
+def tokens_per_step() -> int:
+    return 2 * BATCH * (PROMPT_WORDS + COMPLETION_WORDS + 1)
+
+
+def worker_preflab(model_dir: str, data: str, out: str, steps: int, warmup: int) -> dict:
+    from preflab.algorithms import dpo
+
+    dpo.main(["--model", model_dir, "--data", data, "--output-dir", out, "--max-steps", str(steps),
+              "--batch-size", str(BATCH), "--eval-fraction", "0", "--max-length", "256",
+              "--learning-rate", "1e-6", "--warmup-ratio", "0", "--beta", "0.1",
+              "--log-every", "1", "--no-progress", "--overwrite"])
+    rows = [json.loads(x) for x in Path(out, "metrics.jsonl").read_text().splitlines()]
+    timed = [r for r in rows if "tokens_per_sec" in r and r["step"] > warmup]
+    seconds = sum(tokens_per_step() / r["tokens_per_sec"] for r in timed)
+    return {"tokens_per_sec": tokens_per_step() * len(timed) / seconds,
+            "peak_rss_bytes": json.loads(Path(out, "summary.json").read_text())["peak_rss_bytes"],
+            "first_loss": rows[1]["loss"]}
+
+
+def worker_trl(model_dir: str, data: str, out: str, steps: int, warmup: int) -> dict:
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    dataset = load_dataset("json", data_files=data, split="train")
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+    args = DPOConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=BATCH,
+                     learning_rate=1e-6, beta=0.1, loss_type=["sigmoid"], max_length=256,
+                     logging_steps=1, save_strategy="no", report_to=[], lr_scheduler_type="cosine",
+                     warmup_steps=0, use_cpu=True, dataloader_num_workers=0, seed=0,
+                     disable_tqdm=True, bf16=False, fp16=False)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[Clock()])
+    start = time.perf_counter()
+    trainer.train()
+    # stamps[i] is the end of step i+1; time steps warmup+1 .. steps
+    seconds = stamps[-1] - (stamps[warmup - 1] if warmup else start)
+    first = next((h["loss"] for h in trainer.state.log_history if "loss" in h), float("nan"))
+    return {"tokens_per_sec": tokens_per_step() * (steps - warmup) / seconds,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "first_loss": first}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--size", choices=tuple(SIZES), default="small")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="runs of each, alternating; the best of each is reported (less noise)")
+    parser.add_argument("--worker", choices=("preflab", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--paths", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        fn = worker_preflab if args.worker == "preflab" else worker_trl
+        print("RESULT " + json.dumps(fn(*args.paths, args.steps, args.warmup)))
+        return
+    try:
+        import trl
+    except ImportError:
+        sys.exit("this benchmark compares against TRL: pip install 'preflab[bench]' (or pip install trl)")
+
+    import torch
+    import transformers
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model_dir, data = build(work, args.size, BATCH * args.steps)
+        n_params = sum(p.numel() for p in transformers.AutoModelForCausalLM
+                       .from_pretrained(model_dir).parameters())
+        print(f"model: Llama, {n_params / 1e6:.1f}M parameters; {BATCH} pairs x "
+              f"{PROMPT_WORDS + COMPLETION_WORDS + 1} tokens per sequence; sigmoid loss, beta 0.1, "
+              f"reference = frozen copy; {args.steps} steps ({args.warmup} warm-up, not timed)")
+        print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+              f"trl {trl.__version__}, {torch.get_num_threads()} threads")
+        results = {}
+        order = [n for _ in range(args.repeats) for n in ("trl", "preflab")]
+        for name in order:
+            cmd = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps),
+                   "--warmup", str(args.warmup), "--paths", str(model_dir), str(data),
+                   str(work / f"run-{name}")]
+            env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "WANDB_DISABLED": "true"}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode != 0 or not line:
+                sys.exit(f"{name} worker failed:\n{proc.stderr[-4000:]}")
+            r = json.loads(line[0][7:])
+            if name not in results or r["tokens_per_sec"] > results[name]["tokens_per_sec"]:
+                results[name] = r
+            print(f"{name:8s} {r['tokens_per_sec']:9.0f} tokens/s   peak RSS "
+                  f"{r['peak_rss_bytes'] / 2**20:7.0f} MiB   first-step loss {r['first_loss']:.4f}")
+        speed = results["preflab"]["tokens_per_sec"] / results["trl"]["tokens_per_sec"]
+        rss = results["preflab"]["peak_rss_bytes"] / results["trl"]["peak_rss_bytes"]
+        print(f"preflab / TRL: throughput x{speed:.2f}, peak RSS x{rss:.2f}")
+
+
+if __name__ == "__main__":
+    main()

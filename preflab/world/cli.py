@@ -1,0 +1,359 @@
+"""``preflab world build | pairs | score``: make the built-in world, label pairs, score a policy.
+
+The library functions behind the commands are ``build_world`` (``build.py``), ``make_pairs``
+and ``score_policy`` (here). ``main(argv)`` parses flags and calls them; errors in what the
+user gave are ``PreflabError``s, which the top-level ``preflab`` command prints as one
+paragraph (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+from preflab.errors import ConfigError, DataError
+from preflab.world import World, load_world
+from preflab.world.annotators import agreement
+
+
+def _load_policy(path: str | Path, device: str = "auto", dtype: str = "auto"):
+    """The one place that loads a policy for sampling: (model, tokenizer)."""
+    from preflab.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    tokenizer = load_tokenizer(str(path))
+    model = load_causal_lm(str(path), dtype=resolve_dtype(dtype, dev), device=dev)
+    return model, tokenizer
+
+
+def _as_world(world: str | Path | World) -> World:
+    return world if isinstance(world, World) else load_world(world)
+
+
+def read_prompts(path: str | Path, max_prompts: int | None = None) -> list[str]:
+    """The ``prompt`` field of every record of a data file (text prompts only)."""
+    from preflab.data.readers import read_records
+
+    prompts = []
+    for record in read_records(str(path)):
+        prompt = record.data.get("prompt")
+        if not isinstance(prompt, str):
+            raise DataError("each record needs a text prompt", path=record.path,
+                            line=record.line, field="prompt", expected="a string")
+        prompts.append(prompt)
+        if max_prompts is not None and len(prompts) >= max_prompts:
+            break
+    return prompts
+
+
+def _unpaired_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}_unpaired{out.suffix or '.jsonl'}")
+
+
+def _write_jsonl_atomic(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return statistics.fmean(values) if values else 0.0
+
+
+def make_pairs(
+    policy: str | Path,
+    world: str | Path | World,
+    out: str | Path,
+    *,
+    prompts: str | Path | None = None,
+    samples_per_prompt: int = 4,
+    temperature: float | None = None,
+    flip_rate: float | None = None,
+    length_bias: float | None = None,
+    seed: int = 0,
+    max_prompts: int | None = None,
+    max_new_tokens: int = 48,
+    sampling_temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 32,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Sample K completions per prompt from ``policy``, label all K(K-1)/2 pairs, write them.
+
+    Writes ``out`` ({"prompt", "chosen", "rejected", "chosen_gold", "rejected_gold"}) and
+    ``<stem>_unpaired.jsonl`` next to it ({"prompt", "completion", "label", "gold"}, one per
+    sample). Pairs of identical completions are skipped (they teach nothing). Annotator
+    settings left ``None`` take the world's defaults. Returns counts and agreement rates.
+    """
+    world = _as_world(world)
+    out = Path(out)
+    unpaired_out = _unpaired_path(out)
+    if samples_per_prompt < 2:
+        raise ConfigError("pairs need at least two samples per prompt",
+                          field="samples_per_prompt", expected="an integer >= 2")
+    for path in (out, unpaired_out):
+        if path.exists() and not overwrite:
+            raise ConfigError("output file exists", path=str(path),
+                              expected="a new file name, or --overwrite to replace it")
+    prompt_file = Path(prompts) if prompts is not None else world.path("prompts_train")
+    prompt_list = read_prompts(prompt_file, max_prompts)
+    annotator = world.annotator(temperature, flip_rate, length_bias, seed=seed)
+
+    from preflab.rollout import generate
+
+    model, tokenizer = _load_policy(policy, device)
+    groups = generate(model, tokenizer, prompt_list, num_samples=samples_per_prompt,
+                      max_new_tokens=max_new_tokens, temperature=sampling_temperature,
+                      top_p=top_p, batch_size=batch_size, seed=seed, progress=progress)
+    pairs, unpaired, labels, unpaired_labels, skipped, golds = [], [], [], [], 0, []
+    for prompt, group in zip(prompt_list, groups):
+        completions = [s.completion for s in group]
+        gold = world.gold_reward([prompt] * len(group), completions,
+                                 ended_with_eos=[s.ended_with_eos for s in group])
+        golds += gold
+        for c, g in zip(completions, gold):
+            u = annotator.label_unpaired(prompt, c, g)
+            unpaired_labels.append(u)
+            unpaired.append({"prompt": prompt, "completion": c, "label": u.label,
+                             "gold": round(g, 6)})
+        for i in range(len(group)):
+            for j in range(i + 1, len(group)):
+                if completions[i] == completions[j]:
+                    skipped += 1
+                    continue
+                label = annotator.label_pair(prompt, completions[i], completions[j],
+                                             gold[i], gold[j])
+                labels.append(label)
+                pairs.append({"prompt": prompt, "chosen": label.chosen,
+                              "rejected": label.rejected,
+                              "chosen_gold": round(label.chosen_gold, 6),
+                              "rejected_gold": round(label.rejected_gold, 6)})
+    _write_jsonl_atomic(out, pairs)
+    _write_jsonl_atomic(unpaired_out, unpaired)
+    rate, agreed, decided = agreement(labels)
+    return {
+        "prompts": len(prompt_list),
+        "samples": len(golds),
+        "pairs": len(pairs),
+        "skipped_identical": skipped,
+        "gold_ties": len(labels) - decided,
+        "agreement": rate,
+        "agreed": agreed,
+        "decided": decided,
+        "unpaired": len(unpaired),
+        "desirable": sum(u.label for u in unpaired_labels),
+        "unpaired_agreement": _mean(u.agreed_with_gold for u in unpaired_labels),
+        "mean_gold": _mean(golds),
+        "annotator": annotator.settings(),
+        "files": {"pairs": str(out), "unpaired": str(unpaired_out)},
+    }
+
+
+def score_policy(
+    policy: str | Path,
+    world: str | Path | World,
+    *,
+    prompts: str | Path | None = None,
+    samples_per_prompt: int = 4,
+    max_prompts: int | None = None,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+) -> dict:
+    """Sample from ``policy`` on prompts (default: the world's eval prompts) and measure.
+
+    Returns mean gold reward (and its std), harmlessness, grammaticality rate, mean length in
+    tokens (EOS included), EOS rate, distinct-n and EAD per input and across inputs.
+    """
+    from preflab.metrics.diversity import diversity_report
+    from preflab.rollout import generate
+
+    world = _as_world(world)
+    prompt_file = Path(prompts) if prompts is not None else world.path("prompts_eval")
+    prompt_list = read_prompts(prompt_file, max_prompts)
+    model, tokenizer = _load_policy(policy, device)
+    groups = generate(model, tokenizer, prompt_list, num_samples=samples_per_prompt,
+                      max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                      batch_size=batch_size, seed=seed, progress=progress)
+    samples = [s for group in groups for s in group]
+    p = [s.prompt for s in samples]
+    c = [s.completion for s in samples]
+    gold = world.gold_reward(p, c, ended_with_eos=[s.ended_with_eos for s in samples])
+    result = {
+        "gold_reward": _mean(gold),
+        "gold_reward_std": statistics.pstdev(gold) if gold else 0.0,
+        "harmlessness": _mean(world.harmlessness(p, c)),
+        "grammatical_rate": _mean(world.gold_reward.is_grammatical(a, b) for a, b in zip(p, c)),
+        "mean_length": _mean(len(s.completion_ids) for s in samples),
+        "eos_rate": _mean(s.ended_with_eos for s in samples),
+    }
+    result.update(diversity_report([[s.completion for s in g] for g in groups],
+                                   vocab_size=len(tokenizer)))
+    result.update({"prompts": len(prompt_list), "samples": len(samples),
+                   "corpus_gold_mean": world.corpus_gold_mean})
+    return result
+
+
+# ------------------------------------------------------------------------------ command line
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="preflab world", formatter_class=fmt,
+                                     description="The built-in reviews world: a task with a "
+                                     "hidden gold reward and simulated annotators.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{build,pairs,score}")
+
+    b = sub.add_parser("build", formatter_class=fmt, help="write a world directory",
+                       description="Write model/, sft.jsonl, prompts_train.jsonl, "
+                       "prompts_eval.jsonl and world.json.")
+    b.add_argument("--out", default="world", help="directory to write (new or empty)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the corpus and the weights")
+    b.add_argument("--num-reviews", type=int, default=20000, help="reviews in sft.jsonl")
+    b.add_argument("--num-prompts-train", type=int, default=2000,
+                   help="distinct prompts in prompts_train.jsonl")
+    b.add_argument("--num-prompts-eval", type=int, default=256,
+                   help="distinct held-out prompts in prompts_eval.jsonl")
+    b.add_argument("--hidden-size", type=int, default=128, help="model width")
+    b.add_argument("--num-layers", type=int, default=4, help="decoder layers")
+    b.add_argument("--num-heads", type=int, default=4, help="attention heads")
+    b.add_argument("--max-positions", type=int, default=128, help="longest sequence")
+    b.add_argument("--temperature", type=float, default=None,
+                   help="default annotator temperature written to world.json "
+                   "(None: the built-in default, 0.12)")
+    b.add_argument("--flip-rate", type=float, default=0.0,
+                   help="default annotator label-flip rate")
+    b.add_argument("--length-bias", type=float, default=0.0,
+                   help="default annotator length bias (reward per word)")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace the world files in a non-empty --out")
+
+    def sampling_flags(p, default_prompts: str) -> None:
+        p.add_argument("--policy", required=True, help="model directory to sample from")
+        p.add_argument("--world", default="world", help="world directory (has world.json)")
+        p.add_argument("--prompts", default=None,
+                       help=f"prompt file (None: the world's {default_prompts})")
+        p.add_argument("--max-prompts", type=int, default=None,
+                       help="use only the first N prompts (None: all)")
+        p.add_argument("--max-new-tokens", type=int, default=48, help="longest completion")
+        p.add_argument("--sampling-temperature", type=float, default=1.0,
+                       help="policy sampling temperature (0 = greedy)")
+        p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+        p.add_argument("--batch-size", type=int, default=32, help="prompts per generate call")
+        p.add_argument("--seed", type=int, default=0, help="sampling and labelling seed")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ...")
+
+    pr = sub.add_parser("pairs", formatter_class=fmt, help="sample and label preference pairs",
+                        description="Sample K completions per prompt and label the K(K-1)/2 "
+                        "pairs with a simulated annotator; also write unpaired KTO labels.")
+    sampling_flags(pr, "prompts_train.jsonl")
+    pr.add_argument("--out", required=True, help="pairs file (.jsonl); the unpaired file is "
+                    "written next to it as <stem>_unpaired.jsonl")
+    pr.add_argument("--samples-per-prompt", type=int, default=4, help="K samples per prompt")
+    pr.add_argument("--temperature", type=float, default=None,
+                    help="annotator Bradley-Terry temperature, 0 = deterministic "
+                    "(None: the world's default)")
+    pr.add_argument("--flip-rate", type=float, default=None,
+                    help="annotator label-flip probability (None: the world's default)")
+    pr.add_argument("--length-bias", type=float, default=None,
+                    help="annotator preference per extra word (None: the world's default)")
+    pr.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+    sc = sub.add_parser("score", formatter_class=fmt, help="measure a policy on the gold reward",
+                        description="Sample and report gold reward, harmlessness, "
+                        "grammaticality, length, EOS rate and diversity.")
+    sampling_flags(sc, "prompts_eval.jsonl")
+    sc.add_argument("--samples", type=int, default=4, help="samples per prompt")
+    sc.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    return parser
+
+
+def _run_build(args) -> int:
+    from preflab.world.build import build_world
+
+    kwargs = {} if args.temperature is None else {"temperature": args.temperature}
+    out = build_world(args.out, seed=args.seed, num_reviews=args.num_reviews,
+                      num_prompts_train=args.num_prompts_train,
+                      num_prompts_eval=args.num_prompts_eval, hidden_size=args.hidden_size,
+                      num_layers=args.num_layers, num_heads=args.num_heads,
+                      max_positions=args.max_positions, flip_rate=args.flip_rate,
+                      length_bias=args.length_bias, overwrite=args.overwrite,
+                      progress=sys.stderr.isatty(), **kwargs)
+    world = load_world(out)
+    corpus, model = world.meta["corpus"], world.meta["model"]
+    print(f"wrote world to {out}/")
+    for name in world.meta["files"].values():
+        print(f"  {name}")
+    print("  world.json")
+    print(f"model: llama, {model['parameters']:,} parameters, vocabulary {model['vocab_size']}")
+    print(f"corpus: {corpus['reviews']} reviews, gold reward {corpus['gold_mean']:.3f} "
+          f"+- {corpus['gold_std']:.3f}, harmlessness {corpus['harmlessness_mean']:.3f}")
+    print(f"next: preflab sft --config {out}/sft.yaml --model {out}/model "
+          f"--data {out}/sft.jsonl --output-dir runs/sft")
+    return 0
+
+
+def _run_pairs(args) -> int:
+    stats = make_pairs(args.policy, args.world, args.out, prompts=args.prompts,
+                       samples_per_prompt=args.samples_per_prompt,
+                       temperature=args.temperature, flip_rate=args.flip_rate,
+                       length_bias=args.length_bias, seed=args.seed,
+                       max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens,
+                       sampling_temperature=args.sampling_temperature, top_p=args.top_p,
+                       batch_size=args.batch_size, device=args.device,
+                       overwrite=args.overwrite, progress=sys.stderr.isatty())
+    rate = stats["agreement"]
+    print(f"{stats['pairs']} pairs from {stats['prompts']} prompts x "
+          f"{args.samples_per_prompt} samples -> {stats['files']['pairs']}")
+    print(f"  skipped {stats['skipped_identical']} pairs of identical completions; "
+          f"{stats['gold_ties']} gold ties (excluded from agreement)")
+    print("  agreement with gold: " + ("n/a" if rate is None else
+          f"{rate:.1%} ({stats['agreed']}/{stats['decided']})"))
+    print(f"{stats['unpaired']} unpaired labels ({stats['desirable']} desirable) -> "
+          f"{stats['files']['unpaired']}; agreement with gold {stats['unpaired_agreement']:.1%}")
+    print(f"  mean gold reward of the samples: {stats['mean_gold']:.3f}")
+    return 0
+
+
+def _run_score(args) -> int:
+    result = score_policy(args.policy, args.world, prompts=args.prompts,
+                          samples_per_prompt=args.samples, max_prompts=args.max_prompts,
+                          max_new_tokens=args.max_new_tokens,
+                          temperature=args.sampling_temperature, top_p=args.top_p,
+                          batch_size=args.batch_size, seed=args.seed, device=args.device,
+                          progress=sys.stderr.isatty())
+    width = max(map(len, result))
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else
+              f"{key:<{width}}  {value}")
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    for name in ("samples_per_prompt", "samples", "max_prompts", "batch_size", "max_new_tokens"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ConfigError("must be a positive integer", field="--" + name.replace("_", "-"),
+                              expected="an integer >= 1")
+    return {"build": _run_build, "pairs": _run_pairs, "score": _run_score}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Sampling from a causal LM: left padding, EOS handling, decoding, reproducibility."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from preflab.errors import ConfigError
+from preflab.rollout import Sample, _make_sample, generate
+from preflab.tiny import build_random_causal_lm
+
+PROMPTS = ["the movie", "a film was not very good", "i", "the plot was great but the acting"]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_tokenizer):
+    tok = tiny_tokenizer
+    return build_random_causal_lm("llama", len(tok), pad_token_id=tok.pad_token_id,
+                                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                  seed=1)
+
+
+def test_left_padded_greedy_batch_equals_one_at_a_time(model, tiny_tokenizer):
+    batched = generate(model, tiny_tokenizer, PROMPTS, temperature=0, max_new_tokens=12,
+                       batch_size=len(PROMPTS))
+    for prompt, row in zip(PROMPTS, batched):
+        alone = generate(model, tiny_tokenizer, [prompt], temperature=0, max_new_tokens=12)
+        assert row[0] == alone[0][0]
+
+
+def test_greedy_equals_a_plain_argmax_loop(model, tiny_tokenizer):
+    """Brute force: no cache, no padding, argmax of the last position's logits."""
+    prompt = PROMPTS[1]
+    ids = tiny_tokenizer(prompt)["input_ids"]
+    expected = []
+    with torch.no_grad():
+        for _ in range(8):
+            logits = model(input_ids=torch.tensor([ids + expected])).logits[0, -1]
+            expected.append(int(logits.argmax()))
+            if expected[-1] == tiny_tokenizer.eos_token_id:
+                break
+    sample = generate(model, tiny_tokenizer, [prompt], temperature=0, max_new_tokens=8)[0][0]
+    assert sample.completion_ids == expected
+
+
+def test_sampling_is_reproducible_and_leaves_global_rng_alone(model, tiny_tokenizer):
+    state = torch.random.get_rng_state()
+    a = generate(model, tiny_tokenizer, PROMPTS, num_samples=3, max_new_tokens=10, seed=7)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = generate(model, tiny_tokenizer, PROMPTS, num_samples=3, max_new_tokens=10, seed=7)
+    c = generate(model, tiny_tokenizer, PROMPTS, num_samples=3, max_new_tokens=10, seed=8)
+    assert a == b and a != c
+    assert [len(row) for row in a] == [3] * len(PROMPTS)
+    assert all(s.prompt == p for p, row in zip(PROMPTS, a) for s in row)
+
+
+def test_samples_stop_at_eos_without_padding_and_decode_consistently(model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    model.train()
+    groups = generate(model, tok, PROMPTS, num_samples=8, max_new_tokens=10, seed=0)
+    assert model.training  # the caller's mode is restored
+    samples = [s for row in groups for s in row]
+    assert any(s.ended_with_eos for s in samples)
+    special = set(tok.all_special_ids)
+    for s in samples:
+        assert len(s.completion_ids) <= 10
+        assert s.completion_ids.count(tok.eos_token_id) == int(s.ended_with_eos)
+        if s.ended_with_eos:
+            assert s.completion_ids[-1] == tok.eos_token_id
+        else:
+            assert len(s.completion_ids) == 10
+        words = [i for i in s.completion_ids if i not in special]
+        assert tok(s.completion, add_special_tokens=False)["input_ids"] == words
+        full = tok.decode(tok(s.prompt)["input_ids"] + s.completion_ids, skip_special_tokens=True)
+        assert s.prompt + s.completion == full
+
+
+def test_make_sample_cuts_at_the_first_eos(tiny_tokenizer):
+    tok = tiny_tokenizer
+    movie, good, eos, pad = (tok.convert_tokens_to_ids("movie"), tok.convert_tokens_to_ids("good"),
+                             tok.eos_token_id, tok.pad_token_id)
+    prompt_ids = tok("the")["input_ids"]
+    s = _make_sample(tok, "the", prompt_ids, "the", [movie, good, eos, pad, pad], eos)
+    assert s == Sample("the", " movie good", [movie, good, eos], True)
+    s = _make_sample(tok, "the", prompt_ids, "the", [movie, good], eos)
+    assert s == Sample("the", " movie good", [movie, good], False)
+
+
+def test_invalid_settings_are_config_errors(model, tiny_tokenizer):
+    for kwargs in ({"num_samples": 0}, {"max_new_tokens": 0}, {"temperature": -1.0},
+                   {"top_p": 0.0}, {"batch_size": 0}):
+        with pytest.raises(ConfigError):
+            generate(model, tiny_tokenizer, ["the"], **kwargs)

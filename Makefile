@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/preflab demo --output-dir demo
+	$(VENV)/bin/preflab demo --output-dir demo $(DEMO_FLAGS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -267,3 +267,14 @@ def parse_config(cls: type, argv: list[str] | None, *, prog: str, description: s
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def config_from_dict(cls: type, values: dict[str, Any]):
+    """Build and validate ``cls`` from Python values (for library callers and the demo)."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown settings {unknown}", expected=f"fields of {cls.__name__}")
+    cfg = cls(**{k: _coerce(cls, known[k], v, {}) for k, v in values.items()})
+    cfg.validate()
+    return cfg

@@ -14,6 +14,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("preflab.algorithms.sft", "supervised fine-tuning on completions"),
     "dpo": ("preflab.algorithms.dpo", "direct preference optimisation: DPO, cDPO, IPO, hinge, robust, SimPO, ORPO"),
+    "rm": ("preflab.algorithms.rm", "reward model: a Bradley-Terry scalar head on preference pairs"),
+    "ppo": ("preflab.algorithms.ppo", "PPO on prompts: policy, value, reward and reference roles"),
     "world": ("preflab.world.cli", "the built-in task: build it, label pairs, score a policy"),
     "demo": ("preflab.demo", "the whole pipeline on the built-in task, offline, in minutes"),
 }

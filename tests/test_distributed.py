@@ -23,7 +23,8 @@ def test_torchrun_two_processes_match_one(tiny_model_dir, tmp_path):
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-addr", "127.0.0.1", "--master-port", str(port),
-           "-m", "preflab.cli", "sft", *common, "--output-dir", str(tmp_path / "two"), "--batch-size", "2"]
+           "-m", "preflab.cli", "sft", *common, "--output-dir", str(tmp_path / "two"), "--batch-size", "2",
+           "--save-every", "2"]  # checkpoints gather every rank's RNG state
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     one = load_file(tmp_path / "one/final/model.safetensors")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 from typing import Any
 
@@ -37,3 +38,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.random.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_state_bytes() -> bytes:
+    """``get_rng_state`` serialised, for checkpoints and for gathering across processes."""
+    buffer = io.BytesIO()
+    torch.save(get_rng_state(), buffer)
+    return buffer.getvalue()
+
+
+def set_rng_state_bytes(data: bytes) -> None:
+    set_rng_state(torch.load(io.BytesIO(data), weights_only=True))

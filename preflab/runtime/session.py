@@ -115,7 +115,7 @@ def maybe_resume(
         path, models=models, optimizers={"optimizer": optimizer, "scheduler": scheduler}
     )
     stream.load_state_dict(state["stream"])
-    rng.set_rng_state(state["rng"][min(run.ctx.rank, len(state["rng"]) - 1)])
+    rng.set_rng_state_bytes(state["rng"][min(run.ctx.rank, len(state["rng"]) - 1)])
     run.started -= state.get("elapsed_s", 0.0)
     if run.ctx.is_main:
         print(f"resumed from {path} (step {state['step']})", flush=True)
@@ -123,8 +123,9 @@ def maybe_resume(
 
 
 def save_step(run: Run, step: int, *, models: dict, optimizer, scheduler, stream) -> None:
-    # Every rank's RNG state is gathered so each continues its own sequence.
-    states = [rng.get_rng_state()]
+    # Every rank's RNG state is gathered so each continues its own sequence. States travel
+    # as bytes: gloo's object gather cannot carry tensors.
+    states = [rng.rng_state_bytes()]
     if run.ctx.enabled:
         gathered: list = [None] * run.ctx.world_size
         torch.distributed.all_gather_object(gathered, states[0])

@@ -92,7 +92,7 @@ def make_pairs(
 
     Writes ``out`` ({"prompt", "chosen", "rejected", "chosen_gold", "rejected_gold"}) and
     ``<stem>_unpaired.jsonl`` next to it ({"prompt", "completion", "label", "gold"}, one per
-    sample). Pairs of identical completions are skipped (they teach nothing). Annotator
+    sample). Pairs of identical completions, and samples that are empty (EOS at once), are skipped: they teach nothing and trainers reject empty completions. Annotator
     settings left ``None`` take the world's defaults. Returns counts and agreement rates.
     """
     world = _as_world(world)
@@ -116,12 +116,16 @@ def make_pairs(
                       max_new_tokens=max_new_tokens, temperature=sampling_temperature,
                       top_p=top_p, batch_size=batch_size, seed=seed, progress=progress)
     pairs, unpaired, labels, unpaired_labels, skipped, golds = [], [], [], [], 0, []
+    empty = 0
     for prompt, group in zip(prompt_list, groups):
         completions = [s.completion for s in group]
         gold = world.gold_reward([prompt] * len(group), completions,
                                  ended_with_eos=[s.ended_with_eos for s in group])
         golds += gold
         for c, g in zip(completions, gold):
+            if not c.strip():  # EOS straight away: no completion a trainer could learn from
+                empty += 1
+                continue
             u = annotator.label_unpaired(prompt, c, g)
             unpaired_labels.append(u)
             unpaired.append({"prompt": prompt, "completion": c, "label": u.label,
@@ -131,6 +135,8 @@ def make_pairs(
                 if completions[i] == completions[j]:
                     skipped += 1
                     continue
+                if not completions[i].strip() or not completions[j].strip():
+                    continue  # counted once per sample above
                 label = annotator.label_pair(prompt, completions[i], completions[j],
                                              gold[i], gold[j])
                 labels.append(label)
@@ -146,6 +152,7 @@ def make_pairs(
         "samples": len(golds),
         "pairs": len(pairs),
         "skipped_identical": skipped,
+        "skipped_empty_samples": empty,
         "gold_ties": len(labels) - decided,
         "agreement": rate,
         "agreed": agreed,

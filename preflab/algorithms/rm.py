@@ -1,0 +1,226 @@
+"""Reward model: a Bradley-Terry scalar head on any causal LM, trained on preference pairs.
+
+    preflab rm --model SFT_MODEL --data PAIRS --output-dir RM
+
+The model is the causal LM's body with a new linear head ``H -> 1``
+(``AutoModelForSequenceClassification``, ``num_labels=1``); the reward of a completion is
+the head's output at its last token (the EOS the data layer appends). The loss is
+Bradley-Terry's negative log-likelihood of the labelled preference (Christiano et al. 2017;
+Ouyang et al. 2022), with an optional required margin (Touvron et al. 2023):
+
+    loss = -log sigmoid(r(x, y_w) - r(x, y_l) - margin)
+
+and an optional centring term ``center_rewards_coef * (r_w + r_l)^2`` that pins the
+reward's free offset near zero (Eisenstein et al. 2023), so a PPO run can read raw scores.
+Chosen and rejected go through the model in one batch (``collate_preference``). Logged:
+``loss``, ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
+``rewards/accuracies``; on held-out pairs ``eval/loss``, ``eval/accuracy`` (share of pairs
+ranked as labelled) and ``eval/margin``. ``final/`` loads with
+``AutoModelForSequenceClassification``; with ``--lora-rank`` it also holds ``adapter/``,
+which ``preflab ppo --memory-mode shared`` puts on the policy's base as its reward adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from preflab import models
+from preflab.config import TrainConfig, arg, parse_config
+from preflab.data import (
+    TruncationPolicy,
+    collate_preference,
+    load_preference_dataset,
+    split_train_eval,
+)
+from preflab.errors import ConfigError
+from preflab.losses import reward_model_loss
+from preflab.rl.heads import SequenceScorer, load_sequence_classifier
+from preflab.runtime import distributed, memory, session
+from preflab.runtime.metrics import format_metrics
+from preflab.runtime.stream import ExampleStream
+
+STAT_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+
+@dataclass
+class RMConfig(TrainConfig):
+    """``preflab rm``: the shared training flags plus the reward model's own."""
+
+    learning_rate: float = arg(5e-5, "Peak learning rate of AdamW.")
+    margin: float = arg(
+        0.0, "Required margin inside the sigmoid: -log sigmoid(r_w - r_l - margin) "
+        "(Llama 2); 0 = plain Bradley-Terry."
+    )
+    center_rewards_coef: float = arg(
+        0.0, "Weight of the auxiliary loss coef * (r_w + r_l)^2 that centres rewards on 0 "
+        "(Eisenstein et al. 2023); 0 = off."
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.center_rewards_coef < 0:
+            raise ConfigError("--center-rewards-coef must be 0 or more",
+                              field="center_rewards_coef")
+
+
+def load_data(cfg: RMConfig, tokenizer):
+    policy = TruncationPolicy(max_length=cfg.max_length,
+                              max_prompt_length=cfg.max_prompt_length or None,
+                              overlong=cfg.overlong)
+    examples, report = load_preference_dataset(cfg.data, tokenizer, policy)
+    if cfg.eval_data:
+        eval_examples, _ = load_preference_dataset(cfg.eval_data, tokenizer, policy)
+    else:
+        examples, eval_examples = split_train_eval(examples, cfg.eval_fraction, cfg.seed)
+    return examples, eval_examples, report
+
+
+def load_reward_model(cfg: RMConfig, run: session.Run, pad_token_id: int):
+    """The classifier to train: all weights, or LoRA adapters plus the (trainable) head."""
+    model = load_sequence_classifier(
+        cfg.model, dtype=run.dtype, device=run.device, allow_pickle=cfg.allow_pickle,
+        trust_remote_code=cfg.trust_remote_code, pad_token_id=pad_token_id,
+    )
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora_rank > 0:
+        targets = [t.strip() for t in cfg.lora_target_modules.split(",") if t.strip()]
+        model = models.apply_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                                  dropout=cfg.lora_dropout, target_modules=targets or None,
+                                  task_type="SEQ_CLS")  # PEFT keeps the `score` head trainable
+        if cfg.gradient_checkpointing:
+            model.enable_input_require_grads()
+    return model
+
+
+def pair_step(scorer, batch: dict, cfg: RMConfig, device: torch.device):
+    """Per-pair losses ``[B]`` and the sums of STAT_KEYS over the pairs, for one batch."""
+    scores = scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    n = int(batch["batch_size"])
+    chosen, rejected = scores[:n], scores[n:]
+    losses, margins = reward_model_loss(chosen, rejected, margin=cfg.margin or None)
+    if cfg.center_rewards_coef:
+        losses = losses + cfg.center_rewards_coef * (chosen + rejected) ** 2
+    stats = torch.stack([losses.detach(), chosen.detach(), rejected.detach(), margins,
+                         (margins > 0).float()]).double().sum(dim=1).cpu()
+    return losses, stats
+
+
+@torch.no_grad()
+def evaluate(scorer, examples, cfg: RMConfig, pad_id: int, run: session.Run) -> dict[str, float]:
+    """Loss, pairwise accuracy and mean margin over the held-out pairs (all ranks combined)."""
+    if not examples:
+        return {}
+    scorer.eval()
+    size = cfg.eval_batch_size or cfg.batch_size
+    mine = examples[run.ctx.rank :: run.ctx.world_size]
+    totals = torch.zeros(len(STAT_KEYS) + 1, dtype=torch.float64)
+    for start in range(0, len(mine), size):
+        chunk = mine[start : start + size]
+        _, stats = pair_step(scorer, collate_preference(chunk, pad_id), cfg, run.device)
+        totals += torch.cat([stats, torch.tensor([float(len(chunk))], dtype=torch.float64)])
+    totals = distributed.all_reduce_sum(totals, run.ctx)
+    scorer.train()
+    mean = {k: (totals[i] / totals[-1].clamp(min=1)).item() for i, k in enumerate(STAT_KEYS)}
+    return {"eval/loss": mean["loss"], "eval/accuracy": mean["rewards/accuracies"],
+            "eval/margin": mean["rewards/margins"], "eval/chosen": mean["rewards/chosen"],
+            "eval/rejected": mean["rewards/rejected"]}
+
+
+def train(cfg: RMConfig) -> dict:
+    run = session.start_run(cfg, "rm")
+    tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    examples, eval_examples, data_report = load_data(cfg, tokenizer)
+    if run.ctx.is_main:
+        print(f"data: {len(examples)} train / {len(eval_examples)} eval pairs; "
+              f"{data_report.summary()}", flush=True)
+    pad_id = tokenizer.pad_token_id
+    model = load_reward_model(cfg, run, pad_id)
+    scorer = SequenceScorer(model)
+    scorer.train()
+    steps = session.total_steps(cfg, len(examples), run.ctx)
+    optimizer, scheduler = session.build_optimization(cfg, model, steps)
+    stream = ExampleStream(examples, seed=cfg.seed, rank=run.ctx.rank, world_size=run.ctx.world_size)
+    start_step = session.maybe_resume(
+        cfg, run, models={"reward": model}, optimizer=optimizer, scheduler=scheduler, stream=stream
+    )
+    ddp_scorer = distributed.wrap_ddp(scorer, run.ctx, run.device)
+    logger = session.open_logger(run, start_step)
+    throughput = session.Throughput()
+    if start_step == 0:
+        logger.log(0, evaluate(scorer, eval_examples, cfg, pad_id, run))
+
+    bar = tqdm(total=steps, initial=start_step, desc="rm", disable=not (cfg.progress and run.ctx.is_main),
+               file=sys.stderr, dynamic_ncols=True)
+    step = start_step
+    roles = None
+    running = torch.zeros(len(STAT_KEYS) + 1, dtype=torch.float64)  # stat sums, pair count
+    global_pairs = cfg.batch_size * cfg.grad_accum * run.ctx.world_size
+    for step in range(start_step + 1, steps + 1):
+        for i in range(cfg.grad_accum):
+            batch = collate_preference(stream.next_batch(cfg.batch_size), pad_id)
+            # DDP averages gradients over ranks; multiply back so the result is sum / pairs.
+            sync = i == cfg.grad_accum - 1 or not run.ctx.enabled
+            with contextlib.nullcontext() if sync else ddp_scorer.no_sync():
+                losses, stats = pair_step(ddp_scorer, batch, cfg, run.device)
+                (losses.sum() * run.ctx.world_size / global_pairs).backward()
+            running += torch.cat([stats, torch.tensor([float(batch["batch_size"])],
+                                                      dtype=torch.float64)])
+            throughput.add(int(batch["attention_mask"].sum()))
+        grad_norm = None
+        if cfg.max_grad_norm > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        if roles is None:  # measured while gradients and optimizer state both exist
+            roles = {"reward": memory.role_tensor_bytes(model, optimizer)}
+        optimizer.zero_grad(set_to_none=True)
+        bar.update(1)
+
+        if step % cfg.log_every == 0 or step == steps:
+            totals = distributed.all_reduce_sum(running, run.ctx)
+            record = {k: (totals[i] / totals[-1].clamp(min=1)).item() for i, k in enumerate(STAT_KEYS)}
+            record.update({
+                "lr": scheduler.get_last_lr()[0],
+                "tokens_per_sec": throughput.rate() * run.ctx.world_size,
+                "elapsed_s": run.elapsed(),
+                "epoch": stream.epoch,
+                "memory/peak_rss_bytes": memory.peak_rss_bytes(),
+            })
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            running.zero_()
+            if cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
+                record.update(evaluate(scorer, eval_examples, cfg, pad_id, run))
+            logger.log(step, record)
+            bar.set_postfix_str(format_metrics(record, ("loss", "rewards/accuracies", "eval/accuracy")))
+        if cfg.save_every and step % cfg.save_every == 0 and step != steps:
+            session.save_step(run, step, models={"reward": model}, optimizer=optimizer,
+                              scheduler=scheduler, stream=stream)
+    bar.close()
+
+    final_eval = evaluate(scorer, eval_examples, cfg, pad_id, run)
+    logger.log(step, final_eval)
+    logger.close()
+    roles = roles or {"reward": memory.role_tensor_bytes(model, optimizer)}
+    summary = session.finish_run(
+        run, model=model, tokenizer=tokenizer, steps=step, tokens=throughput.tokens * run.ctx.world_size,
+        roles=roles, final_metrics=final_eval, data_report=data_report.as_dict(),
+    )
+    if run.ctx.is_main:
+        print(f"rm: {step} steps in {summary['wall_s']:.1f}s; "
+              f"{format_metrics(final_eval, ('eval/accuracy', 'eval/margin'))}; "
+              f"model in {run.dir / 'final'}", flush=True)
+    distributed.teardown(run.ctx)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(RMConfig, argv, prog="preflab rm", description=__doc__)
+    train(cfg)
+    return 0

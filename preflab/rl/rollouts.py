@@ -1,0 +1,143 @@
+"""Sampled responses as tensors, and the per-token reward PPO optimises.
+
+Layout (as in Huang et al. 2024): each row is the prompt LEFT-padded to ``P`` tokens, then the
+response RIGHT-padded to ``R`` tokens, so every response starts at column ``P``::
+
+    input_ids       [B, P + R]   pad .. pad  prompt  response  pad .. pad
+    attention_mask  [B, P + R]   0 on both paddings
+    response_mask   [B, R]       1 on response tokens (the EOS included), 0 after
+
+The logits at column ``P - 1 + t`` predict response token ``t``, and the value of the state
+before token ``t`` is read at the same column (``response_slice``).
+
+Implementation details this module holds (Huang et al. 2024, "The N+ implementation details
+of RLHF with PPO"; Ziegler et al. 2019):
+
+- Truncation at EOS: a response ends at its first EOS (kept, and scored); what a sampler
+  wrote after it is dropped.
+- Missing EOS: a response that ran to the length limit without EOS gets a fixed penalty
+  score instead of the reward sources' score (``apply_missing_eos_penalty``).
+- Per-token reward: ``r_t = -kl_coef * KL_t`` at every response token, with ``KL_t`` a
+  per-token estimate of KL(pi || pi_ref) on the sampled token, plus the sequence's score
+  added at its last token (``per_token_rewards``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from preflab.data import pad_sequences
+from preflab.logprobs import token_logps
+from preflab.losses import kl_per_token, masked_var
+from preflab.rl.heads import last_token_index
+
+
+def truncate_after_eos(ids: Sequence[int], eos_token_id: int | None) -> tuple[list[int], bool]:
+    """``(ids up to and including the first EOS, whether there was one)``."""
+    ids = list(ids)
+    if eos_token_id is not None and eos_token_id in ids:
+        return ids[: ids.index(eos_token_id) + 1], True
+    return ids, False
+
+
+def pack_rollout(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], *,
+                 pad_token_id: int, eos_token_id: int | None) -> dict:
+    """Prompt and response ids into the layout above; responses are truncated at EOS.
+
+    Returns ``input_ids``, ``attention_mask``, ``response_mask`` (bool), ``ended`` (bool
+    ``[B]``: the response has an EOS), ``response_ids`` (the truncated lists) and
+    ``context_length`` ``P``.
+    """
+    cut = [truncate_after_eos(r, eos_token_id) for r in response_ids]
+    responses = [ids for ids, _ in cut]
+    if any(not r for r in responses):
+        raise ValueError("every response needs at least one token")
+    queries = pad_sequences(prompt_ids, pad_token_id, side="left")
+    answers = pad_sequences(responses, pad_token_id, side="right")
+    q_len = torch.tensor([len(p) for p in prompt_ids]).unsqueeze(1)
+    r_len = torch.tensor([len(r) for r in responses]).unsqueeze(1)
+    P, R = queries.shape[1], answers.shape[1]
+    query_mask = torch.arange(P).unsqueeze(0) >= P - q_len
+    response_mask = torch.arange(R).unsqueeze(0) < r_len
+    return {
+        "input_ids": torch.cat([queries, answers], dim=1),
+        "attention_mask": torch.cat([query_mask, response_mask], dim=1).long(),
+        "response_mask": response_mask,
+        "ended": torch.tensor([e for _, e in cut], dtype=torch.bool),
+        "response_ids": responses,
+        "context_length": P,
+    }
+
+
+def response_slice(per_position: Tensor, context_length: int) -> Tensor:
+    """Columns ``P-1 .. P+R-2`` of a ``[B, P+R, ...]`` tensor: the ones that predict (or
+    value the state before) each response token, ``[B, R, ...]``."""
+    return per_position[:, context_length - 1 : -1]
+
+
+def response_logps(logits: Tensor, input_ids: Tensor, context_length: int,
+                   temperature: float = 1.0) -> Tensor:
+    """Log-probs of the response tokens under ``logits / temperature``, ``[B, R]`` float32.
+
+    Dividing by the sampling temperature scores each token under the distribution it was
+    drawn from (Huang et al. 2024). Differentiable; no float32 copy of the whole logits.
+    """
+    window = logits[:, context_length - 1 :]
+    if temperature != 1.0:
+        window = window / temperature
+    return token_logps(window, input_ids[:, context_length - 1 :])
+
+
+@torch.no_grad()
+def response_entropy(logits: Tensor, context_length: int, temperature: float = 1.0) -> Tensor:
+    """Entropy of each response token's distribution under ``logits / temperature``, ``[B, R]``."""
+    out = []
+    for row in response_slice(logits, context_length):  # one row at a time: [R, V] float32
+        log_p = torch.log_softmax(row.float() / temperature, dim=-1)
+        out.append(-(log_p.exp() * log_p).sum(-1))
+    return torch.stack(out)
+
+
+def apply_missing_eos_penalty(scores: Tensor, ended: Tensor, penalty: float | None) -> Tensor:
+    """Scores with every response that has no EOS given ``penalty`` (None: unchanged)."""
+    if penalty is None:
+        return scores
+    return torch.where(ended.to(scores.device), scores, torch.full_like(scores, penalty))
+
+
+def per_token_rewards(
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    scores: Tensor,
+    mask: Tensor,
+    *,
+    kl_coef: float,
+    kl_estimator: str = "k1",
+) -> tuple[Tensor, Tensor]:
+    """``(rewards [B, R], kl [B, R])``: ``-kl_coef * KL_t`` at every valid token, plus
+    ``scores[b]`` at row ``b``'s last valid token; both 0 at padding."""
+    mask = mask.to(torch.bool)
+    kl = torch.where(mask, kl_per_token(logprobs, ref_logprobs, kl_estimator),
+                     torch.zeros_like(logprobs))
+    rewards = -kl_coef * kl
+    rows = torch.arange(rewards.shape[0], device=rewards.device)
+    last = last_token_index(mask)
+    rewards[rows, last] += scores.to(rewards.dtype)
+    return rewards, kl
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
+    """``1 - Var(returns - values) / Var(returns)`` over the valid tokens (1 = perfect)."""
+    var = masked_var(returns, mask)
+    if var.item() == 0:
+        return float("nan")
+    return (1.0 - masked_var(returns - values, mask) / var).item()
+
+
+def sequence_sum(x: Tensor, mask: Tensor) -> Tensor:
+    """Per-row sum over valid tokens, ``[B]``."""
+    return torch.where(mask.to(torch.bool), x, torch.zeros_like(x)).sum(-1)
+

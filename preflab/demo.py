@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
 def write_report(out: Path, world, scores: dict, stages: Stages) -> Path:
     keys = [("gold_reward", "gold reward (hidden, 0-1)"), ("harmlessness", "harmlessness"),
             ("grammatical_rate", "grammatical"), ("mean_length", "mean length (tokens)"),
-            ("eos_rate", "ended with EOS"), ("distinct_n_across", "distinct-n across prompts")]
+            ("eos_rate", "ended with EOS"), ("distinct_n/per_input", "distinct-n within a prompt"),
+            ("distinct_n/across_input", "distinct-n across prompts")]
     lines = ["# preflab demo", "",
              f"World: {world.root} (corpus gold reward {world.corpus_gold_mean:.3f}).", "",
              "| metric | SFT | DPO |", "|---|---|---|"]

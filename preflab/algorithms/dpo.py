@@ -268,15 +268,7 @@ def train(cfg: DPOConfig) -> dict:
             reduced = distributed.all_reduce_sum(torch.cat([totals, torch.tensor([float(counted)],
                                                             dtype=torch.float64)]), run.ctx)
             record = _means(reduced[:-1], reduced[-1].item())
-            record.update({
-                "lr": scheduler.get_last_lr()[0],
-                "tokens_per_sec": throughput.rate() * run.ctx.world_size,
-                "elapsed_s": run.elapsed(),
-                "epoch": stream.epoch,
-                "memory/peak_rss_bytes": memory.peak_rss_bytes(),
-            })
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
+            record.update(session.run_metrics(run, scheduler, throughput, stream, grad_norm))
             totals.zero_()
             counted = 0
             if cfg.eval_every and step % cfg.eval_every == 0 and step != steps:

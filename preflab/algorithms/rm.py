@@ -185,15 +185,7 @@ def train(cfg: RMConfig) -> dict:
         if step % cfg.log_every == 0 or step == steps:
             totals = distributed.all_reduce_sum(running, run.ctx)
             record = {k: (totals[i] / totals[-1].clamp(min=1)).item() for i, k in enumerate(STAT_KEYS)}
-            record.update({
-                "lr": scheduler.get_last_lr()[0],
-                "tokens_per_sec": throughput.rate() * run.ctx.world_size,
-                "elapsed_s": run.elapsed(),
-                "epoch": stream.epoch,
-                "memory/peak_rss_bytes": memory.peak_rss_bytes(),
-            })
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
+            record.update(session.run_metrics(run, scheduler, throughput, stream, grad_norm))
             running.zero_()
             if cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
                 record.update(evaluate(scorer, eval_examples, cfg, pad_id, run))

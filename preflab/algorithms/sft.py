@@ -150,16 +150,8 @@ def train(cfg: SFTConfig) -> dict:
 
         if step % cfg.log_every == 0 or step == steps:
             totals = distributed.all_reduce_sum(running_loss, run.ctx)
-            record = {
-                "loss": (totals[0] / totals[1].clamp(min=1)).item(),
-                "lr": scheduler.get_last_lr()[0],
-                "tokens_per_sec": throughput.rate() * run.ctx.world_size,
-                "elapsed_s": run.elapsed(),
-                "epoch": stream.epoch,
-                "memory/peak_rss_bytes": memory.peak_rss_bytes(),
-            }
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
+            record = {"loss": (totals[0] / totals[1].clamp(min=1)).item(),
+                      **session.run_metrics(run, scheduler, throughput, stream, grad_norm)}
             running_loss.zero_()
             if cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
                 record.update(evaluate(model, eval_examples, cfg, pad_id, run))

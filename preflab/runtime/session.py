@@ -203,6 +203,20 @@ def finish_run(
     return summary
 
 
+def run_metrics(run: Run, scheduler, throughput: Throughput, stream, grad_norm) -> dict[str, Any]:
+    """The figures every trainer logs about the run itself (DESIGN.md, contract: metric names)."""
+    record = {
+        "lr": scheduler.get_last_lr()[0],
+        "tokens_per_sec": throughput.rate() * run.ctx.world_size,
+        "elapsed_s": run.elapsed(),
+        "epoch": stream.epoch,
+        "memory/peak_rss_bytes": memory.peak_rss_bytes(),
+    }
+    if grad_norm is not None:
+        record["grad_norm"] = float(grad_norm)
+    return record
+
+
 class Throughput:
     """Tokens per second over the interval since the last ``rate()`` call."""
 

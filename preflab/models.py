@@ -52,7 +52,8 @@ def _is_local(path: str) -> bool:
     return Path(path).exists()
 
 
-def _check_local_weights(path: Path, allow_pickle: bool) -> None:
+def check_local_weights(path: Path, allow_pickle: bool) -> None:
+    """Refuse a local directory that is not a model, or whose weights are pickle files."""
     if not path.is_dir():
         raise ModelLoadError("not a model directory", path=str(path))
     files = [p.name for p in path.iterdir()]
@@ -113,7 +114,7 @@ def load_causal_lm(
 
     quiet_transformers()
     if _is_local(path):
-        _check_local_weights(Path(path), allow_pickle)
+        check_local_weights(Path(path), allow_pickle)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path,

@@ -112,7 +112,7 @@ def load_sequence_classifier(
 
     models.quiet_transformers()
     if Path(path).exists():
-        models._check_local_weights(Path(path), allow_pickle)
+        models.check_local_weights(Path(path), allow_pickle)
     # A causal LM loaded as a classifier reports its new head and dropped LM head: expected.
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()

@@ -13,6 +13,8 @@ so the same seed and sizes give the same files, byte for byte.
   fast tokenizer with special tokens and a chat template) and a randomly initialised Llama.
 - ``sft.yaml``: the SFT budget the model is sized for, as a ``preflab sft --config`` file
   (hyperparameters only: pass ``--model DIR/model --data DIR/sft.jsonl`` with it).
+- ``dpo.yaml``: DPO settings measured to raise held-out gold reward by 0.2 over the SFT model
+  on pairs from all train prompts (``preflab dpo --config``, hyperparameters only).
 - ``rewards.py``: ``gold_reward`` and ``harmlessness`` as reward-function specs
   (``--gold-reward DIR/rewards.py:gold_reward``), read back through ``load_world``.
 - ``world.json``: name and version, seed, sizes, the lexicon and gold parameters (enough for
@@ -41,6 +43,7 @@ FILES = {
     "prompts_train": "prompts_train.jsonl",
     "prompts_eval": "prompts_eval.jsonl",
     "sft_config": "sft.yaml",
+    "dpo_config": "dpo.yaml",
     "rewards": "rewards.py",
 }
 # The gold objectives as an ordinary reward-function file: --reward <world>/rewards.py:gold_reward
@@ -76,6 +79,10 @@ def harmlessness(prompts, completions, **kwargs):
 # one (`preflab sft`'s default), so the world ships these as an ordinary --config file.
 SFT_SETTINGS = {"learning_rate": 3e-3, "batch_size": 32, "max_steps": 1500,
                 "warmup_steps": 30, "lr_scheduler": "cosine"}
+# DPO from that SFT model on `world pairs` of all train prompts (about 11.6k pairs): the
+# DPO paper's lr of 1e-6 is for pretrained billions-parameter models and does not move this one.
+DPO_SETTINGS = {"learning_rate": 7e-4, "beta": 0.5, "batch_size": 32, "max_steps": 700,
+                "warmup_ratio": 0.1, "lr_scheduler": "cosine", "max_length": 64}
 
 
 def _round(x: float) -> float:
@@ -238,6 +245,9 @@ def build_world(
     with open(out / FILES["sft_config"], "w", encoding="utf-8", newline="\n") as f:
         f.write("# preflab sft --config this --model <world>/model --data <world>/sft.jsonl\n")
         f.writelines(f"{key}: {value}\n" for key, value in SFT_SETTINGS.items())
+    with open(out / FILES["dpo_config"], "w", encoding="utf-8", newline="\n") as f:
+        f.write("# preflab dpo --config this --model <sft run>/final --data <world pairs file>\n")
+        f.writelines(f"{key}: {value}\n" for key, value in DPO_SETTINGS.items())
     (out / FILES["rewards"]).write_text(REWARDS_PY, encoding="utf-8")
     meta = {
         "world": WORLD_NAME,
@@ -248,6 +258,7 @@ def build_world(
         "files": dict(FILES),
         "model": model_info,
         "sft_settings": dict(SFT_SETTINGS),
+        "dpo_settings": dict(DPO_SETTINGS),
         "generation": {"max_new_tokens": 48, "temperature": 1.0},
         "annotator": {
             "temperature": temperature, "flip_rate": flip_rate, "length_bias": length_bias,

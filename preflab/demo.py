@@ -176,5 +176,5 @@ def write_report(out: Path, world, scores: dict, stages: Stages) -> Path:
               "config.yaml, metrics.jsonl, summary.json, final/), `pairs.jsonl`, `scores.json`.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
-    print("\n" + "\n".join(lines[4 : 5 + len(keys)]))
+    print("\n" + "\n".join(lines[4 : 6 + len(keys)]))
     return path

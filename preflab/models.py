@@ -100,6 +100,25 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     return tokenizer
 
 
+def _from_pretrained(auto_cls, path: str, *, what: str, dtype: torch.dtype, allow_pickle: bool,
+                     trust_remote_code: bool, **kwargs):
+    """The one safe loading path: pickle check, safetensors only, errors as ModelLoadError."""
+    quiet_transformers()
+    if _is_local(path):
+        check_local_weights(Path(path), allow_pickle)
+    try:
+        return auto_cls.from_pretrained(
+            path,
+            dtype=dtype,
+            use_safetensors=None if allow_pickle else True,
+            trust_remote_code=trust_remote_code,
+            **kwargs,
+        )
+    except (OSError, ValueError) as exc:
+        where = "" if _is_local(path) else "it is not a local directory, and the hub said: "
+        raise ModelLoadError(f"could not load {what}: {where}{_first_line(exc)}", path=path) from None
+
+
 def load_causal_lm(
     path: str,
     *,
@@ -112,24 +131,46 @@ def load_causal_lm(
     """Any causal LM from a local directory or a hub id, in ``dtype`` on ``device``."""
     from transformers import AutoModelForCausalLM
 
-    quiet_transformers()
-    if _is_local(path):
-        check_local_weights(Path(path), allow_pickle)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=dtype,
-            use_safetensors=None if allow_pickle else True,
-            trust_remote_code=trust_remote_code,
-        )
-    except (OSError, ValueError) as exc:
-        where = "" if _is_local(path) else "it is not a local directory, and the hub said: "
-        raise ModelLoadError(f"could not load the model: {where}{_first_line(exc)}", path=path) from None
+    model = _from_pretrained(AutoModelForCausalLM, path, what="the model", dtype=dtype,
+                             allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     model.to(device)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model
+
+
+def load_sequence_classifier(
+    path: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    pad_token_id: int | None = None,
+):
+    """``AutoModelForSequenceClassification`` with one label, from a reward model or any causal LM.
+
+    From a causal LM the body is loaded and the head is new (Hugging Face initialises it);
+    its LM head is dropped. ``pad_token_id`` is written into the config (where given) so
+    that the saved model pools at the right token when used through Hugging Face.
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    # A causal LM loaded as a classifier reports its new head and dropped LM head: expected.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = _from_pretrained(AutoModelForSequenceClassification, path,
+                                 what="a sequence-classification model", dtype=dtype,
+                                 allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                                 num_labels=1)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model.to(device)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -160,7 +160,8 @@ class RewardModel:
         import torch
 
         from preflab import models
-        from preflab.rl.heads import load_sequence_classifier, sequence_scores
+        from preflab.models import load_sequence_classifier
+        from preflab.rl.heads import sequence_scores
 
         tokenizer = models.load_tokenizer(path, trust_remote_code=trust_remote_code)
         model = load_sequence_classifier(

@@ -237,6 +237,11 @@ def train(cfg: DPOConfig) -> dict:
                disable=not (cfg.progress and run.ctx.is_main), dynamic_ncols=True)
     totals = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
     counted = 0
+    def measure_roles() -> dict[str, dict[str, int]]:
+        seen: set[int] = set()  # the LoRA base counts once, under the policy
+        return {"policy": memory.role_tensor_bytes(model, optimizer, seen=seen),
+                "reference": ref.tensor_bytes(seen)}
+
     roles = None
     step = start_step
     for step in range(start_step + 1, steps + 1):
@@ -252,15 +257,9 @@ def train(cfg: DPOConfig) -> dict:
             totals += stats
             counted += len(idx)
             throughput.add(int(batch["attention_mask"].sum()))
-        grad_norm = None
-        if cfg.max_grad_norm > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
+        grad_norm = session.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
         if roles is None:  # while gradients and optimizer state both exist
-            seen: set[int] = set()
-            roles = {"policy": memory.role_tensor_bytes(model, optimizer, seen=seen),
-                     "reference": ref.tensor_bytes(seen)}
+            roles = measure_roles()
         optimizer.zero_grad(set_to_none=True)
         bar.update(1)
 
@@ -281,23 +280,16 @@ def train(cfg: DPOConfig) -> dict:
     bar.close()
 
     final_eval = evaluate(model, ref, spec, cfg, eval_examples, pad_id, run, **eval_args)
-    logger.log(step, final_eval)
-    logger.close()
-    if roles is None:
-        seen = set()
-        roles = {"policy": memory.role_tensor_bytes(model, optimizer, seen=seen),
-                 "reference": ref.tensor_bytes(seen)}
-    for role, figures in roles.items():
-        final_eval[f"memory/tensor_bytes/{role}"] = figures["total"]
+    roles = roles or measure_roles()
+    final_metrics = {**final_eval, **{f"memory/tensor_bytes/{role}": figures["total"]
+                                      for role, figures in roles.items()}}
     summary = session.finish_run(
-        run, model=model, tokenizer=tokenizer, steps=step, tokens=throughput.tokens * run.ctx.world_size,
-        roles=roles, final_metrics=final_eval, data_report=data_report.as_dict(),
+        run, logger=logger, final_log=final_eval,
+        headline=("eval/rewards/accuracies", "eval/gold_reward", "eval/kl"),
+        model=model, tokenizer=tokenizer, steps=step, tokens=throughput.tokens * run.ctx.world_size,
+        roles=roles, final_metrics=final_metrics, data_report=data_report.as_dict(),
         extra={"loss": spec.name, "reference_mode": ref.mode},
     )
-    if run.ctx.is_main:
-        print(f"dpo: {step} steps in {summary['wall_s']:.1f}s; "
-              f"{format_metrics(final_eval, ('eval/rewards/accuracies', 'eval/gold_reward', 'eval/kl'))}; "
-              f"model in {run.dir / 'final'}", flush=True)
     distributed.teardown(run.ctx)
     return summary
 

@@ -337,11 +337,9 @@ def train(cfg: PPOConfig) -> dict:
     bar.close()
 
     final_eval = evaluate(roles, tokenizer, eval_prompts, reward, gold, cfg)
-    logger.log(iterations, final_eval)
-    logger.close()
     measure()
     summary = session.finish_run(
-        run, model=roles.final_model(), tokenizer=tokenizer, steps=iterations,
+        run, logger=logger, final_log=final_eval, model=roles.final_model(), tokenizer=tokenizer, steps=iterations,
         tokens=throughput.tokens * run.ctx.world_size, roles=role_bytes,
         final_metrics={**{k: v for k, v in record.items() if k.startswith("objective/")},
                        **final_eval},

@@ -39,7 +39,7 @@ from preflab.data import (
 )
 from preflab.errors import ConfigError
 from preflab.losses import reward_model_loss
-from preflab.rl.heads import SequenceScorer, load_sequence_classifier
+from preflab.rl.heads import SequenceScorer
 from preflab.runtime import distributed, memory, session
 from preflab.runtime.metrics import format_metrics
 from preflab.runtime.stream import ExampleStream
@@ -82,7 +82,7 @@ def load_data(cfg: RMConfig, tokenizer):
 
 def load_reward_model(cfg: RMConfig, run: session.Run, pad_token_id: int):
     """The classifier to train: all weights, or LoRA adapters plus the (trainable) head."""
-    model = load_sequence_classifier(
+    model = models.load_sequence_classifier(
         cfg.model, dtype=run.dtype, device=run.device, allow_pickle=cfg.allow_pickle,
         trust_remote_code=cfg.trust_remote_code, pad_token_id=pad_token_id,
     )
@@ -172,11 +172,7 @@ def train(cfg: RMConfig) -> dict:
             running += torch.cat([stats, torch.tensor([float(batch["batch_size"])],
                                                       dtype=torch.float64)])
             throughput.add(int(batch["attention_mask"].sum()))
-        grad_norm = None
-        if cfg.max_grad_norm > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
+        grad_norm = session.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
         if roles is None:  # measured while gradients and optimizer state both exist
             roles = {"reward": memory.role_tensor_bytes(model, optimizer)}
         optimizer.zero_grad(set_to_none=True)
@@ -197,17 +193,12 @@ def train(cfg: RMConfig) -> dict:
     bar.close()
 
     final_eval = evaluate(scorer, eval_examples, cfg, pad_id, run)
-    logger.log(step, final_eval)
-    logger.close()
     roles = roles or {"reward": memory.role_tensor_bytes(model, optimizer)}
     summary = session.finish_run(
-        run, model=model, tokenizer=tokenizer, steps=step, tokens=throughput.tokens * run.ctx.world_size,
+        run, logger=logger, final_log=final_eval, headline=("eval/accuracy", "eval/margin"),
+        model=model, tokenizer=tokenizer, steps=step, tokens=throughput.tokens * run.ctx.world_size,
         roles=roles, final_metrics=final_eval, data_report=data_report.as_dict(),
     )
-    if run.ctx.is_main:
-        print(f"rm: {step} steps in {summary['wall_s']:.1f}s; "
-              f"{format_metrics(final_eval, ('eval/accuracy', 'eval/margin'))}; "
-              f"model in {run.dir / 'final'}", flush=True)
     distributed.teardown(run.ctx)
     return summary
 

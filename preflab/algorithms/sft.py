@@ -123,7 +123,9 @@ def train(cfg: SFTConfig) -> dict:
                file=sys.stderr, dynamic_ncols=True)
     step = start_step
     roles = None
-    running_loss = torch.zeros(2, dtype=torch.float64)  # loss-weighted tokens since last log
+    # Summed NLL and token count since the last log, kept on the device so a micro-batch
+    # never waits for the host (float32: MPS has no float64).
+    running_loss = torch.zeros(2, device=run.device)
     for step in range(start_step + 1, steps + 1):
         micro_batches = [collate_sft(stream.next_batch(cfg.batch_size), pad_id) for _ in range(cfg.grad_accum)]
         # Normalise by the completion tokens of the whole optimizer batch on every rank.
@@ -135,21 +137,17 @@ def train(cfg: SFTConfig) -> dict:
             with contextlib.nullcontext() if sync else ddp_model.no_sync():
                 loss_sum, _ = forward_nll(ddp_model, batch, run.device)
                 (loss_sum * run.ctx.world_size / max(global_tokens, 1.0)).backward()
-            running_loss += torch.tensor([loss_sum.item(), 0.0], dtype=torch.float64)
+            running_loss[0] += loss_sum.detach().float()
             throughput.add(int(batch["attention_mask"].sum()))
         running_loss[1] += local_tokens
-        grad_norm = None
-        if cfg.max_grad_norm > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
+        grad_norm = session.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
         if roles is None:  # measured while gradients and optimizer state both exist
             roles = {"policy": memory.role_tensor_bytes(model, optimizer)}
         optimizer.zero_grad(set_to_none=True)
         bar.update(1)
 
         if step % cfg.log_every == 0 or step == steps:
-            totals = distributed.all_reduce_sum(running_loss, run.ctx)
+            totals = distributed.all_reduce_sum(running_loss, run.ctx).cpu()
             record = {"loss": (totals[0] / totals[1].clamp(min=1)).item(),
                       **session.run_metrics(run, scheduler, throughput, stream, grad_norm)}
             running_loss.zero_()
@@ -163,16 +161,12 @@ def train(cfg: SFTConfig) -> dict:
     bar.close()
 
     final_eval = evaluate(model, eval_examples, cfg, pad_id, run)
-    logger.log(step, final_eval)
-    logger.close()
     roles = roles or {"policy": memory.role_tensor_bytes(model, optimizer)}
     summary = session.finish_run(
-        run, model=model, tokenizer=tokenizer, steps=step, tokens=throughput.tokens * run.ctx.world_size,
+        run, logger=logger, final_log=final_eval, headline=("eval/loss",),
+        model=model, tokenizer=tokenizer, steps=step, tokens=throughput.tokens * run.ctx.world_size,
         roles=roles, final_metrics=final_eval, data_report=data_report.as_dict(),
     )
-    if run.ctx.is_main:
-        print(f"sft: {step} steps in {summary['wall_s']:.1f}s; "
-              f"{format_metrics(final_eval, ('eval/loss',))}; model in {run.dir / 'final'}", flush=True)
     distributed.teardown(run.ctx)
     return summary
 

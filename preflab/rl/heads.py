@@ -90,53 +90,6 @@ def new_scalar_head(hidden_size: int, *, dtype: torch.dtype, device: torch.devic
     return head.to(device=device, dtype=dtype)
 
 
-def load_sequence_classifier(
-    path: str,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-    allow_pickle: bool = False,
-    trust_remote_code: bool = False,
-    pad_token_id: int | None = None,
-):
-    """``AutoModelForSequenceClassification`` with one label, from a reward model or any causal LM.
-
-    From a causal LM the body is loaded and the head is new (Hugging Face initialises it);
-    its LM head is dropped. ``pad_token_id`` is written into the config (where given) so
-    that the saved model pools at the right token when used through Hugging Face.
-    """
-    from pathlib import Path
-
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    models.quiet_transformers()
-    if Path(path).exists():
-        models.check_local_weights(Path(path), allow_pickle)
-    # A causal LM loaded as a classifier reports its new head and dropped LM head: expected.
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=1,
-            dtype=dtype,
-            use_safetensors=None if allow_pickle else True,
-            trust_remote_code=trust_remote_code,
-        )
-    except (OSError, ValueError) as exc:
-        text = str(exc).strip().splitlines()
-        raise ModelLoadError(
-            f"could not load a sequence-classification model: {text[0] if text else exc}",
-            path=path,
-        ) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if pad_token_id is not None:
-        model.config.pad_token_id = pad_token_id
-    return model.to(device)
-
-
 class SequenceScorer(torch.nn.Module):
     """``forward(input_ids, attention_mask) -> [B]`` scores: a module to wrap in DDP, so the
     gradient hooks see the forward pass."""

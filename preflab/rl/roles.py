@@ -36,7 +36,6 @@ from preflab import models, rewards
 from preflab.errors import ConfigError
 from preflab.rl.heads import (
     head_outputs,
-    load_sequence_classifier,
     new_scalar_head,
     scores_at_last_token,
     token_values,
@@ -85,7 +84,7 @@ class ClassicRoles:
         self.policy = session.load_trainable(cfg, run)
         disable_dropout(self.policy)
         self.reference = _frozen(models.load_causal_lm(ref_path, **load))
-        self.value = load_sequence_classifier(value_path, pad_token_id=pad_token_id, **load)
+        self.value = models.load_sequence_classifier(value_path, pad_token_id=pad_token_id, **load)
         if cfg.gradient_checkpointing:
             self.value.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -20,7 +20,7 @@ import torch
 from preflab import models
 from preflab.config import TrainConfig
 from preflab.runtime import checkpoint, distributed, memory, rng, rundir
-from preflab.runtime.metrics import MetricLogger
+from preflab.runtime.metrics import MetricLogger, format_metrics
 from preflab.runtime.optim import build_optimizer, build_scheduler, warmup_steps_for
 
 
@@ -163,9 +163,25 @@ def open_logger(run: Run, resume_step: int) -> MetricLogger:
     )
 
 
+def optimizer_step(model: torch.nn.Module, optimizer, scheduler, max_grad_norm: float):
+    """Clip (when ``max_grad_norm`` > 0), step and schedule; return the pre-clip grad norm.
+
+    Gradients are left in place so the caller can measure memory before zeroing them.
+    """
+    grad_norm = None
+    if max_grad_norm > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    return grad_norm
+
+
 def finish_run(
     run: Run,
     *,
+    logger: MetricLogger,
+    final_log: dict[str, Any],
+    headline: tuple[str, ...] | None = None,
     model: torch.nn.Module,
     tokenizer,
     steps: int,
@@ -175,7 +191,11 @@ def finish_run(
     data_report: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``final/``, ``summary.json`` and ``README.md``; return the summary."""
+    """Log ``final_log`` at the last step and close the log; write ``final/``,
+    ``summary.json`` and ``README.md``; print the closing line with the ``headline`` metrics
+    (none when the caller prints its own); return the summary."""
+    logger.log(steps, final_log)
+    logger.close()
     cfg = run.config
     summary = {
         "command": run.command,
@@ -199,6 +219,10 @@ def finish_run(
         models.save_model(model, tokenizer, run.dir / "final", card=card)
         (run.dir / "README.md").write_text(card, encoding="utf-8")
         rundir.write_summary(run.dir, summary)
+        if headline is not None:
+            print(f"{run.command}: {steps} steps in {summary['wall_s']:.1f}s; "
+                  f"{format_metrics(final_metrics, headline)}; model in {run.dir / 'final'}",
+                  flush=True)
     distributed.barrier(run.ctx)
     return summary
 

@@ -142,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     scores_file = out / "scores.json"
 
     def do_score():
-        scores = {name: score_policy(path / "final", world, max_prompts=args.eval_prompts,
-                                     samples_per_prompt=4, seed=args.seed + 1)
+        scores = {name: {k.removeprefix("eval/"): v for k, v in score_policy(
+                      path / "final", world, max_prompts=args.eval_prompts,
+                      samples_per_prompt=4, seed=args.seed + 1).metrics.items()}
                   for name, path in (("sft", sft_dir), ("dpo", dpo_dir))}
         scores_file.write_text(json.dumps(scores, indent=2) + "\n")
         gain = scores["dpo"]["gold_reward"] - scores["sft"]["gold_reward"]
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_report(out: Path, world, scores: dict, stages: Stages) -> Path:
     keys = [("gold_reward", "gold reward (hidden, 0-1)"), ("harmlessness", "harmlessness"),
-            ("grammatical_rate", "grammatical"), ("mean_length", "mean length (tokens)"),
+            ("grammatical", "grammatical"), ("mean_length", "mean length (tokens)"),
             ("eos_rate", "ended with EOS"), ("distinct_n/per_input", "distinct-n within a prompt"),
             ("distinct_n/across_input", "distinct-n across prompts")]
     lines = ["# preflab demo", "",

@@ -1,29 +1,48 @@
-"""Evaluation by sampling: what a policy actually writes on held-out prompts.
+"""Evaluation by sampling: what a policy actually writes on held-out prompts, measured one way.
 
-``sample_and_score`` draws completions for held-out prompts and reports, under the
-ecosystem's metric names:
+Every trainer's held-out evaluation (dpo, ppo), the built-in world's ``world score`` and
+every run that ``preflab compare`` measures go through ``evaluate_policy``, so a figure means
+the same thing wherever it appears. It samples with ``preflab.generation.generate`` and
+reports, under the ecosystem's metric names:
 
-    eval/gold_reward     mean of an evaluation-only reward function (never trained on)
+    eval/<reward>        mean of each named reward function over the samples, e.g.
+                         eval/gold_reward (an evaluation-only reward, never trained on) and
+                         eval/proxy_reward (the reward a method trained on)
     eval/kl              sampled KL(pi || pi_ref): mean over samples of
                          sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)]
-    eval/distinct_n      distinct-n across samples, averaged over n = 1..5
-    eval/mean_length     completion tokens per sample
+    eval/mean_length     completion tokens per sample (EOS included)
     eval/eos_rate        fraction of samples that ended with EOS
+    eval/distinct_n      distinct-n pooled over all samples, averaged over n = 1..5
+    eval/<metric>/across_input, eval/<metric>/per_input
+                         distinct-n, self-BLEU and (given the vocabulary size) EAD, across
+                         prompts and, with several samples per prompt, within a prompt
+                         (Kirk et al. 2024; ``preflab.metrics.diversity``)
 
-Any reward function (``fn(prompts, completions, **kwargs)``) can be the gold reward; it
-receives ``ended_with_eos`` as a keyword so it can penalise unfinished text.
+A reward function is ``fn(prompts, completions, **kwargs) -> list[float]``; it receives
+``ended_with_eos`` when it accepts it, so it can penalise unfinished text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from preflab.data import SFTExample, collate_sft
-from preflab.logprobs import SequenceLogps, forward_logps
+from preflab.generation import Sample, generate
+from preflab.logprobs import forward_logps
+from preflab.metrics.diversity import distinct_n, diversity_report
 from preflab.rewards import RewardFn, score
-from preflab.rollout import Sample, generate
+
+
+@dataclass
+class Evaluation:
+    """The figures, the samples (``groups[i]`` = prompt i's), and each reward per sample."""
+
+    metrics: dict[str, float]
+    groups: list[list[Sample]]
+    scores: dict[str, list[float]] = field(default_factory=dict)  # flat, prompt-major
 
 
 @torch.no_grad()
@@ -32,7 +51,7 @@ def sample_logps(model, tokenizer, samples: Sequence[Sample], *, batch_size: int
     device = next(model.parameters()).device
     examples = []
     for s in samples:
-        prompt_ids = list(tokenizer(s.prompt, add_special_tokens=True)["input_ids"])
+        prompt_ids = list(s.prompt_ids) or list(tokenizer(s.prompt, add_special_tokens=True)["input_ids"])
         ids = prompt_ids + list(s.completion_ids)
         mask = [0] * len(prompt_ids) + [1] * len(s.completion_ids)
         examples.append(SFTExample(input_ids=ids, completion_mask=mask))
@@ -42,55 +61,66 @@ def sample_logps(model, tokenizer, samples: Sequence[Sample], *, batch_size: int
     try:
         for start in range(0, len(examples), batch_size):
             batch = collate_sft(examples[start : start + batch_size], tokenizer.pad_token_id)
-            logps: SequenceLogps = forward_logps(
+            logps, _ = forward_logps(
                 model,
                 batch["input_ids"].to(device),
                 batch["attention_mask"].to(device),
                 batch["completion_mask"].to(device),
-            )[0]
+            )
             out.append(logps.sum.float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def sample_and_score(
+def evaluate_policy(
     policy,
     tokenizer,
     prompts: Sequence[str],
     *,
-    gold_reward: RewardFn | None = None,
-    run_reference: Callable | None = None,
+    rewards: Mapping[str, RewardFn] | None = None,
+    reference: Callable | None = None,
     num_samples: int = 1,
     max_new_tokens: int = 48,
     temperature: float = 1.0,
+    top_p: float = 1.0,
     batch_size: int = 32,
+    logp_batch_size: int = 0,
     seed: int = 0,
-) -> dict[str, float]:
-    """Sample on ``prompts`` and return the eval/* figures that can be computed.
+    vocab_size: int | None = None,
+    progress: bool = False,
+) -> Evaluation:
+    """Sample ``num_samples`` completions per prompt and measure them (module docstring).
 
-    ``run_reference(fn)`` calls ``fn(reference_model)`` (it may switch adapters off around
-    the call); without it ``eval/kl`` is left out.
+    ``rewards`` maps a name to a reward function, reported as ``eval/<name>``.
+    ``reference(fn)`` calls ``fn(reference_model)`` (it may switch adapters off around the
+    call); without it ``eval/kl`` is left out. ``batch_size`` is the generation batch,
+    ``logp_batch_size`` (0: the same) that of the log-prob passes for ``eval/kl``.
     """
-    from preflab.metrics.diversity import distinct_n
-
-    groups = generate(
-        policy, tokenizer, list(prompts), num_samples=num_samples, max_new_tokens=max_new_tokens,
-        temperature=temperature, batch_size=batch_size, seed=seed,
-    )
+    if not prompts:
+        return Evaluation({}, [])
+    groups = generate(policy, tokenizer, list(prompts), num_samples=num_samples,
+                      max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                      batch_size=batch_size, seed=seed, progress=progress)
     samples = [s for group in groups for s in group]
-    completions = [s.completion for s in samples]
-    out: dict[str, float] = {
-        "eval/mean_length": sum(len(s.completion_ids) for s in samples) / max(len(samples), 1),
-        "eval/eos_rate": sum(s.ended_with_eos for s in samples) / max(len(samples), 1),
-        "eval/distinct_n": float(distinct_n(completions)),
-    }
-    if gold_reward is not None:
-        values = score(gold_reward, [s.prompt for s in samples], completions,
-                       ended_with_eos=[s.ended_with_eos for s in samples])
-        out["eval/gold_reward"] = sum(values) / max(len(values), 1)
-    if run_reference is not None:
-        policy_logps = sample_logps(policy, tokenizer, samples, batch_size=batch_size)
-        ref_logps = run_reference(lambda m: sample_logps(m, tokenizer, samples, batch_size=batch_size))
-        out["eval/kl"] = (policy_logps - ref_logps).mean().item()
-    return out
+    texts = [s.completion for s in samples]
+    ended = [s.ended_with_eos for s in samples]
+    n = len(samples)
+    metrics: dict[str, float] = {}
+    if reference is not None:
+        # Before the rewards: a reward held as an adapter on the policy's own base (PPO's
+        # shared memory mode) switches the active adapter when it scores.
+        size = logp_batch_size or batch_size
+        policy_logps = sample_logps(policy, tokenizer, samples, batch_size=size)
+        ref_logps = reference(lambda m: sample_logps(m, tokenizer, samples, batch_size=size))
+        metrics["eval/kl"] = (policy_logps - ref_logps).mean().item()
+    scores: dict[str, list[float]] = {}
+    for name, fn in (rewards or {}).items():
+        scores[name] = score(fn, [s.prompt for s in samples], texts, ended_with_eos=ended)
+        metrics[f"eval/{name}"] = sum(scores[name]) / n
+    metrics["eval/mean_length"] = sum(len(s.completion_ids) for s in samples) / n
+    metrics["eval/eos_rate"] = sum(ended) / n
+    metrics["eval/distinct_n"] = float(distinct_n(texts))
+    diversity = diversity_report([[s.completion for s in g] for g in groups], vocab_size)
+    metrics.update({f"eval/{k}": float(v) for k, v in diversity.items()})
+    return Evaluation(metrics, groups, scores)

@@ -57,8 +57,9 @@ def load_reward_function(spec: str, *, flag: str = "--reward") -> RewardFn:
 
 
 def score(fn: RewardFn, prompts: Sequence[str], completions: Sequence[str], **kwargs) -> list[float]:
-    """Call a reward function and check that it kept the contract (one float per pair)."""
-    values = list(fn(list(prompts), list(completions), **kwargs))
+    """Call a reward function with the keyword arguments it accepts, and check that it kept
+    the contract (one float per pair)."""
+    values = list(fn(list(prompts), list(completions), **_accepted_kwargs(fn, kwargs)))
     if len(values) != len(completions):
         raise ConfigError(
             f"the reward function returned {len(values)} scores for {len(completions)} completions"
@@ -253,7 +254,7 @@ class CombinedReward:
         parts: dict[str, list[float]] = {}
         total = [0.0] * len(completions)
         for c in self.components:
-            values = score(c.fn, prompts, completions, **_accepted_kwargs(c.fn, kwargs))
+            values = score(c.fn, prompts, completions, **kwargs)
             parts[c.name] = values
             total = [t + c.weight * v for t, v in zip(total, values)]
         return total, parts

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from preflab.metrics.diversity import across_input, distinct_n, diversity_report, ead, per_input
+from preflab.metrics.diversity import (
+    across_input,
+    distinct_n,
+    diversity_report,
+    ead,
+    per_input,
+    self_bleu,
+)
 
 
 def test_distinct_n_by_hand():
@@ -54,4 +61,30 @@ def test_a_collapsed_policy_has_low_per_input_diversity():
         diversity_report(varied)["distinct_n/per_input"]
     report = diversity_report(varied, vocab_size=50)
     assert set(report) == {"distinct_n/per_input", "distinct_n/across_input",
-                           "ead/per_input", "ead/across_input"}
+                           "ead/per_input", "ead/across_input", "self_bleu/per_input",
+                           "self_bleu/across_input"}
+    assert diversity_report(collapsed)["self_bleu/per_input"] == pytest.approx(1.0)
+    assert diversity_report(collapsed)["self_bleu/per_input"] > \
+        diversity_report(varied)["self_bleu/per_input"]
+    # one sample per prompt: no per-input figures
+    assert set(diversity_report([["a b"], ["c d"]])) == {"distinct_n/across_input",
+                                                         "self_bleu/across_input"}
+
+
+def test_self_bleu_by_hand():
+    """Two texts, "a b c d" and "a b c e" (4 tokens each, so no brevity penalty).
+    Each against the other: unigram precision 3/4, bigram 2/3, trigram 1/2, 4-gram 0/1,
+    smoothed to 0.1/1. BLEU = exp((log 3/4 + log 2/3 + log 1/2 + log 0.1) / 4), the same for
+    both, so it is also the mean."""
+    import math
+
+    expected = math.exp((math.log(3 / 4) + math.log(2 / 3) + math.log(1 / 2) + math.log(0.1)) / 4)
+    assert self_bleu(["a b c d", "a b c e"]) == pytest.approx(expected)
+    # identical texts: every precision is 1
+    assert self_bleu(["a b c d"] * 3) == pytest.approx(1.0)
+    # brevity: "a b" against "a b c d": precisions 1 (unigram), 1 (bigram); BP = exp(1 - 4/2)
+    # "a b c d" against "a b": unigram 2/4, bigram 1/3, trigram 0 -> 0.1/2, 4-gram 0 -> 0.1/1
+    short = math.exp(1 - 4 / 2)
+    long = math.exp((math.log(2 / 4) + math.log(1 / 3) + math.log(0.05) + math.log(0.1)) / 4)
+    assert self_bleu(["a b", "a b c d"]) == pytest.approx((short + long) / 2)
+    assert self_bleu(["a b c"]) == 0.0 and self_bleu([]) == 0.0

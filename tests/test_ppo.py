@@ -17,9 +17,10 @@ import torch
 from safetensors.torch import load_file
 
 from preflab.algorithms import ppo, rm
+from preflab.errors import ConfigError
 from preflab.rl import roles as roles_module
 from preflab.rl.kl_control import AdaptiveKLController, FixedKLController
-from preflab.rl.rollouts import (
+from preflab.rl.tensors import (
     apply_missing_eos_penalty,
     pack_rollout,
     per_token_rewards,
@@ -158,7 +159,37 @@ def capture_roles(monkeypatch) -> dict:
         return roles, reward
 
     monkeypatch.setattr(ppo, "build_roles", wrapper)
+    for cls in (roles_module.ClassicRoles, roles_module.SharedRoles):
+        original = cls.save_value
+
+        def save_value(self, out_dir, tokenizer, _original=original):
+            captured["values_at_save"] = value_probe(self)
+            return _original(self, out_dir, tokenizer)
+
+        monkeypatch.setattr(cls, "save_value", save_value)
     return captured
+
+
+VALUE_PROBE = torch.tensor([[1, 5, 6, 7, 9, 2], [0, 0, 1, 9, 10, 2]])
+
+
+def value_probe(roles) -> torch.Tensor:
+    mask = (VALUE_PROBE != 0).long()
+    with torch.no_grad():
+        return roles.values(VALUE_PROBE, mask) * mask
+
+
+def assert_saved_value_matches(out: Path, want: torch.Tensor) -> None:
+    """``final/value`` loads as a sequence classifier whose head gives the trained values."""
+    from transformers import AutoModelForSequenceClassification
+
+    from preflab.rl.heads import token_values
+
+    value = AutoModelForSequenceClassification.from_pretrained(out / "final/value").eval()
+    mask = (VALUE_PROBE != 0).long()
+    with torch.no_grad():
+        got = token_values(value, VALUE_PROBE, mask) * mask
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def frozen_and_trained(roles) -> list[torch.nn.Module]:
@@ -219,11 +250,15 @@ def test_ppo_classic_four_models(tiny_model_dir, ppo_files, lora_rm, tmp_path, m
     assert 8 * policy_bytes < total <= 10 * policy_bytes
     assert set(summary["time_s"]) == {"generation", "scoring", "forward", "training"}
 
-    # Swap the reward and continue from the trained policy: one command; the reference stays
-    # the original model, so the KL to it starts above zero.
+    # final/value is the trained value model, loadable on its own.
+    assert_saved_value_matches(out, captured["values_at_save"])
+
+    # Swap the reward and continue from the trained policy and value: one command; the
+    # reference stays the original model, so the KL to it starts above zero.
     cont = tmp_path / "continued"
     assert ppo.main(ppo_args(out / "final", data, cont, f"{rewards_py}:brevity", "--max-steps", "1",
-                             "--ref-model", str(tiny_model_dir))) == 0
+                             "--ref-model", str(tiny_model_dir),
+                             "--value-model", str(out / "final/value"))) == 0
     first = metric_rows(cont)
     assert first[0]["eval/kl"] > 0.01 and "objective/scores/brevity" in first[1]
 
@@ -255,10 +290,19 @@ def test_ppo_shared_one_base(tiny_model_dir, ppo_files, lora_rm, tmp_path, monke
                            "total": 4 * (a + hidden)}  # the value adapter copies the reward's
     assert tb["reward"]["params"] == a + hidden and tb["reward"]["grads"] == 0
     assert tb["reference"]["total"] == 0
+    assert_saved_value_matches(out, captured["values_at_save"])
     # A LoRA DPO run on the same base: base + adapter + its grads + 2 Adam moments; reference
     # is the base with adapters off (0 extra bytes).
     dpo = P + 4 * a
     assert sum(r["total"] for r in tb.values()) <= 1.3 * dpo
+
+
+def test_top_p_below_one_is_refused_for_training(tiny_model_dir, ppo_files, tmp_path):
+    data, rewards_py = ppo_files
+    with pytest.raises(ConfigError, match="--top-p below 1 is refused"):
+        ppo.main(ppo_args(tiny_model_dir, data, tmp_path / "r", f"{rewards_py}:positive",
+                          "--top-p", "0.9"))
+    assert not (tmp_path / "r").exists()
 
 
 def test_shared_mode_holds_a_full_reward_model_apart(tiny_model_dir, ppo_files, tmp_path, capsys):

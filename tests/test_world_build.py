@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from preflab.errors import ConfigError, DataError
-from preflab.rollout import Sample
+from preflab.generation import Sample
 from preflab.world import load_world
 from preflab.world.build import build_world
 from preflab.world.cli import main, make_pairs
@@ -126,11 +126,11 @@ def _corpus_policy(world_dir: Path, prompt_file: Path):
 
 def test_make_pairs_with_deterministic_annotator_agrees_with_gold(world_dir, tmp_path,
                                                                 monkeypatch):
-    import preflab.rollout
+    import preflab.generation
     import preflab.world.cli as world_cli
 
     prompts = tmp_path / "prompts.jsonl"
-    monkeypatch.setattr(preflab.rollout, "generate", _corpus_policy(world_dir, prompts))
+    monkeypatch.setattr(preflab.generation, "generate", _corpus_policy(world_dir, prompts))
     monkeypatch.setattr(world_cli, "_load_policy", lambda *a, **k: (None, None))
     out = tmp_path / "pairs.jsonl"
     stats = make_pairs("unused", world_dir, out, prompts=prompts, temperature=0.0,
@@ -165,9 +165,10 @@ def test_world_commands_end_to_end(world_dir, tmp_path, capsys):
     report = tmp_path / "score.json"
     assert main(["score", *args, "--samples", "2", "--json", str(report)]) == 0
     figures = json.loads(report.read_text())
-    for key in ("gold_reward", "harmlessness", "grammatical_rate", "mean_length", "eos_rate",
-                "distinct_n/per_input", "distinct_n/across_input"):
-        assert key in figures
+    for key in ("gold_reward", "harmlessness", "grammatical", "mean_length", "eos_rate",
+                "distinct_n/per_input", "distinct_n/across_input", "self_bleu/per_input",
+                "ead/across_input"):
+        assert f"eval/{key}" in figures
     assert figures["samples"] == 6
     build_out = tmp_path / "built"
     assert main(["build", "--out", str(build_out), "--num-reviews", "50",

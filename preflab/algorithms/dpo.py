@@ -1,4 +1,4 @@
-"""Direct preference optimisation and its family: the article's "highway".
+"""Direct preference optimisation and its family: preference pairs straight into the policy.
 
     preflab dpo --model SFT_MODEL --data PAIRS --output-dir RUN [--loss sigmoid|cdpo|ipo|...]
 
@@ -33,7 +33,7 @@ from preflab.data import (
     split_train_eval,
 )
 from preflab.errors import ConfigError
-from preflab.evaluation import sample_and_score
+from preflab.evaluation import evaluate_policy
 from preflab.logprobs import concatenated_forward
 from preflab.losses import DIRECT_LOSSES, compute_direct_loss, get_direct_loss
 from preflab.losses.registry import check_direct_loss_args
@@ -147,12 +147,13 @@ def evaluate(model, ref, spec, cfg, examples, pad_id, run, *, tokenizer, prompts
         totals = distributed.all_reduce_sum(totals, run.ctx)
         out.update(_means(totals, float(len(examples)), prefix="eval/"))
     if prompts and run.ctx.is_main:
-        out.update(sample_and_score(
-            models.unwrap(model), tokenizer, prompts, gold_reward=gold_fn,
-            run_reference=ref.sequence_logps_fn(), max_new_tokens=cfg.eval_max_new_tokens,
+        out.update(evaluate_policy(
+            models.unwrap(model), tokenizer, prompts,
+            rewards={"gold_reward": gold_fn} if gold_fn is not None else None,
+            reference=ref.sequence_logps_fn(), max_new_tokens=cfg.eval_max_new_tokens,
             temperature=cfg.eval_temperature, batch_size=max(cfg.eval_batch_size, 32),
             seed=cfg.seed,
-        ))
+        ).metrics)
     model.train()
     return out
 

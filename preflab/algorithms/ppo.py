@@ -44,19 +44,23 @@ from preflab import models
 from preflab.config import TrainConfig, arg, parse_config
 from preflab.data import TruncationPolicy, load_prompt_dataset, split_train_eval
 from preflab.errors import ConfigError
+from preflab.evaluation import evaluate_policy
 from preflab.losses import KL_ESTIMATORS, gae, ppo_policy_loss, ppo_value_loss, whiten
 from preflab.rewards import check_reward_specs, load_reward
 from preflab.rl.kl_control import kl_controller
 from preflab.rl.roles import MEMORY_MODES, build_roles
-from preflab.rl.rollouts import (
+from preflab.rl.tensors import (
     apply_missing_eos_penalty,
     explained_variance,
+    micro_batches,
     per_token_rewards,
     response_logps,
     response_slice,
+    rollout_forward,
+    sample_rollout,
+    sampler_logprob_gap,
     sequence_sum,
 )
-from preflab.rl.sampling import evaluate_policy, micro_batches, rollout_forward, sample_rollout
 from preflab.runtime import distributed, memory, session
 from preflab.runtime.metrics import format_metrics
 from preflab.runtime.stream import ExampleStream
@@ -96,7 +100,8 @@ class PPOConfig(TrainConfig):
     rollout_batch_size: int = arg(64, "Prompts per rollout (per process).")
     response_length: int = arg(48, "Longest response in tokens.")
     temperature: float = arg(1.0, "Sampling temperature (log-probs use logits / temperature).")
-    top_p: float = arg(1.0, "Nucleus sampling threshold.")
+    top_p: float = arg(1.0, "Nucleus sampling threshold. PPO trains only on the full softmax "
+                       "(1.0): its ratio and KL score each token under logits / temperature.")
     missing_eos_penalty: float = arg(-1.0, "Score of a response that hit --response-length "
                                      "without EOS.")
     penalize_missing_eos: bool = arg(True, "Replace the score of responses without EOS by "
@@ -130,8 +135,13 @@ class PPOConfig(TrainConfig):
                               field="num_minibatches")
         if self.temperature <= 0 or self.eval_temperature < 0:
             raise ConfigError("--temperature must be positive (PPO samples)", field="temperature")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError("--top-p must be in (0, 1]", field="top_p")
+        if self.top_p != 1.0:
+            raise ConfigError(
+                "--top-p below 1 is refused for PPO training: the policy ratio, the KL penalty "
+                "and the value targets score each sampled token under the full softmax at "
+                "--temperature, so nucleus sampling would train on tokens drawn from another "
+                "distribution (about 0.10 nats per token off at 0.9, 0.36 at 0.7). Sample with "
+                "--top-p 1.0; use --temperature to sharpen", field="top_p", expected="1.0")
         if self.kl_coef < 0 or (self.adaptive_kl and self.target_kl <= 0):
             raise ConfigError("--kl-coef must be >= 0 and --target-kl > 0", field="kl_coef")
         if self.memory_mode == "shared":
@@ -222,11 +232,17 @@ def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg
 
 
 def evaluate(roles, tokenizer, prompts, reward, gold, cfg: PPOConfig) -> dict[str, float]:
+    """``eval/*`` on the held-out prompts (``preflab.evaluation``): one sample per prompt,
+    ``eval/proxy_reward`` the training reward (no EOS penalty), ``eval/gold_reward`` the
+    evaluation-only one, ``eval/kl`` to the reference."""
+    rewards = {"proxy_reward": lambda p, c, **kw: reward(p, c, **kw)[0]}
+    if gold is not None:
+        rewards["gold_reward"] = lambda p, c, **kw: gold(p, c, **kw)[0]
     return evaluate_policy(
-        roles, tokenizer, prompts, reward, gold, temperature=cfg.eval_temperature, top_p=cfg.top_p,
-        max_new_tokens=cfg.eval_max_new_tokens or cfg.response_length,
-        batch_size=cfg.eval_batch_size or cfg.batch_size, seed=cfg.seed + 1,
-        generation_batch_size=cfg.generation_batch_size)
+        roles.generator(), tokenizer, prompts, rewards=rewards, reference=roles.with_reference,
+        temperature=cfg.eval_temperature, max_new_tokens=cfg.eval_max_new_tokens or cfg.response_length,
+        batch_size=cfg.generation_batch_size or max(len(prompts), 1),
+        logp_batch_size=cfg.eval_batch_size or cfg.batch_size, seed=cfg.seed + 1).metrics
 
 
 def train(cfg: PPOConfig) -> dict:
@@ -270,8 +286,8 @@ def train(cfg: PPOConfig) -> dict:
         prompts = [e.prompt for e in stream.next_batch(cfg.rollout_batch_size)]
         samples, batch = sample_rollout(
             roles.generator(), tokenizer, prompts, response_length=cfg.response_length,
-            temperature=cfg.temperature, top_p=cfg.top_p,
-            batch_size=cfg.generation_batch_size or len(prompts), seed=seed)
+            temperature=cfg.temperature, batch_size=cfg.generation_batch_size or len(prompts),
+            seed=seed)
         timers["generation"] += (t_gen := time.perf_counter() - clock)
 
         clock = time.perf_counter()
@@ -310,6 +326,7 @@ def train(cfg: PPOConfig) -> dict:
             "objective/response_length": mask.sum(-1).float().mean(),
             "val/num_eos_tokens": ended.float().sum(),
             "val/explained_variance": torch.tensor(explained_variance(old["values"], returns, mask)),
+            "rollout/sampler_logprob_gap": sampler_logprob_gap(batch, old["logprobs"]),
             **{f"objective/scores/{k}": torch.tensor(v).mean() for k, v in parts.items()},
         }
         figures = reduce_means({k: float(v) for k, v in figures.items()}, run)
@@ -338,6 +355,8 @@ def train(cfg: PPOConfig) -> dict:
 
     final_eval = evaluate(roles, tokenizer, eval_prompts, reward, gold, cfg)
     measure()
+    if run.ctx.is_main:  # before final_model(), which drops the value adapter in shared mode
+        roles.save_value(run.dir / "final" / "value", tokenizer)
     summary = session.finish_run(
         run, logger=logger, final_log=final_eval, model=roles.final_model(), tokenizer=tokenizer, steps=iterations,
         tokens=throughput.tokens * run.ctx.world_size, roles=role_bytes,

@@ -20,6 +20,12 @@ taken as they are):
   take V = vocab_size ** n, the number of possible n-grams (for n = 1 this is the formula as
   published; with V = vocab_size for every n, EAD of n >= 2 can exceed 1).
   Averaged over n = 1..5 by default, as ``distinct_n`` is.
+- ``self_bleu(texts)``: the mean over texts of BLEU-4 of each text against all the others as
+  references (Zhu et al. 2018, Texygen): uniform weights over n = 1..4, clipped n-gram
+  counts, the brevity penalty against the closest reference length, and a zero precision
+  smoothed to 0.1 / total ("method 1" of Chen and Cherry 2014). Orders for which the text
+  holds no n-gram are left out. Higher means LESS diverse. At most ``max_texts`` texts (the
+  first ones) are compared, since the cost grows with their square.
 
 Imports only the standard library.
 """
@@ -27,6 +33,7 @@ Imports only the standard library.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 
 NS = (1, 2, 3, 4, 5)
@@ -90,6 +97,44 @@ def ead(texts: Sequence[Text], vocab_size: int, n: int | Sequence[int] = NS) -> 
                                                                       total))
 
 
+def _ngram_counts(tokens: Sequence[Hashable], n: int) -> Counter:
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+
+
+def _bleu(hyp: Sequence[Hashable], refs: list[Sequence[Hashable]],
+          ref_counts: list[list[Counter]], max_n: int) -> float:
+    log_sum, orders = 0.0, 0
+    for n in range(1, max_n + 1):
+        counts = _ngram_counts(hyp, n)
+        total = sum(counts.values())
+        if not total:
+            continue
+        matched = sum(min(c, max(rc[n - 1].get(g, 0) for rc in ref_counts))
+                      for g, c in counts.items())
+        log_sum += math.log(matched / total if matched else 0.1 / total)
+        orders += 1
+    if not orders:
+        return 0.0
+    closest = min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1]
+    brevity = 1.0 if len(hyp) > closest else math.exp(1 - closest / max(len(hyp), 1))
+    return brevity * math.exp(log_sum / orders)
+
+
+def self_bleu(texts: Sequence[Text], max_n: int = 4, max_texts: int = 200) -> float:
+    """Mean BLEU of each text against the others (see the module docstring); 0 for < 2 texts."""
+    tokens = [list(_tokens(t)) for t in texts[:max_texts]]
+    tokens = [t for t in tokens if t]
+    if len(tokens) < 2:
+        return 0.0
+    counts = [[_ngram_counts(t, n) for n in range(1, max_n + 1)] for t in tokens]
+    scores = []
+    for i, hyp in enumerate(tokens):
+        others = [j for j in range(len(tokens)) if j != i]
+        scores.append(_bleu(hyp, [tokens[j] for j in others], [counts[j] for j in others],
+                            max_n))
+    return sum(scores) / len(scores)
+
+
 def per_input(groups: Sequence[Sequence[Text]], metric: Callable[[Sequence[Text]], float]):
     """``metric`` over each prompt's samples, averaged over prompts (empty groups skipped)."""
     values = [metric(group) for group in groups if len(group)]
@@ -102,15 +147,16 @@ def across_input(groups: Sequence[Sequence[Text]], metric: Callable[[Sequence[Te
 
 
 def diversity_report(groups: Sequence[Sequence[Text]], vocab_size: int | None = None) -> dict:
-    """distinct-n (and EAD when ``vocab_size`` is given), per input and across inputs."""
-    report = {
-        "distinct_n/per_input": per_input(groups, distinct_n),
-        "distinct_n/across_input": across_input(groups, distinct_n),
-    }
+    """distinct-n, self-BLEU (and EAD when ``vocab_size`` is given), across inputs, and per
+    input when the groups hold more than one sample each."""
+    metrics: dict[str, Callable[[Sequence[Text]], float]] = {
+        "distinct_n": distinct_n, "self_bleu": self_bleu}
     if vocab_size is not None:
-        def metric(texts):
-            return ead(texts, vocab_size)
-
-        report["ead/per_input"] = per_input(groups, metric)
-        report["ead/across_input"] = across_input(groups, metric)
+        metrics["ead"] = lambda texts: ead(texts, vocab_size)
+    several = any(len(group) > 1 for group in groups)
+    report = {}
+    for name, metric in metrics.items():
+        if several:
+            report[f"{name}/per_input"] = per_input(groups, metric)
+        report[f"{name}/across_input"] = across_input(groups, metric)
     return report

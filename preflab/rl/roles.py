@@ -35,6 +35,7 @@ import torch
 from preflab import models, rewards
 from preflab.errors import ConfigError
 from preflab.rl.heads import (
+    body_and_head,
     head_outputs,
     new_scalar_head,
     scores_at_last_token,
@@ -121,6 +122,10 @@ class ClassicRoles:
 
     def final_model(self) -> torch.nn.Module:
         return self.policy
+
+    def save_value(self, out_dir: Path, tokenizer) -> None:
+        """The value model as a sequence-classification model (``final/value/``)."""
+        models.save_model(self.value, tokenizer, out_dir)
 
     def tensor_bytes(self, optimizer) -> dict[str, dict[str, int]]:
         seen: set[int] = set()
@@ -268,6 +273,31 @@ class SharedRoles:
     def with_reference(self, fn: Callable):
         with self._adapters_off() as lm:
             return fn(lm)
+
+    def save_value(self, out_dir: Path, tokenizer) -> None:
+        """The value role as an ordinary sequence-classification model (``final/value/``):
+        the base with the value adapter merged in, and the value head as its ``score``, so a
+        later run can start its value model there (``--value-model``)."""
+        import copy
+
+        from transformers import AutoModelForSequenceClassification
+
+        merged = copy.deepcopy(self.peft).merge_and_unload(adapter_names=["value"])
+        config = copy.deepcopy(merged.config)
+        config.num_labels, config.pad_token_id = 1, tokenizer.pad_token_id
+        config.architectures = None
+        value = AutoModelForSequenceClassification.from_config(config, dtype=merged.dtype)
+        prefix = merged.base_model_prefix + "."
+        state = {k: v for k, v in merged.state_dict().items() if k.startswith(prefix)}
+        _, head = body_and_head(value)
+        state[next(n for n, m in value.named_modules() if m is head) + ".weight"] = (
+            self.value_head.weight.detach().reshape(head.weight.shape))
+        missing, unexpected = value.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise RuntimeError(f"value model export: missing {missing}, unexpected {unexpected}")
+        models.save_model(value, tokenizer, out_dir)
+        del merged, value
+        self._activate(POLICY_ADAPTER)
 
     def final_model(self) -> torch.nn.Module:
         """The policy alone (value and reward adapters removed): training is over."""

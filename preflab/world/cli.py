@@ -109,12 +109,12 @@ def make_pairs(
     prompt_list = read_prompts(prompt_file, max_prompts)
     annotator = world.annotator(temperature, flip_rate, length_bias, seed=seed)
 
-    from preflab.rollout import generate
+    from preflab import generation
 
     model, tokenizer = _load_policy(policy, device)
-    groups = generate(model, tokenizer, prompt_list, num_samples=samples_per_prompt,
-                      max_new_tokens=max_new_tokens, temperature=sampling_temperature,
-                      top_p=top_p, batch_size=batch_size, seed=seed, progress=progress)
+    groups = generation.generate(model, tokenizer, prompt_list, num_samples=samples_per_prompt,
+                                 max_new_tokens=max_new_tokens, temperature=sampling_temperature,
+                                 top_p=top_p, batch_size=batch_size, seed=seed, progress=progress)
     pairs, unpaired, labels, unpaired_labels, skipped, golds = [], [], [], [], 0, []
     empty = 0
     for prompt, group in zip(prompt_list, groups):
@@ -166,6 +166,16 @@ def make_pairs(
     }
 
 
+def world_rewards(world: World) -> dict:
+    """The world's objectives as named reward functions: ``gold_reward`` (helpfulness, the
+    hidden gold), ``harmlessness``, and ``grammatical`` (1 when the whole review parses)."""
+    def grammatical(prompts, completions, **kwargs):
+        return [float(world.gold_reward.is_grammatical(p, c)) for p, c in zip(prompts, completions)]
+
+    return {"gold_reward": world.gold_reward, "harmlessness": world.harmlessness,
+            "grammatical": grammatical}
+
+
 def score_policy(
     policy: str | Path,
     world: str | Path | World,
@@ -179,40 +189,28 @@ def score_policy(
     batch_size: int = 32,
     seed: int = 0,
     device: str = "auto",
+    reference: str | Path | None = None,
     progress: bool = False,
-) -> dict:
-    """Sample from ``policy`` on prompts (default: the world's eval prompts) and measure.
-
-    Returns mean gold reward (and its std), harmlessness, grammaticality rate, mean length in
-    tokens (EOS included), EOS rate, distinct-n and EAD per input and across inputs.
-    """
-    from preflab.metrics.diversity import diversity_report
-    from preflab.rollout import generate
+):
+    """Sample from ``policy`` on prompts (default: the world's eval prompts) and measure it
+    with ``preflab.evaluation.evaluate_policy``: ``eval/gold_reward``, ``eval/harmlessness``,
+    ``eval/grammatical``, length, EOS rate, diversity within and across prompts, and
+    ``eval/kl`` to ``reference`` when one is given. Returns the ``Evaluation``."""
+    from preflab.evaluation import evaluate_policy
 
     world = _as_world(world)
     prompt_file = Path(prompts) if prompts is not None else world.path("prompts_eval")
     prompt_list = read_prompts(prompt_file, max_prompts)
     model, tokenizer = _load_policy(policy, device)
-    groups = generate(model, tokenizer, prompt_list, num_samples=samples_per_prompt,
-                      max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                      batch_size=batch_size, seed=seed, progress=progress)
-    samples = [s for group in groups for s in group]
-    p = [s.prompt for s in samples]
-    c = [s.completion for s in samples]
-    gold = world.gold_reward(p, c, ended_with_eos=[s.ended_with_eos for s in samples])
-    result = {
-        "gold_reward": _mean(gold),
-        "gold_reward_std": statistics.pstdev(gold) if gold else 0.0,
-        "harmlessness": _mean(world.harmlessness(p, c)),
-        "grammatical_rate": _mean(world.gold_reward.is_grammatical(a, b) for a, b in zip(p, c)),
-        "mean_length": _mean(len(s.completion_ids) for s in samples),
-        "eos_rate": _mean(s.ended_with_eos for s in samples),
-    }
-    result.update(diversity_report([[s.completion for s in g] for g in groups],
-                                   vocab_size=len(tokenizer)))
-    result.update({"prompts": len(prompt_list), "samples": len(samples),
-                   "corpus_gold_mean": world.corpus_gold_mean})
-    return result
+    run_reference = None
+    if reference is not None:
+        ref_model, _ = _load_policy(reference, device)
+        run_reference = lambda fn: fn(ref_model)  # noqa: E731
+    return evaluate_policy(model, tokenizer, prompt_list, rewards=world_rewards(world),
+                           reference=run_reference, num_samples=samples_per_prompt,
+                           max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                           batch_size=batch_size, seed=seed, vocab_size=len(tokenizer),
+                           progress=progress)
 
 
 # ------------------------------------------------------------------------------ command line
@@ -280,10 +278,13 @@ def _parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("score", formatter_class=fmt, help="measure a policy on the gold reward",
                         description="Sample and report gold reward, harmlessness, "
-                        "grammaticality, length, EOS rate and diversity.")
+                        "grammaticality, length, EOS rate, diversity and (with --reference) "
+                        "KL.")
     sampling_flags(sc, "prompts_eval.jsonl")
     sc.add_argument("--samples", type=int, default=4, help="samples per prompt")
     sc.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    sc.add_argument("--reference", default=None,
+                    help="model to measure eval/kl against (e.g. the SFT model; None: no KL)")
     return parser
 
 
@@ -335,12 +336,14 @@ def _run_pairs(args) -> int:
 
 
 def _run_score(args) -> int:
-    result = score_policy(args.policy, args.world, prompts=args.prompts,
-                          samples_per_prompt=args.samples, max_prompts=args.max_prompts,
-                          max_new_tokens=args.max_new_tokens,
-                          temperature=args.sampling_temperature, top_p=args.top_p,
-                          batch_size=args.batch_size, seed=args.seed, device=args.device,
-                          progress=sys.stderr.isatty())
+    evaluation = score_policy(args.policy, args.world, prompts=args.prompts,
+                              samples_per_prompt=args.samples, max_prompts=args.max_prompts,
+                              max_new_tokens=args.max_new_tokens,
+                              temperature=args.sampling_temperature, top_p=args.top_p,
+                              batch_size=args.batch_size, seed=args.seed, device=args.device,
+                              reference=args.reference, progress=sys.stderr.isatty())
+    result = {**evaluation.metrics, "prompts": len(evaluation.groups),
+              "samples": sum(len(g) for g in evaluation.groups)}
     width = max(map(len, result))
     for key, value in result.items():
         print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from preflab.errors import ConfigError
-from preflab.rollout import Sample, _make_sample, generate
+from preflab.generation import Sample, _make_sample, generate
 from preflab.tiny import build_random_causal_lm
 
 PROMPTS = ["the movie", "a film was not very good", "i", "the plot was great but the acting"]

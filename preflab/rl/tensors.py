@@ -1,4 +1,9 @@
-"""Sampled responses as tensors, and the per-token reward PPO optimises.
+"""Sampled responses as tensors: the batch a policy-gradient method trains on.
+
+``sample_rollout`` draws one response per prompt with ``preflab.generation.generate`` and
+packs prompts and responses into the layout below; ``rollout_forward`` runs the no-grad
+passes every policy-gradient method needs on that batch (the policy's and the reference's
+log-probs of the sampled tokens, the value model's per-token values, the entropy).
 
 Layout (as in Huang et al. 2024): each row is the prompt LEFT-padded to ``P`` tokens, then the
 response RIGHT-padded to ``R`` tokens, so every response starts at column ``P``::
@@ -20,6 +25,10 @@ of RLHF with PPO"; Ziegler et al. 2019):
 - Per-token reward: ``r_t = -kl_coef * KL_t`` at every response token, with ``KL_t`` a
   per-token estimate of KL(pi || pi_ref) on the sampled token, plus the sequence's score
   added at its last token (``per_token_rewards``).
+- Scoring what was sampled: the rollout's log-probs are recomputed in one no-cache pass under
+  ``logits / temperature``, the distribution ``generate`` drew from (it applies no other
+  processor, whatever the model's ``generation_config.json`` says). ``sampler_logprob_gap``
+  measures the difference to the sampler's own record, so a drift can never hide.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import torch
 from torch import Tensor
 
 from preflab.data import pad_sequences
+from preflab.generation import Sample, generate
 from preflab.logprobs import token_logps
 from preflab.losses import kl_per_token, masked_var
 from preflab.rl.heads import last_token_index
@@ -141,3 +151,52 @@ def sequence_sum(x: Tensor, mask: Tensor) -> Tensor:
     """Per-row sum over valid tokens, ``[B]``."""
     return torch.where(mask.to(torch.bool), x, torch.zeros_like(x)).sum(-1)
 
+
+
+def micro_batches(rows: Tensor, size: int) -> list[Tensor]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def sample_rollout(policy, tokenizer, prompts: list[str], *, response_length: int,
+                   temperature: float, batch_size: int, seed: int) -> tuple[list[Sample], dict]:
+    """One sampled response per prompt (full softmax at ``temperature``), and the packed batch
+    (``pack_rollout``) with the sampler's own log-probs as ``sampler_logprobs`` ``[B, R]``."""
+    samples = [group[0] for group in generate(
+        policy, tokenizer, prompts, max_new_tokens=response_length, temperature=temperature,
+        batch_size=batch_size, seed=seed)]
+    batch = pack_rollout([s.prompt_ids for s in samples], [s.completion_ids for s in samples],
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    sampler = torch.zeros(batch["response_mask"].shape)
+    for row, s in enumerate(samples):
+        sampler[row, : len(s.logprobs)] = torch.tensor(s.logprobs)
+    batch["sampler_logprobs"] = sampler
+    return samples, batch
+
+
+def sampler_logprob_gap(batch: dict, logprobs: Tensor) -> float:
+    """Largest |sampler log-prob - recomputed log-prob| over the response tokens (nats)."""
+    mask = batch["response_mask"].to(logprobs.device)
+    gap = (batch["sampler_logprobs"].to(logprobs.device) - logprobs).abs()
+    return float(torch.where(mask, gap, torch.zeros_like(gap)).max()) if mask.any() else 0.0
+
+
+@torch.no_grad()
+def rollout_forward(roles, batch: dict, *, batch_size: int, temperature: float,
+                    device) -> dict[str, Tensor]:
+    """``logprobs``, ``ref_logprobs``, ``values`` and ``entropy`` of the response tokens, ``[B, R]``.
+
+    ``roles`` is any of ``preflab.rl.roles``.
+    """
+    P = batch["context_length"]
+    out: dict[str, list] = {"logprobs": [], "ref_logprobs": [], "values": [], "entropy": []}
+    for rows in micro_batches(torch.arange(len(batch["input_ids"])), batch_size):
+        ids, mask = batch["input_ids"][rows].to(device), batch["attention_mask"][rows].to(device)
+        logits = roles.policy_logits(ids, mask)
+        out["logprobs"].append(response_logps(logits, ids, P, temperature))
+        out["entropy"].append(response_entropy(logits, P, temperature))
+        del logits
+        ref_logits = roles.reference_logits(ids, mask)
+        out["ref_logprobs"].append(response_logps(ref_logits, ids, P, temperature))
+        del ref_logits
+        out["values"].append(response_slice(roles.values(ids, mask), P))
+    return {k: torch.cat(v) for k, v in out.items()}

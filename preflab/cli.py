@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rm": ("preflab.algorithms.rm", "reward model: a Bradley-Terry scalar head on preference pairs"),
     "ppo": ("preflab.algorithms.ppo", "PPO on prompts: policy, value, reward and reference roles"),
     "world": ("preflab.world.cli", "the built-in task: build it, label pairs, score a policy"),
+    "plan": ("preflab.compare.plan", "GPU memory per method and role, from a model's config.json alone"),
     "demo": ("preflab.demo", "the whole pipeline on the built-in task, offline, in minutes"),
 }
 

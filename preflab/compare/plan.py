@@ -1,0 +1,413 @@
+"""``preflab plan``: GPU memory per method and role, from a model's ``config.json`` alone.
+
+    preflab plan --model CONFIG_DIR_OR_ID [--gpu-memory 80GB] [--lora-rank 16] [--dtype bfloat16]
+                 [--seq-len 1024 --batch-size 4] [--gradient-checkpointing]
+
+For each method (sft, rm, dpo with each way of holding the reference, simpo/orpo, ppo classic
+and shared) and each role (policy, reference, reward, value, generation) it counts the bytes
+of parameters, gradients, AdamW state and activations, says whether the method's peak fits
+``--gpu-memory``, and finds the largest micro-batch that does. ``plan_memory`` is the same
+as a library call, for the compare report.
+
+How preflab trains, which is what the planner counts (``PRECISION``): weights in ``--dtype``;
+gradients and AdamW's two moments (``torch.optim.AdamW``) in each parameter's dtype, no float32
+master copy; LoRA adapters in float32 (PEFT's ``autocast_adapter_dtype`` upcasts them under a
+bf16/fp16 base), so their gradients and moments are float32 too. Reward and value models are
+the body plus a scalar head ``H -> 1`` (no LM head); with LoRA, PEFT keeps the original head
+and a trained copy. DPO, RM, SimPO and ORPO put chosen and rejected through the model in one
+forward (2 x batch rows); PPO's forwards take --batch-size rows of --seq-len (prompt + response)
+with dropout off, and generation holds a KV cache for --rollout-batch-size prompts.
+
+A method's total is its peak over the phases of a step, not a sum of its rows:
+
+    train      params + grads + optimizer + saved activations + the larger of two working
+               memories: the logits' gradient ([B, T, V] in dtype) and two float32 chunks of
+               1024 positions at the start of backward, or a live reference's forward (its
+               logits and one layer's tensors) while the policy's graph is held
+    precompute (dpo precomputed) the policy's and the reference's weights + the reference's
+               forward; the reference is freed before training
+    update     (ppo) params + grads + optimizer + the larger of the policy's and the value's
+               training forward (one after the other, dropout off)
+    generation (ppo) params + optimizer + KV cache 2 L n_kv hd b x rollout x seq-len + the
+               widest layer of the prompt's prefill + one sampling step's logits (an estimate);
+               gradients are freed by then
+
+Activations are ``plan_arch.activation_bytes`` (formulas in that module's docstring). Not
+counted: the CUDA context and allocator fragmentation (leave a GiB or two), data and
+tokenizer, PPO's rollout buffers (a few floats per response token).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from preflab.compare.plan_arch import (
+    Arch,
+    activation_bytes,
+    kv_cache_bytes,
+    layer_bytes,
+    parse_arch,
+    read_config,
+)
+from preflab.config import arg, parse_config
+from preflab.errors import ConfigError
+
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+LOGP_CHUNK = 1024  # (batch, position) pairs preflab.logprobs upcasts at once
+METHODS = {
+    "sft": "sft", "rm": "rm", "dpo-copy": "dpo, reference copy",
+    "dpo-adapter-off": "dpo, adapter-off", "dpo-precomputed": "dpo, precomputed",
+    "simpo-orpo": "simpo / orpo", "ppo-classic": "ppo classic", "ppo-shared": "ppo shared",
+}
+NEEDS_LORA = {
+    "dpo-adapter-off": "needs --lora-rank > 0 (the reference is the LoRA base, adapters off)",
+    "ppo-shared": "needs --lora-rank > 0 (the roles are LoRA adapters on one frozen base)",
+}
+PRECISION = (
+    "weights in {dtype}; gradients and AdamW's two moments in each parameter's dtype, no "
+    "float32 master copy; LoRA adapters (and so their gradients and moments) in float32, as "
+    "PEFT upcasts them; activations in {dtype}, except RMSNorm's float32 input, SDPA's float32 "
+    "log-sum-exp and PEFT's float32 copy of each adapter's input; logits kept once in {dtype} "
+    "(preflab.logprobs upcasts 1024 positions at a time)")
+
+
+@dataclass
+class PlanConfig:
+    """``preflab plan``: the model, the GPU and the shape of a training step."""
+
+    model: str = arg("", "A model directory, its config.json, or a hub id: only config.json "
+                     "is read, never weights.")
+    gpu_memory: str = arg("80GB", "Memory of one GPU: 80GB, 80GiB, 80G, '24 GB' or bytes. GB "
+                          "and G mean GiB (2^30 bytes), as GPU vendors quote memory.")
+    dtype: str = arg("bfloat16", "Weights dtype; auto = bfloat16 (preflab's choice on a GPU "
+                     "that supports it).", choices=("auto", "bfloat16", "float16", "float32"))
+    lora_rank: int = arg(0, "LoRA rank; 0 plans full fine-tuning.")
+    lora_target_modules: str = arg("", "Comma-separated layers to adapt; empty: every linear "
+                                   "layer in the blocks (preflab's default).")
+    seq_len: int = arg(1024, "Tokens per sequence: prompt + completion (PPO: prompt + response).")
+    batch_size: int = arg(4, "Micro-batch: sequences per forward (DPO, RM, SimPO, ORPO run 2 x "
+                          "this: chosen and rejected).")
+    gradient_checkpointing: bool = arg(False, "Plan with activation checkpointing of each layer.")
+    attention: str = arg("sdpa", "Attention kernel: sdpa (fused, no T x T scores kept) or eager.",
+                         choices=("sdpa", "eager"))
+    rollout_batch_size: int = arg(64, "PPO: prompts per rollout, for the generation KV cache.")
+    response_length: int = arg(48, "PPO: response tokens within --seq-len (the rest is the "
+                               "prompt, prefilled at once in generation).")
+    json: str = arg("", "Also write every figure to this JSON file.")
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ConfigError("--model is required", field="model")
+        for name, low in (("lora_rank", 0), ("seq_len", 2), ("batch_size", 1),
+                          ("rollout_batch_size", 1), ("response_length", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}", field=name)
+        if self.response_length >= self.seq_len:
+            raise ConfigError("--response-length must be below --seq-len (the prompt is the rest)",
+                              field="response_length")
+        parse_memory(self.gpu_memory)
+
+
+def parse_memory(text: str) -> int:
+    """``80GB`` -> 80 * 2**30. K, M, G, T (with or without B or iB) are powers of 2."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(?:i?b)?|b)?\s*", str(text), re.I)
+    value = float(match.group(1)) * UNITS[(match.group(2) or "").lower()] if match else 0
+    if value < 1:
+        raise ConfigError(f"{text!r} is not a memory size", field="gpu_memory",
+                          expected="80GB, 80GiB, 80G, '24 GB' or a number of bytes; "
+                                   "GB = GiB = 2^30 bytes")
+    return int(value)
+
+
+def _role(params: int = 0, grads: int = 0, optimizer: int = 0, activations: int = 0) -> dict:
+    return {"params": params, "grads": grads, "optimizer": optimizer, "activations": activations,
+            "total": params + grads + optimizer + activations}
+
+
+def _acting(role: dict, saved: int, working: int = 0) -> dict:
+    """``role`` with activations: ``saved`` for backward, plus ``working`` memory alive only
+    in part of the step (the logits' gradient, a reference's forward, generation)."""
+    out = _role(role["params"], role["grads"], role["optimizer"], saved + working)
+    out["activation_parts"] = {"saved": saved, "working": working}
+    return out
+
+
+@dataclass
+class _Step:
+    """Everything the per-method accounting needs, with the micro-batch left free."""
+
+    arch: Arch
+    b: int
+    rank: int
+    targets: list[str] | None
+    seq_len: int
+    gc: bool
+    attention: str
+    rollout: int
+    response: int
+
+    def adapters(self) -> int:
+        return self.arch.lora_params(self.rank, self.targets) if self.rank else 0
+
+    def lm(self, trained: bool) -> dict:
+        """A causal LM: trained in full, trained as LoRA on a frozen base, or frozen."""
+        p, a = self.b * self.arch.lm_params(), 4 * self.adapters()
+        if not trained:
+            return _role(p)
+        if self.rank:
+            return _role(p + a, a, 2 * a)
+        return _role(p, p, 2 * p)
+
+    def scorer(self, trained: bool) -> dict:
+        """A reward/value model: body + H -> 1 head; LoRA keeps the head and a trained copy."""
+        body, head = self.b * self.arch.body_params(), self.b * self.arch.score_params()
+        a = 4 * self.adapters()
+        if not trained:
+            return _role(body + head)
+        if self.rank:
+            return _role(body + 2 * head + a, a + head, 2 * (a + head))
+        return _role(body + head, body + head, 2 * (body + head))
+
+    def saved(self, rows: int, head: str, *, dropout: bool = True) -> int:
+        return activation_bytes(self.arch, b=self.b, rows=rows, seq_len=self.seq_len, head=head,
+                                lora_rank=self.rank, lora_targets=self.targets,
+                                gradient_checkpointing=self.gc, dropout=dropout,
+                                attention=self.attention)["total"]
+
+    def backward_working(self, rows: int) -> int:
+        """The logits' gradient (in dtype) and two float32 chunks, at the start of backward."""
+        tokens, vocab = rows * self.seq_len, self.arch.vocab
+        return self.b * vocab * tokens + 2 * 4 * vocab * min(LOGP_CHUNK, tokens)
+
+    def reference_forward(self, rows: int) -> int:
+        """A no-grad forward: its logits, one float32 chunk and one layer's tensors."""
+        tokens, vocab = rows * self.seq_len, self.arch.vocab
+        layer = sum(layer_bytes(self.arch, b=self.b, seq_len=self.seq_len, dropout=False,
+                                attention=self.attention).values())
+        return (self.b * vocab + layer) * tokens + 4 * vocab * min(LOGP_CHUNK, tokens)
+
+    def generation(self) -> int:
+        """KV cache for the rollout, one layer of the prompt's prefill, one step's logits."""
+        a, b = self.arch, self.b
+        prompt = self.seq_len - self.response
+        cache = kv_cache_bytes(a, b=b, rows=self.rollout, seq_len=self.seq_len)
+        # a prefill layer at its widest: the residual and normed input, then q, k, v and the
+        # output, or the MLP's three I-wide tensors; and the padding mask
+        width = 2 * a.hidden + max(4 * a.heads * a.head_dim, 3 * a.intermediate) + prompt
+        prefill = self.rollout * prompt * b * width
+        return cache + prefill + self.rollout * a.vocab * (b + 12)
+
+
+def _method(step: _Step, name: str, B: int) -> dict | None:
+    """Roles and phase peaks of one method at micro-batch ``B``; None if it does not apply."""
+    if name in NEEDS_LORA and not step.rank:
+        return None
+    if name == "rm":  # chosen and rejected through the reward model in one forward
+        reward = _acting(step.scorer(True), step.saved(2 * B, "scalar"))
+        return {"roles": {"reward": reward}, "phases": {"train": reward["total"]}}
+    if name.startswith("ppo"):
+        return _ppo(step, name, B)
+    rows = B if name == "sft" else 2 * B  # the others: chosen and rejected in one forward
+    policy = step.lm(True)
+    saved, working = step.saved(rows, "lm"), step.backward_working(rows)
+    roles = {"policy": _acting(policy, saved, working)}
+    held = policy["params"] + policy["grads"] + policy["optimizer"] + saved
+    phases = {"train": held + working}
+    if name in ("dpo-copy", "dpo-adapter-off"):  # pi_ref runs while the policy's graph is held
+        ref_params = step.lm(False)["params"] if name == "dpo-copy" else 0
+        ref = step.reference_forward(rows)
+        roles["reference"] = _acting(_role(ref_params), 0, ref)
+        phases["train"] = held + ref_params + max(working, ref)
+    if name == "dpo-precomputed":  # one pass before training, then the reference is freed
+        ref_params = 0 if step.rank else step.lm(False)["params"]  # LoRA: adapters off
+        roles["reference"] = _role()
+        phases["precompute"] = policy["params"] + ref_params + step.reference_forward(rows)
+    return {"roles": roles, "phases": phases}
+
+
+def _ppo(step: _Step, name: str, B: int) -> dict:
+    """Generation, then policy and value updates one after the other (dropout off)."""
+    if name == "ppo-classic":
+        roles = {"policy": step.lm(True), "value": step.scorer(True),
+                 "reward": step.scorer(False), "reference": step.lm(False)}
+    else:  # one frozen base (counted under policy) with policy, value and reward adapters
+        a, head = 4 * step.adapters(), step.b * step.arch.score_params()
+        roles = {"policy": step.lm(True), "value": _role(a + head, a + head, 2 * (a + head)),
+                 "reward": _role(a + head), "reference": _role()}
+    policy_saved = step.saved(B, "lm", dropout=False)
+    value_saved = step.saved(B, "scalar", dropout=False)
+    roles["policy"] = _acting(roles["policy"], policy_saved, step.backward_working(B))
+    roles["value"] = _acting(roles["value"], value_saved)
+    roles["generation"] = _acting(_role(), 0, step.generation())
+    params, grads, optimizer = (sum(r[k] for r in roles.values())
+                                for k in ("params", "grads", "optimizer"))
+    update = max(roles["policy"]["activations"], value_saved)
+    return {"roles": roles, "phases": {
+        "update": params + grads + optimizer + update,
+        "generation": params + optimizer + roles["generation"]["activations"],  # no grads yet
+    }}
+
+
+def _largest(fits, cap: int) -> int:
+    """The largest n in 1..cap with ``fits(n)`` (0 if none), by doubling then bisection;
+    ``fits`` must be monotone (true up to some n, false after)."""
+    if not fits(1):
+        return 0
+    low, high = 1, 2
+    while high <= cap and fits(high):
+        low, high = high, 2 * high
+    high = min(high, cap + 1)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
+
+
+def _fitting(step: _Step, name: str, budget: int, batch_size: int) -> dict[str, int]:
+    """``max_micro_batch`` under ``budget`` bytes; for PPO also ``max_rollout_batch``, the
+    largest rollout whose generation phase fits (it does not depend on the micro-batch)."""
+    ppo = name.startswith("ppo")
+
+    def peak(B: int) -> int:
+        return max(_method(step, name, B)["phases"].values())
+
+    def generation(R: int) -> int:
+        return _method(replace(step, rollout=R), name, batch_size)["phases"]["generation"]
+
+    out = {"max_micro_batch": _largest(lambda B: peak(B) <= budget,
+                                       step.rollout if ppo else 1 << 20)}
+    if ppo:
+        out["max_rollout_batch"] = _largest(lambda R: generation(R) <= budget, 1 << 16)
+    return out
+
+
+def plan_memory(config: dict, *, dtype: str = "bfloat16", lora_rank: int = 0,
+                lora_target_modules: list[str] | None = None, seq_len: int = 1024,
+                batch_size: int = 4, gradient_checkpointing: bool = False,
+                gpu_memory: int | None = None, attention: str = "sdpa",
+                rollout_batch_size: int = 64, response_length: int = 48) -> dict:
+    """Bytes per method and role for a model ``config`` (the dict of its config.json).
+
+    Returns ``{"model", "settings", "precision", "methods"}``; each applicable method has
+    ``roles`` (params, grads, optimizer, activations, total per role), ``phases``, ``peak``,
+    ``peak_phase`` and, when ``gpu_memory`` (bytes) is given, ``fits`` and ``max_micro_batch``
+    (PPO: also ``max_rollout_batch``, the largest rollout whose generation phase fits).
+    """
+    arch = parse_arch(config)
+    dtype = "bfloat16" if dtype == "auto" else dtype
+    step = _Step(arch, DTYPE_BYTES[dtype], lora_rank, lora_target_modules or None, seq_len,
+                 gradient_checkpointing, attention, rollout_batch_size, response_length)
+    methods: dict[str, dict] = {}
+    for name, label in METHODS.items():
+        figures = _method(step, name, batch_size)
+        if figures is None:
+            methods[name] = {"label": label, "applicable": False, "why": NEEDS_LORA[name]}
+            continue
+        peak_phase = max(figures["phases"], key=figures["phases"].get)
+        entry = {"label": label, "applicable": True, **figures,
+                 "peak": figures["phases"][peak_phase], "peak_phase": peak_phase}
+        if gpu_memory is not None:
+            entry["fits"] = entry["peak"] <= gpu_memory
+            entry.update(_fitting(step, name, gpu_memory, batch_size))
+        methods[name] = entry
+    return {
+        "model": {"model_type": arch.model_type, "parameters": arch.lm_params(),
+                  "body_parameters": arch.body_params(), "layers": arch.layers,
+                  "hidden_size": arch.hidden, "vocab_size": arch.vocab,
+                  "lora_parameters": step.adapters()},
+        "settings": {"dtype": dtype, "bytes_per_element": step.b, "lora_rank": lora_rank,
+                     "lora_target_modules": [lin.name for lin in arch.lora_targets(step.targets)]
+                     if lora_rank else [], "seq_len": seq_len, "batch_size": batch_size,
+                     "gradient_checkpointing": gradient_checkpointing, "attention": attention,
+                     "rollout_batch_size": rollout_batch_size, "response_length": response_length,
+                     "gpu_memory_bytes": gpu_memory},
+        "precision": PRECISION.format(dtype=dtype),
+        "methods": methods,
+    }
+
+
+COLUMNS = ("params", "grads", "optimizer", "activations", "total")
+
+
+def _unit(largest: int) -> tuple[str, int]:
+    for name, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if largest >= size:
+            return name, size
+    return "B", 1
+
+
+def render(plan: dict, *, model: str) -> str:
+    """The table ``preflab plan`` prints."""
+    m, s = plan["model"], plan["settings"]
+    peaks = [e["peak"] for e in plan["methods"].values() if e["applicable"]]
+    unit, size = _unit(max(peaks))
+    gpu = s["gpu_memory_bytes"]
+    lora = "full fine-tuning"
+    if s["lora_rank"]:
+        lora = (f"LoRA rank {s['lora_rank']} on {', '.join(s['lora_target_modules'])} "
+                f"({m['lora_parameters']:,} adapter parameters)")
+    checkpointing = "on" if s["gradient_checkpointing"] else "off"
+    lines = [
+        f"preflab plan: {model} ({m['model_type']}, {m['parameters']:,} parameters, "
+        f"{m['layers']} layers, hidden {m['hidden_size']}, vocabulary {m['vocab_size']:,})",
+        *textwrap.wrap(
+            f"settings: {s['dtype']}, {lora}; seq-len {s['seq_len']}, micro-batch "
+            f"{s['batch_size']}, gradient checkpointing {checkpointing}, attention "
+            f"{s['attention']}; PPO rollout {s['rollout_batch_size']} prompts", 100,
+            subsequent_indent="  ", break_on_hyphens=False),
+        f"GPU memory: {gpu / 2**30:.2f} GiB (GB means GiB, 2^30 bytes)" if gpu else "",
+        *textwrap.wrap(f"precision: {plan['precision']}", 100, subsequent_indent="  ",
+                       break_on_hyphens=False), "",
+    ]
+    head = f"{'method':<20} {'role':<11}" + "".join(f"{c:>12}" for c in COLUMNS)
+    lines += [head + f"   ({unit})", "-" * len(head)]
+    for entry in plan["methods"].values():
+        if not entry["applicable"]:
+            lines += [f"{entry['label']:<20} {entry['why']}", ""]
+            continue
+        for i, (role, r) in enumerate(entry["roles"].items()):
+            cells = "".join(f"{r[c] / size:>12.2f}" for c in COLUMNS)
+            lines.append(f"{entry['label'] if i == 0 else '':<20} {role:<11}{cells}")
+        verdict = ""
+        if "fits" in entry:
+            verdict = (f"{'fits' if entry['fits'] else 'DOES NOT FIT'}, max micro-batch "
+                       f"{entry['max_micro_batch']}")
+            if "max_rollout_batch" in entry:
+                verdict += f", max rollout {entry['max_rollout_batch']}"
+        others = [f"{k} {v / size:.2f}" for k, v in entry["phases"].items()
+                  if k != entry["peak_phase"]]
+        phases = "; ".join([entry["peak_phase"], *others])
+        lines.append(f"{'':<20} {'peak':<11}{'':>48}{entry['peak'] / size:>12.2f}   "
+                     f"{verdict} ({phases})")
+        lines.append("")
+    lines += textwrap.wrap(
+        "peak: the largest phase of a step (train; dpo precomputed: precompute; ppo: update or "
+        "generation, whose KV cache and prefill are estimates), not the sum of the rows. max "
+        "micro-batch: the largest --batch-size whose peak fits; max rollout: the largest "
+        "--rollout-batch-size whose generation fits. Not counted: the CUDA context and "
+        "allocator fragmentation.", 100)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(PlanConfig, argv, prog="preflab plan", description=__doc__)
+    gpu = parse_memory(cfg.gpu_memory)
+    targets = [t.strip() for t in cfg.lora_target_modules.split(",") if t.strip()]
+    plan = plan_memory(read_config(cfg.model), dtype=cfg.dtype, lora_rank=cfg.lora_rank,
+                       lora_target_modules=targets, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
+                       gradient_checkpointing=cfg.gradient_checkpointing, gpu_memory=gpu,
+                       attention=cfg.attention, rollout_batch_size=cfg.rollout_batch_size,
+                       response_length=cfg.response_length)
+    print(render(plan, model=cfg.model))
+    if cfg.json:
+        try:
+            Path(cfg.json).write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write the JSON file: {exc.strerror}",
+                              path=cfg.json) from None
+    return 0

@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rm": ("preflab.algorithms.rm", "reward model: a Bradley-Terry scalar head on preference pairs"),
     "ppo": ("preflab.algorithms.ppo", "PPO on prompts: policy, value, reward and reference roles"),
     "world": ("preflab.world.cli", "the built-in task: build it, label pairs, score a policy"),
+    "compare": ("preflab.compare.cli", "both roads on the same SFT model, the article's table "
+                "measured, with a report"),
+    "report": ("preflab.compare.report", "render a comparison's report again from its "
+               "results.json"),
     "plan": ("preflab.compare.plan", "GPU memory per method and role, from a model's config.json alone"),
     "demo": ("preflab.demo", "the whole pipeline on the built-in task, offline, in minutes"),
 }
@@ -36,7 +40,7 @@ def _usage() -> str:
     return USAGE.format(commands="\n".join(lines))
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     # Library chatter (load bars, advisory warnings) would bury preflab's own output.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"preflab: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    _quiet_libraries()
+    quiet_libraries()
     from preflab.errors import PreflabError
 
     try:
@@ -69,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"preflab {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

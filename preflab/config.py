@@ -176,6 +176,8 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
     )
     for f in fields(cls):
         kind = _field_type(cls, f)
+        if kind in (dict, list):
+            continue  # structured settings come from the YAML file only
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
         name = f"--{flag(f.name)}"

@@ -124,3 +124,33 @@ def evaluate_policy(
     diversity = diversity_report([[s.completion for s in g] for g in groups], vocab_size)
     metrics.update({f"eval/{k}": float(v) for k, v in diversity.items()})
     return Evaluation(metrics, groups, scores)
+
+
+@torch.no_grad()
+def preference_accuracy(policy, reference, examples: Sequence, *, pad_token_id: int,
+                        batch_size: int = 16) -> dict[str, float]:
+    """How often the policy's implicit reward ranks held-out pairs as labelled.
+
+    The implicit reward of a completion is ``log pi(y|x) - log pi_ref(y|x)`` (summed over its
+    tokens; Rafailov et al. 2023): a policy "prefers" the side whose log-probability it raised
+    more relative to the reference. A tie (the policy equal to its reference) counts one half.
+    ``examples`` are ``PreferenceExample``s (``preflab.data.load_preference_dataset``).
+    Returns ``eval/preference_accuracy`` and ``eval/implicit_margin`` (the mean difference).
+    """
+    from preflab.data import collate_preference
+    from preflab.logprobs import concatenated_forward
+
+    device = next(policy.parameters()).device
+    wins, margin_sum = 0.0, 0.0
+    for model in (policy, reference):
+        model.eval()
+    for start in range(0, len(examples), batch_size):
+        batch = collate_preference(list(examples[start : start + batch_size]), pad_token_id)
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        pc, pr = concatenated_forward(policy, batch)
+        rc, rr = concatenated_forward(reference, batch)
+        margin = (pc.sum - rc.sum) - (pr.sum - rr.sum)
+        wins += float((margin > 0).sum()) + 0.5 * float((margin == 0).sum())
+        margin_sum += float(margin.sum())
+    n = max(len(examples), 1)
+    return {"eval/preference_accuracy": wins / n, "eval/implicit_margin": margin_sum / n}

@@ -37,7 +37,7 @@ from preflab.evaluation import evaluate_policy
 from preflab.logprobs import concatenated_forward
 from preflab.losses import DIRECT_LOSSES, compute_direct_loss, get_direct_loss
 from preflab.losses.registry import check_direct_loss_args
-from preflab.rewards import load_reward_function
+from preflab.rewards import check_reward_specs, load_reward
 from preflab.runtime import distributed, memory, session
 from preflab.runtime.metrics import format_metrics
 from preflab.runtime.stream import ExampleStream
@@ -72,8 +72,9 @@ class DPOConfig(TrainConfig):
         "", "Prompts to sample from at evaluation (eval/kl, eval/distinct_n, eval/gold_reward)."
     )
     gold_reward: str = arg(
-        "", "Evaluation-only reward function (module:function or file.py:function); "
-        "logged as eval/gold_reward, never trained on."
+        "", "Evaluation-only reward: module:function, file.py:function, a reward-model "
+        "directory, or a weighted sum ('a:0.7,b:0.3'); logged as eval/gold_reward, never "
+        "trained on."
     )
     eval_num_prompts: int = arg(64, "How many --eval-prompts to sample from at each evaluation.")
     eval_max_new_tokens: int = arg(48, "Longest sampled completion at evaluation.")
@@ -90,6 +91,8 @@ class DPOConfig(TrainConfig):
         if self.gold_reward and not self.eval_prompts:
             raise ConfigError("--gold-reward needs --eval-prompts to sample from",
                               field="gold_reward")
+        if self.gold_reward:
+            check_reward_specs(self.gold_reward, flag="--gold-reward")
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -209,7 +212,11 @@ def train(cfg: DPOConfig) -> dict:
     if cfg.eval_prompts:
         prompt_examples, _ = load_prompt_dataset(cfg.eval_prompts, tokenizer, policy)
         prompts = [p.prompt for p in prompt_examples[: cfg.eval_num_prompts]]
-    gold_fn = load_reward_function(cfg.gold_reward, flag="--gold-reward") if cfg.gold_reward else None
+    gold_fn = None
+    if cfg.gold_reward:
+        gold = load_reward(cfg.gold_reward, flag="--gold-reward", device=run.device,
+                           dtype=run.dtype)
+        gold_fn = lambda p, c, **kw: gold(p, c, **kw)[0]  # noqa: E731
     if run.ctx.is_main:
         print(f"data: {len(examples)} train / {len(eval_examples)} eval pairs; "
               f"{data_report.summary()}", flush=True)

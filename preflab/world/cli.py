@@ -166,6 +166,56 @@ def make_pairs(
     }
 
 
+def relabel_pairs(
+    pairs: str | Path,
+    world: str | Path | World,
+    out: str | Path,
+    *,
+    harmlessness_weight: float = 1.0,
+    temperature: float | None = None,
+    flip_rate: float | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict:
+    """Label the same pairs again under a changed objective: gold + w * harmlessness.
+
+    The annotators (the world's defaults unless given) now compare
+    ``gold_reward + harmlessness_weight * harmlessness`` instead of the gold reward: people
+    who have been told to mind toxic words too. Writes ``out`` with the new chosen/rejected
+    order and each side's ``*_gold`` and ``*_objective``; returns the counts, among them how
+    many pairs changed side.
+    """
+    from preflab.compare.data import read_jsonl, write_jsonl
+
+    world = _as_world(world)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError("output file exists", path=str(out),
+                          expected="a new file name, or --overwrite to replace it")
+    records = read_jsonl(pairs)
+    annotator = world.annotator(temperature, flip_rate, 0.0, seed=seed)
+    relabelled, changed = [], 0
+    for i, r in enumerate(records):
+        if not all(isinstance(r.get(k), str) for k in ("prompt", "chosen", "rejected")):
+            raise DataError("each pair needs text prompt, chosen and rejected", path=str(pairs),
+                            line=i + 1, expected="a record written by `preflab world pairs`")
+        prompt, a, b = r["prompt"], r["chosen"], r["rejected"]
+        gold = world.gold_reward([prompt, prompt], [a, b])
+        harm = world.harmlessness([prompt, prompt], [a, b])
+        objective = [g + harmlessness_weight * h for g, h in zip(gold, harm)]
+        label = annotator.label_pair(prompt, a, b, objective[0], objective[1])
+        first = label.chosen == a
+        changed += not first
+        g_c, g_r = (gold[0], gold[1]) if first else (gold[1], gold[0])
+        relabelled.append({"prompt": prompt, "chosen": label.chosen, "rejected": label.rejected,
+                           "chosen_gold": round(g_c, 6), "rejected_gold": round(g_r, 6),
+                           "chosen_objective": round(label.chosen_gold, 6),
+                           "rejected_objective": round(label.rejected_gold, 6)})
+    write_jsonl(out, relabelled)
+    return {"pairs": len(relabelled), "changed_side": changed,
+            "harmlessness_weight": harmlessness_weight, "file": str(out)}
+
+
 def world_rewards(world: World) -> dict:
     """The world's objectives as named reward functions: ``gold_reward`` (helpfulness, the
     hidden gold), ``harmlessness``, and ``grammatical`` (1 when the whole review parses)."""
@@ -219,7 +269,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="preflab world", formatter_class=fmt,
                                      description="The built-in reviews world: a task with a "
                                      "hidden gold reward and simulated annotators.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{build,pairs,score}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{build,pairs,relabel,score}")
 
     b = sub.add_parser("build", formatter_class=fmt, help="write a world directory",
                        description="Write model/, sft.jsonl, prompts_train.jsonl, "
@@ -275,6 +326,23 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--length-bias", type=float, default=None,
                     help="annotator preference per extra word (None: the world's default)")
     pr.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+    rl = sub.add_parser("relabel", formatter_class=fmt,
+                        help="label pairs again under a changed objective",
+                        description="Label the same pairs again, with annotators who now "
+                        "prefer gold reward + W x harmlessness (the objective changed after "
+                        "deployment).")
+    rl.add_argument("--pairs", required=True, help="pairs file from `world pairs`")
+    rl.add_argument("--world", default="world", help="world directory (has world.json)")
+    rl.add_argument("--out", required=True, help="relabelled pairs file (.jsonl)")
+    rl.add_argument("--harmlessness-weight", type=float, default=1.0,
+                    help="weight W of harmlessness in the new objective")
+    rl.add_argument("--temperature", type=float, default=None,
+                    help="annotator temperature (None: the world's default)")
+    rl.add_argument("--flip-rate", type=float, default=None,
+                    help="annotator label-flip probability (None: the world's default)")
+    rl.add_argument("--seed", type=int, default=0, help="labelling seed")
+    rl.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
     sc = sub.add_parser("score", formatter_class=fmt, help="measure a policy on the gold reward",
                         description="Sample and report gold reward, harmlessness, "
@@ -335,6 +403,16 @@ def _run_pairs(args) -> int:
     return 0
 
 
+def _run_relabel(args) -> int:
+    stats = relabel_pairs(args.pairs, args.world, args.out,
+                          harmlessness_weight=args.harmlessness_weight,
+                          temperature=args.temperature, flip_rate=args.flip_rate, seed=args.seed,
+                          overwrite=args.overwrite)
+    print(f"{stats['pairs']} pairs labelled again for gold + {args.harmlessness_weight:g} x "
+          f"harmlessness -> {stats['file']}; {stats['changed_side']} changed side")
+    return 0
+
+
 def _run_score(args) -> int:
     evaluation = score_policy(args.policy, args.world, prompts=args.prompts,
                               samples_per_prompt=args.samples, max_prompts=args.max_prompts,
@@ -362,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             raise ConfigError("must be a positive integer", field="--" + name.replace("_", "-"),
                               expected="an integer >= 1")
-    return {"build": _run_build, "pairs": _run_pairs, "score": _run_score}[args.command](args)
+    return {"build": _run_build, "pairs": _run_pairs, "relabel": _run_relabel,
+            "score": _run_score}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,163 @@
+"""``preflab compare``: the article's comparison table, measured on the built-in world or your data.
+
+    preflab compare --world DIR --output-dir CMP [--preset quick|standard|full]
+    preflab compare --model SFT_MODEL --pairs PAIRS --prompts PROMPTS --output-dir CMP
+
+Every method starts from the same SFT checkpoint and runs as an ordinary preflab command in a
+fresh process, into CMP/runs/<run>/; each trained policy is then scored by the same
+evaluation. Finished runs are reused (--fresh redoes them), a run that fails or overruns
+--time-budget is recorded and shown, and the rest go on. The results land in
+CMP/results.json (every number, with the run it came from), CMP/report.md, CMP/report.html
+(self-contained) and CMP/figures/; `preflab report CMP` renders them again.
+
+--dry-run prints every command instead, in dependency order, for a scheduler;
+--launcher "torchrun --nproc-per-node 8" prefixes each training command.
+
+Exit status: 0 when every run finished, 3 when the report was written but some runs did
+not finish (they are listed in it), 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from preflab.compare import criteria, sections
+from preflab.compare.design import CompareConfig, build
+from preflab.compare.harness import Harness
+from preflab.compare.measure import collect
+from preflab.config import parse_config
+from preflab.errors import ConfigError
+
+MADE_BY_COMPARE = ("runs", "scores", "data", "logs", "figures", "jobs.json", "design.json",
+                   "results.json", "report.md", "report.html")
+
+
+def check_output_dir(cfg: CompareConfig) -> Path:
+    root = Path(cfg.output_dir)
+    if root.exists() and not root.is_dir():
+        raise ConfigError("--output-dir exists and is a file", path=str(root))
+    if root.is_dir() and any(root.iterdir()) and not (root / "design.json").exists():
+        raise ConfigError("--output-dir holds files that are not a comparison; choose a new or "
+                          "empty directory (nothing there is overwritten)", path=str(root))
+    return root
+
+
+def check_inputs(cfg: CompareConfig) -> None:
+    if cfg.world:
+        world = Path(cfg.world)
+        if world.exists() and not world.is_dir():
+            raise ConfigError("--world is a file", path=cfg.world,
+                              expected="a world directory, or a new path to build one in")
+        if world.is_dir() and any(world.iterdir()) and not (world / "world.json").exists():
+            raise ConfigError("--world holds files but no world.json", path=cfg.world,
+                              expected="a directory made by `preflab world build`, or a new "
+                                       "or empty one to build it in")
+        return
+    for flag, path in (("--pairs", cfg.pairs), ("--prompts", cfg.prompts)):
+        if not Path(path).exists():
+            raise ConfigError(f"{flag}: no such file", path=path)
+    if Path(cfg.model).exists() and not (Path(cfg.model) / "config.json").is_file():
+        raise ConfigError("--model is not a Hugging Face model directory (no config.json)",
+                          path=cfg.model)
+
+
+def _processes(launcher: str) -> int:
+    match = re.search(r"--(?:nproc[-_]per[-_]node|num[-_]processes)[= ](\d+)", launcher)
+    return int(match.group(1)) if match else 1
+
+
+def _count_lines(path: str) -> int | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return sum(1 for line in f if line.strip())
+    except OSError:
+        return None
+
+
+def finalize(root: Path, cfg: CompareConfig) -> dict:
+    """results.json, figures, report.md and report.html from what the runs wrote."""
+    from preflab.compare.plan import parse_memory
+    from preflab.compare.report import render
+
+    constraints = {"gpu_memory": cfg.gpu_memory,
+                   "gpu_memory_bytes": parse_memory(cfg.gpu_memory) if cfg.gpu_memory else None,
+                   "have": cfg.have, "objective_may_change": cfg.objective_may_change}
+    settings = {"preset": cfg.preset, "methods": cfg.method_names(), "jobs": cfg.jobs,
+                "threads": cfg.threads, "launcher": cfg.launcher,
+                "processes_per_command": _processes(cfg.launcher),
+                "time_budget_s": cfg.time_budget, "kl_blowup": cfg.kl_blowup}
+    results = collect(root, constraints=constraints, settings=settings)
+    results["inputs"]["pair_counts"] = {share: _count_lines(path) for share, path in
+                                        results["inputs"].get("pairs", {}).items()}
+    results["rows"] = criteria.rows(results)
+    results["frontier"] = sections.frontier(results)
+    results["diversity"] = sections.diversity(results)
+    results["samples"] = sections.samples(results)
+    results["summary"] = sections.summary_table(results)
+    results["recommendation"] = sections.recommendation(results)
+    for run in results["runs"]:
+        run.pop("examples", None)  # kept in scores/; the report shows `samples`
+    (root / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    render(root)
+    return json.loads((root / "results.json").read_text(encoding="utf-8"))
+
+
+def print_table(results: dict, out=sys.stdout) -> None:
+    from preflab.compare.report import MARK, headline
+
+    print("\nThe article's table, measured", file=out)
+    for r in results["rows"]:
+        a = r["article"]
+        print(f"\n{r['criterion']:<24} measured winner: {r['winner']:<14} article: "
+              f"{a['winner']:<5} ({MARK[r['agrees']]})", file=out)
+        print(f"  RLHF: {r['rlhf']['text']}", file=out)
+        print(f"  DPO:  {r['dpo']['text']}", file=out)
+    print("\n" + headline(results), file=out)
+    rec = results["recommendation"]
+    if rec.get("choice"):
+        print(f"Which to choose here: {rec['choice']}", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(CompareConfig, argv, prog="preflab compare", description=__doc__)
+    root = check_output_dir(cfg)
+    check_inputs(cfg)
+    design = build(cfg)
+    harness = Harness(root, design.jobs, parallel=cfg.jobs, launcher=cfg.launcher,
+                      time_budget_s=cfg.time_budget, fresh=cfg.fresh,
+                      threads_per_job=cfg.threads or max(1, (_cpus() // cfg.jobs)),
+                      progress=cfg.progress)
+    if cfg.dry_run:
+        harness.dry_run()
+        return 0
+    if cfg.fresh:
+        for name in MADE_BY_COMPARE:
+            target = root / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+    design.save()
+    print(f"preflab compare: {len(design.jobs)} jobs ({cfg.preset} preset, "
+          f"{'world ' + cfg.world if cfg.world else 'your data'}) -> {root}", flush=True)
+    records = harness.run()
+    results = finalize(root, cfg)
+    print_table(results)
+    print(f"\nreport: {root / 'report.html'} (also report.md, results.json, figures/)")
+    unfinished = [k for k, r in records.items() if r.status != "done"]
+    if unfinished:
+        print(f"{len(unfinished)} jobs did not finish: {', '.join(unfinished)} "
+              "(see the report and logs/)", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,231 @@
+"""The methods ``preflab compare`` can run: a registry, so adding one never touches the harness.
+
+A method is a name, the road it belongs to, and a ``build`` function that turns the shared
+inputs (the SFT checkpoint, the pairs, the prompts), the per-command hyperparameters and a
+``Variant`` (seed, share of the pairs, learning-rate and beta/kl_coef multipliers, objective)
+into the ordinary ``preflab`` commands to run, as ``Stage``s. The last stage of a method
+writes the policy that gets scored. Stages are named by what they compute, so two methods
+that need the same reward model (PPO at several KL coefficients) share one run.
+
+    dpo               SFT -> dpo (sigmoid loss, a frozen copy as reference)
+    ipo               SFT -> dpo --loss ipo
+    simpo             SFT -> dpo --loss simpo (reference-free)
+    dpo-precomputed   SFT -> dpo --precompute-ref (reference log-probs computed once, freed)
+    ppo               SFT -> rm (full) -> ppo --memory-mode classic (four models)
+    ppo-shared        SFT -> rm (LoRA) -> ppo --memory-mode shared (one base, adapters)
+
+A new method (KTO, online DPO, best-of-n) registers a ``Method`` with ``register``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from preflab.errors import ConfigError
+
+DIRECT, RLHF = "direct", "rlhf"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What changes between runs of one method."""
+
+    seed: int = 0
+    pairs: str = "all"
+    """Which labelled pairs: ``all``, a share such as ``1/16``, or ``new`` (the changed
+    objective's labels, for the flexibility row)."""
+    lr_scale: float = 1.0
+    strength_scale: float = 1.0
+    """Multiplies beta (direct road) or kl_coef (RLHF road)."""
+    steps_scale: float = 1.0
+    continue_from: str = ""
+    """Key of a finished run of this method to continue from (the RLHF road's answer to a
+    changed objective); empty: start from the SFT checkpoint."""
+    probe: bool = False
+    """A short run kept only for its memory figures (never scored)."""
+    tag: str = ""
+
+    def suffix(self) -> str:
+        parts = [f"s{self.seed}"]
+        if self.pairs != "all":
+            parts.append("p" + self.pairs.replace("/", "of"))
+        if self.lr_scale != 1:
+            parts.append(f"lr{self.lr_scale:g}")
+        if self.strength_scale != 1:
+            parts.append(f"k{self.strength_scale:g}")
+        if self.steps_scale != 1:
+            parts.append(f"x{self.steps_scale:g}")
+        if self.probe:
+            parts.append("probe")
+        if self.tag:
+            parts.append(self.tag)
+        return "-".join(parts)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What every compared run starts from (paths), and what it is evaluated with."""
+
+    sft: str
+    pairs: dict[str, str]
+    prompts: str
+    eval_prompts: str
+    gold: str = ""
+    """Reward spec logged as ``eval/gold_reward`` during training (empty: none)."""
+    max_length: int = 512
+    eval_num_prompts: int = 64
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One ordinary preflab command; ``--output-dir`` is ``CMP/runs/<key>``."""
+
+    key: str
+    command: str
+    args: tuple[str, ...]
+    after: tuple[str, ...] = ()
+    trains: tuple[str, ...] = ()
+    """Model roles whose weights this stage trains: policy, reward, value."""
+    hyper: str = ""
+    """The hyperparameter section of this stage (``dpo``, ``rm``, ``ppo``, ...)."""
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str
+    road: str
+    description: str
+    memory_label: str
+    build: Callable[[Inputs, dict, Variant], list[Stage]] = field(repr=False)
+    strength: str = "beta"
+    """The flag that ``Variant.strength_scale`` multiplies."""
+    sections: tuple[str, ...] = ()
+    """The hyperparameter sections its stages read (for counting exposed knobs)."""
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    REGISTRY[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown method {name!r}", field="methods",
+                          expected=" | ".join(REGISTRY))
+    return REGISTRY[name]
+
+
+def flags(values: dict) -> list[str]:
+    """``{"learning_rate": 1e-3, "progress": False}`` -> ``--learning-rate 0.001 --no-progress``."""
+    out: list[str] = []
+    for key, value in values.items():
+        name = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(name if value else "--no-" + key.replace("_", "-"))
+        else:
+            out += [name, str(value)]
+    return out
+
+
+def _scaled(hp: dict, variant: Variant, strength: str) -> dict:
+    values = dict(hp)
+    if "learning_rate" in values:
+        values["learning_rate"] = float(values["learning_rate"]) * variant.lr_scale
+    if strength in values:
+        values[strength] = float(values[strength]) * variant.strength_scale
+    if "max_steps" in values and variant.steps_scale != 1:
+        values["max_steps"] = max(1, round(int(values["max_steps"]) * variant.steps_scale))
+    if variant.probe:
+        values.update(max_steps=min(int(values.get("max_steps", 10)), 10), eval_every=0)
+    return values
+
+
+def _pairs(inputs: Inputs, variant: Variant) -> str:
+    if variant.pairs not in inputs.pairs:
+        raise ConfigError(f"no pairs prepared for {variant.pairs!r}", field="pairs",
+                          expected=" | ".join(inputs.pairs))
+    return inputs.pairs[variant.pairs]
+
+
+def _eval_flags(inputs: Inputs) -> dict:
+    values = {"eval_prompts": inputs.eval_prompts, "eval_num_prompts": inputs.eval_num_prompts}
+    if inputs.gold:
+        values["gold_reward"] = inputs.gold
+    return values
+
+
+def _direct(name: str, section: str, extra: dict) -> Callable:
+    def build(inputs: Inputs, hp: dict, variant: Variant) -> list[Stage]:
+        values = {"model": inputs.sft, "data": _pairs(inputs, variant), "seed": variant.seed,
+                  "max_length": inputs.max_length, **_eval_flags(inputs),
+                  **_scaled(hp.get(section, {}), variant, "beta"), **extra}
+        if variant.probe:
+            values.pop("gold_reward", None)
+            values["eval_prompts"] = ""
+        return [Stage(f"{name}-{variant.suffix()}", "dpo", tuple(flags(values)),
+                      trains=("policy",), hyper=section)]
+
+    return build
+
+
+def _rlhf(name: str, rm_section: str, ppo_section: str, extra_rm: dict, extra_ppo: dict):
+    def build(inputs: Inputs, hp: dict, variant: Variant) -> list[Stage]:
+        rm_variant = Variant(seed=variant.seed, pairs=variant.pairs)  # what the RM depends on
+        rm_key = f"{rm_section}-{rm_variant.suffix()}"
+        rm_values = {"model": inputs.sft, "data": _pairs(inputs, variant), "seed": variant.seed,
+                     "max_length": inputs.max_length, **hp.get(rm_section, {}), **extra_rm}
+        if variant.probe:
+            rm_values["max_steps"] = min(int(rm_values.get("max_steps", 10)), 10)
+            rm_key = f"{rm_section}-{variant.suffix()}"
+        rm = Stage(rm_key, "rm", tuple(flags(rm_values)), trains=("reward",), hyper=rm_section)
+        ppo_values = {"model": inputs.sft, "data": inputs.prompts, "reward": f"@{rm_key}",
+                      "seed": variant.seed, "max_length": inputs.max_length,
+                      **_eval_flags(inputs), **_scaled(hp.get(ppo_section, {}), variant, "kl_coef"),
+                      **extra_ppo}
+        after = [rm_key]
+        if variant.continue_from:  # the same road, continued with the new reward model
+            ppo_values.update(model=f"@{variant.continue_from}/final", ref_model=inputs.sft,
+                              value_model=f"@{variant.continue_from}/final/value")
+            after.append(variant.continue_from)
+        if variant.probe:
+            ppo_values.pop("gold_reward", None)
+            ppo_values.update(eval_num_prompts=1, max_steps=2)
+        ppo = Stage(f"{name}-{variant.suffix()}", "ppo", tuple(flags(ppo_values)),
+                    after=tuple(after), trains=("policy", "value"), hyper=ppo_section)
+        return [rm, ppo]
+
+    return build
+
+
+register(Method("dpo", "DPO", DIRECT, "DPO (sigmoid loss), a frozen copy of the SFT model as "
+                "reference", "DPO, reference copy", _direct("dpo", "dpo", {"loss": "sigmoid"}),
+                sections=("dpo",)))
+register(Method("ipo", "IPO", DIRECT, "IPO: squared loss toward a margin of 1/(2 beta) on "
+                "token-averaged log-probs", "IPO, reference copy",
+                _direct("ipo", "ipo", {"loss": "ipo"}), sections=("ipo",)))
+register(Method("simpo", "SimPO", DIRECT, "SimPO: length-normalised, no reference model",
+                "reference-free (SimPO)", _direct("simpo", "simpo", {"loss": "simpo"}),
+                sections=("simpo",)))
+register(Method("dpo-precomputed", "DPO (precomputed ref)", DIRECT,
+                "DPO with the reference's log-probs computed once before training and the "
+                "reference freed", "DPO, precomputed reference",
+                _direct("dpo-precomputed", "dpo", {"loss": "sigmoid", "precompute_ref": True}),
+                sections=("dpo",)))
+register(Method("ppo", "RLHF (PPO)", RLHF, "reward model (full fine-tuning), then PPO with four "
+                "models: policy, value, reward, reference", "RLHF, classic (4 models)",
+                _rlhf("ppo", "rm", "ppo", {}, {"memory_mode": "classic"}), strength="kl_coef",
+                sections=("rm", "ppo")))
+register(Method("ppo-shared", "RLHF (PPO, shared)", RLHF, "reward model as a LoRA adapter, "
+                "then PPO with policy, value and reward as adapters on one frozen base",
+                "RLHF, shared base (adapters)",
+                _rlhf("ppo-shared", "rm-lora", "ppo-shared", {}, {"memory_mode": "shared"}),
+                strength="kl_coef", sections=("rm-lora", "ppo-shared")))
+
+
+def with_variant(variant: Variant, **changes) -> Variant:
+    return replace(variant, **changes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from preflab.tiny import build_word_tokenizer, save_tiny_model
@@ -21,3 +23,56 @@ def tiny_tokenizer():
 def tiny_model_dir(tmp_path_factory):
     """A random 2-layer Llama (hidden 32) with the word tokenizer, saved as an HF directory."""
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), WORDS, arch="llama")
+
+
+# --- a miniature comparison (tests/test_compare.py, tests/test_notebook.py) ---------------------
+TINY = {
+    "sft": {"max_steps": 20, "batch_size": 16},
+    "dpo": {"max_steps": 3, "batch_size": 4, "eval_every": 2, "eval_num_prompts": 4},
+    "ipo": {"max_steps": 3, "batch_size": 4, "eval_every": 2, "eval_num_prompts": 4},
+    "simpo": {"max_steps": 3, "batch_size": 4, "eval_every": 2, "eval_num_prompts": 4},
+    "rm": {"max_steps": 3, "batch_size": 4},
+    "rm-lora": {"max_steps": 3, "batch_size": 4},
+    "ppo": {"max_steps": 2, "rollout_batch_size": 4, "num_minibatches": 2, "batch_size": 4,
+            "eval_every": 1, "eval_num_prompts": 4, "response_length": 8},
+    "ppo-shared": {"max_steps": 2, "rollout_batch_size": 4, "num_minibatches": 2,
+                   "batch_size": 4, "eval_every": 1, "eval_num_prompts": 4,
+                   "response_length": 8},
+}
+
+
+def tiny_config(path: Path, **changes) -> Path:
+    import yaml
+
+    hyper = {k: dict(v) for k, v in TINY.items()}
+    for section, values in changes.items():
+        hyper[section].update(values)
+    path.write_text(yaml.safe_dump({"pair_prompts": 24, "eval_prompts": 8, "eval_samples": 2,
+                                    "jobs": 2, "progress": False, "hyperparameters": hyper}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    from preflab.world import build_world
+
+    return build_world(tmp_path_factory.mktemp("world") / "w", num_reviews=300,
+                       num_prompts_train=60, num_prompts_eval=24, hidden_size=16, num_layers=1,
+                       num_heads=2)
+
+
+@pytest.fixture(scope="session")
+def quick(tiny_world, tmp_path_factory):
+    """`preflab compare --preset quick` on the tiny world, with IPO made to fail (beta must be
+    positive): ``(output dir, exit code, config file)``. Shared by the compare and notebook
+    tests, which reuse its finished runs."""
+    from preflab.cli import main
+
+    root = tmp_path_factory.mktemp("cmp")
+    config = tiny_config(root / "tiny.yaml", ipo={"beta": -1.0})
+    out = root / "cmp"
+    code = main(["compare", "--world", str(tiny_world), "--output-dir", str(out), "--preset",
+                 "quick", "--config", str(config)])
+    return out, code, config
+
+

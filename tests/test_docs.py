@@ -15,18 +15,33 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
+def code_blocks(text: str) -> list[str]:
+    """The bodies of the fenced blocks tagged bash or sh, or not tagged."""
+    blocks, current, language = [], None, ""
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if current is None:
+                current, language = [], line[3:].strip()
+            else:
+                if language in ("", "bash", "sh"):
+                    blocks.append("\n".join(current))
+                current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
 def shown_commands() -> list[tuple[str, list[str]]]:
-    """(file, argv) for each `preflab ...` line inside a fenced code block."""
+    """(file, argv) for each `preflab ...` line inside a shell code block."""
     found = []
     for doc in DOCS:
-        text = doc.read_text(encoding="utf-8")
-        for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S):
+        for block in code_blocks(doc.read_text(encoding="utf-8")):
             joined = block.replace("\\\n", " ")
             for line in joined.splitlines():
                 line = line.split("#", 1)[0].strip()
-                if "preflab" not in line:
-                    continue
                 words = shlex.split(line)
+                if "preflab" not in words and "preflab.cli" not in words:
+                    continue
                 start = words.index("preflab.cli") if "preflab.cli" in words else words.index("preflab")
                 found.append((doc.name, words[start + 1 :]))
     return found

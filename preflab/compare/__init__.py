@@ -5,3 +5,36 @@ subprocess, reused when finished), ``measure`` (``results.json`` from the run di
 ``report`` and ``figures`` (``report.md``, ``report.html``, ``figures/``), ``plan`` (the
 memory planner behind ``preflab plan``).
 """
+
+
+def compare(output_dir: str, *, config: str | None = None, **settings) -> dict:
+    """Run a comparison from Python and return its ``results.json`` as a dict.
+
+    ``settings`` are ``preflab compare``'s flags by their Python names (``world=``,
+    ``model=``, ``pairs=``, ``prompts=``, ``preset=``, ``methods=``, ``seeds=``, ``jobs=``,
+    ...); ``config`` a YAML file of the same settings. Finished runs in ``output_dir`` are
+    reused, as on the command line. ``results["unfinished"]`` lists the jobs that did not
+    finish (they are also in the report)::
+
+        from preflab.compare import compare
+        results = compare("cmp", world="world", preset="quick")
+        {row["criterion"]: row["winner"] for row in results["rows"]}
+    """
+    from preflab.compare.cli import run
+    from preflab.compare.design import CompareConfig
+    from preflab.config import parse_config
+
+    argv = ["--output-dir", str(output_dir)]
+    if config:
+        argv += ["--config", str(config)]
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif value is not None:
+            argv += [flag, str(value)]
+    cfg = parse_config(CompareConfig, argv, prog="preflab compare")
+    results, unfinished = run(cfg)
+    if results is not None:
+        results["unfinished"] = unfinished
+    return results

@@ -122,18 +122,17 @@ def print_table(results: dict, out=sys.stdout) -> None:
         print(f"Which to choose here: {rec['choice']}", file=out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(CompareConfig, argv, prog="preflab compare", description=__doc__)
+def run(cfg: CompareConfig) -> tuple[dict | None, list[str]]:
+    """Run (or, with --dry-run, print) a comparison: ``(results, jobs that did not finish)``."""
     root = check_output_dir(cfg)
     check_inputs(cfg)
     design = build(cfg)
     harness = Harness(root, design.jobs, parallel=cfg.jobs, launcher=cfg.launcher,
                       time_budget_s=cfg.time_budget, fresh=cfg.fresh,
-                      threads_per_job=cfg.threads or max(1, (_cpus() // cfg.jobs)),
-                      progress=cfg.progress)
+                      threads_per_job=cfg.threads, cores=_cpus(), progress=cfg.progress)
     if cfg.dry_run:
         harness.dry_run()
-        return 0
+        return None, []
     if cfg.fresh:
         for name in MADE_BY_COMPARE:
             target = root / name
@@ -147,9 +146,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{'world ' + cfg.world if cfg.world else 'your data'}) -> {root}", flush=True)
     records = harness.run()
     results = finalize(root, cfg)
+    return results, [k for k, r in records.items() if r.status != "done"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(CompareConfig, argv, prog="preflab compare", description=__doc__)
+    results, unfinished = run(cfg)
+    if results is None:
+        return 0
     print_table(results)
-    print(f"\nreport: {root / 'report.html'} (also report.md, results.json, figures/)")
-    unfinished = [k for k, r in records.items() if r.status != "done"]
+    print(f"\nreport: {Path(cfg.output_dir).resolve() / 'report.html'} (also report.md, "
+          "results.json, figures/)")
     if unfinished:
         print(f"{len(unfinished)} jobs did not finish: {', '.join(unfinished)} "
               "(see the report and logs/)", file=sys.stderr)

@@ -34,6 +34,7 @@ NOT_HYPERPARAMETERS = {
     "eval_prompts", "gold_reward", "eval_num_prompts", "eval_max_new_tokens", "eval_temperature",
     "ref_model", "value_model", "reward", "memory_mode", "generation_batch_size", "precompute_ref",
     "max_length", "max_prompt_length", "overlong", "lora_target_modules", "lora_dropout",
+    "top_p",  # PPO refuses anything but 1.0 (its training passes score the full softmax)
 }
 TIE = 0.005
 
@@ -294,12 +295,13 @@ def flexibility(results: dict) -> dict:
                 "new-objective score (within 0.01: the faster)")
 
 
-def _to_90(run: dict, sft: float | None, offset: float) -> float | None:
+def _to_90(run: dict, offset: float) -> float | None:
+    """Seconds (from the road's first stage) until the run's own evaluation curve first
+    reached 90% of its final gain over its first evaluation; None without a gain."""
     evals = run["curves"]["eval"]
-    final = _quality(run)
-    if sft is None or final is None or not evals or final <= sft:
+    if len(evals) < 2 or evals[-1]["quality"] <= evals[0]["quality"]:
         return None
-    target = sft + 0.9 * (final - sft)
+    target = evals[0]["quality"] + 0.9 * (evals[-1]["quality"] - evals[0]["quality"])
     for e in evals:
         if e["quality"] >= target and e["elapsed_s"] is not None:
             return offset + e["elapsed_s"]
@@ -307,7 +309,6 @@ def _to_90(run: dict, sft: float | None, offset: float) -> float | None:
 
 
 def training_time(results: dict) -> dict:
-    sft = (results["sft"]["score"] or {}).get(f"eval/{results['quality']['metric']}")
     sides = {}
     for road in (RLHF, DIRECT):
         run = _rep(results, road)
@@ -319,15 +320,17 @@ def training_time(results: dict) -> dict:
         cpus = [j["cpu_s"] or 0 for j in jobs]
         parts = " + ".join(f"{results['stages'][k]['command']} {w:.0f} s"
                            for k, w in zip(run["stages"], walls))
-        t90 = _to_90(run, sft, sum(walls[:-1]))
-        sides[road] = _side(f"{parts} = {sum(walls):.0f} s wall, {sum(cpus):.0f} CPU s; 90% of "
-                            f"the final gain after {f(t90, 0)} s",
+        t90 = _to_90(run, sum(walls[:-1]))
+        when = (f"90% of its gain after {t90:.0f} s" if t90 is not None
+                else "no gain over its first evaluation")
+        sides[road] = _side(f"{parts} = {sum(walls):.0f} s wall, {sum(cpus):.0f} CPU s; {when}",
                             wall_s=sum(walls), cpu_s=sum(cpus), stage_wall_s=walls,
                             to_90_s=t90)
     w = _lower_wins(sides[RLHF]["figures"].get("wall_s"), sides[DIRECT]["figures"].get("wall_s"))
     return _row("time", sides[RLHF], sides[DIRECT], w,
                 "wall time of each road's own stages (the shared SFT and pairs excluded), each "
-                "a fresh process on the same machine")
+                "a fresh process on the same machine; 90%: when the run's evaluation curve "
+                "first reached 90% of its final gain, counted from the road's first stage")
 
 
 def _knobs(command: str) -> tuple[int, int]:

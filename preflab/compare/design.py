@@ -43,17 +43,17 @@ WORLD_HYPER: dict[str, dict] = {
             "warmup_ratio": 0.1, "eval_every": 50},
     "ipo": {"learning_rate": 5e-4, "beta": 0.5, "batch_size": 32, "max_steps": 300,
             "warmup_ratio": 0.1, "eval_every": 50},
-    "simpo": {"learning_rate": 5e-4, "beta": 2.0, "gamma": 0.5, "batch_size": 32,
+    "simpo": {"learning_rate": 1e-4, "beta": 2.0, "gamma": 0.5, "batch_size": 32,
               "max_steps": 300, "warmup_ratio": 0.1, "eval_every": 50},
-    "rm": {"learning_rate": 2e-3, "batch_size": 32, "warmup_ratio": 0.05, "eval_fraction": 0.05},
-    "ppo": {"learning_rate": 1e-4, "kl_coef": 0.05, "rollout_batch_size": 64,
+    "rm": {"learning_rate": 1e-3, "num_epochs": 2, "batch_size": 32, "warmup_ratio": 0.05,
+           "eval_fraction": 0.05},
+    "ppo": {"learning_rate": 3e-4, "kl_coef": 0.05, "rollout_batch_size": 64,
             "num_minibatches": 4, "batch_size": 16, "max_steps": 60, "eval_every": 10},
-    "rm-lora": {"learning_rate": 5e-4, "batch_size": 32, "warmup_ratio": 0.05,
-                "eval_fraction": 0.05, "lora_rank": 8,
-                "lora_target_modules": "q_proj,k_proj,v_proj,o_proj"},
-    "ppo-shared": {"learning_rate": 1e-3, "kl_coef": 0.05, "rollout_batch_size": 64,
+    "rm-lora": {"learning_rate": 1e-3, "num_epochs": 2, "batch_size": 32, "warmup_ratio": 0.05,
+                "eval_fraction": 0.05, "lora_rank": 32},
+    "ppo-shared": {"learning_rate": 5e-4, "kl_coef": 0.05, "rollout_batch_size": 64,
                    "num_minibatches": 4, "batch_size": 16, "max_steps": 60, "eval_every": 10,
-                   "lora_rank": 8, "lora_target_modules": "q_proj,k_proj,v_proj,o_proj"},
+                   "lora_rank": 32},
 }
 # On the user's data: each command's own defaults (the papers' values), evaluated now and then.
 USER_HYPER: dict[str, dict] = {
@@ -77,7 +77,7 @@ class Preset:
     sensitivity_methods: tuple[str, ...] = ()
     flexibility: bool = False
     hacking: bool = False
-    pair_prompts: int = 2000
+    pair_prompts: int = 1024
     eval_prompts: int = 128
     eval_samples: int = 4
     steps_scale: float = 1.0
@@ -118,7 +118,8 @@ class CompareConfig:
                        + ", ".join(ALL_METHODS) + ".")
     seeds: int = arg(0, "Seeds for the stability row (0: the preset's).")
     jobs: int = arg(1, "Runs at a time; each gets --threads CPU threads.")
-    threads: int = arg(0, "CPU threads per run (OMP_NUM_THREADS); 0: the cores divided by --jobs.")
+    threads: int = arg(0, "CPU threads per run (OMP_NUM_THREADS); 0: the cores shared by the runs "
+                       "that can run at once (a run that runs alone gets them all).")
     launcher: str = arg("", "Prefix for every training command, e.g. 'torchrun "
                         "--nproc-per-node 8' or 'accelerate launch'.")
     time_budget: float = arg(3600.0, "Seconds one run may take before it is stopped and recorded "
@@ -178,7 +179,9 @@ class CompareConfig:
                               field="time_budget")
         for name in self.method_names():
             get_method(name)
-        sections = set(WORLD_HYPER)
+        from preflab.compare.methods import REGISTRY
+
+        sections = set(WORLD_HYPER) | {s for m in REGISTRY.values() for s in m.sections}
         for section, values in self.hyperparameters.items():
             if section not in sections or not isinstance(values, dict):
                 raise ConfigError(f"hyperparameters: unknown section {section!r}",

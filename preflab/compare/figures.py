@@ -43,15 +43,22 @@ def _save(fig, path: Path) -> bool:
     return True
 
 
+def _wrap(label: str, width: int = 14) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(label, width))
+
+
 def memory(results: dict, path: Path) -> bool:
     table = results["memory"]
     configs, P = table["configs"], table["P"]
     if not configs or not P:
         return False
+    configs = sorted(configs, key=lambda c: (c["road"] != "rlhf", c["probe"]))  # the article's order
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.8), gridspec_kw={"width_ratios": [3, 2]})
     ax = axes[0]
-    labels = [c["label"] + (" *" if c["probe"] else "") for c in configs]
+    labels = [_wrap(c["label"] + (" *" if c["probe"] else "")) for c in configs]
     bottoms = [0.0] * len(configs)
     for role, color in ROLE_COLORS.items():
         for kind, alpha, hatch in (("params", 1.0, None), ("grads", 0.55, "//"),
@@ -61,24 +68,25 @@ def memory(results: dict, path: Path) -> bool:
                 continue
             ax.bar(range(len(configs)), heights, bottom=bottoms, color=color, alpha=alpha,
                    hatch=hatch, edgecolor="black", linewidth=0.5,
-                   label=f"{role} {kind}" if kind == "params" else None)
+                   label=role if kind == "params" else None)
             bottoms = [b + h for b, h in zip(bottoms, heights)]
     for i, c in enumerate(configs):
-        ax.text(i, bottoms[i] + 0.1, f"{c['total_P']:.1f}P\n({c['weights_P']:.1f}P weights)",
-                ha="center", va="bottom", fontsize=8)
+        ax.text(i, bottoms[i] + 0.15, f"{c['total_P']:.1f}P\n{c['weights_P']:.1f}P weights",
+                ha="center", va="bottom", fontsize=7)
     ax.axhline(1, color="gray", linestyle="--", alpha=0.5)
-    ax.set_xticks(range(len(configs)), [lbl.replace(", ", ",\n") for lbl in labels], fontsize=8)
-    ax.set_ylabel("tensor bytes, in units of P = one model's weights")
+    ax.set_xticks(range(len(configs)), labels, fontsize=7.5)
+    ax.set_ylabel("tensor bytes, in P = one model's weights")
     ax.set_ylim(0, max(bottoms) * 1.25)
-    ax.set_title("Measured: weights (solid), gradients (//) and AdamW states (..) per role")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title("Weights (solid), gradients (//), AdamW states (..) per role", fontsize=10)
+    ax.legend(fontsize=7, loc="upper right", title="role", title_fontsize=7)
     ax = axes[1]
     rss = [(c["label"], c["peak_rss_bytes"] / 2**20) for c in configs if c["peak_rss_bytes"]]
     ax.barh([r[0] for r in rss], [r[1] for r in rss], color="#7f8c8d")
     for i, (_, v) in enumerate(rss):
         ax.text(v, i, f" {v:.0f}", va="center", fontsize=8)
-    ax.set_xlabel("peak RSS of the training process (MiB)")
-    ax.set_title("Peak resident memory, each run its own process")
+    ax.set_xlabel("MiB")
+    ax.set_title("Peak RSS of each training process", fontsize=10)
+    ax.tick_params(axis="y", labelsize=8)
     ax.invert_yaxis()
     return _save(fig, path)
 

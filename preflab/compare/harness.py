@@ -69,6 +69,7 @@ class JobRecord:
     error: str = ""
     log: str = ""
     finished_at: float = 0.0
+    threads: int = 0
     reused: bool = False
 
     def as_dict(self) -> dict:
@@ -126,12 +127,13 @@ def _fmt(seconds: float) -> str:
 class Harness:
     def __init__(self, root: Path, jobs: dict[str, Job], *, parallel: int = 1,
                  launcher: str = "", time_budget_s: float = 0, fresh: bool = False,
-                 threads_per_job: int = 0, progress: bool = True,
+                 threads_per_job: int = 0, cores: int = 0, progress: bool = True,
                  on_finish: Callable[[str, JobRecord], None] | None = None) -> None:
         self.root, self.jobs = root, jobs
         self.parallel = max(1, parallel)
         self.launcher, self.time_budget_s, self.fresh = launcher, time_budget_s, fresh
         self.threads_per_job = threads_per_job
+        self.cores = cores
         self.tty = progress and sys.stderr.isatty()
         self.on_finish = on_finish
         self.records_file = root / "jobs.json"
@@ -175,13 +177,20 @@ class Harness:
             state = "  # done, would be reused" if self._reusable(job) else ""
             print(display_line(job, self.launcher) + state, file=out)
 
-    def _env(self) -> dict:
+    def _threads(self, ready: int) -> int:
+        """CPU threads for a job starting now: ``threads_per_job`` if set, else the cores
+        shared by the jobs that can run at once (a job that runs alone gets them all)."""
+        if self.threads_per_job or not self.cores:
+            return self.threads_per_job
+        return max(1, self.cores // max(1, min(self.parallel, len(self._running) + ready)))
+
+    def _env(self, threads: int) -> dict:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-        if self.threads_per_job:
-            env["OMP_NUM_THREADS"] = str(self.threads_per_job)
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
         return env
 
-    def _start(self, key: str) -> None:
+    def _start(self, key: str, ready: int = 1) -> None:
         job = self.jobs[key]
         logs = self.root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -191,13 +200,14 @@ class Harness:
         output = job.meta.get("output")
         if output and job.meta.get("overwrite") and _non_empty(Path(output)):
             argv.append(job.meta["overwrite"])  # what an interrupted attempt left behind
-        log.write("$ " + shlex.join(argv) + "\n")
+        threads = self._threads(ready)
+        log.write(f"$ OMP_NUM_THREADS={threads or 'unset'} {shlex.join(argv)}\n")
         log.flush()
         import subprocess
 
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
-                                cwd=os.getcwd(), start_new_session=True)
-        self._running[key] = (proc, time.perf_counter(), log, log_path)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                env=self._env(threads), cwd=os.getcwd(), start_new_session=True)
+        self._running[key] = (proc, time.perf_counter(), log, log_path, threads)
         if not self.tty:
             print(f"[{self._position()}] start {key}", file=sys.stderr, flush=True)
 
@@ -215,7 +225,7 @@ class Harness:
 
     def _reap(self, key: str) -> bool:
         """Record ``key`` if its process has ended (or overran its budget); True if so."""
-        proc, started, log, log_path = self._running[key]
+        proc, started, log, log_path, threads = self._running[key]
         elapsed = time.perf_counter() - started
         timed_out = False
         try:
@@ -242,7 +252,7 @@ class Harness:
             command=job.words, wall_s=round(elapsed, 2), exit_code=code,
             cpu_s=round(usage.ru_utime + usage.ru_stime, 2) if usage else 0.0,
             peak_rss_bytes=int(usage.ru_maxrss * 1024) if usage else 0,
-            log=str(log_path.relative_to(self.root)), finished_at=time.time())
+            log=str(log_path.relative_to(self.root)), finished_at=time.time(), threads=threads)
         if record.status == "timeout":
             record.error = f"stopped after the time budget of {self.time_budget_s:.0f} s"
         elif record.status == "failed":
@@ -299,6 +309,8 @@ class Harness:
         pending = order(self.jobs)
         try:
             while pending or self._running:
+                ready = [k for k in pending if all(
+                    self.records.get(d) is not None for d in self.jobs[k].after)]
                 for key in list(pending):
                     job = self.jobs[key]
                     needs = [self.records.get(d) for d in job.after]
@@ -318,7 +330,7 @@ class Harness:
                     if len(self._running) >= self.parallel:
                         pending.insert(0, key)
                         break
-                    self._start(key)
+                    self._start(key, ready=len([k for k in ready if k in pending]) + 1)
                 for key in list(self._running):
                     self._reap(key)
                 self._status_line()

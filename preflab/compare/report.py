@@ -46,9 +46,17 @@ def headline(results: dict) -> str:
     measured = [r for r in rows if r["winner"] in ("RLHF", "DPO")]
     dpo = sum(r["winner"] == "DPO" for r in measured)
     agree = sum(r["agrees"] is True for r in rows)
-    return (f"Measured: DPO wins {dpo} of the {len(measured)} rows with a clear winner "
+    text = (f"Measured: DPO wins {dpo} of the {len(measured)} rows with a clear winner "
             f"(the article: 7 of 8); the measurement agrees with the article on {agree} of "
             f"{len(rows)} rows.")
+    summary = results.get("summary") or []
+    sft = next((s["quality"] for s in summary if s["method"] == "sft"), None)
+    gains = [f"{s['label']} {s['quality'] - sft:+.3f}" for s in summary
+             if s["method"] != "sft" and s.get("quality") is not None and sft is not None]
+    if gains:
+        text += (f" {results['quality']['metric']} over SFT ({sft:.3f}): "
+                 + ", ".join(gains) + ".")
+    return text
 
 
 def table_md(results: dict) -> list[str]:
@@ -194,7 +202,13 @@ def _md_table_to_html(lines: list[str]) -> str:
             if line.startswith("|") and not line.startswith("|---")]
     if not rows:
         return ""
-    return _table_html(rows[0], [[_esc(c) for c in r] for r in rows[1:]])
+    return _table_html(rows[0], [[_inline(c) for c in r] for r in rows[1:]])
+
+
+def _inline(cell: str) -> str:
+    """A markdown cell as HTML: escaped, with `code` spans."""
+    parts = _esc(cell).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
 def html_report(results: dict, root: Path) -> str:

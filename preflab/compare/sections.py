@@ -73,6 +73,7 @@ def summary_table(results: dict) -> list[dict]:
                     "kl": sft.get("eval/kl"), "harmlessness": sft.get("eval/harmlessness"),
                     "preference_accuracy": sft.get("eval/preference_accuracy"),
                     "wall_s": results["jobs"].get("sft", {}).get("wall_s"),
+                    "total_P": _sft_total_P(results),
                     "run_dir": "runs/sft" if "sft" in results["jobs"] else None})
     mem = {c["method"]: c for c in results["memory"]["configs"]}
     for run in results["runs"]:
@@ -88,6 +89,12 @@ def summary_table(results: dict) -> list[dict]:
                     "total_P": mem.get(run["method"], {}).get("total_P"),
                     "run_dir": run["run_dir"]})
     return out
+
+
+def _sft_total_P(results: dict) -> float | None:
+    roles = results["jobs"].get("sft", {}).get("tensor_bytes") or {}
+    P = results["memory"]["P"]
+    return sum(r["total"] for r in roles.values()) / P if roles and P else None
 
 
 def _fits(results: dict) -> dict[str, bool] | None:

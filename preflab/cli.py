@@ -16,13 +16,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dpo": ("preflab.algorithms.dpo", "direct preference optimisation: DPO, cDPO, IPO, hinge, robust, SimPO, ORPO"),
     "rm": ("preflab.algorithms.rm", "reward model: a Bradley-Terry scalar head on preference pairs"),
     "ppo": ("preflab.algorithms.ppo", "PPO on prompts: policy, value, reward and reference roles"),
-    "world": ("preflab.world.cli", "the built-in task: build it, label pairs, score a policy"),
-    "compare": ("preflab.compare.cli", "both roads on the same SFT model, the article's table "
-                "measured, with a report"),
+    "world": ("preflab.world.cli", "the built-in task: build it, label pairs (again), score a policy"),
+    "compare": ("preflab.compare.cli", "RLHF and DPO from the same SFT model, the DPO-vs-RLHF "
+                "comparison table measured, with a report"),
     "report": ("preflab.compare.report", "render a comparison's report again from its "
                "results.json"),
     "plan": ("preflab.compare.plan", "GPU memory per method and role, from a model's config.json alone"),
-    "demo": ("preflab.demo", "the whole pipeline on the built-in task, offline, in minutes"),
+    "demo": ("preflab.demo", "RLHF and DPO on the built-in task, measured and reported, offline, in minutes"),
 }
 
 USAGE = """usage: preflab <command> [flags]    (preflab <command> --help for its flags)

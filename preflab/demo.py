@@ -20,7 +20,6 @@ where it stopped; ``--fresh`` starts again from nothing.
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from preflab.errors import ConfigError
@@ -59,12 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not out.is_dir():
         raise ConfigError("--output-dir exists and is a file", path=str(out))
     if args.fresh:  # the demo's own world and an older demo's files go too
-        for name in OLD_DEMO:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        compare.remove_paths(out, OLD_DEMO)
     elif (any((out / name).exists() for name in ("sft", "dpo", "scores.json"))
           and not (out / "design.json").exists()):
         raise ConfigError("the directory holds an older preflab demo; pass --fresh to replace "

@@ -1,4 +1,9 @@
-"""``preflab compare``: the article's comparison table, measured on the built-in world or your data.
+"""``preflab compare``: the DPO-vs-RLHF comparison table, measured on the built-in world or your data.
+
+The popular "DPO vs RLHF" article scores the two roads on eight rows (simplicity, memory,
+stability, sample efficiency, flexibility, training time, hyperparameters, reward hacking) and
+gives DPO 7 of 8. This command measures each row instead, and reports the winner by
+measurement beside the article's claim.
 
     preflab compare --world DIR --output-dir CMP [--preset quick|standard|full]
     preflab compare --model SFT_MODEL --pairs PAIRS --prompts PROMPTS --output-dir CMP
@@ -12,6 +17,10 @@ CMP/results.json (every number, with the run it came from), CMP/report.md, CMP/r
 
 --dry-run prints every command instead, in dependency order, for a scheduler;
 --launcher "torchrun --nproc-per-node 8" prefixes each training command.
+
+--config compare.yaml takes these flags, and flags per stage under `hyperparameters`
+(sections sft, dpo, ipo, simpo, rm, ppo, rm-lora, ppo-shared), e.g.
+    hyperparameters: {dpo: {beta: 0.1, learning_rate: 5.0e-7}, ppo: {kl_coef: 0.02}}
 
 Exit status: 0 when every run finished, 3 when the report was written but some runs did
 not finish (they are listed in it), 2 for bad input.
@@ -34,6 +43,16 @@ from preflab.errors import ConfigError
 
 MADE_BY_COMPARE = ("runs", "scores", "data", "logs", "figures", "jobs.json", "design.json",
                    "results.json", "report.md", "report.html")
+
+
+def remove_paths(root: Path, names) -> None:
+    """Delete ``root/name`` for each name (a directory with what it holds), where it exists."""
+    for name in names:
+        target = root / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
 
 
 def check_output_dir(cfg: CompareConfig) -> Path:
@@ -134,12 +153,7 @@ def run(cfg: CompareConfig) -> tuple[dict | None, list[str]]:
         harness.dry_run()
         return None, []
     if cfg.fresh:
-        for name in MADE_BY_COMPARE:
-            target = root / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        remove_paths(root, MADE_BY_COMPARE)
     root.mkdir(parents=True, exist_ok=True)
     design.save()
     print(f"preflab compare: {len(design.jobs)} jobs ({cfg.preset} preset, "

@@ -144,7 +144,11 @@ def memory_table(results: dict) -> dict:
                         "total_P": total / P if P else None,
                         "weights_P": weights / P if P else None,
                         "probe": run["experiment"] == "probe"})
-    return {"P": P, "configs": configs}
+    rlhf = [c for c in configs if c["road"] == RLHF]
+    direct = [c for c in configs if c["road"] == DIRECT and c["method"] != "ipo"]
+    ratios = {r["method"]: {d["method"]: r["total"] / d["total"] for d in direct if d["total"]}
+              for r in rlhf}
+    return {"P": P, "configs": configs, "ratios": ratios}
 
 
 def memory(results: dict) -> dict:
@@ -320,15 +324,21 @@ def training_time(results: dict) -> dict:
         cpus = [j["cpu_s"] or 0 for j in jobs]
         parts = " + ".join(f"{results['stages'][k]['command']} {w:.0f} s"
                            for k, w in zip(run["stages"], walls))
+        split = jobs[-1].get("time_s") or {}  # PPO: generation, scoring, no-grad passes, updates
+        if split:
+            parts += (f" (generation {split.get('generation', 0):.0f} s, updates "
+                      f"{split.get('forward', 0) + split.get('training', 0):.0f} s)")
         t90 = _to_90(run, sum(walls[:-1]))
         when = (f"90% of its gain after {t90:.0f} s" if t90 is not None
                 else "no gain over its first evaluation")
         sides[road] = _side(f"{parts} = {sum(walls):.0f} s wall, {sum(cpus):.0f} CPU s; {when}",
                             wall_s=sum(walls), cpu_s=sum(cpus), stage_wall_s=walls,
-                            to_90_s=t90)
+                            to_90_s=t90, time_s=split or None)
     w = _lower_wins(sides[RLHF]["figures"].get("wall_s"), sides[DIRECT]["figures"].get("wall_s"))
+    sft = results["jobs"].get("sft", {}).get("wall_s")
+    shared = f"the shared SFT took {sft:.0f} s; " if sft else ""
     return _row("time", sides[RLHF], sides[DIRECT], w,
-                "wall time of each road's own stages (the shared SFT and pairs excluded), each "
+                f"{shared}wall time of each road's own stages (SFT and the pairs excluded), each "
                 "a fresh process on the same machine; 90%: when the run's evaluation curve "
                 "first reached 90% of its final gain, counted from the road's first stage")
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 from fractions import Fraction
 from pathlib import Path
 
+from preflab.data.writers import write_jsonl
 from preflab.errors import ConfigError, DataError, PreflabError
 
 
@@ -27,16 +27,6 @@ def read_jsonl(path: str | Path) -> list[dict]:
     from preflab.data.readers import read_records
 
     return [record.data for record in read_records(str(path))]
-
-
-def write_jsonl(path: str | Path, records: list[dict]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def parse_share(text: str) -> Fraction:

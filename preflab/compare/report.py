@@ -149,7 +149,18 @@ def _section_md(results: dict, name: str) -> list[str]:
                        f"{role['value']}P | {role['reward']}P | {role['reference']}P | "
                        f"{_f(c['total_P'], 2)}P | {_f(c['weights_P'], 2)}P | "
                        f"{_f((c['peak_rss_bytes'] or 0) / 2**20, 0)} |")
-        return out + ["", f"P = {_f((m['P'] or 0) / 2**20, 2)} MiB.", ""]
+        out += ["", f"P = {_f((m['P'] or 0) / 2**20, 2)} MiB.", ""]
+        ratios = m.get("ratios") or {}
+        columns = sorted({d for r in ratios.values() for d in r})
+        if ratios and columns:
+            label = {c["method"]: c["label"] for c in m["configs"]}
+            out += ["| tensor bytes, RLHF / direct | " + " | ".join(label[d] for d in columns)
+                    + " |", "|---" * (len(columns) + 1) + "|"]
+            out += [f"| {label[r]} | " + " | ".join(f"{ratios[r][d]:.2f}x" if d in ratios[r]
+                                                     else "n/a" for d in columns) + " |"
+                    for r in ratios]
+            out.append("")
+        return out
     if name == "frontier":
         fr = results["frontier"]
         heads = [f"best within KL <= {b:g}" for b in fr["budgets"]]

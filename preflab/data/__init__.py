@@ -31,8 +31,10 @@ from preflab.data.tokenize import (
     load_unpaired_dataset,
     split_train_eval,
 )
+from preflab.data.writers import write_jsonl
 
 __all__ = [
+    "write_jsonl",
     "PreferenceExample",
     "PromptExample",
     "Record",

@@ -31,6 +31,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from preflab.data.writers import write_jsonl
 from preflab.errors import ConfigError
 from preflab.world import WORLD_FILE, WORLD_NAME, WORLD_VERSION
 from preflab.world.annotators import DEFAULT_TEMPERATURE, Annotator, agreement
@@ -108,12 +109,6 @@ def _unique_prompts(grammar: Grammar, rng: random.Random, count: int, exclude: s
         if prompt not in exclude:
             seen.setdefault(prompt, None)
     return list(seen)
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def _corpus_stats(sft: list[dict], gold: GoldReward, harm: Harmlessness,
@@ -239,9 +234,9 @@ def build_world(
         num_layers=num_layers, num_heads=num_heads, max_positions=max_positions,
         check=[r["prompt"] + r["completion"] for r in sft[:200]],
     )
-    _write_jsonl(out / FILES["sft"], sft)
-    _write_jsonl(out / FILES["prompts_train"], [{"prompt": p} for p in train])
-    _write_jsonl(out / FILES["prompts_eval"], [{"prompt": p} for p in evals])
+    write_jsonl(out / FILES["sft"], sft)
+    write_jsonl(out / FILES["prompts_train"], [{"prompt": p} for p in train])
+    write_jsonl(out / FILES["prompts_eval"], [{"prompt": p} for p in evals])
     with open(out / FILES["sft_config"], "w", encoding="utf-8", newline="\n") as f:
         f.write("# preflab sft --config this --model <world>/model --data <world>/sft.jsonl\n")
         f.writelines(f"{key}: {value}\n" for key, value in SFT_SETTINGS.items())

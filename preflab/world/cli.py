@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
 
+from preflab.data.readers import read_records
+from preflab.data.writers import write_jsonl
 from preflab.errors import ConfigError, DataError
 from preflab.world import World, load_world
 from preflab.world.annotators import agreement
@@ -52,15 +53,6 @@ def read_prompts(path: str | Path, max_prompts: int | None = None) -> list[str]:
 
 def _unpaired_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}_unpaired{out.suffix or '.jsonl'}")
-
-
-def _write_jsonl_atomic(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _mean(values) -> float:
@@ -144,8 +136,8 @@ def make_pairs(
                               "rejected": label.rejected,
                               "chosen_gold": round(label.chosen_gold, 6),
                               "rejected_gold": round(label.rejected_gold, 6)})
-    _write_jsonl_atomic(out, pairs)
-    _write_jsonl_atomic(unpaired_out, unpaired)
+    write_jsonl(out, pairs)
+    write_jsonl(unpaired_out, unpaired)
     rate, agreed, decided = agreement(labels)
     return {
         "prompts": len(prompt_list),
@@ -185,14 +177,12 @@ def relabel_pairs(
     order and each side's ``*_gold`` and ``*_objective``; returns the counts, among them how
     many pairs changed side.
     """
-    from preflab.compare.data import read_jsonl, write_jsonl
-
     world = _as_world(world)
     out = Path(out)
     if out.exists() and not overwrite:
         raise ConfigError("output file exists", path=str(out),
                           expected="a new file name, or --overwrite to replace it")
-    records = read_jsonl(pairs)
+    records = [record.data for record in read_records(str(pairs))]
     annotator = world.annotator(temperature, flip_rate, 0.0, seed=seed)
     relabelled, changed = [], 0
     for i, r in enumerate(records):

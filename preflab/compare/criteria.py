@@ -417,7 +417,8 @@ def hacking_curve(run: dict) -> dict | None:
 def hacking(results: dict) -> dict:
     sides, drops = {}, {}
     for road in (RLHF, DIRECT):
-        rep = _rep(results, road)
+        rep = _rep(results, road) or next(
+            (r for r in results["runs"] if r["road"] == road), None)
         runs = [r for r in results["runs"] if rep and r["method"] == rep["method"]
                 and r["experiment"] in ("main", "hacking")]
         if road == DIRECT and rep:  # DPO on the same few pairs as the hacking reward model

@@ -38,9 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="quick", choices=("quick", "standard", "full"),
                         help="how much to run (default: %(default)s; see preflab compare "
                              "--help)")
-    parser.add_argument("--jobs", type=int, default=2,
-                        help="runs at a time, each with its share of the CPU cores "
-                             "(default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="runs at a time, each with its share of the CPU cores; 0: one "
+                             "per core up to 4, one on a GPU machine (default: %(default)s)")
     parser.add_argument("--config", default=None, metavar="FILE.yaml",
                         help="settings for preflab compare (e.g. hyperparameters per stage)")
     parser.add_argument("--fresh", action="store_true",

@@ -165,7 +165,7 @@ def test_user_data_mode_with_a_judge_reward_model(tiny_model_dir, tmp_path):
     ([], "say what to compare on"),
     (["--world", "w", "--model", "m"], "not both"),
     (["--world", "w", "--methods", "dpo,magic"], "unknown method 'magic'"),
-    (["--world", "w", "--jobs", "0"], "--jobs must be at least 1"),
+    (["--world", "w", "--jobs", "-1"], "--jobs must be 0 or more"),
 ])
 def test_bad_input_is_one_paragraph_and_exit_2(args, expected, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -15,7 +15,7 @@ def test_demo_runs_the_quick_comparison_on_its_own_world(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     assert demo.main(["--output-dir", str(out), "--no-progress"]) == 0
     assert seen == [["--world", str(out / "world"), "--output-dir", str(out), "--preset", "quick",
-                     "--jobs", "2", "--no-progress"]]
+                     "--jobs", "0", "--no-progress"]]
 
 
 def test_demo_fresh_clears_an_older_demo_and_refuses_it_otherwise(tmp_path, monkeypatch):

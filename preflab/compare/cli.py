@@ -105,7 +105,7 @@ def finalize(root: Path, cfg: CompareConfig) -> dict:
     constraints = {"gpu_memory": cfg.gpu_memory,
                    "gpu_memory_bytes": parse_memory(cfg.gpu_memory) if cfg.gpu_memory else None,
                    "have": cfg.have, "objective_may_change": cfg.objective_may_change}
-    settings = {"preset": cfg.preset, "methods": cfg.method_names(), "jobs": cfg.jobs,
+    settings = {"preset": cfg.preset, "methods": cfg.method_names(), "jobs": cfg.parallel_runs(),
                 "threads": cfg.threads, "launcher": cfg.launcher,
                 "processes_per_command": _processes(cfg.launcher),
                 "time_budget_s": cfg.time_budget, "kl_blowup": cfg.kl_blowup}
@@ -146,7 +146,7 @@ def run(cfg: CompareConfig) -> tuple[dict | None, list[str]]:
     root = check_output_dir(cfg)
     check_inputs(cfg)
     design = build(cfg)
-    harness = Harness(root, design.jobs, parallel=cfg.jobs, launcher=cfg.launcher,
+    harness = Harness(root, design.jobs, parallel=cfg.parallel_runs(), launcher=cfg.launcher,
                       time_budget_s=cfg.time_budget, fresh=cfg.fresh,
                       threads_per_job=cfg.threads, cores=_cpus(), progress=cfg.progress)
     if cfg.dry_run:

@@ -51,7 +51,7 @@ WORLD_HYPER: dict[str, dict] = {
             "num_minibatches": 4, "batch_size": 16, "max_steps": 60, "eval_every": 10},
     "rm-lora": {"learning_rate": 1e-3, "num_epochs": 2, "batch_size": 32, "warmup_ratio": 0.05,
                 "eval_fraction": 0.05, "lora_rank": 32},
-    "ppo-shared": {"learning_rate": 5e-4, "kl_coef": 0.05, "rollout_batch_size": 64,
+    "ppo-shared": {"learning_rate": 2e-4, "kl_coef": 0.05, "rollout_batch_size": 64,
                    "num_minibatches": 4, "batch_size": 16, "max_steps": 60, "eval_every": 10,
                    "lora_rank": 32},
 }
@@ -117,7 +117,8 @@ class CompareConfig:
     methods: str = arg("", "Comma-separated methods (default: the preset's). Known: "
                        + ", ".join(ALL_METHODS) + ".")
     seeds: int = arg(0, "Seeds for the stability row (0: the preset's).")
-    jobs: int = arg(1, "Runs at a time; each gets --threads CPU threads.")
+    jobs: int = arg(0, "Runs at a time; 0: one on a machine with a GPU (runs would share it), "
+                    "else one per CPU core up to 4. Each run gets --threads CPU threads.")
     threads: int = arg(0, "CPU threads per run (OMP_NUM_THREADS); 0: the cores shared by the runs "
                        "that can run at once (a run that runs alone gets them all).")
     launcher: str = arg("", "Prefix for every training command, e.g. 'torchrun "
@@ -146,6 +147,19 @@ class CompareConfig:
     hyperparameters: dict = arg({}, "YAML only: flags per stage, e.g. {dpo: {beta: 0.1}, "
                                 "ppo: {kl_coef: 0.02}}; sections: " + ", ".join(WORLD_HYPER) + ".")
 
+    def parallel_runs(self) -> int:
+        """``--jobs``, or the default it stands for when 0."""
+        if self.jobs:
+            return self.jobs
+        import os
+
+        import torch
+
+        if torch.cuda.is_available():
+            return 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, min(4, cores or 1))
+
     @property
     def mode(self) -> str:
         return "world" if self.world else "data"
@@ -164,10 +178,7 @@ class CompareConfig:
         if self.world and self.gold_reward:
             raise ConfigError("the world brings its own gold reward; --gold-reward is for "
                               "your own data", field="gold_reward")
-        for name in ("jobs",):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be at least 1", field=name)
-        for name in ("seeds", "threads", "eval_prompts", "eval_samples", "pair_prompts",
+        for name in ("seeds", "jobs", "threads", "eval_prompts", "eval_samples", "pair_prompts",
                      "max_length"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more", field=name)

@@ -299,9 +299,14 @@ class Harness:
         left = sum(self._estimate(k) for k in pending)
         left += sum(max(self._estimate(k) - (now - v[1]), 0) for k, v in self._running.items())
         failed = sum(r.status in ("failed", "timeout", "skipped") for r in self.records.values())
-        line = (f"[{self._position()}] running {running or '-'} | {failed} not finished | "
-                f"ETA {_fmt(left / self.parallel)}")
-        width = os.get_terminal_size(sys.stderr.fileno()).columns if self.tty else 120
+        line = (f"[{self._position()}] running {running or '-'}"
+                + (f" | {failed} did not finish" if failed else "")
+                + f" | ETA {_fmt(left / self.parallel)}")
+        try:
+            width = os.get_terminal_size(sys.stderr.fileno()).columns
+        except OSError:
+            width = 0
+        width = width if width >= 40 else 120
         print("\r\033[K" + line[: width - 1], end="", file=sys.stderr, flush=True)
 
     def run(self) -> dict[str, JobRecord]:

@@ -128,7 +128,10 @@ def collect(root: Path, *, constraints: dict, settings: dict) -> dict:
                          peak_rss_bytes=summary.get("peak_rss_bytes"),
                          cuda_max_allocated_bytes=summary.get("cuda_max_allocated_bytes"),
                          tensor_bytes=summary.get("tensor_bytes", {}),
-                         time_s=summary.get("time_s"))
+                         time_s=summary.get("time_s"),
+                         final_metrics={k: v for k, v in summary.get("final_metrics", {}).items()
+                                        if k in ("eval/accuracy", "eval/loss",
+                                                 "eval/rewards/accuracies")})
         jobs[key] = entry
     quality = design.get("quality", "gold_reward")
     sft_score = _score(root, design.get("sft_score", ""))

@@ -97,12 +97,13 @@ def markdown(results: dict) -> str:
         lines.append(f"**{rec['choice']}**, from what was measured here and your constraints:")
     lines += ["", *[f"- {reason}" for reason in rec.get("reasons", [])], ""]
     lines += ["## The runs", "", f"| method | status | {q['metric']} | KL to SFT | "
-              "harmlessness | tensor bytes | wall s | run |", "|---|---|---|---|---|---|---|---|"]
+              "harmlessness | reward model's held-out accuracy | tensor bytes | wall s | run |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for s in results["summary"]:
         lines.append(f"| {s['label']} | {s.get('status', 'done')} | {_f(s['quality'])} | "
                      f"{_f(s['kl'], 2)} | {_f(s.get('harmlessness'))} | "
-                     f"{_f(s.get('total_P'), 1)}P | {_f(s.get('wall_s'), 0)} | "
-                     f"`{s.get('run_dir') or '-'}` |")
+                     f"{_f(s.get('rm_accuracy'))} | {_f(s.get('total_P'), 1)}P | "
+                     f"{_f(s.get('wall_s'), 0)} | `{s.get('run_dir') or '-'}` |")
     lines.append("")
     for name, title in (("memory", "Memory"), ("frontier", "Reward-KL frontier"),
                         ("hacking", "Reward hacking"), ("efficiency", "Sample efficiency"),

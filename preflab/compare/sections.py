@@ -81,7 +81,10 @@ def summary_table(results: dict) -> list[dict]:
             continue
         score = run.get("score") or {}
         jobs = [results["jobs"].get(k, {}) for k in run["stages"]]
+        rm_accuracy = next((j["final_metrics"]["eval/accuracy"] for j in jobs
+                            if "eval/accuracy" in (j.get("final_metrics") or {})), None)
         out.append({"label": run["label"], "method": run["method"], "status": run["status"],
+                    "rm_accuracy": rm_accuracy,
                     "quality": score.get(f"eval/{q}"), "kl": score.get("eval/kl"),
                     "harmlessness": score.get("eval/harmlessness"),
                     "preference_accuracy": score.get("eval/preference_accuracy"),

@@ -416,6 +416,8 @@ def hacking_curve(run: dict) -> dict | None:
 
 def hacking(results: dict) -> dict:
     sides, drops = {}, {}
+    few = next((r["variant"]["pairs"] for r in results["runs"] if r["experiment"] == "hacking"),
+               None)  # the share of the pairs the hacking run's reward model had
     for road in (RLHF, DIRECT):
         rep = _rep(results, road) or next(
             (r for r in results["runs"] if r["road"] == road), None)
@@ -423,7 +425,7 @@ def hacking(results: dict) -> dict:
                 and r["experiment"] in ("main", "hacking")]
         if road == DIRECT and rep:  # DPO on the same few pairs as the hacking reward model
             runs += [r for r in results["runs"] if r["method"] == rep["method"]
-                     and r["experiment"] == "efficiency" and r["variant"]["pairs"] == "1/16"]
+                     and r["experiment"] == "efficiency" and r["variant"]["pairs"] == few]
         found = [c for c in (hacking_curve(r) for r in runs) if c]
         if not found:
             sides[road] = _missing("no evaluation curve")

@@ -12,11 +12,12 @@ The experiments behind the rows of the article's table (``Preset`` says which ru
     main          each method once (seed 0)
     seed          more seeds, for the stability row
     probe         a few steps of a method kept only for its memory figures
-    efficiency    DPO and the RLHF road on 1/16 ... 1/2 of the labelled pairs
+    efficiency    DPO and the RLHF road on 1/16 ... 1/2 of the labelled pairs, the same epochs
     sensitivity   learning rate x {1/3, 1, 3} by beta or kl_coef x {1/3, 1, 3}
     flexibility   the objective changes (gold + w x harmlessness): RLHF retrains its reward
                   model and continues PPO from its policy; DPO retrains on relabelled pairs
-    hacking       PPO on a reward model from few pairs, with a small KL coefficient, longer
+    hacking       PPO on a reward model from 1/4 of the pairs, with a 50x smaller KL
+                  coefficient and twice the iterations
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from preflab.config import arg
 from preflab.errors import ConfigError
 
 SHARES = ("1/16", "1/8", "1/4", "1/2")
+HACK_SHARE = "1/4"  # the reward model of the reward-hacking run: trained on few pairs
 GRID = (1 / 3, 1.0, 3.0)
 
 # Hyperparameters for the built-in world's model (1.1M parameters, trained from scratch):
@@ -143,6 +145,8 @@ class CompareConfig:
                                      "w x harmlessness (flexibility row).")
     kl_blowup: float = arg(10.0, "eval/kl above this many nats counts as a KL blow-up.")
     max_length: int = arg(0, "Longest sequence in tokens (0: 64 on the world, 512 otherwise).")
+    max_new_tokens: int = arg(0, "Longest completion sampled when a policy is evaluated (0: 48 on "
+                              "the world, 128 otherwise).")
     progress: bool = arg(True, "Show the live progress line.")
     hyperparameters: dict = arg({}, "YAML only: flags per stage, e.g. {dpo: {beta: 0.1}, "
                                 "ppo: {kl_coef: 0.02}}; sections: " + ", ".join(WORLD_HYPER) + ".")
@@ -179,7 +183,7 @@ class CompareConfig:
             raise ConfigError("the world brings its own gold reward; --gold-reward is for "
                               "your own data", field="gold_reward")
         for name in ("seeds", "jobs", "threads", "eval_prompts", "eval_samples", "pair_prompts",
-                     "max_length"):
+                     "max_length", "max_new_tokens"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more", field=name)
         for name in ("judge_share", "eval_share"):
@@ -341,7 +345,7 @@ def build(cfg: CompareConfig) -> Design:
         data_after = ["split-pairs", "split-prompts", "judge-rm"]
         design.inputs = {"model": cfg.model, "pairs": cfg.pairs, "prompts": cfg.prompts}
     pair_files["all"] = str(pairs)
-    need_shares = set(preset.shares) | ({"1/16"} if preset.hacking else set())
+    need_shares = set(preset.shares) | ({HACK_SHARE} if preset.hacking else set())
     for share in sorted(need_shares, key=lambda s: -Fraction(s)):
         out = data_dir / f"pairs-{share.replace('/', 'of')}.jsonl"
         key = f"pairs-{share.replace('/', 'of')}"
@@ -349,8 +353,10 @@ def build(cfg: CompareConfig) -> Design:
                   "--out", out], out, "data", after=data_after[:1])
         pair_files[share], pair_jobs[share] = str(out), key
 
+    max_new_tokens = cfg.max_new_tokens or (48 if cfg.mode == "world" else 128)
     inputs = Inputs(sft=sft, pairs=pair_files, prompts=str(prompts),
-                    eval_prompts=str(eval_prompts), gold=gold, max_length=max_length)
+                    eval_prompts=str(eval_prompts), gold=gold, max_length=max_length,
+                    max_new_tokens=max_new_tokens)
     design.inputs.update(sft=sft, pairs=pair_files, prompts=str(prompts),
                          eval_prompts=str(eval_prompts), max_length=max_length,
                          harmlessness_weight=cfg.harmlessness_weight, kl_blowup=cfg.kl_blowup,
@@ -364,7 +370,8 @@ def build(cfg: CompareConfig) -> Design:
         add(f"score-{key}", ["-m", "preflab.compare.score", "--policy", policy, "--reference",
                              sft, "--prompts", eval_prompts, "--out", out, "--num-prompts",
                              preset.eval_prompts, "--samples", preset.eval_samples,
-                             *score_flags], out, "score", after=after)
+                             "--max-new-tokens", max_new_tokens, *score_flags], out, "score",
+            after=after)
         return f"score-{key}"
 
     design.sft_score = score_job("sft", sft, sft_after + data_after[1:])
@@ -406,7 +413,10 @@ def build(cfg: CompareConfig) -> Design:
     for name in preset.share_methods:
         if name in preset.methods:
             for share in preset.shares:
-                add_run(name, "efficiency", Variant(pairs=share))
+                # The same epochs over fewer pairs: a direct method's steps shrink with the
+                # share, as the reward model's do; PPO's iterations (on unlabelled prompts) not.
+                scale = float(Fraction(share)) if get_method(name).road == DIRECT else 1.0
+                add_run(name, "efficiency", Variant(pairs=share, steps_scale=scale))
     for name in preset.sensitivity_methods:
         if name in preset.methods:
             for lr in GRID:
@@ -424,7 +434,7 @@ def build(cfg: CompareConfig) -> Design:
             else:
                 add_run(name, "flexibility", Variant(pairs="new"))
     if preset.hacking and "ppo" in preset.methods:
-        add_run("ppo", "hacking", Variant(pairs="1/16", strength_scale=0.02, steps_scale=2.0,
+        add_run("ppo", "hacking", Variant(pairs=HACK_SHARE, strength_scale=0.02, steps_scale=2.0,
                                           tag="hack"))
     return design
 

@@ -55,7 +55,7 @@ class Variant:
         if self.strength_scale != 1:
             parts.append(f"k{self.strength_scale:g}")
         if self.steps_scale != 1:
-            parts.append(f"x{self.steps_scale:g}")
+            parts.append(f"x{self.steps_scale:.4g}")
         if self.probe:
             parts.append("probe")
         if self.tag:
@@ -75,6 +75,8 @@ class Inputs:
     """Reward spec logged as ``eval/gold_reward`` during training (empty: none)."""
     max_length: int = 512
     eval_num_prompts: int = 64
+    max_new_tokens: int = 48
+    """Longest completion sampled at evaluation."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,8 @@ def _pairs(inputs: Inputs, variant: Variant) -> str:
 
 
 def _eval_flags(inputs: Inputs) -> dict:
-    values = {"eval_prompts": inputs.eval_prompts, "eval_num_prompts": inputs.eval_num_prompts}
+    values = {"eval_prompts": inputs.eval_prompts, "eval_num_prompts": inputs.eval_num_prompts,
+              "eval_max_new_tokens": inputs.max_new_tokens}
     if inputs.gold:
         values["gold_reward"] = inputs.gold
     return values

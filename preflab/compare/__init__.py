@@ -1,9 +1,10 @@
 """``preflab compare``: the article's comparison table, measured on the user's own model and data.
 
-Modules: ``methods`` (the registry of compared methods), ``harness`` (each run in a fresh
-subprocess, reused when finished), ``measure`` (``results.json`` from the run directories),
-``report`` and ``figures`` (``report.md``, ``report.html``, ``figures/``), ``plan`` (the
-memory planner behind ``preflab plan``).
+Modules: ``settings`` (the flags and presets), ``methods`` (the registry of compared
+methods), ``design`` (the jobs a comparison runs), ``harness`` (each job in a fresh process,
+reused when finished), ``data`` and ``score`` (compare's own small jobs), ``measure``,
+``criteria`` and ``sections`` (``results.json``), ``report`` and ``figures`` (``report.md``,
+``report.html``, ``figures/``), ``plan`` and ``plan_arch`` (``preflab plan``).
 """
 
 
@@ -21,7 +22,7 @@ def compare(output_dir: str, *, config: str | None = None, **settings) -> dict:
         {row["criterion"]: row["winner"] for row in results["rows"]}
     """
     from preflab.compare.cli import run
-    from preflab.compare.design import CompareConfig
+    from preflab.compare.settings import CompareConfig
     from preflab.config import parse_config
 
     argv = ["--output-dir", str(output_dir)]

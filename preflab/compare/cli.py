@@ -35,9 +35,10 @@ import sys
 from pathlib import Path
 
 from preflab.compare import criteria, sections
-from preflab.compare.design import CompareConfig, build
+from preflab.compare.design import build
 from preflab.compare.harness import Harness
 from preflab.compare.measure import collect
+from preflab.compare.settings import CompareConfig
 from preflab.config import parse_config
 from preflab.errors import ConfigError
 

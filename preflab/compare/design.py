@@ -1,4 +1,4 @@
-"""What ``preflab compare`` runs: the settings, the presets, and the jobs they turn into.
+"""What ``preflab compare`` runs: the jobs that the settings (``preflab.compare.settings``) turn into.
 
 Every method starts from the same SFT checkpoint. On the built-in world, compare builds the
 world (when the directory holds none), trains that SFT model with the world's settings and
@@ -30,190 +30,15 @@ from pathlib import Path
 
 from preflab.compare.harness import Job
 from preflab.compare.methods import DIRECT, RLHF, Inputs, Stage, Variant, get_method
-from preflab.config import arg
-from preflab.errors import ConfigError
-
-SHARES = ("1/16", "1/8", "1/4", "1/2")
-HACK_SHARE = "1/4"  # the reward model of the reward-hacking run: trained on few pairs
-GRID = (1 / 3, 1.0, 3.0)
-
-# Hyperparameters for the built-in world's model (1.1M parameters, trained from scratch):
-# the DPO paper's lr of 1e-6 is for pretrained billions-parameter models and does not move it.
-WORLD_HYPER: dict[str, dict] = {
-    "sft": {},  # the world's own sft.yaml
-    "dpo": {"learning_rate": 5e-4, "beta": 0.5, "batch_size": 32, "max_steps": 300,
-            "warmup_ratio": 0.1, "eval_every": 50},
-    "ipo": {"learning_rate": 5e-4, "beta": 0.5, "batch_size": 32, "max_steps": 300,
-            "warmup_ratio": 0.1, "eval_every": 50},
-    "simpo": {"learning_rate": 1e-4, "beta": 2.0, "gamma": 0.5, "batch_size": 32,
-              "max_steps": 300, "warmup_ratio": 0.1, "eval_every": 50},
-    "rm": {"learning_rate": 1e-3, "num_epochs": 2, "batch_size": 32, "warmup_ratio": 0.05,
-           "eval_fraction": 0.05},
-    "ppo": {"learning_rate": 3e-4, "kl_coef": 0.05, "rollout_batch_size": 64,
-            "num_minibatches": 4, "batch_size": 16, "max_steps": 60, "eval_every": 10},
-    "rm-lora": {"learning_rate": 1e-3, "num_epochs": 2, "batch_size": 32, "warmup_ratio": 0.05,
-                "eval_fraction": 0.05, "lora_rank": 32},
-    "ppo-shared": {"learning_rate": 2e-4, "kl_coef": 0.05, "rollout_batch_size": 64,
-                   "num_minibatches": 4, "batch_size": 16, "max_steps": 60, "eval_every": 10,
-                   "lora_rank": 32},
-}
-# On the user's data: each command's own defaults (the papers' values), evaluated now and then.
-USER_HYPER: dict[str, dict] = {
-    "sft": {},
-    "dpo": {"eval_every": 100}, "ipo": {"eval_every": 100},
-    "simpo": {"beta": 2.0, "gamma": 0.5, "eval_every": 100}, "rm": {},
-    "ppo": {"eval_every": 20}, "rm-lora": {"lora_rank": 16},
-    "ppo-shared": {"lora_rank": 16, "eval_every": 20},
-}
-COMMON = {"log_every": 10, "progress": False}
-
-
-@dataclass(frozen=True)
-class Preset:
-    methods: tuple[str, ...]
-    probes: tuple[str, ...] = ()
-    seeds: int = 1
-    seed_methods: tuple[str, ...] = ()
-    shares: tuple[str, ...] = ()
-    share_methods: tuple[str, ...] = ("dpo", "ppo")
-    sensitivity_methods: tuple[str, ...] = ()
-    flexibility: bool = False
-    hacking: bool = False
-    pair_prompts: int = 1024
-    eval_prompts: int = 128
-    eval_samples: int = 4
-    steps_scale: float = 1.0
-
-
-ALL_METHODS = ("dpo", "ipo", "simpo", "dpo-precomputed", "ppo", "ppo-shared")
-PRESETS = {
-    "quick": Preset(methods=("dpo", "ipo", "ppo", "ppo-shared"),
-                    probes=("dpo-precomputed", "simpo"), pair_prompts=768,
-                    steps_scale=2 / 3),
-    "standard": Preset(methods=ALL_METHODS, seeds=3, seed_methods=("dpo", "ppo"),
-                       shares=SHARES, flexibility=True, hacking=True),
-    "full": Preset(methods=ALL_METHODS, seeds=3, seed_methods=ALL_METHODS, shares=SHARES,
-                   sensitivity_methods=("dpo", "ppo"), flexibility=True, hacking=True),
-}
-
-
-@dataclass
-class CompareConfig:
-    """``preflab compare``: both roads on the same SFT checkpoint, measured row by row."""
-
-    output_dir: str = arg("", "Where everything goes: runs/, scores/, figures/, results.json, "
-                          "report.md, report.html.")
-    world: str = arg("", "Built-in world directory; built there when it holds none. Give this, "
-                     "or --model, --pairs and --prompts for your own data.")
-    model: str = arg("", "Your SFT checkpoint: every compared method starts from it.")
-    pairs: str = arg("", "Your preference pairs (prompt, chosen, rejected).")
-    prompts: str = arg("", "Your prompts (unlabelled: PPO trains on them; a share is held out "
-                       "for evaluation).")
-    gold_reward: str = arg("", "A reward you trust more than a judge model: module:function, "
-                           "file.py:function or a reward-model directory (your data only).")
-    preset: str = arg("standard", "How much to run: quick (one seed, the main methods, ~8 min "
-                      "on 2 CPU cores for the world), standard (3 seeds of DPO and PPO, every "
-                      "method, sample efficiency, flexibility, reward hacking), full (standard, "
-                      "3 seeds of every method, and the hyperparameter sensitivity grid).",
-                      choices=tuple(PRESETS))
-    methods: str = arg("", "Comma-separated methods (default: the preset's). Known: "
-                       + ", ".join(ALL_METHODS) + ".")
-    seeds: int = arg(0, "Seeds for the stability row (0: the preset's).")
-    jobs: int = arg(0, "Runs at a time; 0: one on a machine with a GPU (runs would share it), "
-                    "else one per CPU core up to 4. Each run gets --threads CPU threads.")
-    threads: int = arg(0, "CPU threads per run (OMP_NUM_THREADS); 0: the cores shared by the runs "
-                       "that can run at once (a run that runs alone gets them all).")
-    launcher: str = arg("", "Prefix for every training command, e.g. 'torchrun "
-                        "--nproc-per-node 8' or 'accelerate launch'.")
-    time_budget: float = arg(3600.0, "Seconds one run may take before it is stopped and recorded "
-                             "as timed out.")
-    fresh: bool = arg(False, "Run everything again instead of reusing finished runs.")
-    dry_run: bool = arg(False, "Print every command (in dependency order) and run nothing.")
-    gpu_memory: str = arg("", "Your GPU memory (e.g. 80GB): the recommendation checks which "
-                          "methods fit for the compared model (preflab plan).")
-    have: str = arg("pairs", "What you have most of: preference pairs, or prompts with few "
-                    "labels (for the recommendation).", choices=("pairs", "prompts"))
-    objective_may_change: bool = arg(False, "Your objective is likely to change after "
-                                     "deployment (for the recommendation).")
-    eval_prompts: int = arg(0, "Held-out prompts each policy is scored on (0: the preset's).")
-    eval_samples: int = arg(0, "Samples per held-out prompt (0: the preset's).")
-    pair_prompts: int = arg(0, "World: prompts sampled for preference pairs (0: the preset's).")
-    judge_share: float = arg(0.2, "Your data: share of the pairs held out for the judge reward "
-                             "model.")
-    eval_share: float = arg(0.1, "Your data: share of the prompts held out for evaluation.")
-    harmlessness_weight: float = arg(1.0, "World: weight w of the changed objective, gold + "
-                                     "w x harmlessness (flexibility row).")
-    kl_blowup: float = arg(10.0, "eval/kl above this many nats counts as a KL blow-up.")
-    max_length: int = arg(0, "Longest sequence in tokens (0: 64 on the world, 512 otherwise).")
-    max_new_tokens: int = arg(0, "Longest completion sampled when a policy is evaluated (0: 48 on "
-                              "the world, 128 otherwise).")
-    progress: bool = arg(True, "Show the live progress line.")
-    hyperparameters: dict = arg({}, "YAML only: flags per stage, e.g. {dpo: {beta: 0.1}, "
-                                "ppo: {kl_coef: 0.02}}; sections: " + ", ".join(WORLD_HYPER) + ".")
-
-    def parallel_runs(self) -> int:
-        """``--jobs``, or the default it stands for when 0."""
-        if self.jobs:
-            return self.jobs
-        import os
-
-        import torch
-
-        if torch.cuda.is_available():
-            return 1
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return max(1, min(4, cores or 1))
-
-    @property
-    def mode(self) -> str:
-        return "world" if self.world else "data"
-
-    def validate(self) -> None:
-        if not self.output_dir:
-            raise ConfigError("--output-dir is required", field="output_dir")
-        user = [self.model, self.pairs, self.prompts]
-        if self.world and any(user):
-            raise ConfigError("give --world, or --model with --pairs and --prompts, not both",
-                              field="world")
-        if not self.world and not all(user):
-            raise ConfigError("say what to compare on: --world DIR (the built-in task), or "
-                              "--model SFT_MODEL --pairs PAIRS --prompts PROMPTS",
-                              field="world")
-        if self.world and self.gold_reward:
-            raise ConfigError("the world brings its own gold reward; --gold-reward is for "
-                              "your own data", field="gold_reward")
-        for name in ("seeds", "jobs", "threads", "eval_prompts", "eval_samples", "pair_prompts",
-                     "max_length", "max_new_tokens"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more", field=name)
-        for name in ("judge_share", "eval_share"):
-            if not 0 < getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be in (0, 1)", field=name)
-        if not self.time_budget > 0:
-            raise ConfigError("--time-budget must be a positive number of seconds",
-                              field="time_budget")
-        for name in self.method_names():
-            get_method(name)
-        from preflab.compare.methods import REGISTRY
-
-        sections = set(WORLD_HYPER) | {s for m in REGISTRY.values() for s in m.sections}
-        for section, values in self.hyperparameters.items():
-            if section not in sections or not isinstance(values, dict):
-                raise ConfigError(f"hyperparameters: unknown section {section!r}",
-                                  field="hyperparameters", expected=", ".join(sorted(sections)))
-
-    def preset_settings(self) -> Preset:
-        preset = PRESETS[self.preset]
-        changes = {k: getattr(self, k) for k in ("seeds", "eval_prompts", "eval_samples",
-                                                 "pair_prompts") if getattr(self, k)}
-        if self.methods:
-            changes["methods"] = tuple(self.method_names())
-        return dataclasses.replace(preset, **changes)
-
-    def method_names(self) -> list[str]:
-        if not self.methods:
-            return list(PRESETS[self.preset].methods)
-        return [m.strip() for m in self.methods.split(",") if m.strip()]
+from preflab.compare.settings import (
+    COMMON,
+    GRID,
+    HACK_SHARE,
+    USER_HYPER,
+    WORLD_HYPER,
+    CompareConfig,
+    Preset,
+)
 
 
 @dataclass
@@ -445,4 +270,4 @@ def _flags(values: dict) -> list[str]:
     return flags(values)
 
 
-__all__ = ["CompareConfig", "Design", "PRESETS", "Preset", "Run", "build", "DIRECT", "RLHF"]
+__all__ = ["Design", "Run", "build"]

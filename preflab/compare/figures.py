@@ -110,7 +110,10 @@ def frontier(results: dict, path: Path) -> bool:
     sft = (results["sft"]["score"] or {}).get(f"eval/{results['quality']['metric']}")
     if sft is not None:
         ax.axhline(sft, color="gray", linestyle=":", label="SFT")
-    ax.set_xlabel("KL(policy || SFT), nats per completion (sampled)")
+    ax.set_xscale("symlog", linthresh=1.0)  # linear to 1 nat, logarithmic beyond: blow-ups fit
+    lowest = min(p[0] for pts in points.values() for p in pts)  # sampled KL can dip below 0
+    ax.set_xlim(left=min(-0.1, lowest - 0.05))
+    ax.set_xlabel("KL(policy || SFT), nats per completion (sampled; log scale above 1)")
     ax.set_ylabel(results["quality"]["label"])
     ax.set_title("Reward-KL frontier: every evaluation of every run (line: best so far)")
     ax.legend(fontsize=8)
@@ -118,13 +121,17 @@ def frontier(results: dict, path: Path) -> bool:
 
 
 def hacking(results: dict, path: Path) -> bool:
-    runs = [r for r in results["runs"] if r["experiment"] in ("main", "hacking")
-            and len(r["curves"]["eval"]) >= 2]
+    few = next((r["variant"]["pairs"] for r in results["runs"] if r["experiment"] == "hacking"),
+               None)  # DPO on the pairs the hacking run's reward model had is its counterpart
+    runs = [r for r in results["runs"] if len(r["curves"]["eval"]) >= 2 and (
+        r["experiment"] in ("main", "hacking")
+        or (r["experiment"] == "efficiency" and r["variant"]["pairs"] == few))]
     if not runs:
         return False
     plt = _plt()
     rlhf = [r for r in runs if r["road"] == "rlhf"]
-    direct = [r for r in runs if r["road"] == "direct"][:2]
+    direct = [r for r in runs if r["road"] == "direct" and r["method"] == "dpo"][:2] or [
+        r for r in runs if r["road"] == "direct"][:2]
     panels = [p for p in ((rlhf, "proxy", "reward-model score (proxy)"),
                           (direct, "margin", "implicit reward margin (DPO's proxy)")) if p[0]]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
@@ -134,7 +141,7 @@ def hacking(results: dict, path: Path) -> bool:
             color = PALETTE[i % len(PALETTE)]
             steps = [e["step"] for e in r["curves"]["eval"]]
             ax.plot(steps, [e["quality"] for e in r["curves"]["eval"]], color=color,
-                    label=f"{r['label']} [{r['experiment']}]: {results['quality']['metric']}")
+                    label=f"{r['label']} [{_experiment(r)}]: {results['quality']['metric']}")
             proxy = [(e["step"], e[key]) for e in r["curves"]["eval"] if e[key] is not None]
             if not proxy and key == "margin":
                 proxy = [(t["step"], t["margin"]) for t in r["curves"]["train"]
@@ -148,6 +155,11 @@ def hacking(results: dict, path: Path) -> bool:
         ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("Proxy against gold over training")
     return _save(fig, path)
+
+
+def _experiment(run: dict) -> str:
+    pairs = run["variant"].get("pairs", "all")
+    return run["experiment"] + ("" if pairs == "all" else f", {pairs} of the pairs")
 
 
 def efficiency(results: dict, path: Path) -> bool:

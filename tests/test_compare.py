@@ -181,6 +181,14 @@ def test_refuses_a_directory_of_other_files_and_a_bad_yaml_key(tiny_world, tmp_p
                  str(tmp_path / "mine")]) == 2
     assert "not a comparison" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    inside = tmp_path / "cmp2" / "world"  # a world built inside the output directory is fine
+    inside.parent.mkdir()
+    import shutil
+
+    shutil.copytree(tiny_world, inside)
+    assert main(["compare", "--world", str(inside), "--output-dir", str(inside.parent),
+                 "--dry-run"]) == 0
+    capsys.readouterr()
     bad = tmp_path / "bad.yaml"
     bad.write_text("preset: quick\nhyperparameters:\n  dpo: {beta: 0.1}\n  magic: {x: 1}\n")
     assert main(["compare", "--world", str(tiny_world), "--output-dir", str(tmp_path / "c"),

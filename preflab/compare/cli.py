@@ -60,7 +60,9 @@ def check_output_dir(cfg: CompareConfig) -> Path:
     root = Path(cfg.output_dir)
     if root.exists() and not root.is_dir():
         raise ConfigError("--output-dir exists and is a file", path=str(root))
-    if root.is_dir() and any(root.iterdir()) and not (root / "design.json").exists():
+    world = Path(cfg.world).resolve() if cfg.world else None
+    others = [p for p in root.iterdir() if p.resolve() != world] if root.is_dir() else []
+    if others and not (root / "design.json").exists():  # the comparison's own world may be there
         raise ConfigError("--output-dir holds files that are not a comparison; choose a new or "
                           "empty directory (nothing there is overwritten)", path=str(root))
     return root

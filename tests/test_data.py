@@ -295,7 +295,8 @@ def test_truncation_counts_prompt_left_and_completion_right(tmp_path, tiny_token
     assert cut.completion_mask == [0, 0, 1, 1, 1]
     assert len(whole.input_ids) == 5
     assert report.as_dict() == {"records": 2, "prompts_truncated": 1,
-                                "completions_truncated": 1, "skipped": 0}
+                                "completions_truncated": 1, "skipped": 0,
+                                "skipped_identical": 0}
     assert "1 prompts truncated" in report.summary()
 
 

@@ -25,6 +25,7 @@ from preflab.data.tokenize import (
     TruncationPolicy,
     TruncationReport,
     UnpairedExample,
+    check_dataset,
     load_preference_dataset,
     load_prompt_dataset,
     load_sft_dataset,
@@ -34,6 +35,7 @@ from preflab.data.tokenize import (
 from preflab.data.writers import write_jsonl
 
 __all__ = [
+    "check_dataset",
     "write_jsonl",
     "PreferenceExample",
     "PromptExample",

@@ -29,16 +29,20 @@ conversations (as in UltraFeedback) takes its prompt from the conversations in t
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from typing import Any
 
-from preflab.data.readers import Record
+from preflab.data.readers import EXCERPT_CHARS, Record, excerpt, field_names
 from preflab.errors import DataError
 
 ROLES = ("system", "user", "assistant")
 _MESSAGE = 'an object {"role": "system" | "user" | "assistant", "content": "..."}'
 _ORDER = ("an optional system message first, then user and assistant turns alternating, "
           "starting with user")
+# Half of a UTF-16 surrogate pair on its own: JSON's "\ud800" escape reads as one, but it is
+# no Unicode character, so no tokenizer (nor UTF-8) can take it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class RecordKind(enum.Enum):
@@ -88,7 +92,7 @@ def _an(role: Any) -> str:
 
 
 def _found(record: Record) -> str:
-    return ", ".join(sorted(record.data)) or "none"
+    return field_names(sorted(map(str, record.data)))
 
 
 def _describe_all(kinds: Sequence[RecordKind]) -> str:
@@ -189,12 +193,26 @@ def validate(record: Record, kind: RecordKind) -> None:
 
 
 def _show(value: Any) -> str:
+    """A value from the user's file, for a message: a short excerpt of text, else its type."""
     if isinstance(value, str):
-        return repr(value) if len(value) <= 40 else repr(value[:37] + "...")
+        return excerpt(value)
     names = {list: "a list", dict: "an object", bool: "a boolean", type(None): "null"}
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return "a number too large to show"  # repr() of a huge int is slow, or refused
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"the number {value!r}"
+        text = repr(value)
+        return f"the number {text}" if len(text) <= EXCERPT_CHARS else "a number"
     return names.get(type(value), f"a {type(value).__name__}")
+
+
+def _check_unicode(record: Record, field: str, value: str) -> None:
+    """Refuse a lone surrogate, which would reach the tokenizer as an untyped error."""
+    bad = _SURROGATE.search(value)
+    if bad:
+        raise _error(record, f"the text holds a lone surrogate {bad.group()!r} at character "
+                     f"{bad.start() + 1}, which is not a Unicode character", field=field,
+                     expected="valid Unicode text (in JSON, a \\ud800-\\udfff escape only as "
+                              "half of a surrogate pair)")
 
 
 def _check_text(record: Record, name: str, *, allow_empty: bool = False) -> None:
@@ -204,6 +222,7 @@ def _check_text(record: Record, name: str, *, allow_empty: bool = False) -> None
                      expected="a string" + (" or a list of messages" if name != "text" else ""))
     if not allow_empty and not value.strip():
         raise _error(record, f"empty {name}", field=name, expected="non-empty text")
+    _check_unicode(record, name, value)
 
 
 def _check_same_shape(record: Record, first: str, second: str) -> None:
@@ -254,6 +273,7 @@ def _check_conversation(record: Record, parts: list[tuple[str, Any]], *,
             if not isinstance(content, str):
                 raise _error(record, f"message content is {_show(content)}, not a string",
                              field=f"{name}.content", expected="a string")
+            _check_unicode(record, f"{name}.content", content)
             allowed = ("system", "user") if previous is None else (
                 ("assistant",) if previous == "user" else ("user",))
             if role not in allowed:
@@ -272,18 +292,40 @@ def _check_conversation(record: Record, parts: list[tuple[str, Any]], *,
                                                f"that ends with {_an(want)} message")
 
 
+def _turns(messages: list) -> list[tuple[Any, Any]]:
+    """A conversation as what a chat template renders of it; other keys do not count."""
+    return [(m.get("role"), m.get("content")) for m in messages]
+
+
+def _same_response(chosen: Any, rejected: Any) -> bool:
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        return _turns(chosen) == _turns(rejected)
+    return chosen == rejected
+
+
+def is_identical_pair(record: Record) -> bool:
+    """Whether a validated preference record's chosen and rejected are the same response.
+
+    Such a pair states no preference, whether or not it has a ``prompt`` field; the loaders
+    skip it and count it in their report.
+    """
+    return _same_response(record.data["chosen"], record.data["rejected"])
+
+
 def extract_prompt(record: Record, chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
     """Split ``(chosen, rejected)`` into ``(prompt, chosen_rest, rejected_rest)``.
 
     See the module docstring for the rule; raise ``DataError`` where no prompt is shared.
     """
-    if chosen == rejected:
+    if _same_response(chosen, rejected):
         raise _error(record, "chosen and rejected are identical", field="rejected",
                      expected="a rejected response that differs from the chosen one")
     no_prompt = ("a 'prompt' field, or chosen and rejected that begin with the same prompt")
     if isinstance(chosen, list):
+        chosen_turns, rejected_turns = _turns(chosen), _turns(rejected)
         shared = 0
-        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        while (shared < min(len(chosen), len(rejected))
+               and chosen_turns[shared] == rejected_turns[shared]):
             shared += 1
         # Cut back to a user message, so each side continues with an assistant turn.
         while shared > 0 and chosen[shared - 1].get("role") != "user":

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,14 @@ SUFFIXES = (*JSONL_SUFFIXES, ".json", ".parquet", ".csv", ".tsv")
 _EXPECTED_FILE = "a .jsonl, .ndjson, .json, .parquet, .csv or .tsv file, a directory of them, or a Hugging Face dataset name"
 # A hub name is "owner/name" or "name": word characters, dots and dashes, at most one slash.
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+# JSON deeper than this is no record anyone trains on (a chat record is 3 levels deep), and
+# much deeper JSON makes json.loads, or a later ==, raise RecursionError.
+MAX_DEPTH = 100
+# The most characters of a user's file that a message quotes: enough to recognise a value,
+# never a whole line of whatever file --data happened to point at.
+EXCERPT_CHARS = 40
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+_DIGITS = frozenset("0123456789")
 
 
 @dataclass(frozen=True)
@@ -52,18 +61,23 @@ def read_records(source: str, *, split: str | None = None) -> list[Record]:
     source with no records at all.
     """
     path = Path(os.path.expanduser(str(source)))
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and _suffix(p) in SUFFIXES
-                       and not p.name.startswith("."))
-        if not files:
-            raise DataError("directory holds no data files", path=str(path), expected=_EXPECTED_FILE)
-        records = [r for f in files for r in _read_file(f)]
-    elif path.is_file():
-        records = _read_file(path)
-    elif _looks_like_hub_name(str(source)):
-        records = _read_hub(str(source), split or "train")
-    else:
-        raise DataError("no such file or directory", path=str(source), expected=_EXPECTED_FILE)
+    try:
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and _suffix(p) in SUFFIXES
+                           and not p.name.startswith("."))
+            if not files:
+                raise DataError("directory holds no data files", path=str(path),
+                                expected=_EXPECTED_FILE)
+            records = [r for f in files for r in _read_file(f)]
+        elif path.is_file():
+            records = _read_file(path)
+        elif _looks_like_hub_name(str(source)):
+            records = _read_hub(str(source), split or "train")
+        else:
+            raise DataError("no such file or directory", path=str(source), expected=_EXPECTED_FILE)
+    except OSError as e:  # permission denied, a name too long, a file gone while reading ...
+        raise DataError(f"cannot be read: {e.strerror or type(e).__name__}",
+                        path=str(e.filename or source), expected=_EXPECTED_FILE) from None
     if not records:
         raise DataError("no records found (the file is empty)", path=str(source),
                         expected="at least one record")
@@ -118,6 +132,10 @@ def _read_jsonl(path: Path, raw: bytes) -> list[Record]:
         except json.JSONDecodeError as e:
             raise DataError(f"invalid JSON: {e.msg}: column {e.colno}", path=str(path),
                             line=number, expected="one JSON object per line") from None
+        except (RecursionError, ValueError):  # nested too deep, or an integer too long
+            raise _limit_error(text, path, number) from None
+        if _may_be_too_deep(text) and _deeper_than(value, MAX_DEPTH):
+            raise _limit_error(text, path, number)
         if not isinstance(value, dict):
             raise DataError(f"the line holds a JSON {_json_type(value)}, not an object",
                             path=str(path), line=number,
@@ -138,6 +156,10 @@ def _read_json(path: Path) -> list[Record]:
             raise DataError(f"invalid JSON: {e.msg}: column {e.colno}", path=str(path),
                             line=e.lineno, expected="a JSON array of objects") from None
         return _read_jsonl(path, raw)
+    except (RecursionError, ValueError):  # nested too deep, or an integer too long
+        raise _limit_error(text, path, None) from None
+    if _may_be_too_deep(text) and _deeper_than(document, MAX_DEPTH):
+        raise _limit_error(text, path, None)
     items = _records_list(document, path)
     records = []
     for index, item in enumerate(items, start=1):
@@ -187,6 +209,10 @@ def _read_csv(path: Path, *, delimiter: str) -> list[Record]:
         header = next(reader, None)
         if header is None:
             return records
+        twice = sorted({name for name in header if header.count(name) > 1})
+        if twice:
+            raise DataError(f"the header names the column {excerpt(twice[0])} twice",
+                            path=str(path), expected="a header row of distinct column names")
         for row in reader:
             if not any(cell.strip() for cell in row):
                 continue  # a blank line, as the csv module reads it
@@ -194,11 +220,19 @@ def _read_csv(path: Path, *, delimiter: str) -> list[Record]:
             if len(row) != len(header):
                 raise DataError(f"the row has {len(row)} cells but the header names "
                                 f"{len(header)} columns", path=str(path), line=number,
-                                expected=f"{len(header)} cells per row ({', '.join(header)})")
+                                expected=f"{len(header)} cells per row (columns: "
+                                         f"{field_names(header)})")
             data = {name: _maybe_messages(cell) for name, cell in zip(header, row)}
             records.append(Record(data, str(path), number))
     except csv.Error as e:
-        raise DataError(f"malformed CSV: {e}", path=str(path), line=len(records) + 1) from None
+        limit = csv.field_size_limit()
+        if "field limit" in str(e):
+            raise DataError(f"a cell is longer than the CSV reader's limit of {limit:,} "
+                            "characters", path=str(path), line=len(records) + 1,
+                            expected="shorter cells, or a .jsonl or .parquet file for long "
+                                     "texts") from None
+        raise DataError(f"malformed CSV: {_one_line(e, EXCERPT_CHARS * 2)}", path=str(path),
+                        line=len(records) + 1) from None
     return records
 
 
@@ -209,8 +243,18 @@ def _read_parquet(path: Path) -> list[Record]:
         rows = pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow raises several types for a corrupt or foreign file
         raise DataError(f"not a readable Parquet file: {_one_line(e)}", path=str(path)) from None
-    return [Record({k: _maybe_messages(v) for k, v in row.items()}, str(path), i)
+    return [_checked_row({k: _maybe_messages(v) for k, v in row.items()}, str(path), i)
             for i, row in enumerate(rows, start=1)]
+
+
+def _checked_row(row: dict, path: str, line: int) -> Record:
+    """A row of a Parquet file or hub dataset as a record, refused if nested too deeply."""
+    for name, value in row.items():
+        if _deeper_than(value, MAX_DEPTH - 1):
+            raise DataError(f"the value is nested more than {MAX_DEPTH} levels deep", path=path,
+                            line=line, field=_field_name(str(name)),
+                            expected=f"records nested at most {MAX_DEPTH} levels deep")
+    return Record(row, path, line)
 
 
 def _maybe_messages(value: Any) -> Any:
@@ -219,7 +263,9 @@ def _maybe_messages(value: Any) -> Any:
         return value
     try:
         decoded = json.loads(value)
-    except json.JSONDecodeError:
+    except (RecursionError, ValueError):  # not JSON, nested too deep, an integer too long
+        return value
+    if _may_be_too_deep(value) and _deeper_than(decoded, MAX_DEPTH):
         return value
     is_messages = isinstance(decoded, list) and decoded and all(
         isinstance(m, dict) and "role" in m for m in decoded)
@@ -242,7 +288,7 @@ def _read_hub(name: str, split: str) -> list[Record]:
             f"name either ({type(e).__name__}: {_one_line(e)})",
             path=name, expected=_EXPECTED_FILE,
         ) from None
-    return [Record(dict(row), name, i) for i, row in enumerate(rows, start=1)]
+    return [_checked_row(dict(row), name, i) for i, row in enumerate(rows, start=1)]
 
 
 def _one_line(error: BaseException, limit: int = 300) -> str:
@@ -254,3 +300,120 @@ def _json_type(value: Any) -> str:
     names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
              type(None): "null", dict: "object"}
     return names.get(type(value), type(value).__name__)
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` quoted for a message: its repr, cut to ``limit`` characters and marked if cut.
+
+    Every message that shows what a user's file holds goes through here, so a --data that
+    points at the wrong file (a key, a password file) never has a whole line printed.
+    """
+    text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... (an excerpt: the first {limit} of {len(text):,} characters)"
+
+
+def field_names(names: Any) -> str:
+    """Field or column names for a message: plain names as they are, anything else excerpted."""
+    names = [str(n) for n in names]
+    if names and all(_PLAIN_NAME.fullmatch(n) for n in names):
+        shown = ", ".join(names[:10])
+        return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return excerpt(", ".join(names)) if names else "none"
+
+
+def _may_be_too_deep(text: str) -> bool:
+    # Only text with this many brackets can nest this deep; most records skip the walk.
+    return text.count("[") + text.count("{") > MAX_DEPTH
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and dicts nest more than ``limit`` levels in ``value`` (no recursion)."""
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def _limit_error(text: str, path: Path, line: int | None) -> DataError:
+    """The DataError for JSON that exceeds a limit: nesting, or the digits of an integer.
+
+    ``line`` is the JSONL line ``text`` came from; None for a whole .json document, whose
+    physical line of the problem is counted here (as for invalid JSON).
+    """
+    record_depth = 1 if line is not None else 2 if text.lstrip().startswith("[") else 3
+    offset, field, problem = _locate_limit(text, record_depth)
+    if line is None:
+        line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    if problem == "number":
+        digits = sys.get_int_max_str_digits()
+        message = f"a number with more than {digits:,} digits (column {column})"
+        expected = f"numbers of at most {digits:,} digits; write longer ones as strings"
+    else:
+        message = f"JSON nested more than {MAX_DEPTH} levels deep (column {column})"
+        expected = f"records nested at most {MAX_DEPTH} levels deep"
+    return DataError(message, path=str(path), line=line, field=field, expected=expected)
+
+
+def _locate_limit(text: str, record_depth: int) -> tuple[int, str | None, str]:
+    """Where ``text`` first nests past ``MAX_DEPTH`` or holds an integer too long for Python.
+
+    Returns ``(offset, field, problem)``: ``field`` is the record's key that holds it (a key
+    of an object ``record_depth`` levels down: 1 in a JSONL line, 2 in a JSON array of
+    records), ``problem`` is ``"depth"`` or ``"number"``. A scan of the raw text, run only
+    once ``json.loads`` has failed or its value was too deep, so it can assume valid JSON.
+    """
+    digits = sys.get_int_max_str_digits() or len(text) + 1
+    keys: dict[int, str] = {}  # depth -> the last key read in the object at that depth
+    depth, i, n = 0, 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == '"':
+            end = i + 1
+            while end < n and text[end] != '"':
+                end += 2 if text[end] == "\\" else 1
+            after = end + 1
+            while after < n and text[after] in " \t\r\n":
+                after += 1
+            if after < n and text[after] == ":":
+                keys[depth] = text[i + 1:end]
+            i = end + 1
+            continue
+        if ch in "[{":
+            depth += 1
+            keys.pop(depth, None)
+            if depth > MAX_DEPTH:
+                return i, _raw_key(keys.get(record_depth)), "depth"
+        elif ch in "]}":
+            depth -= 1
+        elif ch in _DIGITS:
+            end = i
+            while end < n and text[end] in _DIGITS:
+                end += 1
+            if end - i > digits and (end == n or text[end] not in ".eE"):
+                return i, _raw_key(keys.get(record_depth)), "number"
+            i = end
+            continue
+        i += 1
+    return 0, None, "depth"
+
+
+def _raw_key(raw: str | None) -> str | None:
+    """A key as it stands in the file (escapes and all), as a field name."""
+    if raw is None:
+        return None
+    try:
+        return _field_name(json.loads(f'"{raw}"'))
+    except ValueError:
+        return _field_name(raw)
+
+
+def _field_name(name: str) -> str:
+    """A field name taken from the user's file, cut if long (``DataError`` shows it whole)."""
+    return name if len(name) <= EXCERPT_CHARS else name[:EXCERPT_CHARS] + "..."

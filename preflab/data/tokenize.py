@@ -22,6 +22,10 @@ Rules (the same for every loader, so SFT, DPO, KTO and PPO see a prompt identica
   Then each completion is cut on the right so that prompt + completion <= ``max_length``.
   The report counts records read, prompts cut, completions cut (chosen and rejected each
   count), and records skipped.
+- A preference pair whose chosen and rejected are the same response states no preference:
+  every loader skips it (with or without a ``prompt`` field) and counts it in the report.
+  A dataset with nothing left after skipping is a ``DataError`` naming the first record
+  skipped.
 - Unpaired (KTO) data may also be preference data: each pair gives a desirable example
   (the chosen completion) and an undesirable one (the rejected), with the same prompt.
 - Prompt data takes the prompt of any record that has one (a ``messages`` record: the
@@ -31,13 +35,22 @@ Rules (the same for every loader, so SFT, DPO, KTO and PPO see a prompt identica
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from preflab.data.formats import RecordKind, parse_label, preference_parts, resolve_kind, validate
-from preflab.data.readers import Record, read_records
+from preflab.data.formats import (
+    RecordKind,
+    is_identical_pair,
+    parse_label,
+    preference_parts,
+    resolve_kind,
+    validate,
+)
+from preflab.data.readers import Record, excerpt, read_records
 from preflab.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -115,14 +128,22 @@ class TruncationReport:
     """What truncation did to a dataset; shown to the user and saved with the run."""
 
     records: int = 0
+    """Records read and checked, skipped ones included."""
     prompts_truncated: int = 0
+    """Prompts cut on the left to ``max_prompt_length``."""
     completions_truncated: int = 0
+    """Completions cut on the right to fit ``max_length`` (chosen and rejected each count)."""
     skipped: int = 0
+    """Records skipped as overlong: a prompt with no room for a completion."""
+    skipped_identical: int = 0
+    """Preference pairs skipped because chosen == rejected (nothing to prefer)."""
 
     def summary(self) -> str:
         return (f"{self.records} records: {self.prompts_truncated} prompts truncated (left), "
                 f"{self.completions_truncated} completions truncated (right), "
-                f"{self.skipped} skipped as overlong")
+                f"{self.skipped} skipped as overlong"
+                + (f", {self.skipped_identical} pairs skipped with chosen == rejected"
+                   if self.skipped_identical else ""))
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -156,7 +177,9 @@ class _Encoder:
             return self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=generation_prompt)
         except Exception as e:  # the template's own checks raise (jinja) errors of its choosing
-            raise DataError(f"the tokenizer's chat template failed on this record: {e}",
+            # An excerpt: a template may put the record's text into its error message.
+            reason = excerpt(" ".join(str(e).split()) or type(e).__name__, limit=80)
+            raise DataError(f"the tokenizer's chat template failed on this record: {reason}",
                             path=record.path, line=record.line) from None
 
     def prompt(self, record: Record, prompt: Any) -> tuple[list[int], str]:
@@ -228,23 +251,81 @@ def _prompt_field(record: Record) -> str:
     return next(f for f in ("prompt", "messages", "chosen") if f in record.data)
 
 
+PURPOSES = {"sft": (SFT_KINDS, "SFT"), "preference": (PREFERENCE_KINDS, "preference training"),
+            "unpaired": (UNPAIRED_KINDS, "unpaired (KTO) training"),
+            "prompt": (PROMPT_KINDS, "a prompt dataset")}
+# Records read and checked by ``check_dataset``, kept for the load that follows.
+_CHECKED: dict[tuple[str, str | None, str], list[tuple[Record, RecordKind]]] = {}
+
+
+def check_dataset(source: str, purpose: str, *, split: str | None = None) -> None:
+    """Read and check every record of a local ``source`` for ``purpose`` (sft, preference,
+    unpaired, prompt) before any tokenizer or model loads, so bad data fails first, not after
+    a download. The checked records are kept for the ``load_*_dataset`` call that follows. A
+    hub dataset is left to that call (reading it is the download)."""
+    if not source or not Path(os.path.expanduser(source)).exists():
+        return
+    accepted, what = PURPOSES[purpose]
+    _CHECKED[(source, split, purpose)] = _checked(read_records(source, split=split), accepted, what)
+
+
+def forget_checked() -> None:
+    """Drop records kept by ``check_dataset`` that no load took (a command that failed)."""
+    _CHECKED.clear()
+
+
+def _checked(records: list[Record], accepted: Sequence[RecordKind],
+             purpose: str) -> list[tuple[Record, RecordKind]]:
+    out = []
+    for record in records:
+        kind = resolve_kind(record, accepted, purpose)
+        validate(record, kind)
+        out.append((record, kind))
+    return out
+
+
 def _load(source: str, split: str | None, accepted: Sequence[RecordKind], purpose: str,
           tokenizer: PreTrainedTokenizerBase, policy: TruncationPolicy,
           build: Callable[[_Encoder, Record, RecordKind], list[T]]) -> tuple[list[T], TruncationReport]:
     """Read, check and tokenize every record of ``source`` with ``build``."""
     encoder = _Encoder(tokenizer, policy)
+    report = encoder.report
     examples: list[T] = []
-    for record in read_records(source, split=split):
-        kind = resolve_kind(record, accepted, purpose)
-        validate(record, kind)
-        encoder.report.records += 1
-        examples.extend(build(encoder, record, kind))
+    first_skipped: tuple[Record, str] | None = None  # (record, field), for the error below
+    name = next(k for k, (kinds, _) in PURPOSES.items() if tuple(kinds) == tuple(accepted))
+    checked = _CHECKED.pop((source, split, name), None)
+    if checked is None:
+        checked = _checked(read_records(source, split=split), accepted, purpose)
+    for record, kind in checked:
+        report.records += 1
+        if kind in PREFERENCE_KINDS and is_identical_pair(record):
+            report.skipped_identical += 1
+            first_skipped = first_skipped or (record, "rejected")
+            continue
+        built = build(encoder, record, kind)
+        if not built:
+            first_skipped = first_skipped or (record, _prompt_field(record))
+        examples.extend(built)
     if not examples:  # every record was skipped: say so here, not as an empty batch later
-        raise DataError(
-            f"all {encoder.report.records} records were skipped: each prompt is longer than "
-            f"--max-length {policy.max_length} leaves room for", path=source,
-            expected="a larger --max-length, or --max-prompt-length to cut prompts")
-    return examples, encoder.report
+        raise _all_skipped(report, policy, *first_skipped)  # type: ignore[misc]
+    return examples, report
+
+
+def _all_skipped(report: TruncationReport, policy: TruncationPolicy, first: Record,
+                 field: str) -> DataError:
+    """Nothing left to train on: why, counted, and the first record skipped."""
+    reasons, expected = [], []
+    if report.skipped_identical:
+        reasons.append(f"{report.skipped_identical} with chosen and rejected identical "
+                       "(no preference to learn)")
+        expected.append("pairs whose rejected response differs from the chosen one")
+    if report.skipped:
+        reasons.append(f"{report.skipped} with a prompt longer than --max-length "
+                       f"{policy.max_length} leaves room for")
+        expected.append("a larger --max-length, or --max-prompt-length to cut prompts")
+    return DataError(f"all {report.records} records were skipped, this one first: "
+                     f"{'; '.join(reasons)}", path=first.path, line=first.line, field=field,
+                     expected="; or ".join(expected))
 
 
 def load_sft_dataset(source: str, tokenizer: PreTrainedTokenizerBase, policy: TruncationPolicy,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import threading
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("preflab.algorithms.sft", "supervised fine-tuning on completions"),
@@ -64,18 +66,33 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     from preflab.errors import PreflabError
 
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         module = importlib.import_module(COMMANDS[name][0])
         return int(module.main(rest) or 0)
     except PreflabError as exc:
-        print(f"preflab {name}: error: {exc}", file=sys.stderr)
+        stopped = getattr(exc, "signum", None) is not None  # signals.Interrupted: not an error
+        print(f"preflab {name}: {'' if stopped else 'error: '}{exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"preflab {name}: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        print(f"preflab {name}: stopped by {signum.name}", file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM outside a training loop (which stops at a step boundary instead): like Ctrl-C."""
+
+
+def _terminated(signum, frame) -> None:  # noqa: ARG001 (signal handler signature)
+    raise Terminated
 
 
 if __name__ == "__main__":

@@ -60,3 +60,13 @@ class ModelLoadError(PreflabError):
 
 class ResumeError(PreflabError):
     """``--resume`` asked for, but the run directory holds nothing that can be resumed."""
+
+
+class TrainingDiverged(PreflabError):
+    """A loss, gradient or reward that is not finite: the run stops rather than train on it."""
+
+    exit_code = 1
+
+
+class NonFiniteReward(PreflabError):
+    """A reward function returned NaN or an infinity."""

@@ -2,18 +2,21 @@
 
 Safe by default: pickle-based weight files (``.bin``, ``.pt``, ``.pth``, ``.ckpt``) can run
 code when loaded, so they are refused unless ``allow_pickle=True``; a model's own Python
-code runs only with ``trust_remote_code=True``.
+code runs only with ``trust_remote_code=True``. A model that is neither on disk nor reachable
+fails in seconds (``check_model_source``), not after a minute of download retries.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from preflab.errors import ModelLoadError
+from preflab.config import looks_like_local_path
+from preflab.errors import ConfigError, ModelLoadError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # The tokenizer classes that mean "the generic fast tokenizer from tokenizer.json". Loading
@@ -22,21 +25,44 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; anything else is passed to torch.device."""
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError as exc:
-            raise ModelLoadError(f"unknown device {name!r}: {exc}", field="device") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ModelLoadError("--device cuda asked for, but no CUDA GPU is visible", field="device")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """``auto`` picks cuda, then mps, then cpu; anything else must be a device this machine has."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"unknown device {name!r}: {exc}", field="device",
+                             expected=DEVICES) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"--device {name} asked for, but no CUDA GPU is visible",
+                                 field="device", expected=DEVICES)
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ModelLoadError(f"--device {name}: this machine has {count} CUDA GPU(s)",
+                                 field="device", expected=f"cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps" and not _mps_available():
+        raise ModelLoadError("--device mps asked for, but MPS (an Apple GPU) is not available "
+                             "here", field="device", expected=DEVICES)
+    elif device.type == "meta":
+        raise ModelLoadError("--device meta holds shapes but no data: nothing can train or run "
+                             "there", field="device", expected=DEVICES)
+    elif device.type not in ("cpu", "cuda", "mps"):
+        backend = getattr(torch, device.type, None)  # torch.xpu and the like
+        if not (hasattr(backend, "is_available") and backend.is_available()):
+            raise ModelLoadError(f"--device {name}: no {device.type} device is available here",
+                                 field="device", expected=DEVICES)
+    return device
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -50,6 +76,111 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def _is_local(path: str) -> bool:
     return Path(path).exists()
+
+
+# --- Where a model comes from: a local directory, the Hugging Face cache, or the hub ---------
+
+HUB_TIMEOUT_S = 3.0  # for one TCP connection to the hub; a reachable hub answers in well under
+_HUB_STATUS: dict[tuple[str, int], str | None] = {}  # (host, port) -> why unreachable, or None
+
+
+def check_model_source(path: str, *, flag: str | None = "--model", network: bool = True) -> None:
+    """Fail in seconds, with a hint, on a model that cannot be loaded from where it is said to be.
+
+    A local path (``config.looks_like_local_path``) must be an existing directory. A hub id
+    must be in the local Hugging Face cache, or the hub (``HF_ENDPOINT``, default
+    https://huggingface.co, or the proxy in front of it) must accept a connection within
+    ``HUB_TIMEOUT_S``: unchecked, an offline machine spends about 50 s in download retries
+    before the loader gives up. Raises ModelLoadError naming ``flag`` (None: no flag).
+    ``network=False`` checks only what needs no network (a local path); the loaders check
+    the rest.
+    """
+    field = flag.lstrip("-").replace("-", "_") if flag else None
+    said = f"{flag}: " if flag else ""
+    local = Path(os.path.expanduser(path))
+    if local.exists():
+        if not local.is_dir():
+            raise ModelLoadError(f"{said}a file, not a model directory", path=path, field=field,
+                                 expected="a Hugging Face model directory (with config.json)")
+        return
+    if looks_like_local_path(path):
+        raise ModelLoadError(f"{said}no such directory", path=path, field=field,
+                             expected="a local model directory, or a hub id such as org/name")
+    if not network or _in_hub_cache(path):
+        return
+    hint = (f"give a local model directory, or download it where the hub can be reached "
+            f"(`hf download {path}`) and copy the cache (~/.cache/huggingface/hub) here")
+    if _hub_offline():
+        raise ModelLoadError(f"{said}not a local directory nor in the Hugging Face cache, "
+                             f"and HF_HUB_OFFLINE is set; {hint}", path=path, field=field)
+    hint += ", then set HF_HUB_OFFLINE=1"
+    endpoint = _hub_endpoint()
+    problem = hub_unreachable(endpoint)
+    if problem:
+        raise ModelLoadError(f"{said}not a local directory, so it would come from the "
+                             f"Hugging Face hub, but {endpoint} cannot be reached ({problem}); "
+                             f"{hint}", path=path, field=field)
+
+
+def _cache_only(path: str) -> bool:
+    """Whether ``path`` is a hub model in the local cache while the hub cannot be reached: the
+    loaders then pass ``local_files_only``, or they would spend minutes in retries first."""
+    if Path(path).exists() or not _in_hub_cache(path):
+        return False
+    return _hub_offline() or hub_unreachable(_hub_endpoint()) is not None
+
+
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except (ImportError, ValueError):  # no huggingface_hub, or an id it refuses
+        return False
+
+
+def _hub_offline() -> bool:
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_unreachable(endpoint: str, timeout: float = HUB_TIMEOUT_S) -> str | None:
+    """Why no TCP connection to ``endpoint`` (or its proxy) was made within ``timeout`` seconds;
+    None when one was. Name resolution runs in a daemon thread, so it is bounded too. The
+    answer is kept for the rest of the process."""
+    import socket
+    import threading
+    import urllib.parse
+    import urllib.request
+
+    url = urllib.parse.urlsplit(endpoint)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if host and proxy and not urllib.request.proxy_bypass(host):
+        via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = via.hostname, via.port or 80
+    if not host:
+        return f"no host in {endpoint!r}"
+    if (host, port) in _HUB_STATUS:
+        return _HUB_STATUS[host, port]
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(f"{host}:{port}: {exc.strerror or exc}")
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    _HUB_STATUS[host, port] = outcome[0] if outcome else f"{host}:{port}: no answer within {timeout:g} s"
+    return _HUB_STATUS[host, port]
 
 
 def check_local_weights(path: Path, allow_pickle: bool) -> None:
@@ -82,6 +213,8 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     """The model's tokenizer, with a pad token (the EOS token if it had none)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    path = os.path.expanduser(path)
+    check_model_source(path, flag=None)
     quiet_transformers()
     try:
         cls: Any = AutoTokenizer
@@ -90,7 +223,8 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
             declared = json.loads(config_file.read_text()).get("tokenizer_class")
             if declared in GENERIC_TOKENIZER_CLASSES:
                 cls = PreTrainedTokenizerFast
-        tokenizer = cls.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = cls.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                        local_files_only=_cache_only(path))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not load a tokenizer: {_first_line(exc)}", path=path) from None
     if tokenizer.pad_token_id is None:
@@ -103,9 +237,13 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
 def _from_pretrained(auto_cls, path: str, *, what: str, dtype: torch.dtype, allow_pickle: bool,
                      trust_remote_code: bool, **kwargs):
     """The one safe loading path: pickle check, safetensors only, errors as ModelLoadError."""
+    path = os.path.expanduser(path)
+    check_model_source(path, flag=None)
     quiet_transformers()
     if _is_local(path):
         check_local_weights(Path(path), allow_pickle)
+    if _cache_only(path):  # transformers 5 does not pass local_files_only on to its adapter check
+        kwargs.update(local_files_only=True, adapter_kwargs={"local_files_only": True})
     try:
         return auto_cls.from_pretrained(
             path,
@@ -218,10 +356,19 @@ def apply_lora(
     modules_to_save: list[str] | None = None,
     adapter_name: str = "default",
 ):
-    """Wrap ``model`` with LoRA adapters of ``rank`` (alpha 0 means 2 x rank)."""
+    """Wrap ``model`` with LoRA adapters of ``rank`` (alpha 0 means 2 x rank).
+
+    A target that names no module of ``model`` (PEFT's own test: the module's name, or its
+    end after a dot) is a ConfigError that lists the linear layers there are.
+    """
     from peft import LoraConfig, get_peft_model
 
     targets = target_modules or find_lora_targets(model)
+    names = [n for n, _ in model.named_modules()]
+    unknown = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if unknown:
+        raise ConfigError(f"--lora-target-modules: {', '.join(unknown)} names no module of this "
+                          "model", field="lora_target_modules", expected=_lora_choices(model))
     # GPT-2 style Conv1D layers store weights transposed; LoRA must know.
     conv1d = any(type(m).__name__ == "Conv1D" and n.rsplit(".", 1)[-1] in targets
                  for n, m in model.named_modules())
@@ -234,7 +381,19 @@ def apply_lora(
         task_type=task_type,
         modules_to_save=modules_to_save,
     )
-    return get_peft_model(model, config, adapter_name=adapter_name)
+    try:
+        return get_peft_model(model, config, adapter_name=adapter_name)
+    except ValueError as exc:  # e.g. a target that is not a layer LoRA can adapt
+        raise ConfigError(f"--lora-target-modules: LoRA cannot adapt {', '.join(targets)}: "
+                          f"{_first_line(exc)}", field="lora_target_modules",
+                          expected=_lora_choices(model)) from None
+
+
+def _lora_choices(model: torch.nn.Module) -> str:
+    try:
+        return "comma-separated names of its linear layers: " + ", ".join(find_lora_targets(model))
+    except ModelLoadError:
+        return "comma-separated names of linear layers (this model has none in its blocks)"
 
 
 def is_peft_model(model: torch.nn.Module) -> bool:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, NonFiniteReward
 
 RewardFn = Callable[..., Sequence[float]]
 
@@ -64,7 +65,17 @@ def score(fn: RewardFn, prompts: Sequence[str], completions: Sequence[str], **kw
         raise ConfigError(
             f"the reward function returned {len(values)} scores for {len(completions)} completions"
         )
-    return [float(v) for v in values]
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"the reward function returned a value that is not a number: "
+                          f"{str(exc)[:80]}", expected="one float per completion") from None
+    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteReward(f"the reward function {getattr(fn, '__name__', fn)!r} returned "
+                              f"{values[bad[0]]} for completion {bad[0]} of {len(values)} "
+                              f"({len(bad)} not finite)", expected="finite scores")
+    return values
 
 
 # --- Reward models, and weighted sums of several sources ------------------------------------
@@ -91,9 +102,12 @@ def parse_reward_specs(text: str, *, flag: str = "--reward") -> list[tuple[str, 
         weight = _as_float(tail) if sep and head else None
         spec, weight = (head, weight) if weight is not None else (item, 1.0)
         if not spec:
-            raise ConfigError(f"{flag} {item!r} names no reward source",
+            raise ConfigError(f"{flag} {item[:80]!r} names no reward source",
                               expected="a reward-model directory or module:function, "
                                        "optionally followed by :WEIGHT")
+        if not math.isfinite(weight):
+            raise ConfigError(f"{flag}: the weight of {spec[:80]!r} is {weight}",
+                              expected="a finite number after the last ':'")
         specs.append((spec, weight))
     if not specs:
         raise ConfigError(f"{flag} is empty", expected="at least one reward source")

@@ -307,11 +307,13 @@ def parquet_files(draw) -> bytes:
         return b""
     rows = draw(RECORD_LISTS)
     try:
-        table = pa.Table.from_pylist(rows)
-    except Exception:  # mixed types in a column, lone surrogates: not a table pyarrow makes
+        sink = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows), sink)
+    except Exception:  # mixed types in a column, lone surrogates, an empty object (a struct
+        # with no fields): not a table pyarrow makes, or writes to Parquet
         table = pa.Table.from_pylist([{k: _arrow_safe(v) for k, v in r.items()} for r in rows])
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
     raw = sink.getvalue()
     return raw[: draw(st.integers(0, len(raw)))] if kind == "cut" else raw
 

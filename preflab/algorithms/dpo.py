@@ -17,16 +17,15 @@ reference-based losses and beta * log pi (length-averaged) for the reference-fre
 from __future__ import annotations
 
 import contextlib
-import sys
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from preflab import models, reference
 from preflab.config import TrainConfig, arg, parse_config
 from preflab.data import (
     TruncationPolicy,
+    check_dataset,
     collate_preference,
     load_preference_dataset,
     load_prompt_dataset,
@@ -50,35 +49,41 @@ STAT_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
 class DPOConfig(TrainConfig):
     """``preflab dpo``: the shared training flags plus the direct-preference ones."""
 
-    learning_rate: float = arg(1e-6, "Peak learning rate of AdamW (the DPO paper used 1e-6).")
-    warmup_ratio: float = arg(0.1, "Warm-up as a fraction of the total steps.")
+    learning_rate: float = arg(1e-6, "Peak learning rate of AdamW (the DPO paper used 1e-6).",
+                               gt=0)
+    warmup_ratio: float = arg(0.1, "Warm-up as a fraction of the total steps.", ge=0, lt=1)
     loss: str = arg("sigmoid", "The direct-preference loss.", choices=tuple(DIRECT_LOSSES))
     beta: float = arg(
-        0.1, "beta: strength of the KL tie to the reference (ORPO: weight of the odds-ratio term)."
+        0.1, "beta: strength of the KL tie to the reference (ORPO: weight of the odds-ratio term).",
+        gt=0,
     )
     label_smoothing: float = arg(
-        0.0, "Assumed label-flip rate eps for --loss cdpo and robust (0 <= eps < 0.5)."
+        0.0, "Assumed label-flip rate eps for --loss cdpo and robust.", ge=0, lt=0.5
     )
-    gamma: float = arg(0.5, "SimPO's target reward margin gamma (used by --loss simpo only).")
+    gamma: float = arg(0.5, "SimPO's target reward margin gamma (used by --loss simpo only).",
+                       ge=0)
     ref_model: str = arg(
         "", "Reference model (default: --model). With LoRA and no --ref-model, the reference "
-        "is the base with adapters off."
+        "is the base with adapters off.", path="model"
     )
     precompute_ref: bool = arg(
         False, "Compute reference log-probs once before training, cache them and free the "
         "reference (one model in memory)."
     )
     eval_prompts: str = arg(
-        "", "Prompts to sample from at evaluation (eval/kl, eval/distinct_n, eval/gold_reward)."
+        "", "Prompts to sample from at evaluation (eval/kl, eval/distinct_n, eval/gold_reward).",
+        path="data",
     )
     gold_reward: str = arg(
         "", "Evaluation-only reward: module:function, file.py:function, a reward-model "
         "directory, or a weighted sum ('a:0.7,b:0.3'); logged as eval/gold_reward, never "
-        "trained on."
+        "trained on. A function runs as Python code with your rights (file.py: that file), also "
+        "when a shared --config names it: see docs/security.md."
     )
-    eval_num_prompts: int = arg(64, "How many --eval-prompts to sample from at each evaluation.")
-    eval_max_new_tokens: int = arg(48, "Longest sampled completion at evaluation.")
-    eval_temperature: float = arg(1.0, "Sampling temperature at evaluation.")
+    eval_num_prompts: int = arg(64, "How many --eval-prompts to sample from at each evaluation.",
+                                ge=1)
+    eval_max_new_tokens: int = arg(48, "Longest sampled completion at evaluation.", ge=1)
+    eval_temperature: float = arg(1.0, "Sampling temperature at evaluation (0: greedy).", ge=0)
 
     def validate(self) -> None:
         super().validate()
@@ -199,6 +204,9 @@ def build_reference(cfg: DPOConfig, spec, run, model, tokenizer, train_examples,
 
 
 def train(cfg: DPOConfig) -> dict:
+    check_dataset(cfg.data, "preference")
+    check_dataset(cfg.eval_data, "preference")
+    check_dataset(cfg.eval_prompts, "prompt")
     run = session.start_run(cfg, "dpo")
     spec = get_direct_loss(cfg.loss)
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
@@ -223,6 +231,7 @@ def train(cfg: DPOConfig) -> dict:
 
     model = session.load_trainable(cfg, run)
     model.train()
+    session.claim_run_dir(run)  # --overwrite: the old run goes before the reference cache is made
     ref = build_reference(cfg, spec, run, model, tokenizer, examples, eval_examples)
     if run.ctx.is_main:
         print(f"loss: {spec.name} ({spec.description}); reference: {ref.mode}", flush=True)
@@ -241,8 +250,8 @@ def train(cfg: DPOConfig) -> dict:
 
     global_batch = cfg.batch_size * cfg.grad_accum * run.ctx.world_size
     throughput = session.Throughput()
-    bar = tqdm(total=steps, initial=start_step, desc=f"dpo ({spec.name})", file=sys.stderr,
-               disable=not (cfg.progress and run.ctx.is_main), dynamic_ncols=True)
+    bar = session.progress_bar(run, total=steps, initial=start_step, desc=f"dpo ({spec.name})")
+    state = dict(models={"policy": model}, optimizer=optimizer, scheduler=scheduler, stream=stream)
     totals = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
     counted = 0
     def measure_roles() -> dict[str, dict[str, int]]:
@@ -253,6 +262,7 @@ def train(cfg: DPOConfig) -> dict:
     roles = None
     step = start_step
     for step in range(start_step + 1, steps + 1):
+        step_loss = torch.zeros((), device=run.device)
         for i in range(cfg.grad_accum):
             idx = stream.next_batch(cfg.batch_size)
             batch = collate_preference([examples[j] for j in idx], pad_id)
@@ -262,10 +272,12 @@ def train(cfg: DPOConfig) -> dict:
                 losses, stats = preference_step(ddp_model, ref, spec, cfg, _to(batch, run.device), "train")
                 # DDP averages over ranks; scale so the update is the mean over the global batch.
                 (losses.sum() * run.ctx.world_size / global_batch).backward()
+            step_loss += losses.detach().sum()
             totals += stats
             counted += len(idx)
             throughput.add(int(batch["attention_mask"].sum()))
-        grad_norm = session.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+        grad_norm = session.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm,
+                                           run=run, step=step, loss=step_loss)
         if roles is None:  # while gradients and optimizer state both exist
             roles = measure_roles()
         optimizer.zero_grad(set_to_none=True)
@@ -283,8 +295,8 @@ def train(cfg: DPOConfig) -> dict:
             logger.log(step, record)
             bar.set_postfix_str(format_metrics(record, ("loss", "rewards/accuracies", "eval/gold_reward")))
         if cfg.save_every and step % cfg.save_every == 0 and step != steps:
-            session.save_step(run, step, models={"policy": model}, optimizer=optimizer,
-                              scheduler=scheduler, stream=stream)
+            session.save_step(run, step, **state)
+        session.stop_if_asked(run, step, **state)
     bar.close()
 
     final_eval = evaluate(model, ref, spec, cfg, eval_examples, pad_id, run, **eval_args)
@@ -304,5 +316,5 @@ def train(cfg: DPOConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(DPOConfig, argv, prog="preflab dpo", description=__doc__)
-    train(cfg)
+    session.run_command(train, cfg)
     return 0

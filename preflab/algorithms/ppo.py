@@ -33,16 +33,14 @@ hacking shows in the metrics. Continue from a finished run with a new reward mod
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from preflab import models
 from preflab.config import TrainConfig, arg, parse_config
-from preflab.data import TruncationPolicy, load_prompt_dataset, split_train_eval
+from preflab.data import TruncationPolicy, check_dataset, load_prompt_dataset, split_train_eval
 from preflab.errors import ConfigError
 from preflab.evaluation import evaluate_policy
 from preflab.losses import KL_ESTIMATORS, gae, ppo_policy_loss, ppo_value_loss, whiten
@@ -70,50 +68,55 @@ from preflab.runtime.stream import ExampleStream
 class PPOConfig(TrainConfig):
     """``preflab ppo``: the shared flags (``--batch-size`` = micro-batch of every forward) and PPO's."""
 
-    learning_rate: float = arg(1e-5, "Peak learning rate of AdamW (policy and value).")
+    learning_rate: float = arg(1e-5, "Peak learning rate of AdamW (policy and value).", gt=0)
     lr_scheduler: str = arg("linear", "Learning-rate schedule after warm-up (over all updates).",
                             choices=("cosine", "linear", "constant"))
-    log_every: int = arg(1, "Log every N iterations (each is one rollout and its updates).")
+    log_every: int = arg(1, "Log every N iterations (each is one rollout and its updates).", ge=1)
     reward: str = arg("", "Reward source(s): a reward-model directory (or run directory), "
                       "module:function or file.py:function; a weighted sum as "
-                      "'rm_dir:0.7,mod:fn:0.3'. Each part is logged as objective/scores/<name>.")
-    gold_reward: str = arg("", "Evaluation-only reward (same forms); logged as eval/gold_reward, "
-                           "never trained on.")
-    ref_model: str = arg("", "Reference model (default: --model).")
+                      "'rm_dir:0.7,mod:fn:0.3'. Each part is logged as objective/scores/<name>. "
+                      "A function runs as Python code with your rights (file.py: that file), "
+                      "also when a shared --config names it: see docs/security.md.")
+    gold_reward: str = arg("", "Evaluation-only reward (same forms, and a function runs as code "
+                           "the same way); logged as eval/gold_reward, never trained on.")
+    ref_model: str = arg("", "Reference model (default: --model).", path="model")
     value_model: str = arg("", "Where the value model starts (default: the first reward model, "
-                           "else --model).")
+                           "else --model).", path="model")
     memory_mode: str = arg("classic", "classic: four models; shared: one frozen base with "
                            "policy, value and reward adapters.", choices=MEMORY_MODES)
     kl_coef: float = arg(0.05, "kl_coef: weight of the per-token KL penalty (initial value "
-                         "with --adaptive-kl).")
+                         "with --adaptive-kl).", ge=0)
     adaptive_kl: bool = arg(False, "Adapt kl_coef toward --target-kl (Ziegler et al. 2019).")
-    target_kl: float = arg(6.0, "Target KL per response (nats) for --adaptive-kl.")
-    kl_horizon: int = arg(10000, "Horizon of the adaptive KL controller, in responses.")
+    target_kl: float = arg(6.0, "Target KL per response (nats) for --adaptive-kl.", gt=0)
+    kl_horizon: int = arg(10000, "Horizon of the adaptive KL controller, in responses.", ge=1)
     kl_estimator: str = arg("k1", "Per-token KL estimator in the reward.", choices=KL_ESTIMATORS)
-    gamma: float = arg(1.0, "Discount gamma of GAE.")
-    gae_lambda: float = arg(0.95, "lambda of GAE.")
-    clip_range: float = arg(0.2, "Policy ratio clip range epsilon.")
-    clip_range_value: float = arg(0.2, "Value clip range around the rollout-time values.")
-    vf_coef: float = arg(0.1, "Weight of the value loss.")
-    ppo_epochs: int = arg(4, "Passes over each rollout batch.")
-    num_minibatches: int = arg(2, "Minibatches per pass (one optimizer step each).")
-    rollout_batch_size: int = arg(64, "Prompts per rollout (per process).")
-    response_length: int = arg(48, "Longest response in tokens.")
-    temperature: float = arg(1.0, "Sampling temperature (log-probs use logits / temperature).")
+    gamma: float = arg(1.0, "Discount gamma of GAE.", ge=0, le=1)
+    gae_lambda: float = arg(0.95, "lambda of GAE.", ge=0, le=1)
+    clip_range: float = arg(0.2, "Policy ratio clip range epsilon.", gt=0)
+    clip_range_value: float = arg(0.2, "Value clip range around the rollout-time values.", gt=0)
+    vf_coef: float = arg(0.1, "Weight of the value loss.", ge=0)
+    ppo_epochs: int = arg(4, "Passes over each rollout batch.", ge=1)
+    num_minibatches: int = arg(2, "Minibatches per pass (one optimizer step each).", ge=1)
+    rollout_batch_size: int = arg(64, "Prompts per rollout (per process).", ge=1)
+    response_length: int = arg(48, "Longest response in tokens.", ge=1)
+    temperature: float = arg(1.0, "Sampling temperature (log-probs use logits / temperature).",
+                             gt=0)
     top_p: float = arg(1.0, "Nucleus sampling threshold. PPO trains only on the full softmax "
-                       "(1.0): its ratio and KL score each token under logits / temperature.")
+                       "(1.0): its ratio and KL score each token under logits / temperature.",
+                       gt=0, le=1)
     missing_eos_penalty: float = arg(-1.0, "Score of a response that hit --response-length "
-                                     "without EOS.")
+                                     "without EOS.", finite=True)
     penalize_missing_eos: bool = arg(True, "Replace the score of responses without EOS by "
                                      "--missing-eos-penalty.")
     whiten_rewards: bool = arg(False, "Whiten the per-token rewards (scale only) before GAE.")
-    generation_batch_size: int = arg(0, "Prompts per generate() call; 0 = the whole rollout.")
+    generation_batch_size: int = arg(0, "Prompts per generate() call; 0 = the whole rollout.",
+                                     ge=0)
     eval_prompts: str = arg("", "Prompts to sample from at evaluation (default: --eval-data, "
-                            "else --eval-fraction of --data).")
-    eval_num_prompts: int = arg(64, "How many evaluation prompts to sample from.")
+                            "else --eval-fraction of --data).", path="data")
+    eval_num_prompts: int = arg(64, "How many evaluation prompts to sample from.", ge=1)
     eval_max_new_tokens: int = arg(0, "Longest sampled completion at evaluation "
-                                   "(0: --response-length).")
-    eval_temperature: float = arg(1.0, "Sampling temperature at evaluation.")
+                                   "(0: --response-length).", ge=0)
+    eval_temperature: float = arg(1.0, "Sampling temperature at evaluation (0: greedy).", ge=0)
 
     def validate(self) -> None:
         super().validate()
@@ -123,18 +126,12 @@ class PPOConfig(TrainConfig):
         check_reward_specs(self.reward, flag="--reward")
         if self.gold_reward:
             check_reward_specs(self.gold_reward, flag="--gold-reward")
-        for name in ("ppo_epochs", "num_minibatches", "rollout_batch_size", "response_length",
-                     "eval_num_prompts", "kl_horizon"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1", field=name)
         if self.grad_accum != 1:
             raise ConfigError("ppo splits each minibatch into micro-batches of --batch-size "
                               "itself; --grad-accum must stay 1", field="grad_accum")
         if self.rollout_batch_size % self.num_minibatches:
             raise ConfigError("--rollout-batch-size must be a multiple of --num-minibatches",
                               field="num_minibatches")
-        if self.temperature <= 0 or self.eval_temperature < 0:
-            raise ConfigError("--temperature must be positive (PPO samples)", field="temperature")
         if self.top_p != 1.0:
             raise ConfigError(
                 "--top-p below 1 is refused for PPO training: the policy ratio, the KL penalty "
@@ -142,8 +139,6 @@ class PPOConfig(TrainConfig):
                 "--temperature, so nucleus sampling would train on tokens drawn from another "
                 "distribution (about 0.10 nats per token off at 0.9, 0.36 at 0.7). Sample with "
                 "--top-p 1.0; use --temperature to sharpen", field="top_p", expected="1.0")
-        if self.kl_coef < 0 or (self.adaptive_kl and self.target_kl <= 0):
-            raise ConfigError("--kl-coef must be >= 0 and --target-kl > 0", field="kl_coef")
         if self.memory_mode == "shared":
             if self.lora_rank < 1:
                 raise ConfigError("--memory-mode shared holds the policy as a LoRA adapter: "
@@ -192,8 +187,12 @@ def sync_gradients(params: list[torch.nn.Parameter], run: session.Run) -> None:
 
 
 def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg: PPOConfig,
-               run: session.Run, generator: torch.Generator, on_step) -> dict[str, float]:
-    """``--ppo-epochs`` passes over shuffled minibatches; returns the mean update statistics."""
+               run: session.Run, generator: torch.Generator, on_step, *,
+               iteration: int = 0) -> dict[str, float]:
+    """``--ppo-epochs`` passes over shuffled minibatches; returns the mean update statistics.
+
+    Each minibatch's loss and gradient norm are checked before its optimizer step
+    (``session.optimizer_step``): a non-finite one stops the run, or is skipped."""
     P, mask = batch["context_length"], batch["response_mask"].to(run.device)
     params = [p for p in roles.trainable.parameters() if p.requires_grad]
     n_rows = len(mask)
@@ -206,6 +205,7 @@ def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg
         for start in range(0, n_rows, size):
             minibatch = order[start : start + size]
             tokens = mask[minibatch].sum().clamp(min=1)
+            minibatch_loss = torch.zeros((), dtype=torch.float64)
             for rows in micro_batches(minibatch, cfg.batch_size):
                 ids = batch["input_ids"][rows].to(run.device)
                 am = batch["attention_mask"][rows].to(run.device)
@@ -220,11 +220,11 @@ def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg
                 (cfg.vf_coef * vf_loss * share).backward()
                 stats = (pg_loss, vf_loss, pg["approxkl"], pg["clipfrac"], vf["clipfrac"], pg["ratio"])
                 totals += share * torch.tensor([s.item() for s in stats], dtype=torch.float64)
+                minibatch_loss += share * (pg_loss.item() + cfg.vf_coef * vf_loss.item())
             sync_gradients(params, run)
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            session.optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm, run=run,
+                                   step=f"iteration {iteration}, update {updates + 1}",
+                                   loss=minibatch_loss)
             on_step()
             optimizer.zero_grad(set_to_none=True)
             updates += 1
@@ -246,6 +246,8 @@ def evaluate(roles, tokenizer, prompts, reward, gold, cfg: PPOConfig) -> dict[st
 
 
 def train(cfg: PPOConfig) -> dict:
+    for source in (cfg.data, cfg.eval_prompts or cfg.eval_data):
+        check_dataset(source, "prompt")
     run = session.start_run(cfg, "ppo")
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     examples, eval_prompts, data_report = load_prompts(cfg, tokenizer)
@@ -277,22 +279,26 @@ def train(cfg: PPOConfig) -> dict:
 
     if start == 0:
         logger.log(0, evaluate(roles, tokenizer, eval_prompts, reward, gold, cfg))
-    bar = tqdm(total=iterations, initial=start, desc="ppo", file=sys.stderr, dynamic_ncols=True,
-               disable=not (cfg.progress and run.ctx.is_main))
+    bar = session.progress_bar(run, total=iterations, initial=start, desc="ppo")
+    state_dict = dict(optimizer=optimizer, scheduler=scheduler, stream=state)
     record: dict = {}
     for it in range(start + 1, iterations + 1):
         seed = cfg.seed * 1_000_003 + it * 7919 + run.ctx.rank
         clock = time.perf_counter()
         prompts = [e.prompt for e in stream.next_batch(cfg.rollout_batch_size)]
-        samples, batch = sample_rollout(
-            roles.generator(), tokenizer, prompts, response_length=cfg.response_length,
-            temperature=cfg.temperature, batch_size=cfg.generation_batch_size or len(prompts),
-            seed=seed)
+        with session.diverged_at(run, f"iteration {it} (sampling the rollout)"):
+            samples, batch = sample_rollout(
+                roles.generator(), tokenizer, prompts, response_length=cfg.response_length,
+                temperature=cfg.temperature, batch_size=cfg.generation_batch_size or len(prompts),
+                seed=seed)
         timers["generation"] += (t_gen := time.perf_counter() - clock)
 
         clock = time.perf_counter()
         ended = batch["ended"]
-        total, parts = reward(prompts, [s.completion for s in samples], ended_with_eos=ended.tolist())
+        with session.diverged_at(run, f"iteration {it} (scoring the rollout)"):
+            total, parts = reward(prompts, [s.completion for s in samples],
+                                  ended_with_eos=ended.tolist())
+            session.require_finite(run, f"iteration {it}", reward=total)
         scores = apply_missing_eos_penalty(torch.tensor(total, device=run.device), ended,
                                            cfg.missing_eos_penalty if cfg.penalize_missing_eos else None)
         timers["scoring"] += (t_score := time.perf_counter() - clock)
@@ -313,7 +319,7 @@ def train(cfg: PPOConfig) -> dict:
         clock = time.perf_counter()
         generator = torch.Generator().manual_seed(seed)
         update = ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg, run,
-                            generator, measure)
+                            generator, measure, iteration=it)
         throughput.add(int(batch["attention_mask"].sum()) * cfg.ppo_epochs)
         timers["training"] += (t_train := time.perf_counter() - clock)
 
@@ -349,8 +355,8 @@ def train(cfg: PPOConfig) -> dict:
         bar.set_postfix_str(format_metrics(record, ("objective/scores", "objective/kl",
                                                     "eval/gold_reward")))
         if cfg.save_every and it % cfg.save_every == 0 and it != iterations:
-            session.save_step(run, it, models=roles.checkpoint_models(), optimizer=optimizer,
-                              scheduler=scheduler, stream=state)
+            session.save_step(run, it, models=roles.checkpoint_models(), **state_dict)
+        session.stop_if_asked(run, it, models=roles.checkpoint_models(), **state_dict)
     bar.close()
 
     final_eval = evaluate(roles, tokenizer, eval_prompts, reward, gold, cfg)
@@ -389,5 +395,5 @@ def reduce_means(values: dict[str, float], run: session.Run) -> dict[str, float]
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(PPOConfig, argv, prog="preflab ppo", description=__doc__)
-    train(cfg)
+    session.run_command(train, cfg)
     return 0

@@ -23,21 +23,19 @@ which ``preflab ppo --memory-mode shared`` puts on the policy's base as its rewa
 from __future__ import annotations
 
 import contextlib
-import sys
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from preflab import models
 from preflab.config import TrainConfig, arg, parse_config
 from preflab.data import (
     TruncationPolicy,
+    check_dataset,
     collate_preference,
     load_preference_dataset,
     split_train_eval,
 )
-from preflab.errors import ConfigError
 from preflab.losses import reward_model_loss
 from preflab.rl.heads import SequenceScorer
 from preflab.runtime import distributed, memory, session
@@ -51,21 +49,15 @@ STAT_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "r
 class RMConfig(TrainConfig):
     """``preflab rm``: the shared training flags plus the reward model's own."""
 
-    learning_rate: float = arg(5e-5, "Peak learning rate of AdamW.")
+    learning_rate: float = arg(5e-5, "Peak learning rate of AdamW.", gt=0)
     margin: float = arg(
         0.0, "Required margin inside the sigmoid: -log sigmoid(r_w - r_l - margin) "
-        "(Llama 2); 0 = plain Bradley-Terry."
+        "(Llama 2); 0 = plain Bradley-Terry.", ge=0
     )
     center_rewards_coef: float = arg(
         0.0, "Weight of the auxiliary loss coef * (r_w + r_l)^2 that centres rewards on 0 "
-        "(Eisenstein et al. 2023); 0 = off."
+        "(Eisenstein et al. 2023); 0 = off.", ge=0
     )
-
-    def validate(self) -> None:
-        super().validate()
-        if self.center_rewards_coef < 0:
-            raise ConfigError("--center-rewards-coef must be 0 or more",
-                              field="center_rewards_coef")
 
 
 def load_data(cfg: RMConfig, tokenizer):
@@ -133,6 +125,8 @@ def evaluate(scorer, examples, cfg: RMConfig, pad_id: int, run: session.Run) -> 
 
 
 def train(cfg: RMConfig) -> dict:
+    check_dataset(cfg.data, "preference")
+    check_dataset(cfg.eval_data, "preference")
     run = session.start_run(cfg, "rm")
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     examples, eval_examples, data_report = load_data(cfg, tokenizer)
@@ -155,13 +149,14 @@ def train(cfg: RMConfig) -> dict:
     if start_step == 0:
         logger.log(0, evaluate(scorer, eval_examples, cfg, pad_id, run))
 
-    bar = tqdm(total=steps, initial=start_step, desc="rm", disable=not (cfg.progress and run.ctx.is_main),
-               file=sys.stderr, dynamic_ncols=True)
+    bar = session.progress_bar(run, total=steps, initial=start_step, desc="rm")
+    state = dict(models={"reward": model}, optimizer=optimizer, scheduler=scheduler, stream=stream)
     step = start_step
     roles = None
     running = torch.zeros(len(STAT_KEYS) + 1, dtype=torch.float64)  # stat sums, pair count
     global_pairs = cfg.batch_size * cfg.grad_accum * run.ctx.world_size
     for step in range(start_step + 1, steps + 1):
+        step_loss = torch.zeros((), device=run.device)
         for i in range(cfg.grad_accum):
             batch = collate_preference(stream.next_batch(cfg.batch_size), pad_id)
             # DDP averages gradients over ranks; multiply back so the result is sum / pairs.
@@ -169,10 +164,12 @@ def train(cfg: RMConfig) -> dict:
             with contextlib.nullcontext() if sync else ddp_scorer.no_sync():
                 losses, stats = pair_step(ddp_scorer, batch, cfg, run.device)
                 (losses.sum() * run.ctx.world_size / global_pairs).backward()
+            step_loss += losses.detach().sum()
             running += torch.cat([stats, torch.tensor([float(batch["batch_size"])],
                                                       dtype=torch.float64)])
             throughput.add(int(batch["attention_mask"].sum()))
-        grad_norm = session.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+        grad_norm = session.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm,
+                                           run=run, step=step, loss=step_loss)
         if roles is None:  # measured while gradients and optimizer state both exist
             roles = {"reward": memory.role_tensor_bytes(model, optimizer)}
         optimizer.zero_grad(set_to_none=True)
@@ -188,8 +185,8 @@ def train(cfg: RMConfig) -> dict:
             logger.log(step, record)
             bar.set_postfix_str(format_metrics(record, ("loss", "rewards/accuracies", "eval/accuracy")))
         if cfg.save_every and step % cfg.save_every == 0 and step != steps:
-            session.save_step(run, step, models={"reward": model}, optimizer=optimizer,
-                              scheduler=scheduler, stream=stream)
+            session.save_step(run, step, **state)
+        session.stop_if_asked(run, step, **state)
     bar.close()
 
     final_eval = evaluate(scorer, eval_examples, cfg, pad_id, run)
@@ -205,5 +202,5 @@ def train(cfg: RMConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(RMConfig, argv, prog="preflab rm", description=__doc__)
-    train(cfg)
+    session.run_command(train, cfg)
     return 0

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from preflab import models
 from preflab.config import TrainConfig, arg, parse_config
 from preflab.data import (
     TruncationPolicy,
+    check_dataset,
     collate_sft,
     load_sft_dataset,
     split_train_eval,
@@ -37,7 +36,7 @@ from preflab.runtime.stream import ExampleStream
 class SFTConfig(TrainConfig):
     """``preflab sft``: the shared training flags plus what is specific to SFT."""
 
-    learning_rate: float = arg(2e-4, "Peak learning rate of AdamW.")
+    learning_rate: float = arg(2e-4, "Peak learning rate of AdamW.", gt=0)
     completion_only: bool = arg(
         True, "Count the loss on completion tokens only (--no-completion-only: whole sequence)."
     )
@@ -98,6 +97,8 @@ def evaluate(model, examples, cfg: SFTConfig, pad_id: int, run: session.Run) -> 
 
 
 def train(cfg: SFTConfig) -> dict:
+    check_dataset(cfg.data, "sft")
+    check_dataset(cfg.eval_data, "sft")
     run = session.start_run(cfg, "sft")
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     examples, eval_examples, data_report = load_data(cfg, tokenizer)
@@ -119,8 +120,8 @@ def train(cfg: SFTConfig) -> dict:
     if start_step == 0:
         logger.log(0, evaluate(model, eval_examples, cfg, pad_id, run))
 
-    bar = tqdm(total=steps, initial=start_step, desc="sft", disable=not (cfg.progress and run.ctx.is_main),
-               file=sys.stderr, dynamic_ncols=True)
+    bar = session.progress_bar(run, total=steps, initial=start_step, desc="sft")
+    state = dict(models={"policy": model}, optimizer=optimizer, scheduler=scheduler, stream=stream)
     step = start_step
     roles = None
     # Summed NLL and token count since the last log, kept on the device so a micro-batch
@@ -131,6 +132,7 @@ def train(cfg: SFTConfig) -> dict:
         # Normalise by the completion tokens of the whole optimizer batch on every rank.
         local_tokens = sum(int(b["completion_mask"][:, 1:].sum()) for b in micro_batches)
         global_tokens = distributed.all_reduce_sum(torch.tensor(float(local_tokens)), run.ctx).item()
+        step_loss = torch.zeros((), device=run.device)
         for i, batch in enumerate(micro_batches):
             # DDP averages gradients over ranks; multiply back so the result is sum / tokens.
             sync = i == len(micro_batches) - 1 or not run.ctx.enabled
@@ -138,9 +140,11 @@ def train(cfg: SFTConfig) -> dict:
                 loss_sum, _ = forward_nll(ddp_model, batch, run.device)
                 (loss_sum * run.ctx.world_size / max(global_tokens, 1.0)).backward()
             running_loss[0] += loss_sum.detach().float()
+            step_loss += loss_sum.detach().float()
             throughput.add(int(batch["attention_mask"].sum()))
         running_loss[1] += local_tokens
-        grad_norm = session.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+        grad_norm = session.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm,
+                                           run=run, step=step, loss=step_loss)
         if roles is None:  # measured while gradients and optimizer state both exist
             roles = {"policy": memory.role_tensor_bytes(model, optimizer)}
         optimizer.zero_grad(set_to_none=True)
@@ -156,8 +160,8 @@ def train(cfg: SFTConfig) -> dict:
             logger.log(step, record)
             bar.set_postfix_str(format_metrics(record, ("loss", "eval/loss", "tokens_per_sec")))
         if cfg.save_every and step % cfg.save_every == 0 and step != steps:
-            session.save_step(run, step, models={"policy": model}, optimizer=optimizer,
-                              scheduler=scheduler, stream=stream)
+            session.save_step(run, step, **state)
+        session.stop_if_asked(run, step, **state)
     bar.close()
 
     final_eval = evaluate(model, eval_examples, cfg, pad_id, run)
@@ -173,5 +177,5 @@ def train(cfg: SFTConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(SFTConfig, argv, prog="preflab sft", description=__doc__)
-    train(cfg)
+    session.run_command(train, cfg)
     return 0

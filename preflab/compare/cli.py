@@ -39,7 +39,7 @@ from preflab.compare.design import build
 from preflab.compare.harness import Harness
 from preflab.compare.measure import collect
 from preflab.compare.settings import CompareConfig
-from preflab.config import parse_config
+from preflab.config import check_paths, parse_config
 from preflab.errors import ConfigError
 
 MADE_BY_COMPARE = ("runs", "scores", "data", "logs", "figures", "jobs.json", "design.json",
@@ -69,6 +69,7 @@ def check_output_dir(cfg: CompareConfig) -> Path:
 
 
 def check_inputs(cfg: CompareConfig) -> None:
+    check_paths(cfg)
     if cfg.world:
         world = Path(cfg.world)
         if world.exists() and not world.is_dir():
@@ -167,8 +168,11 @@ def run(cfg: CompareConfig) -> tuple[dict | None, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from preflab.runtime.signals import graceful_stop
+
     cfg = parse_config(CompareConfig, argv, prog="preflab compare", description=__doc__)
-    results, unfinished = run(cfg)
+    with graceful_stop():
+        results, unfinished = run(cfg)
     if results is None:
         return 0
     print_table(results)

@@ -128,7 +128,7 @@ def build(cfg: CompareConfig) -> Design:
                     world / "sft.jsonl", "--output-dir", sft_dir, "--max-length", max_length,
                     *_flags({**hyper["sft"], "log_every": 100})], sft_dir / "summary.json", "sft",
             after=[k for k in ("world",) if k in jobs], overwrite="--overwrite",
-            output=str(sft_dir))
+            resume="--resume", output=str(sft_dir))
         sft = str(sft_dir / "final")
         pairs = data_dir / "pairs.jsonl"
         add("pairs", ["world", "pairs", "--policy", sft, "--world", world, "--out", pairs,
@@ -161,7 +161,7 @@ def build(cfg: CompareConfig) -> Design:
         add("judge-rm", ["rm", "--model", sft, "--data", judge_pairs, "--output-dir", judge,
                          "--max-length", max_length, *_flags(hyper["rm"])],
             judge / "summary.json", "rm", after=["split-pairs"], overwrite="--overwrite",
-            output=str(judge))
+            resume="--resume", output=str(judge))
         gold = cfg.gold_reward or str(judge)
         score_flags = ["--reward", f"judge_reward={judge}", "--pairs", judge_pairs,
                        "--max-length", max_length]
@@ -216,7 +216,8 @@ def build(cfg: CompareConfig) -> Design:
                                              if f in args and k in pair_jobs]
             deps += _placeholders(stage.args)
             add(stage.key, words, run_dir / "summary.json", stage.command,
-                after=list(dict.fromkeys(deps)), overwrite="--overwrite", output=str(run_dir))
+                after=list(dict.fromkeys(deps)), overwrite="--overwrite", resume="--resume",
+                output=str(run_dir))
             design.stage_info[stage.key] = {"command": stage.command, "trains": list(stage.trains),
                                             "hyper": stage.hyper}
         policy = stages[-1].key

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from preflab.runtime.signals import Interrupted, requested_signal
+
 # Seconds a job of each command takes with the built-in world's settings on 2 CPU cores; the
 # ETA uses these until jobs of the same command have finished in this session.
 PRIOR_SECONDS = {"world": 10, "sft": 130, "pairs": 25, "relabel": 4, "data": 3, "dpo": 65,
@@ -60,7 +62,7 @@ class Job:
 
 @dataclass
 class JobRecord:
-    status: str  # done | failed | timeout | skipped
+    status: str  # done | failed | timeout | skipped | interrupted
     command: list[str]
     wall_s: float = 0.0
     cpu_s: float = 0.0
@@ -190,6 +192,20 @@ class Harness:
             env["OMP_NUM_THREADS"] = str(threads)
         return env
 
+    def _restart_flags(self, job: Job) -> list[str]:
+        """What an earlier attempt left in the job's output: continue it (``--resume``) when it
+        ran the same command and left a run, else replace it (``--overwrite``)."""
+        output = job.meta.get("output")
+        if not output or not _non_empty(Path(output)):
+            return []
+        from preflab.runtime.rundir import holds_run
+
+        old = self._previous.get(job.key)
+        same = old is None or old.get("command") == job.words
+        if job.meta.get("resume") and same and holds_run(Path(output)):
+            return [job.meta["resume"]]
+        return [job.meta["overwrite"]] if job.meta.get("overwrite") else []
+
     def _start(self, key: str, ready: int = 1) -> None:
         job = self.jobs[key]
         logs = self.root / "logs"
@@ -197,9 +213,7 @@ class Harness:
         log_path = logs / f"{key}.log"
         log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 (closed in _reap)
         argv = command_line(job, self.launcher)
-        output = job.meta.get("output")
-        if output and job.meta.get("overwrite") and _non_empty(Path(output)):
-            argv.append(job.meta["overwrite"])  # what an interrupted attempt left behind
+        argv += self._restart_flags(job)
         threads = self._threads(ready)
         log.write(f"$ OMP_NUM_THREADS={threads or 'unset'} {shlex.join(argv)}\n")
         log.flush()
@@ -246,8 +260,15 @@ class Harness:
         del self._running[key]
         code = proc.returncode if not timed_out else None
         job = self.jobs[key]
+        # SIGTERM or SIGINT ends a job with 143 or 130 at a step boundary, or, where it arrives
+        # outside the trainer's handler (starting up, exiting, a score or data step), kills it
+        # (-15, -2). Either way the job was stopped, not broken; and one that had written its
+        # output (the outputs are written atomically) had finished.
+        stopped = code in (130, 143, -signal.SIGINT, -signal.SIGTERM)
         record = JobRecord(
-            status="timeout" if timed_out else ("done" if code == 0 and job.done.exists()
+            status="timeout" if timed_out else ("done" if (code == 0 or stopped)
+                                                and job.done.exists()
+                                                else "interrupted" if stopped
                                                 else "failed"),
             command=job.words, wall_s=round(elapsed, 2), exit_code=code,
             cpu_s=round(usage.ru_utime + usage.ru_stime, 2) if usage else 0.0,
@@ -266,12 +287,16 @@ class Harness:
         if self.on_finish:
             self.on_finish(key, record)
         what = {"done": "done", "failed": "FAILED", "timeout": "TIMED OUT",
-                "skipped": "skipped"}[record.status]
+                "skipped": "skipped", "interrupted": "interrupted"}[record.status]
+        output = self.jobs[key].meta.get("output") if key in self.jobs else None
+        if record.status == "interrupted" and record.exit_code in (130, 143) and output \
+                and (Path(output) / "checkpoints").is_dir():
+            what += " (checkpoint written)"
         if record.reused:
             what = "reused (finished earlier)"
         extra = f" in {_fmt(record.wall_s)}" if record.status != "skipped" and not record.reused else ""
         line = f"[{self._position()}] {key}: {what}{extra}"
-        if record.status in ("failed", "timeout", "skipped") and record.error:
+        if record.status in ("failed", "timeout", "skipped", "interrupted") and record.error:
             line += " -- " + record.error.strip().splitlines()[-1][:200]
         self._clear()
         print(line, file=sys.stderr, flush=True)
@@ -298,7 +323,7 @@ class Harness:
         pending = [k for k in self.jobs if k not in self.records and k not in self._running]
         left = sum(self._estimate(k) for k in pending)
         left += sum(max(self._estimate(k) - (now - v[1]), 0) for k, v in self._running.items())
-        failed = sum(r.status in ("failed", "timeout", "skipped") for r in self.records.values())
+        failed = sum(r.status != "done" for r in self.records.values())
         line = (f"[{self._position()}] running {running or '-'}"
                 + (f" | {failed} did not finish" if failed else "")
                 + f" | ETA {_fmt(left / self.parallel)}")
@@ -308,6 +333,29 @@ class Harness:
             width = 0
         width = width if width >= 40 else 120
         print("\r\033[K" + line[: width - 1], end="", file=sys.stderr, flush=True)
+
+    def _interrupt(self) -> None:
+        """SIGTERM or SIGINT: pass it on to the running jobs, which checkpoint and stop, wait
+        for them, record them, and stop (a re-run continues where they stopped)."""
+        signum = requested_signal()
+        self._clear()
+        print(f"passing {signal.Signals(signum).name} on to {len(self._running)} running "
+              "jobs; they write a checkpoint and stop", file=sys.stderr, flush=True)
+        for proc, *_ in self._running.values():
+            try:
+                os.killpg(proc.pid, signum)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 600
+        while self._running and time.time() < deadline:
+            for key in list(self._running):
+                self._reap(key)
+            time.sleep(0.2)
+        for proc, *_ in list(self._running.values()):
+            self._stop(proc)
+        raise Interrupted("stopped by a signal; finished runs are kept and interrupted ones "
+                          "wrote a checkpoint. Run the same command again to continue.",
+                          signum=signum)
 
     def run(self) -> dict[str, JobRecord]:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -338,6 +386,8 @@ class Harness:
                     self._start(key, ready=len([k for k in ready if k in pending]) + 1)
                 for key in list(self._running):
                     self._reap(key)
+                if requested_signal() is not None:
+                    self._interrupt()
                 self._status_line()
                 if self._running:
                     time.sleep(0.2)

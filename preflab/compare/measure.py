@@ -157,7 +157,7 @@ def collect(root: Path, *, constraints: dict, settings: dict) -> dict:
         runs.append(entry)
     failed = [{"key": k, "status": j["status"], "error": j["error"], "log": j["log"],
                "command": j["command"]}
-              for k, j in jobs.items() if j["status"] in ("failed", "timeout", "skipped")]
+              for k, j in jobs.items() if j["status"] not in ("done", "not run")]
     return {
         "schema": 1,
         "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

@@ -85,15 +85,18 @@ class CompareConfig:
     """``preflab compare``: both roads on the same SFT checkpoint, measured row by row."""
 
     output_dir: str = arg("", "Where everything goes: runs/, scores/, figures/, results.json, "
-                          "report.md, report.html.")
+                          "report.md, report.html.", path="output")
     world: str = arg("", "Built-in world directory; built there when it holds none. Give this, "
                      "or --model, --pairs and --prompts for your own data.")
-    model: str = arg("", "Your SFT checkpoint: every compared method starts from it.")
-    pairs: str = arg("", "Your preference pairs (prompt, chosen, rejected).")
+    model: str = arg("", "Your SFT checkpoint: every compared method starts from it.",
+                     path="model")
+    pairs: str = arg("", "Your preference pairs (prompt, chosen, rejected).", path="data")
     prompts: str = arg("", "Your prompts (unlabelled: PPO trains on them; a share is held out "
-                       "for evaluation).")
+                       "for evaluation).", path="data")
     gold_reward: str = arg("", "A reward you trust more than a judge model: module:function, "
-                           "file.py:function or a reward-model directory (your data only).")
+                           "file.py:function or a reward-model directory (your data only). A "
+                           "function runs as Python code with your rights (file.py: that file), "
+                           "also when a shared --config names it: see docs/security.md.")
     preset: str = arg("standard", "How much to run: quick (one seed, the main methods, ~8 min "
                       "on 2 CPU cores for the world), standard (3 seeds of DPO and PPO, every "
                       "method, sample efficiency, flexibility, reward hacking), full (standard, "
@@ -101,15 +104,15 @@ class CompareConfig:
                       choices=tuple(PRESETS))
     methods: str = arg("", "Comma-separated methods (default: the preset's). Known: "
                        + ", ".join(ALL_METHODS) + ".")
-    seeds: int = arg(0, "Seeds for the stability row (0: the preset's).")
+    seeds: int = arg(0, "Seeds for the stability row (0: the preset's).", ge=0)
     jobs: int = arg(0, "Runs at a time; 0: one on a machine with a GPU (runs would share it), "
-                    "else one per CPU core up to 4. Each run gets --threads CPU threads.")
+                    "else one per CPU core up to 4. Each run gets --threads CPU threads.", ge=0)
     threads: int = arg(0, "CPU threads per run (OMP_NUM_THREADS); 0: the cores shared by the runs "
-                       "that can run at once (a run that runs alone gets them all).")
+                       "that can run at once (a run that runs alone gets them all).", ge=0)
     launcher: str = arg("", "Prefix for every training command, e.g. 'torchrun "
                         "--nproc-per-node 8' or 'accelerate launch'.")
     time_budget: float = arg(3600.0, "Seconds one run may take before it is stopped and recorded "
-                             "as timed out.")
+                             "as timed out.", gt=0)
     fresh: bool = arg(False, "Run everything again instead of reusing finished runs.")
     dry_run: bool = arg(False, "Print every command (in dependency order) and run nothing.")
     gpu_memory: str = arg("", "Your GPU memory (e.g. 80GB): the recommendation checks which "
@@ -118,18 +121,22 @@ class CompareConfig:
                     "labels (for the recommendation).", choices=("pairs", "prompts"))
     objective_may_change: bool = arg(False, "Your objective is likely to change after "
                                      "deployment (for the recommendation).")
-    eval_prompts: int = arg(0, "Held-out prompts each policy is scored on (0: the preset's).")
-    eval_samples: int = arg(0, "Samples per held-out prompt (0: the preset's).")
-    pair_prompts: int = arg(0, "World: prompts sampled for preference pairs (0: the preset's).")
+    eval_prompts: int = arg(0, "Held-out prompts each policy is scored on (0: the preset's).",
+                            ge=0)
+    eval_samples: int = arg(0, "Samples per held-out prompt (0: the preset's).", ge=0)
+    pair_prompts: int = arg(0, "World: prompts sampled for preference pairs (0: the preset's).",
+                            ge=0)
     judge_share: float = arg(0.2, "Your data: share of the pairs held out for the judge reward "
-                             "model.")
-    eval_share: float = arg(0.1, "Your data: share of the prompts held out for evaluation.")
+                             "model.", gt=0, lt=1)
+    eval_share: float = arg(0.1, "Your data: share of the prompts held out for evaluation.",
+                            gt=0, lt=1)
     harmlessness_weight: float = arg(1.0, "World: weight w of the changed objective, gold + "
-                                     "w x harmlessness (flexibility row).")
-    kl_blowup: float = arg(10.0, "eval/kl above this many nats counts as a KL blow-up.")
-    max_length: int = arg(0, "Longest sequence in tokens (0: 64 on the world, 512 otherwise).")
+                                     "w x harmlessness (flexibility row).", gt=0)
+    kl_blowup: float = arg(10.0, "eval/kl above this many nats counts as a KL blow-up.", gt=0)
+    max_length: int = arg(0, "Longest sequence in tokens (0: 64 on the world, 512 otherwise).",
+                          ge=2, also=(0,))
     max_new_tokens: int = arg(0, "Longest completion sampled when a policy is evaluated (0: 48 on "
-                              "the world, 128 otherwise).")
+                              "the world, 128 otherwise).", ge=0)
     progress: bool = arg(True, "Show the live progress line.")
     hyperparameters: dict = arg({}, "YAML only: flags per stage, e.g. {dpo: {beta: 0.1}, "
                                 "ppo: {kl_coef: 0.02}}; sections: " + ", ".join(WORLD_HYPER) + ".")
@@ -165,16 +172,6 @@ class CompareConfig:
         if self.world and self.gold_reward:
             raise ConfigError("the world brings its own gold reward; --gold-reward is for "
                               "your own data", field="gold_reward")
-        for name in ("seeds", "jobs", "threads", "eval_prompts", "eval_samples", "pair_prompts",
-                     "max_length", "max_new_tokens"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more", field=name)
-        for name in ("judge_share", "eval_share"):
-            if not 0 < getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be in (0, 1)", field=name)
-        if not self.time_budget > 0:
-            raise ConfigError("--time-budget must be a positive number of seconds",
-                              field="time_budget")
         for name in self.method_names():
             get_method(name)
         from preflab.compare.methods import REGISTRY

@@ -55,10 +55,22 @@ def wrap_ddp(model: torch.nn.Module, ctx: DistContext, device: torch.device) -> 
 
 
 def all_reduce_sum(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    if ctx.enabled:
-        value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value
+    return _all_reduce(value, ctx, dist.ReduceOp.SUM) if ctx.enabled else value
+
+
+def all_reduce_max(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    return _all_reduce(value, ctx, dist.ReduceOp.MAX) if ctx.enabled else value
+
+
+def _all_reduce(value: torch.Tensor, ctx: DistContext, op) -> torch.Tensor:
+    """A reduced copy of ``value`` on its own device. NCCL reduces only CUDA tensors, so a CPU
+    figure (a token count, a stop flag) travels through the process's GPU and back."""
+    if dist.get_backend() == "nccl" and value.device.type != "cuda":
+        work = value.to(torch.device("cuda", torch.cuda.current_device()))
+    else:
+        work = value.clone()
+    dist.all_reduce(work, op=op)
+    return work.to(value.device)
 
 
 def barrier(ctx: DistContext) -> None:

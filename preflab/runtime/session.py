@@ -8,8 +8,10 @@ schedule; ``maybe_resume`` restores a checkpoint; ``finish_run`` writes ``final/
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +20,10 @@ from typing import Any
 import torch
 
 from preflab import models
-from preflab.config import TrainConfig
-from preflab.runtime import checkpoint, distributed, memory, rng, rundir
+from preflab.config import TrainConfig, check_paths
+from preflab.data.tokenize import forget_checked
+from preflab.errors import ConfigError, NonFiniteReward, ResumeError, TrainingDiverged
+from preflab.runtime import checkpoint, distributed, memory, rng, rundir, signals
 from preflab.runtime.metrics import MetricLogger, format_metrics
 from preflab.runtime.optim import build_optimizer, build_scheduler, warmup_steps_for
 
@@ -35,6 +39,12 @@ class Run:
     dtype: torch.dtype
     dir: Path
     started: float = field(default_factory=time.perf_counter)
+    claimed: bool = False
+    """``--overwrite``: the old run has been removed (``claim_run_dir``)."""
+    restarted: bool = False
+    """``--resume`` found no checkpoint: the run starts again from step 0 in its directory."""
+    skipped_steps: int = 0
+    """Optimizer steps skipped for a non-finite loss or gradient (``--nonfinite skip``)."""
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -107,10 +117,30 @@ def maybe_resume(
     scheduler,
     stream,
 ) -> int:
-    """Restore the newest checkpoint when ``--resume``; return the step to continue from."""
+    """Restore the newest checkpoint when ``--resume``; return the step to continue from.
+
+    A resume must use the settings the run started with: every changed setting outside
+    ``rundir.RESUMABLE_CHANGES`` (logging and checkpoint cadence, a larger ``--max-steps``)
+    is refused, listed with its old and new value. A run stopped before its first
+    checkpoint starts again from step 0 in the same directory.
+    """
     if not cfg.resume:
         return 0
-    path = checkpoint.latest_checkpoint(run.dir)
+    found = checkpoint.list_checkpoints(run.dir)
+    step_of = int(found[-1].name.split("-")[1]) if found else None
+    changes = rundir.config_changes(run.dir, dataclasses.asdict(cfg), checkpoint_step=step_of)
+    if changes:
+        raise ResumeError(
+            "--resume with other settings than the run was started with: "
+            + "; ".join(changes) + ". Resume with the original settings, or start a new run "
+            "(--overwrite, or another --output-dir)", path=str(run.dir))
+    if not found:
+        run.restarted = True
+        if run.ctx.is_main:
+            print(f"note: {run.dir} holds no checkpoint yet (the run stopped before its first); "
+                  "starting it again from step 0", flush=True)
+        return 0
+    path = found[-1]
     state = checkpoint.load_checkpoint(
         path, models=models, optimizers={"optimizer": optimizer, "scheduler": scheduler}
     )
@@ -120,6 +150,17 @@ def maybe_resume(
     if run.ctx.is_main:
         print(f"resumed from {path} (step {state['step']})", flush=True)
     return int(state["step"])
+
+
+def claim_run_dir(run: Run) -> None:
+    """Make the directory the new run's: with ``--overwrite``, remove the previous run now that
+    the new one has loaded its data and models (a bad input never costs the old run)."""
+    if run.claimed:
+        return
+    if run.ctx.is_main and run.config.overwrite and rundir.holds_run(run.dir):
+        rundir.clear_old_run(run.dir)
+    run.claimed = True
+    distributed.barrier(run.ctx)
 
 
 def save_step(run: Run, step: int, *, models: dict, optimizer, scheduler, stream) -> None:
@@ -147,33 +188,144 @@ def models_unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def open_logger(run: Run, resume_step: int) -> MetricLogger:
-    """Start the run's record: ``config.yaml`` (new runs) and the metric log.
+    """Start the run's record: ``config.yaml`` and the metric log.
 
     Called once data and models have loaded, so a run that fails on bad input leaves no
-    half-made run behind that a corrected re-run would have to ``--overwrite``.
+    half-made run behind that a corrected re-run would have to ``--overwrite``. A resumed run
+    rewrites ``config.yaml`` with the settings it now runs with (only those a resume may
+    change can differ).
     """
-    if run.ctx.is_main and not run.config.resume:
+    claim_run_dir(run)
+    if run.ctx.is_main:
         rundir.write_config(run.dir, dataclasses.asdict(run.config), command=run.command)
+    resuming = run.config.resume
     return MetricLogger(
         run.dir,
         report_to=run.config.report_to,
         enabled=run.ctx.is_main,
-        resume_step=resume_step if run.config.resume else None,
+        resume_step=(-1 if run.restarted else resume_step) if resuming else None,
         config=dataclasses.asdict(run.config),
     )
 
 
-def optimizer_step(model: torch.nn.Module, optimizer, scheduler, max_grad_norm: float):
-    """Clip (when ``max_grad_norm`` > 0), step and schedule; return the pre-clip grad norm.
+def last_checkpoint(run: Run) -> str:
+    found = checkpoint.list_checkpoints(run.dir)
+    return str(found[-1]) if found else "none (--save-every N writes them)"
 
+
+def check_finite(run: Run, step: int | str, **figures) -> bool:
+    """True when every figure (tensors or floats: loss, gradient norm, ...) is finite on every
+    process. ``step`` is an optimizer step, or a label such as ``"iteration 3"``.
+
+    Otherwise, with ``--nonfinite stop`` (the default) raise ``TrainingDiverged`` naming the
+    step and the last good checkpoint; with ``skip`` count the step and return False.
+    """
+    values = [torch.as_tensor(v, dtype=torch.float64).detach().cpu().reshape(-1)
+              for v in figures.values() if v is not None]
+    bad = bool(values) and not bool(torch.isfinite(torch.cat(values)).all())
+    if run.ctx.enabled:  # every process takes the same branch, or the next collective hangs
+        bad = bool(distributed.all_reduce_max(torch.tensor([float(bad)]), run.ctx).item())
+    if not bad:
+        return True
+    where = f"step {step}" if isinstance(step, int) else step
+    shown = ", ".join(f"{k} {_first_value(v):.4g}" for k, v in figures.items() if v is not None)
+    if getattr(run.config, "nonfinite", "stop") == "skip":
+        run.skipped_steps += 1
+        if run.ctx.is_main:
+            print(f"warning: {where} skipped: {shown}", file=sys.stderr, flush=True)
+        return False
+    raise TrainingDiverged(
+        f"the run diverged at {where}: {shown} (not finite"
+        f"{' on some process' if run.ctx.enabled else ''}); it stopped before applying that update, and writes no final/. Last good checkpoint: "
+        f"{last_checkpoint(run)}. Lower --learning-rate, use --dtype float32, or pass "
+        "--nonfinite skip to skip such steps")
+
+
+def _first_value(v) -> float:
+    """The first non-finite entry of ``v`` (or its first entry when all are finite)."""
+    flat = torch.as_tensor(v, dtype=torch.float64).detach().cpu().reshape(-1)
+    bad = flat[~torch.isfinite(flat)]
+    return float(bad[0] if len(bad) else flat[0]) if len(flat) else float("nan")
+
+
+def require_finite(run: Run, where: str, **figures) -> None:
+    """Like ``check_finite`` but never skipped: a NaN reward or log-prob has no step to skip."""
+    values = [torch.as_tensor(v, dtype=torch.float64).detach().cpu().reshape(-1)
+              for v in figures.values() if v is not None]
+    bad = bool(values) and not bool(torch.isfinite(torch.cat(values)).all())
+    if run.ctx.enabled:
+        bad = bool(distributed.all_reduce_max(torch.tensor([float(bad)]), run.ctx).item())
+    if bad:
+        shown = ", ".join(f"{k} {_first_value(v):.4g}" for k, v in figures.items() if v is not None)
+        raise TrainingDiverged(f"the run diverged at {where}: {shown} (not finite); final/ is not "
+                               f"written. Last good checkpoint: {last_checkpoint(run)}")
+
+
+# torch's multinomial sampling refuses a distribution that holds NaN or inf with this message
+NONFINITE_PROBS = "probability tensor contains either `inf`, `nan` or element < 0"
+
+
+@contextlib.contextmanager
+def diverged_at(run: Run, where: str):
+    """Report sampling from NaN probabilities, or a reward function's NaN, as the run diverging
+    at ``where`` (an iteration), with the last good checkpoint, instead of a traceback."""
+    try:
+        yield
+    except NonFiniteReward as exc:
+        raise TrainingDiverged(f"the run diverged at {where}: {exc.message}; final/ is not "
+                               f"written. Last good checkpoint: {last_checkpoint(run)}") from None
+    except RuntimeError as exc:
+        if NONFINITE_PROBS not in str(exc):
+            raise
+        raise TrainingDiverged(
+            f"the run diverged at {where}: the policy's next-token probabilities hold NaN or "
+            f"inf, so nothing can be sampled; final/ is not written. Last good checkpoint: "
+            f"{last_checkpoint(run)}. Lower --learning-rate, or use --dtype float32") from None
+
+
+def optimizer_step(model: torch.nn.Module | list, optimizer, scheduler, max_grad_norm: float, *,
+                   run: Run | None = None, step: int | str = 0, loss=None):
+    """Check, clip (when ``max_grad_norm`` > 0), step and schedule; return the pre-clip norm.
+
+    The gradient norm is measured on every step, and with ``run`` given the loss and the norm
+    are checked before the update (``check_finite``): a non-finite step is never applied.
     Gradients are left in place so the caller can measure memory before zeroing them.
     """
-    grad_norm = None
+    params = [p for p in (model.parameters() if isinstance(model, torch.nn.Module) else model)
+              if p.grad is not None]
     if max_grad_norm > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if run is not None and not check_finite(run, step, loss=loss, grad_norm=grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()  # the schedule counts steps taken or skipped alike
+        return grad_norm
     optimizer.step()
     scheduler.step()
     return grad_norm
+
+
+def stop_if_asked(run: Run, step: int, *, models: dict, optimizer, scheduler, stream) -> None:
+    """At a step boundary: if SIGTERM or SIGINT arrived, checkpoint this step and stop
+    (``signals.Interrupted``, exit 143 or 130)."""
+    signum = signals.requested_signal(run.ctx)
+    if signum is None:
+        return
+    save_step(run, step, models=models, optimizer=optimizer, scheduler=scheduler, stream=stream)
+    raise signals.interrupted(signum, step, str(run.dir / "checkpoints" / f"step-{step}"))
+
+
+def progress_bar(run: Run, *, total: int, initial: int, desc: str):
+    """A tqdm bar on a terminal; elsewhere (a log file) a plain line every 10% of the run."""
+    from preflab.runtime.progress import progress_bar as bar
+
+    return bar(total=total, initial=initial, desc=desc,
+               enabled=bool(run.config.progress and run.ctx.is_main))
+
+
+def _all_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def finish_run(
@@ -208,6 +360,11 @@ def finish_run(
     }
     if data_report:
         summary["data"] = data_report
+    if not _all_finite(model):  # defence in depth: the step checks should have stopped it
+        raise TrainingDiverged(f"the final weights hold NaN or infinite values; final/ was not "
+                               f"written. Last good checkpoint: {last_checkpoint(run)}")
+    if run.skipped_steps:
+        summary["skipped_nonfinite_steps"] = run.skipped_steps
     if run.ctx.is_main:
         card = rundir.model_card(
             command=run.command,
@@ -219,6 +376,7 @@ def finish_run(
         models.save_model(model, tokenizer, run.dir / "final", card=card)
         (run.dir / "README.md").write_text(card, encoding="utf-8")
         rundir.write_summary(run.dir, summary)
+        rundir.release_lock(run.dir)
         if headline is not None:
             print(f"{run.command}: {steps} steps in {summary['wall_s']:.1f}s; "
                   f"{format_metrics(final_metrics, headline)}; model in {run.dir / 'final'}",
@@ -238,6 +396,8 @@ def run_metrics(run: Run, scheduler, throughput: Throughput, stream, grad_norm) 
     }
     if grad_norm is not None:
         record["grad_norm"] = float(grad_norm)
+    if run.skipped_steps:
+        record["nonfinite/skipped_steps"] = run.skipped_steps
     return record
 
 
@@ -257,3 +417,38 @@ class Throughput:
         value = (self.tokens - self._mark_tokens) / max(now - self._mark_time, 1e-9)
         self._mark_tokens, self._mark_time = self.tokens, now
         return value
+
+
+OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory")
+
+
+def run_command(train, cfg: TrainConfig):
+    """Run ``train(cfg)`` as a command.
+
+    The paths its settings name are checked first: local ones only, since the trainer reads
+    and checks its data before any hub id is looked up. SIGTERM and SIGINT stop it at a step
+    boundary with a checkpoint (``signals.graceful_stop``). Running out of memory is reported
+    with the batch size to change. The run directory's lock is released however it ends.
+    """
+    check_paths(cfg, network=False)  # the data is read and checked next; the hub after that
+    out = Path(cfg.output_dir)
+    made = not out.exists()
+    try:
+        with signals.graceful_stop():
+            return train(cfg)
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+        text = str(exc).lower()
+        if not isinstance(exc, (torch.OutOfMemoryError, MemoryError)) and not any(
+                m in text for m in OOM_MARKERS):
+            raise
+        raise ConfigError(
+            f"ran out of memory with --batch-size {cfg.batch_size} (--max-length "
+            f"{cfg.max_length}): try a smaller --batch-size with a larger --grad-accum, "
+            "--gradient-checkpointing or --lora-rank; `preflab plan --model ...` says what "
+            "fits", field="batch_size") from None
+    finally:
+        rundir.release_lock(out)
+        forget_checked()
+        if made and out.is_dir() and not any(out.iterdir()):
+            with contextlib.suppress(OSError):  # another process may remove it first
+                out.rmdir()  # a run that failed before writing anything leaves no directory

@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("preflab.algorithms.sft", "supervised fine-tuning on completions"),
     "dpo": ("preflab.algorithms.dpo", "direct preference optimisation: DPO, cDPO, IPO, hinge, robust, SimPO, ORPO"),
     "rm": ("preflab.algorithms.rm", "reward model: a Bradley-Terry scalar head on preference pairs"),
+    "kto": ("preflab.algorithms.kto", "KTO: good/bad labels instead of pairs, or pairs split "
+            "into both"),
     "ppo": ("preflab.algorithms.ppo", "PPO on prompts: policy, value, reward and reference roles"),
     "world": ("preflab.world.cli", "the built-in task: build it, label pairs (again), score a policy"),
     "compare": ("preflab.compare.cli", "RLHF and DPO from the same SFT model, the DPO-vs-RLHF "

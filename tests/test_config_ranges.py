@@ -13,6 +13,7 @@ from dataclasses import fields
 import pytest
 
 from preflab.algorithms.dpo import DPOConfig
+from preflab.algorithms.kto import KTOConfig
 from preflab.algorithms.ppo import PPOConfig
 from preflab.algorithms.rm import RMConfig
 from preflab.algorithms.sft import SFTConfig
@@ -29,7 +30,7 @@ from preflab.config import (
 )
 from preflab.errors import ConfigError
 
-CONFIGS = (TrainConfig, SFTConfig, DPOConfig, RMConfig, PPOConfig, CompareConfig)
+CONFIGS = (TrainConfig, SFTConfig, DPOConfig, RMConfig, PPOConfig, KTOConfig, CompareConfig)
 
 
 @pytest.fixture

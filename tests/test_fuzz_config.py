@@ -37,6 +37,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from preflab.algorithms.dpo import DPOConfig
+from preflab.algorithms.kto import KTOConfig
 from preflab.algorithms.ppo import PPOConfig
 from preflab.algorithms.rm import RMConfig
 from preflab.algorithms.sft import SFTConfig
@@ -45,9 +46,9 @@ from preflab.config import Range, _field_type, check_ranges, flag, parse_config
 from preflab.errors import PreflabError
 
 CONFIGS = {"sft": SFTConfig, "dpo": DPOConfig, "rm": RMConfig, "ppo": PPOConfig,
-           "compare": CompareConfig}
+           "kto": KTOConfig, "compare": CompareConfig}
 GENERATORS = ("yaml", "argv")
-EXAMPLES = 70  # per config class and generator: 5 x 2 x 70 = 700 cases
+EXAMPLES = 70  # per config class and generator: 6 x 2 x 70 = 840 cases
 CASES: Counter[str] = Counter()  # "command-generator" -> generated cases run
 OUTCOMES: Counter[tuple[str, str]] = Counter()  # (command, "config" | "error" | "usage")
 EXPECTED_CASES = {f"{name}-{gen}": EXAMPLES for name in CONFIGS for gen in GENERATORS}

@@ -156,7 +156,7 @@ def memory(results: dict) -> dict:
     by = {c["method"]: c for c in table["configs"]}
     sides = {}
     for road, names in ((RLHF, ("ppo", "ppo-shared")), (DIRECT, ("dpo", "dpo-precomputed",
-                                                                 "simpo", "ipo"))):
+                                                                 "simpo", "ipo", "kto"))):
         present = [by[n] for n in names if n in by]
         if not present:
             sides[road] = _missing("not run")
@@ -348,7 +348,7 @@ def _knobs(command: str) -> tuple[int, int]:
     from preflab.config import TrainConfig
 
     module = {"dpo": "preflab.algorithms.dpo", "rm": "preflab.algorithms.rm",
-              "ppo": "preflab.algorithms.ppo"}.get(command)
+              "ppo": "preflab.algorithms.ppo", "kto": "preflab.algorithms.kto"}.get(command)
     if module is None:
         return 0, 0
     import importlib

@@ -13,8 +13,9 @@ that need the same reward model (PPO at several KL coefficients) share one run.
     dpo-precomputed   SFT -> dpo --precompute-ref (reference log-probs computed once, freed)
     ppo               SFT -> rm (full) -> ppo --memory-mode classic (four models)
     ppo-shared        SFT -> rm (LoRA) -> ppo --memory-mode shared (one base, adapters)
+    kto               SFT -> kto (each pair split into a desirable and an undesirable example)
 
-A new method (KTO, online DPO, best-of-n) registers a ``Method`` with ``register``.
+A new method (online DPO, best-of-n) registers a ``Method`` with ``register``.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def _eval_flags(inputs: Inputs) -> dict:
     return values
 
 
-def _direct(name: str, section: str, extra: dict) -> Callable:
+def _direct(name: str, section: str, extra: dict, command: str = "dpo") -> Callable:
     def build(inputs: Inputs, hp: dict, variant: Variant) -> list[Stage]:
         values = {"model": inputs.sft, "data": _pairs(inputs, variant), "seed": variant.seed,
                   "max_length": inputs.max_length, **_eval_flags(inputs),
@@ -170,7 +171,7 @@ def _direct(name: str, section: str, extra: dict) -> Callable:
         if variant.probe:
             values.pop("gold_reward", None)
             values["eval_prompts"] = ""
-        return [Stage(f"{name}-{variant.suffix()}", "dpo", tuple(flags(values)),
+        return [Stage(f"{name}-{variant.suffix()}", command, tuple(flags(values)),
                       trains=("policy",), hyper=section)]
 
     return build
@@ -219,6 +220,9 @@ register(Method("dpo-precomputed", "DPO (precomputed ref)", DIRECT,
                 "reference freed", "DPO, precomputed reference",
                 _direct("dpo-precomputed", "dpo", {"loss": "sigmoid", "precompute_ref": True}),
                 sections=("dpo",)))
+register(Method("kto", "KTO", DIRECT, "KTO: each pair split into a desirable (chosen) and an "
+                "undesirable (rejected) example, a frozen copy as reference", "KTO, reference copy",
+                _direct("kto", "kto", {}, command="kto"), sections=("kto",)))
 register(Method("ppo", "RLHF (PPO)", RLHF, "reward model (full fine-tuning), then PPO with four "
                 "models: policy, value, reward, reference", "RLHF, classic (4 models)",
                 _rlhf("ppo", "rm", "ppo", {}, {"memory_mode": "classic"}), strength="kl_coef",

@@ -10,7 +10,8 @@ from preflab.compare.methods import DIRECT, RLHF
 DIVERSITY_KEYS = ("distinct_n/per_input", "distinct_n/across_input", "self_bleu/per_input",
                   "self_bleu/across_input", "ead/per_input", "ead/across_input")
 PLAN_NAMES = {"dpo": "dpo-copy", "ipo": "dpo-copy", "dpo-precomputed": "dpo-precomputed",
-              "simpo": "simpo-orpo", "ppo": "ppo-classic", "ppo-shared": "ppo-shared"}
+              "simpo": "simpo-orpo", "ppo": "ppo-classic", "ppo-shared": "ppo-shared",
+              "kto": "dpo-copy"}
 
 
 def frontier(results: dict) -> dict:

@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rm": ("preflab.algorithms.rm", "reward model: a Bradley-Terry scalar head on preference pairs"),
     "kto": ("preflab.algorithms.kto", "KTO: good/bad labels instead of pairs, or pairs split "
             "into both"),
+    "bon": ("preflab.bon", "best-of-n: sample n, keep the reward model's favourite; gold and "
+            "proxy reward against n and the KL bound"),
     "ppo": ("preflab.algorithms.ppo", "PPO on prompts: policy, value, reward and reference roles"),
     "world": ("preflab.world.cli", "the built-in task: build it, label pairs (again), score a policy"),
     "compare": ("preflab.compare.cli", "RLHF and DPO from the same SFT model, the DPO-vs-RLHF "

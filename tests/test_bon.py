@@ -1,0 +1,92 @@
+"""Best-of-n: the order-statistic weights against brute force over every n-subset, the KL
+bound, and `preflab bon` end to end on the tiny Llama with a reward function."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+
+import pytest
+
+from preflab import bon
+from preflab.cli import main
+from tests.sft_data import write_jsonl
+
+
+def test_weights_worked_by_hand():
+    # 3 samples ranked low to high, best of 2: the lowest is never the best of a pair, the
+    # middle one is in 1 of the 3 pairs as the best, the highest in 2 of 3.
+    assert bon.best_of_n_weights(3, 2) == pytest.approx([0, 1 / 3, 2 / 3])
+    assert bon.best_of_n_weights(4, 1) == pytest.approx([0.25] * 4)  # n = 1: the mean
+    assert bon.best_of_n_weights(4, 4) == pytest.approx([0, 0, 0, 1])  # n = N: the max
+    for count in (5, 17):
+        for n in range(1, count + 1):
+            assert sum(bon.best_of_n_weights(count, n)) == pytest.approx(1.0)
+
+
+def test_expected_best_equals_the_mean_over_every_subset():
+    rng = random.Random(0)
+    proxy = [rng.random() for _ in range(7)]
+    gold = [rng.random() for _ in range(7)]
+    for n in range(1, 8):
+        subsets = list(itertools.combinations(range(7), n))
+        best = [max(s, key=lambda i: proxy[i]) for s in subsets]
+        want_proxy = sum(proxy[i] for i in best) / len(subsets)
+        want_gold = sum(gold[i] for i in best) / len(subsets)
+        got = bon.expected_best(proxy, {"gold": gold}, n)
+        assert got["proxy"] == pytest.approx(want_proxy)
+        assert got["gold"] == pytest.approx(want_gold)
+
+
+def test_the_kl_bound():
+    assert bon.kl_bound(1) == 0
+    assert bon.kl_bound(2) == pytest.approx(math.log(2) - 0.5)
+    assert bon.kl_bound(16) == pytest.approx(math.log(16) - 15 / 16)
+
+
+REWARD = '''
+def positive(prompts, completions, **kwargs):
+    return [sum(w in ("great", "good", "fun") for w in c.split()) for c in completions]
+
+
+def length(prompts, completions, **kwargs):
+    return [len(c.split()) / 10 for c in completions]
+'''
+
+
+def test_bon_end_to_end(tiny_model_dir, tmp_path, capsys):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl",
+                          [{"prompt": f"the {n} was"} for n in ("movie", "film", "plot", "story")])
+    (tmp_path / "r.py").write_text(REWARD)
+    out = tmp_path / "bon"
+    args = ["bon", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--reward",
+            f"{tmp_path / 'r.py'}:positive", "--gold-reward", f"{tmp_path / 'r.py'}:length",
+            "--n", "1,2,4,8", "--max-new-tokens", "6", "--output-dir", str(out), "--no-progress"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    assert [r["n"] for r in rows] == [1, 2, 4, 8] and results["samples_per_prompt"] == 8
+    proxy = [r["proxy"] for r in rows]
+    assert proxy == sorted(proxy)  # the expected best of n never falls as n grows
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and all(len(s["completions"]) == 8 for s in samples)
+    # n = 1 is the plain mean of every sample.
+    mean_gold = sum(sum(s["gold"]) for s in samples) / 32
+    assert rows[0]["gold"] == pytest.approx(mean_gold)
+    assert (out / "bon.png").stat().st_size > 0 and "| 8 |" in (out / "report.md").read_text()
+
+    assert main(args) == 2  # an earlier run is never replaced silently
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    assert json.loads((out / "results.json").read_text())["rows"] == rows  # seeded
+
+
+@pytest.mark.parametrize("n", ["0,2", "a,b", "", "1,99999"])
+def test_bad_values_of_n_are_refused(n, tiny_model_dir, tmp_path, capsys):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "the movie was"}])
+    assert main(["bon", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--reward",
+                 "m:f", "--n", n, "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--n" in err and "Traceback" not in err

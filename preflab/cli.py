@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rm": ("preflab.algorithms.rm", "reward model: a Bradley-Terry scalar head on preference pairs"),
     "kto": ("preflab.algorithms.kto", "KTO: good/bad labels instead of pairs, or pairs split "
             "into both"),
+    "online-dpo": ("preflab.algorithms.online_dpo", "online DPO: rounds of sampling from the "
+                   "policy, judging, pairing best against worst, and DPO steps"),
     "bon": ("preflab.bon", "best-of-n: sample n, keep the reward model's favourite; gold and "
             "proxy reward against n and the KL bound"),
     "ppo": ("preflab.algorithms.ppo", "PPO on prompts: policy, value, reward and reference roles"),

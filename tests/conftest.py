@@ -33,6 +33,8 @@ TINY = {
     "simpo": {"max_steps": 3, "batch_size": 4, "eval_every": 2, "eval_num_prompts": 4},
     "rm": {"max_steps": 3, "batch_size": 4},
     "kto": {"max_steps": 3, "batch_size": 4, "eval_every": 2, "eval_num_prompts": 4},
+    "online-dpo": {"rounds": 2, "pairs_per_round": 8, "steps_per_round": 2, "batch_size": 4,
+                   "eval_every": 2, "eval_num_prompts": 4},
     "rm-lora": {"max_steps": 3, "batch_size": 4},
     "ppo": {"max_steps": 2, "rollout_batch_size": 4, "num_minibatches": 2, "batch_size": 4,
             "eval_every": 1, "eval_num_prompts": 4, "response_length": 8},

@@ -348,7 +348,8 @@ def _knobs(command: str) -> tuple[int, int]:
     from preflab.config import TrainConfig
 
     module = {"dpo": "preflab.algorithms.dpo", "rm": "preflab.algorithms.rm",
-              "ppo": "preflab.algorithms.ppo", "kto": "preflab.algorithms.kto"}.get(command)
+              "ppo": "preflab.algorithms.ppo", "kto": "preflab.algorithms.kto",
+              "online-dpo": "preflab.algorithms.online_dpo"}.get(command)
     if module is None:
         return 0, 0
     import importlib

@@ -14,6 +14,7 @@ that need the same reward model (PPO at several KL coefficients) share one run.
     ppo               SFT -> rm (full) -> ppo --memory-mode classic (four models)
     ppo-shared        SFT -> rm (LoRA) -> ppo --memory-mode shared (one base, adapters)
     kto               SFT -> kto (each pair split into a desirable and an undesirable example)
+    online-dpo        SFT -> rm (full, shared with ppo) -> online-dpo --judge RM (rounds)
 
 A new method (online DPO, best-of-n) registers a ``Method`` with ``register``.
 """
@@ -177,16 +178,42 @@ def _direct(name: str, section: str, extra: dict, command: str = "dpo") -> Calla
     return build
 
 
+def _reward_model(inputs: Inputs, hp: dict, variant: Variant, rm_section: str,
+                  extra_rm: dict) -> Stage:
+    """The reward-model stage; its key says what it depends on, so methods that need the same
+    reward model (PPO at several KL coefficients, online DPO) share one run."""
+    rm_variant = Variant(seed=variant.seed, pairs=variant.pairs)
+    rm_key = f"{rm_section}-{rm_variant.suffix()}"
+    rm_values = {"model": inputs.sft, "data": _pairs(inputs, variant), "seed": variant.seed,
+                 "max_length": inputs.max_length, **hp.get(rm_section, {}), **extra_rm}
+    if variant.probe:
+        rm_values["max_steps"] = min(int(rm_values.get("max_steps", 10)), 10)
+        rm_key = f"{rm_section}-{variant.suffix()}"
+    return Stage(rm_key, "rm", tuple(flags(rm_values)), trains=("reward",), hyper=rm_section)
+
+
+def _online(name: str, rm_section: str, section: str) -> Callable:
+    """The article's hybrid: a reward model trained on the pairs labels the policy's own
+    samples for DPO, round after round (``preflab online-dpo --judge RM``)."""
+    def build(inputs: Inputs, hp: dict, variant: Variant) -> list[Stage]:
+        rm = _reward_model(inputs, hp, variant, rm_section, {})
+        values = {"model": inputs.sft, "data": inputs.prompts, "judge": f"@{rm.key}",
+                  "seed": variant.seed, "max_length": inputs.max_length,
+                  "max_new_tokens": inputs.max_new_tokens, **_eval_flags(inputs),
+                  **_scaled(hp.get(section, {}), variant, "beta")}
+        if variant.probe:
+            values.pop("gold_reward", None)
+            values.update(eval_prompts="", rounds=1, steps_per_round=2, pairs_per_round=8)
+        return [rm, Stage(f"{name}-{variant.suffix()}", "online-dpo", tuple(flags(values)),
+                          after=(rm.key,), trains=("policy",), hyper=section)]
+
+    return build
+
+
 def _rlhf(name: str, rm_section: str, ppo_section: str, extra_rm: dict, extra_ppo: dict):
     def build(inputs: Inputs, hp: dict, variant: Variant) -> list[Stage]:
-        rm_variant = Variant(seed=variant.seed, pairs=variant.pairs)  # what the RM depends on
-        rm_key = f"{rm_section}-{rm_variant.suffix()}"
-        rm_values = {"model": inputs.sft, "data": _pairs(inputs, variant), "seed": variant.seed,
-                     "max_length": inputs.max_length, **hp.get(rm_section, {}), **extra_rm}
-        if variant.probe:
-            rm_values["max_steps"] = min(int(rm_values.get("max_steps", 10)), 10)
-            rm_key = f"{rm_section}-{variant.suffix()}"
-        rm = Stage(rm_key, "rm", tuple(flags(rm_values)), trains=("reward",), hyper=rm_section)
+        rm = _reward_model(inputs, hp, variant, rm_section, extra_rm)
+        rm_key = rm.key
         ppo_values = {"model": inputs.sft, "data": inputs.prompts, "reward": f"@{rm_key}",
                       "seed": variant.seed, "max_length": inputs.max_length,
                       **_eval_flags(inputs), **_scaled(hp.get(ppo_section, {}), variant, "kl_coef"),
@@ -223,6 +250,10 @@ register(Method("dpo-precomputed", "DPO (precomputed ref)", DIRECT,
 register(Method("kto", "KTO", DIRECT, "KTO: each pair split into a desirable (chosen) and an "
                 "undesirable (rejected) example, a frozen copy as reference", "KTO, reference copy",
                 _direct("kto", "kto", {}, command="kto"), sections=("kto",)))
+register(Method("online-dpo", "Online DPO (RM judge)", DIRECT, "the hybrid: the RLHF road's "
+                "reward model labels the policy's own samples (best against worst of 4) for DPO, "
+                "in rounds", "online DPO: reference copy + reward model",
+                _online("online-dpo", "rm", "online-dpo"), sections=("rm", "online-dpo")))
 register(Method("ppo", "RLHF (PPO)", RLHF, "reward model (full fine-tuning), then PPO with four "
                 "models: policy, value, reward, reference", "RLHF, classic (4 models)",
                 _rlhf("ppo", "rm", "ppo", {}, {"memory_mode": "classic"}), strength="kl_coef",

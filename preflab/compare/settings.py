@@ -34,6 +34,9 @@ WORLD_HYPER: dict[str, dict] = {
            "eval_fraction": 0.05},
     "kto": {"learning_rate": 3e-4, "beta": 1.0, "batch_size": 32, "max_steps": 300,
             "warmup_ratio": 0.1, "eval_every": 50},
+    "online-dpo": {"learning_rate": 5e-4, "beta": 0.5, "batch_size": 32, "rounds": 4,
+                   "pairs_per_round": 1024, "steps_per_round": 75, "warmup_ratio": 0.1,
+                   "eval_every": 75},
     "ppo": {"learning_rate": 3e-4, "kl_coef": 0.05, "rollout_batch_size": 64,
             "num_minibatches": 4, "batch_size": 16, "max_steps": 60, "eval_every": 10},
     "rm-lora": {"learning_rate": 1e-3, "num_epochs": 2, "batch_size": 32, "warmup_ratio": 0.05,
@@ -47,6 +50,7 @@ USER_HYPER: dict[str, dict] = {
     "sft": {},
     "dpo": {"eval_every": 100}, "ipo": {"eval_every": 100},
     "simpo": {"beta": 2.0, "gamma": 0.5, "eval_every": 100}, "rm": {}, "kto": {"eval_every": 100},
+    "online-dpo": {"eval_every": 100},
     "ppo": {"eval_every": 20}, "rm-lora": {"lora_rank": 16},
     "ppo-shared": {"lora_rank": 16, "eval_every": 20},
 }
@@ -72,7 +76,7 @@ class Preset:
 
 ALL_METHODS = ("dpo", "ipo", "simpo", "dpo-precomputed", "ppo", "ppo-shared")
 # Registered, and run when asked for with --methods; in no preset yet (their times are measured).
-EXTRA_METHODS = ("kto",)
+EXTRA_METHODS = ("kto", "online-dpo")
 PRESETS = {
     "quick": Preset(methods=("dpo", "ipo", "ppo", "ppo-shared"),
                     probes=("dpo-precomputed", "simpo"), pair_prompts=768,

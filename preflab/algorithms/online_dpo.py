@@ -1,0 +1,344 @@
+"""Online (iterative) DPO: sample from the current policy, judge, pair, train; repeat.
+
+    preflab online-dpo --model SFT --data PROMPTS --judge RM --output-dir RUN \\
+        --rounds 4 --pairs-per-round 256 --num-samples 4
+
+This is the article's hybrid: a reward model (or any judge) labels pairs for DPO. With
+``--rounds 1`` it is offline DPO on pairs sampled from the SFT model. With more rounds the pairs
+come from the policy being trained, so DPO learns on its own distribution, as PPO does
+(Xu et al. 2023; Guo et al. 2024, "online AI feedback" when the judge is an LM).
+
+Each round:
+
+1. Draw ``--pairs-per-round`` prompts from ``--data`` (a seeded stream that continues across
+   rounds).
+2. Sample ``--num-samples`` completions for each from the current policy (seeded by the
+   round).
+3. Score every completion with ``--judge``: a reward-model directory, ``module:function``,
+   ``file.py:function`` or a weighted sum, as ``preflab ppo --reward`` takes.
+4. Pair the best completion (chosen) with the worst (rejected). A prompt whose completions all
+   score the same gives no pair and is counted as a tie.
+5. Take ``--steps-per-round`` DPO steps on the round's pairs, with the loss of
+   ``preflab dpo --loss``.
+
+The reference is fixed (``--reference fixed``: the starting model) or moving (``moving``: the
+policy as it was at the start of the round). Each round's samples, scores and pairs are kept
+in ``RUN/rounds/round-N/``, the token ids too. A killed run resumes at the round and step where
+it stopped: the round's pairs are read back, and a moving reference is read from that round's
+``reference.safetensors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from preflab import models, reference
+from preflab.algorithms.dpo import STAT_KEYS, DPOConfig, _means, evaluate, preference_step
+from preflab.config import arg, parse_config
+from preflab.data import (
+    PreferenceExample,
+    TruncationPolicy,
+    check_dataset,
+    collate_preference,
+    load_prompt_dataset,
+    write_jsonl,
+)
+from preflab.errors import ConfigError
+from preflab.generation import generate
+from preflab.losses import get_direct_loss
+from preflab.rewards import check_reward_specs, load_reward
+from preflab.runtime import distributed, memory, session
+from preflab.runtime.metrics import format_metrics
+from preflab.runtime.stream import ExampleStream
+
+REFERENCES = ("fixed", "moving")
+
+
+@dataclass
+class OnlineDPOConfig(DPOConfig):
+    """``preflab online-dpo``: DPO's flags, plus the rounds of sampling and judging."""
+
+    judge: str = arg("", "What ranks the sampled completions: a reward-model directory, "
+                     "module:function, file.py:function or a weighted sum 'a:0.7,b:0.3'. A "
+                     "function runs as Python code with your rights: see docs/security.md.")
+    rounds: int = arg(4, "Rounds of sample -> judge -> pair -> train.", ge=1)
+    pairs_per_round: int = arg(256, "Prompts sampled in each round (one pair each, ties "
+                               "aside).", ge=1)
+    num_samples: int = arg(4, "Completions sampled per prompt; the best and the worst make "
+                           "the pair.", ge=2)
+    steps_per_round: int = arg(0, "DPO steps on each round's pairs (0: one pass, "
+                               "pairs-per-round / global batch, rounded up).", ge=0)
+    reference: str = arg("fixed", "fixed: the starting model throughout; moving: the policy "
+                         "at the start of each round.", choices=REFERENCES)
+    max_new_tokens: int = arg(48, "Longest sampled completion.", ge=1)
+    temperature: float = arg(1.0, "Sampling temperature.", gt=0)
+    generation_batch_size: int = arg(64, "Prompts per generate() call.", ge=1)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.judge:
+            raise ConfigError("--judge is required", field="judge")
+        check_reward_specs(self.judge, flag="--judge")
+        if self.max_steps != -1:
+            raise ConfigError("online-dpo counts its steps as --rounds x --steps-per-round; "
+                              "leave --max-steps unset", field="max_steps")
+        if self.precompute_ref:
+            raise ConfigError("--precompute-ref: online DPO samples new pairs every round, so "
+                              "there is nothing to compute ahead", field="precompute_ref")
+        if self.eval_data:
+            raise ConfigError("--eval-data: online DPO has no fixed pairs to hold out; use "
+                              "--eval-prompts (and --gold-reward)", field="eval_data")
+        if self.reference == "moving" and self.lora_rank > 0 and not self.ref_model:
+            raise ConfigError("--reference moving with --lora-rank needs a copy of the policy "
+                              "as reference, which LoRA's adapters-off reference is not; use "
+                              "--reference fixed, or full fine-tuning", field="reference")
+
+    def steps_each_round(self, world_size: int) -> int:
+        global_batch = self.batch_size * self.grad_accum * world_size
+        return self.steps_per_round or max(1, math.ceil(self.pairs_per_round / global_batch))
+
+
+class PromptState:
+    """The checkpointed part of the run beyond weights: the prompt stream's position."""
+
+    def __init__(self, stream: ExampleStream) -> None:
+        self.stream = stream
+
+    @property
+    def epoch(self) -> float:
+        return self.stream.epoch
+
+    def state_dict(self) -> dict:
+        return {"prompts": self.stream.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state["prompts"])
+
+
+def make_pairs(prompts: list[str], samples, scores: list[float]) -> tuple[list[dict], int]:
+    """Best against worst per prompt (records with text, scores and token ids); ties count."""
+    pairs, ties, k = [], 0, len(samples[0]) if samples else 0
+    for i, (prompt, group) in enumerate(zip(prompts, samples)):
+        mine = scores[i * k : (i + 1) * k]
+        best = max(range(k), key=lambda j: (mine[j], -j))
+        worst = min(range(k), key=lambda j: (mine[j], j))
+        if mine[best] == mine[worst] or group[best].completion_ids == group[worst].completion_ids:
+            ties += 1
+            continue
+        pairs.append({"prompt": prompt, "chosen": group[best].completion,
+                      "rejected": group[worst].completion, "chosen_score": mine[best],
+                      "rejected_score": mine[worst], "prompt_ids": group[best].prompt_ids,
+                      "chosen_ids": group[best].completion_ids,
+                      "rejected_ids": group[worst].completion_ids})
+    return pairs, ties
+
+
+def sample_round(cfg: OnlineDPOConfig, run, model, tokenizer, judge, prompts: list[str],
+                 number: int, folder: Path) -> dict:
+    """Steps 2 to 4 of a round (on the main process): samples.jsonl, pairs.jsonl, round.json."""
+    samples = generate(models.unwrap(model), tokenizer, prompts, num_samples=cfg.num_samples,
+                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                       batch_size=cfg.generation_batch_size, seed=cfg.seed * 1_000_003 + number,
+                       progress=False)
+    flat_prompts = [p for p, group in zip(prompts, samples) for _ in group]
+    flat = [s for group in samples for s in group]
+    with session.diverged_at(run, f"round {number} (judging the samples)"):
+        scores, _ = judge(flat_prompts, [s.completion for s in flat],
+                          ended_with_eos=[s.ended_with_eos for s in flat])
+        session.require_finite(run, f"round {number}", judge_score=scores)
+    pairs, ties = make_pairs(prompts, samples, scores)
+    if not pairs:
+        raise ConfigError(f"round {number}: the judge gave every completion of every prompt "
+                          "the same score, so there is no pair to learn from",
+                          field="judge", expected="a judge that tells completions apart")
+    write_jsonl(folder / "samples.jsonl", (
+        {"prompt": p, "completions": [s.completion for s in group],
+         "scores": scores[i * cfg.num_samples : (i + 1) * cfg.num_samples]}
+        for i, (p, group) in enumerate(zip(prompts, samples))))
+    write_jsonl(folder / "pairs.jsonl", pairs)
+    figures = {"round": number, "round/pairs": len(pairs), "round/ties": ties,
+               "round/judge_score": sum(scores) / len(scores),
+               "round/chosen_score": sum(p["chosen_score"] for p in pairs) / len(pairs),
+               "round/rejected_score": sum(p["rejected_score"] for p in pairs) / len(pairs)}
+    tmp = folder / ".round.json.tmp"
+    tmp.write_text(json.dumps(figures) + "\n")
+    tmp.replace(folder / "round.json")  # written last: the round's files are complete
+    return figures
+
+
+def measure_roles(model, optimizer, ref, judge) -> dict[str, dict[str, int]]:
+    """Tensor bytes per role: the policy, the reference, and the judge's reward models (held
+    in memory for the whole run, as PPO holds its reward model)."""
+    seen: set[int] = set()  # a LoRA base counts once, under the policy
+    roles = {"policy": memory.role_tensor_bytes(model, optimizer, seen=seen),
+             "reference": ref.tensor_bytes(seen)}
+    judges = [p for m in judge.models() for p in m.parameters()]
+    if judges:
+        roles["reward"] = memory.role_tensor_bytes(judges, seen=seen)
+    return roles
+
+
+def read_round(folder: Path) -> tuple[list[PreferenceExample], dict]:
+    pairs = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
+    examples = [PreferenceExample(p["prompt_ids"], p["chosen_ids"], p["rejected_ids"])
+                for p in pairs]
+    return examples, json.loads((folder / "round.json").read_text())
+
+
+def train(cfg: OnlineDPOConfig) -> dict:
+    check_dataset(cfg.data, "prompt")
+    check_dataset(cfg.eval_prompts, "prompt")
+    run = session.start_run(cfg, "online-dpo")
+    spec = get_direct_loss(cfg.loss)
+    tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    policy = TruncationPolicy(cfg.max_length, cfg.max_prompt_length or None, cfg.overlong)
+    prompt_examples, data_report = load_prompt_dataset(cfg.data, tokenizer, policy)
+    prompts_all = [e.prompt for e in prompt_examples]
+    eval_prompts: list[str] = []
+    if cfg.eval_prompts:
+        eval_prompts = [e.prompt for e in load_prompt_dataset(cfg.eval_prompts, tokenizer,
+                                                              policy)[0]][: cfg.eval_num_prompts]
+    judge = load_reward(cfg.judge, flag="--judge", device=run.device, dtype=run.dtype,
+                        allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+    gold_fn = None
+    if cfg.gold_reward:
+        gold = load_reward(cfg.gold_reward, flag="--gold-reward", device=run.device,
+                           dtype=run.dtype)
+        gold_fn = lambda p, c, **kw: gold(p, c, **kw)[0]  # noqa: E731
+    if run.ctx.is_main:
+        print(f"data: {len(prompts_all)} prompts; {data_report.summary()}", flush=True)
+
+    model = session.load_trainable(cfg, run)
+    model.train()
+    session.claim_run_dir(run)
+    ref_model = None
+    if spec.needs_reference and (cfg.lora_rank == 0 or cfg.ref_model):
+        ref_model = models.load_causal_lm(cfg.ref_model or cfg.model, dtype=run.dtype,
+                                          device=run.device, allow_pickle=cfg.allow_pickle,
+                                          trust_remote_code=cfg.trust_remote_code)
+        ref_model.eval().requires_grad_(False)
+    ref = (reference.Reference("copy", model=ref_model) if ref_model is not None
+           else reference.Reference("adapter-off", policy=model) if spec.needs_reference
+           else reference.Reference("none"))
+
+    per_round = cfg.steps_each_round(run.ctx.world_size)
+    steps = cfg.rounds * per_round
+    optimizer, scheduler = session.build_optimization(cfg, model, steps)
+    prompt_stream = ExampleStream(list(range(len(prompts_all))), seed=cfg.seed,
+                                  rank=0, world_size=1)  # every process draws the same prompts
+    state = PromptState(prompt_stream)
+    start_step = session.maybe_resume(cfg, run, models={"policy": model}, optimizer=optimizer,
+                                      scheduler=scheduler, stream=state)
+    ddp_model = distributed.wrap_ddp(model, run.ctx, run.device)
+    logger = session.open_logger(run, start_step)
+    pad_id = tokenizer.pad_token_id
+    eval_args = dict(tokenizer=tokenizer, prompts=eval_prompts, gold_fn=gold_fn)
+    if start_step == 0:
+        logger.log(0, evaluate(model, ref, spec, cfg, [], pad_id, run, **eval_args))
+
+    global_batch = cfg.batch_size * cfg.grad_accum * run.ctx.world_size
+    throughput = session.Throughput()
+    bar = session.progress_bar(run, total=steps, initial=start_step, desc="online-dpo")
+    checkpointed = dict(models={"policy": model}, optimizer=optimizer, scheduler=scheduler,
+                        stream=state)
+    totals = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
+    counted, roles, step = 0, None, start_step
+    for number in range(start_step // per_round + 1, cfg.rounds + 1):
+        folder = run.dir / "rounds" / f"round-{number}"
+        first = (number - 1) * per_round
+        mid_round = start_step > first  # resumed inside this round: its files exist
+        if not mid_round:
+            drawn = [prompts_all[i] for i in prompt_stream.next_batch(cfg.pairs_per_round)]
+        if cfg.reference == "moving" and ref_model is not None:
+            if mid_round:
+                from safetensors.torch import load_model
+
+                load_model(ref_model, str(folder / "reference.safetensors"))
+            else:
+                ref_model.load_state_dict(models.unwrap(model).state_dict())
+                if run.ctx.is_main:
+                    from safetensors.torch import save_model
+
+                    folder.mkdir(parents=True, exist_ok=True)
+                    save_model(ref_model, str(folder / "reference.safetensors"))
+        if not mid_round and run.ctx.is_main and not (folder / "round.json").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            model.eval()
+            sample_round(cfg, run, model, tokenizer, judge, drawn, number, folder)
+            model.train()
+        distributed.barrier(run.ctx)
+        examples, figures = read_round(folder)
+        if run.ctx.is_main and not mid_round:
+            print(f"round {number}: {figures['round/pairs']} pairs ({figures['round/ties']} "
+                  f"ties), mean judge score {figures['round/judge_score']:.4g}", flush=True)
+        pair_stream = ExampleStream(list(range(len(examples))), seed=cfg.seed * 7919 + number,
+                                    rank=run.ctx.rank, world_size=run.ctx.world_size)
+        pair_stream.position = (max(start_step, first) - first) * global_batch
+
+        for step in range(max(start_step, first) + 1, number * per_round + 1):
+            step_loss = torch.zeros((), device=run.device)
+            for i in range(cfg.grad_accum):
+                idx = pair_stream.next_batch(cfg.batch_size)
+                batch = collate_preference([examples[j] for j in idx], pad_id)
+                batch = {k: v.to(run.device) if torch.is_tensor(v) else v
+                         for k, v in batch.items()}
+                sync = i == cfg.grad_accum - 1 or not run.ctx.enabled
+                with contextlib.nullcontext() if sync else ddp_model.no_sync():
+                    losses, stats = preference_step(ddp_model, ref, spec, cfg, batch, "train")
+                    (losses.sum() * run.ctx.world_size / global_batch).backward()
+                step_loss += losses.detach().sum()
+                totals += stats
+                counted += len(idx)
+                throughput.add(int(batch["attention_mask"].sum()))
+            grad_norm = session.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm,
+                                               run=run, step=step, loss=step_loss)
+            if roles is None:  # while gradients and optimizer state both exist
+                roles = measure_roles(model, optimizer, ref, judge)
+            optimizer.zero_grad(set_to_none=True)
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == steps or step == first + 1:
+                reduced = distributed.all_reduce_sum(torch.cat([totals, torch.tensor(
+                    [float(counted)], dtype=torch.float64)]), run.ctx)
+                record = _means(reduced[:-1], reduced[-1].item())
+                record.update(session.run_metrics(run, scheduler, throughput, pair_stream,
+                                                  grad_norm))
+                record.update(figures)
+                totals.zero_()
+                counted = 0
+                if cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
+                    record.update(evaluate(model, ref, spec, cfg, [], pad_id, run, **eval_args))
+                logger.log(step, record)
+                bar.set_postfix_str(format_metrics(record, ("loss", "round/judge_score",
+                                                            "eval/gold_reward")))
+            if cfg.save_every and step % cfg.save_every == 0 and step != steps:
+                session.save_step(run, step, **checkpointed)
+            session.stop_if_asked(run, step, **checkpointed)
+        start_step = max(start_step, number * per_round)
+    bar.close()
+
+    final_eval = evaluate(model, ref, spec, cfg, [], pad_id, run, **eval_args)
+    roles = roles or measure_roles(model, optimizer, ref, judge)
+    summary = session.finish_run(
+        run, logger=logger, final_log=final_eval,
+        headline=("eval/gold_reward", "eval/kl"), model=model, tokenizer=tokenizer, steps=step,
+        tokens=throughput.tokens * run.ctx.world_size, roles=roles,
+        final_metrics={**final_eval, **{f"memory/tensor_bytes/{r}": f["total"]
+                                        for r, f in roles.items()}},
+        data_report=data_report.as_dict(),
+        extra={"loss": spec.name, "reference_mode": ref.mode, "reference": cfg.reference,
+               "rounds": cfg.rounds, "steps_per_round": per_round},
+    )
+    distributed.teardown(run.ctx)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(OnlineDPOConfig, argv, prog="preflab online-dpo", description=__doc__)
+    session.run_command(train, cfg)
+    return 0

@@ -366,3 +366,22 @@ def test_a_reward_weight_that_is_not_finite_is_refused(weight, tiny_model_dir, i
     err = capsys.readouterr().err
     assert "--reward: the weight of" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--lora-rank", "2", "--lora-target-modules", "no_such_proj"], "names no module"),
+    (["--device", "meta"], "--device meta holds shapes but no data"),
+    (["--device", "mps"], "--device mps asked for"),
+    (["--device", "cuda:7"], "--device cuda:7"),
+])
+def test_a_model_setting_the_machine_cannot_meet_is_one_paragraph(flags, says, tiny_model_dir,
+                                                                  inputs, tmp_path, capsys):
+    if "mps" in flags and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    if "cuda:7" in flags and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    out = tmp_path / "run"
+    assert main(argv("sft", tiny_model_dir, inputs, out, "--max-steps", "2", *flags)) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    assert not out.exists()

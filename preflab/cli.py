@@ -24,6 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bon": ("preflab.bon", "best-of-n: sample n, keep the reward model's favourite; gold and "
             "proxy reward against n and the KL bound"),
     "ppo": ("preflab.algorithms.ppo", "PPO on prompts: policy, value, reward and reference roles"),
+    "sample": ("preflab.sample", "K completions per prompt from a policy, for a judge to label"),
+    "label": ("preflab.label", "AI feedback: pairs or KTO labels from samples and a judge "
+              "(LM, chat endpoint, reward, world); a human-labelling round trip"),
     "world": ("preflab.world.cli", "the built-in task: build it, label pairs (again), score a policy"),
     "compare": ("preflab.compare.cli", "RLHF and DPO from the same SFT model, the DPO-vs-RLHF "
                 "comparison table measured, with a report"),

@@ -279,7 +279,8 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         allowed = f.metadata.get("range")
         shown = f"default: {default!r}" + (f"; {allowed}" if allowed else "")
-        help_text = f"{f.metadata.get('help', '')} ({shown})"
+        # argparse %-formats help strings: a literal "10%" must reach it as "10%%".
+        help_text = f"{f.metadata.get('help', '')} ({shown})".replace("%", "%%")
         name = f"--{flag(f.name)}"
         if kind is bool:
             parser.add_argument(name, action=argparse.BooleanOptionalAction, help=help_text)

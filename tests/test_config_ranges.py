@@ -203,3 +203,16 @@ def test_help_shows_each_range(cls):
 def test_range_membership_and_text(allowed, inside, outside, text):
     assert all(v in allowed for v in inside) and not any(v in allowed for v in outside)
     assert str(allowed) == text
+
+
+def test_a_percent_sign_in_help_text_is_shown_as_written(capsys):
+    from dataclasses import dataclass
+
+    from preflab.config import arg
+
+    @dataclass
+    class WithPercent:
+        share: float = arg(0.1, "Share held out (10% by default).", ge=0, le=1)
+
+    parser = build_parser(WithPercent, "prog", "")
+    assert "(10% by default)" in parser.format_help()

@@ -1,0 +1,169 @@
+"""``preflab sample``: K completions for each prompt from a policy, for a judge to label.
+
+    preflab sample --model runs/sft/final --prompts prompts.jsonl --n 4 --out samples.jsonl
+
+The samples file holds one JSON record per prompt, in the prompt file's order::
+
+    {"prompt": "...", "completions": ["...", "...", "...", "..."]}
+
+Completions come from ``preflab.generation.generate`` (the model's own generation_config is
+set aside: the temperature, nucleus and length are the flags', and nothing else), and read
+as the text the completion adds to the prompt (``prompt + completion`` is one text). A
+completion may be empty (EOS at once) or repeat another; the file keeps every sample, and
+``preflab label`` skips those when it makes pairs.
+
+Prompts are the text ``prompt`` field of each record of any data file preflab reads
+(prompt-only, preference, prompt-completion records ...). Sampling runs in chunks of about
+``--batch-size`` sequences; chunk ``k`` is seeded from ``--seed`` and ``k``, so the same
+model, prompts and flags give the same file. The file is written at the end, at once (a
+temp file, then a rename); an existing one is refused without ``--overwrite``. SIGTERM or
+Ctrl-C stops between chunks (exit 143 or 130) and writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from preflab.config import arg, check_output_dir, check_paths, parse_config
+from preflab.data.readers import read_records
+from preflab.errors import ConfigError, DataError
+from preflab.runtime import signals
+from preflab.runtime.progress import progress_bar
+
+SAMPLE_SUFFIXES = (".jsonl", ".ndjson")
+
+
+@dataclass
+class SampleConfig:
+    """``preflab sample``: the policy, the prompts, how many completions, where to write."""
+
+    model: str = arg("", "Policy to sample from: a local Hugging Face directory or a hub id.",
+                     path="model")
+    prompts: str = arg("", "Prompt file (.jsonl, .json, .csv, .parquet) or a directory of them; "
+                       "each record's text `prompt` field is used.", path="data")
+    n: int = arg(4, "Completions per prompt (K).", ge=1, le=10_000)
+    out: str = arg("", "Samples file to write (.jsonl): one record {prompt, completions} per "
+                   "prompt.")
+    max_prompts: int = arg(0, "Use only the first N prompts; 0: all.", ge=0)
+    temperature: float = arg(1.0, "Sampling temperature; 0 is greedy (then the K completions "
+                             "of a prompt are identical).", ge=0)
+    top_p: float = arg(1.0, "Nucleus sampling: keep the most probable tokens up to this mass.",
+                       gt=0, le=1)
+    max_new_tokens: int = arg(48, "Longest completion, in tokens.", ge=1)
+    batch_size: int = arg(32, "Sequences per generate call.", ge=1)
+    seed: int = arg(0, "Sampling seed.", ge=0, le=2**32 - 1)
+    device: str = arg("auto", "Device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
+    dtype: str = arg("auto", "Weights dtype; auto = bfloat16 on GPUs that support it, else "
+                     "float32.", choices=("auto", "float32", "bfloat16", "float16"))
+    overwrite: bool = arg(False, "Replace an existing --out file.")
+    progress: bool = arg(True, "Show progress (a bar on a terminal; in a log, a line at every tenth of the work).")
+    allow_pickle: bool = arg(False, "Allow loading pickle-based weight files (.bin/.pt); "
+                             "they can run code.")
+    trust_remote_code: bool = arg(False, "Run model code shipped with a hub model (only for "
+                                  "repositories you trust).")
+
+    def validate(self) -> None:
+        for name in ("model", "prompts", "out"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name} is required", field=name)
+        check_new_file(self.out, "out", self.overwrite, suffixes=SAMPLE_SUFFIXES)
+
+
+def check_new_file(path: str, name: str, overwrite: bool, *,
+                   suffixes: tuple[str, ...] | None = None, what: str | None = None) -> None:
+    """An output file: the right kind of name, a writable place, and new (or --overwrite).
+    ``what`` names the file in messages (default: its flag, from ``name``)."""
+    flag = what or "--" + name.replace("_", "-")
+    target = Path(path).expanduser()
+    if suffixes and target.suffix.lower() not in suffixes:
+        raise ConfigError(f"{flag} must name a {' or '.join(suffixes)} file", path=path,
+                          field=name)
+    if target.is_dir():
+        raise ConfigError(f"{flag} is a directory", path=path, field=name,
+                          expected="a file name")
+    if target.exists() and not overwrite:
+        raise ConfigError(f"{flag} exists", path=path, field=name,
+                          expected="a new file name, or --overwrite to replace it")
+    check_output_dir(str(target.parent), name)
+
+
+def read_text_prompts(source: str, max_prompts: int = 0) -> list[str]:
+    """The text ``prompt`` of each record of ``source`` (all of them, or the first N)."""
+    prompts = []
+    for record in read_records(source):
+        prompt = record.data.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            shown = "a list of messages" if isinstance(prompt, list) else (
+                "missing" if prompt is None else "empty" if isinstance(prompt, str)
+                else type(prompt).__name__)
+            raise DataError(f"the prompt is {shown}", path=record.path, line=record.line,
+                            field="prompt", expected="a non-empty text prompt (conversations: "
+                            "render them with the chat template first)")
+        prompts.append(prompt)
+        if max_prompts and len(prompts) >= max_prompts:
+            break
+    return prompts
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The seed of chunk ``chunk``: independent streams for every chunk of every seed."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{chunk}".encode()).digest()[:4], "big")
+
+
+def sample(cfg: SampleConfig) -> dict:
+    """Sample ``cfg.n`` completions per prompt and write ``cfg.out``; return counts."""
+    from preflab import generation, models
+    from preflab.data.writers import write_jsonl
+
+    prompts = read_text_prompts(cfg.prompts, cfg.max_prompts)
+    device = models.resolve_device(cfg.device)
+    tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model = models.load_causal_lm(cfg.model, dtype=models.resolve_dtype(cfg.dtype, device),
+                                  device=device, allow_pickle=cfg.allow_pickle,
+                                  trust_remote_code=cfg.trust_remote_code)
+    per_chunk = max(1, cfg.batch_size // cfg.n)  # prompts per generate call
+    records: list[dict] = []
+    bar = progress_bar(total=len(prompts), desc="sample", enabled=cfg.progress, unit="prompts")
+    try:
+        for k, start in enumerate(range(0, len(prompts), per_chunk)):
+            signum = signals.requested_signal()
+            if signum is not None:
+                raise signals.Interrupted(
+                    f"stopped by {signal.Signals(signum).name} after {len(records)} of "
+                    f"{len(prompts)} prompts; nothing was written (run the command again)",
+                    signum=signum)
+            chunk = prompts[start : start + per_chunk]
+            groups = generation.generate(model, tokenizer, chunk, num_samples=cfg.n,
+                                         max_new_tokens=cfg.max_new_tokens,
+                                         temperature=cfg.temperature, top_p=cfg.top_p,
+                                         batch_size=cfg.batch_size, seed=chunk_seed(cfg.seed, k))
+            records += [{"prompt": p, "completions": [s.completion for s in group]}
+                        for p, group in zip(chunk, groups)]
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    write_jsonl(cfg.out, records)
+    completions = [c for r in records for c in r["completions"]]
+    return {"prompts": len(records), "completions": len(completions),
+            "empty": sum(not c.strip() for c in completions),
+            "repeated": sum(len(r["completions"]) - len(set(r["completions"])) for r in records),
+            "file": cfg.out}
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(SampleConfig, argv, prog="preflab sample", description=__doc__)
+    check_paths(cfg, network=False)
+    with signals.graceful_stop():
+        stats = sample(cfg)
+    print(f"{stats['completions']} completions ({cfg.n} per prompt) for {stats['prompts']} "
+          f"prompts -> {stats['file']}; {stats['empty']} empty, {stats['repeated']} repeats "
+          "within a prompt (preflab label skips both)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

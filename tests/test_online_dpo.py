@@ -132,3 +132,21 @@ def test_online_dpo_is_a_compare_method_sharing_the_ppo_reward_model(tiny_world,
     judge = online[0].split("--judge ")[1].split()[0]
     assert judge.endswith("runs/rm-s0")
     assert lines.index(rm_runs[0]) < lines.index(online[0])
+
+
+def test_a_pairwise_judge_ranks_by_win_rate_and_overwrite_starts_afresh(tiny_model_dir, files,
+                                                                        tiny_world, tmp_path):
+    """world: the world's simulated annotators compare every two samples; the answers are
+    cached in the run, and --overwrite removes the rounds and the cache with the old run."""
+    out = tmp_path / "run"
+    argv = args(tiny_model_dir, files, out, "--rounds", "1")
+    argv[argv.index("--judge") + 1] = f"world:{tiny_world}"
+    assert main(argv) == 0
+    samples = [json.loads(x) for x in (out / "rounds/round-1/samples.jsonl").read_text().splitlines()]
+    for s in samples:  # win rates over the 3 others: multiples of 1/6 (ties count 1/2)
+        assert all(0 <= x <= 1 and abs(x * 6 - round(x * 6)) < 1e-9 for x in s["scores"])
+        assert sum(s["scores"]) == pytest.approx(2.0)  # 6 games among 4, each worth 1
+    assert (out / "judge-cache.sqlite").exists()
+    (out / "rounds/round-1/round.json").write_text('{"stale": true}')
+    assert main([*argv, "--overwrite"]) == 0
+    assert "stale" not in (out / "rounds/round-1/round.json").read_text()

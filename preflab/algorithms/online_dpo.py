@@ -14,8 +14,12 @@ Each round:
    rounds).
 2. Sample ``--num-samples`` completions for each from the current policy (seeded by the
    round).
-3. Score every completion with ``--judge``: a reward-model directory, ``module:function``,
-   ``file.py:function`` or a weighted sum, as ``preflab ppo --reward`` takes.
+3. Score every completion with ``--judge``. A reward spec (a reward-model directory,
+   ``module:function``, ``file.py:function`` or a weighted sum, as ``preflab ppo --reward``
+   takes) scores each completion. A pairwise judge of ``preflab.judges`` (``lm:PATH``,
+   ``http:MODEL[@URL]``, ``world:DIR``, ``world-gold:DIR``) compares every two completions
+   of a prompt, in both orders, and a completion's score is its win rate. Its answers are
+   cached in ``RUN/judge-cache.sqlite``, so a resumed run never asks twice.
 4. Pair the best completion (chosen) with the worst (rejected). A prompt whose completions all
    score the same gives no pair and is counted as a tie.
 5. Take ``--steps-per-round`` DPO steps on the round's pairs, with the loss of
@@ -64,9 +68,11 @@ REFERENCES = ("fixed", "moving")
 class OnlineDPOConfig(DPOConfig):
     """``preflab online-dpo``: DPO's flags, plus the rounds of sampling and judging."""
 
-    judge: str = arg("", "What ranks the sampled completions: a reward-model directory, "
-                     "module:function, file.py:function or a weighted sum 'a:0.7,b:0.3'. A "
-                     "function runs as Python code with your rights: see docs/security.md.")
+    judge: str = arg("", "What ranks the sampled completions: a reward spec (a reward-model "
+                     "directory, module:function, file.py:function, or a weighted sum "
+                     "'a:0.7,b:0.3'), or a pairwise judge (lm:PATH, http:MODEL[@URL], "
+                     "world:DIR, world-gold:DIR; see docs/judges.md). A function runs as Python "
+                     "code with your rights: see docs/security.md.")
     rounds: int = arg(4, "Rounds of sample -> judge -> pair -> train.", ge=1)
     pairs_per_round: int = arg(256, "Prompts sampled in each round (one pair each, ties "
                                "aside).", ge=1)
@@ -84,7 +90,12 @@ class OnlineDPOConfig(DPOConfig):
         super().validate()
         if not self.judge:
             raise ConfigError("--judge is required", field="judge")
-        check_reward_specs(self.judge, flag="--judge")
+        if not pairwise(self.judge):
+            check_reward_specs(self.judge, flag="--judge")
+        else:
+            from preflab.judges import JudgeOptions, check_judge_spec
+
+            check_judge_spec(self.judge, JudgeOptions(flag="--judge", seed=self.seed))
         if self.max_steps != -1:
             raise ConfigError("online-dpo counts its steps as --rounds x --steps-per-round; "
                               "leave --max-steps unset", field="max_steps")
@@ -102,6 +113,40 @@ class OnlineDPOConfig(DPOConfig):
     def steps_each_round(self, world_size: int) -> int:
         global_batch = self.batch_size * self.grad_accum * world_size
         return self.steps_per_round or max(1, math.ceil(self.pairs_per_round / global_batch))
+
+
+def pairwise(spec: str) -> bool:
+    """Whether ``spec`` names a pairwise judge of ``preflab.judges`` (not a reward spec)."""
+    prefix, sep, _ = spec.partition(":")
+    return bool(sep) and prefix in ("lm", "http", "world", "world-gold")
+
+
+class PairwiseScorer:
+    """A pairwise judge as a scorer: each completion's win rate over the others of its prompt
+    (every pair asked in both orders by the judge itself)."""
+
+    def __init__(self, judge, num_samples: int) -> None:
+        from preflab.judges.pairing import PAIRINGS, Group, comparisons
+
+        self.judge, self.k = judge, num_samples
+        self._pairs = lambda prompts, completions: comparisons(
+            [Group(p, completions[i * self.k : (i + 1) * self.k]) for i, p in enumerate(prompts)],
+            PAIRINGS["best-worst"])
+
+    def models(self) -> list:
+        return []
+
+    def __call__(self, flat_prompts, completions, **kwargs) -> tuple[list[float], dict]:
+        from preflab.judges.pairing import win_rates
+
+        prompts = flat_prompts[:: self.k]
+        todo = self._pairs(prompts, completions)
+        p = self.judge([prompts[g] for g, _, _ in todo],
+                       [completions[g * self.k + i] for g, i, _ in todo],
+                       [completions[g * self.k + j] for g, _, j in todo])
+        wins = win_rates(todo, p)
+        return [wins.get(n // self.k, {}).get(n % self.k, 0.5)
+                for n in range(len(completions))], {}
 
 
 class PromptState:
@@ -204,8 +249,18 @@ def train(cfg: OnlineDPOConfig) -> dict:
     if cfg.eval_prompts:
         eval_prompts = [e.prompt for e in load_prompt_dataset(cfg.eval_prompts, tokenizer,
                                                               policy)[0]][: cfg.eval_num_prompts]
-    judge = load_reward(cfg.judge, flag="--judge", device=run.device, dtype=run.dtype,
-                        allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+    if pairwise(cfg.judge):
+        from preflab.judges import JudgeOptions, load_judge
+
+        judge = PairwiseScorer(load_judge(
+            cfg.judge, cache=run.dir / "judge-cache.sqlite",
+            options=JudgeOptions(flag="--judge", seed=cfg.seed, device=cfg.device,
+                                 allow_pickle=cfg.allow_pickle,
+                                 trust_remote_code=cfg.trust_remote_code)), cfg.num_samples)
+    else:
+        judge = load_reward(cfg.judge, flag="--judge", device=run.device, dtype=run.dtype,
+                            allow_pickle=cfg.allow_pickle,
+                            trust_remote_code=cfg.trust_remote_code)
     gold_fn = None
     if cfg.gold_reward:
         gold = load_reward(cfg.gold_reward, flag="--gold-reward", device=run.device,

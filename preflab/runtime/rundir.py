@@ -28,7 +28,9 @@ import preflab
 from preflab.errors import ConfigError
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "summary.json",
-               "ref_logps")
+               "ref_logps", "rounds")
+# Also written by a run, and removed with it by --overwrite.
+RUN_FILES = ("README.md", "tensorboard", "judge-cache.sqlite")
 
 
 def git_commit() -> str | None:
@@ -140,7 +142,7 @@ def remove_entry(target: Path) -> None:
 
 def clear_old_run(out: Path) -> None:
     """``--overwrite``: remove what the previous run wrote (and only that)."""
-    for marker in RUN_MARKERS + ("README.md", "tensorboard"):
+    for marker in RUN_MARKERS + RUN_FILES:
         remove_entry(out / marker)
 
 

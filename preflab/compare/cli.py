@@ -119,6 +119,7 @@ def finalize(root: Path, cfg: CompareConfig) -> dict:
     results["rows"] = criteria.rows(results)
     results["frontier"] = sections.frontier(results)
     results["diversity"] = sections.diversity(results)
+    results["pareto"] = sections.pareto(results)
     results["samples"] = sections.samples(results)
     results["summary"] = sections.summary_table(results)
     results["recommendation"] = sections.recommendation(results)
@@ -129,8 +130,10 @@ def finalize(root: Path, cfg: CompareConfig) -> dict:
     return json.loads((root / "results.json").read_text(encoding="utf-8"))
 
 
-def print_table(results: dict, out=sys.stdout) -> None:
+def print_table(results: dict, out=None) -> None:
     from preflab.compare.report import MARK, headline
+
+    out = out or sys.stdout  # looked up now: a default bound at import outlives a replaced stdout
 
     print("\nThe article's table, measured", file=out)
     for r in results["rows"]:

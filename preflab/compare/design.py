@@ -16,6 +16,8 @@ The experiments behind the rows of the article's table (``Preset`` says which ru
     sensitivity   learning rate x {1/3, 1, 3} by beta or kl_coef x {1/3, 1, 3}
     flexibility   the objective changes (gold + w x harmlessness): RLHF retrains its reward
                   model and continues PPO from its policy; DPO retrains on relabelled pairs
+    pareto        --pareto-weights: for each w, both roads learn gold + w x harmlessness from
+                  the pairs labelled again under it, starting from SFT
     hacking       PPO on a reward model from 1/4 of the pairs, with a 50x smaller KL
                   coefficient and twice the iterations
 """
@@ -145,6 +147,13 @@ def build(cfg: CompareConfig) -> Design:
                             "--harmlessness-weight", cfg.harmlessness_weight, "--overwrite"],
                 new, "relabel", after=["pairs"])
             pair_files["new"], pair_jobs["new"] = str(new), "relabel"
+        for weight in cfg.pareto():  # several objectives: the pairs under gold + w x harm
+            key = pareto_key(weight)
+            out = data_dir / f"pairs-{key}.jsonl"
+            add(f"relabel-{key}", ["world", "relabel", "--pairs", pairs, "--world", world,
+                                   "--out", out, "--harmlessness-weight", weight,
+                                   "--overwrite"], out, "relabel", after=["pairs"])
+            pair_files[key], pair_jobs[key] = str(out), f"relabel-{key}"
         design.inputs = {"world": str(world)}
     else:
         max_length = cfg.max_length or 512
@@ -187,7 +196,8 @@ def build(cfg: CompareConfig) -> Design:
                          harmlessness_weight=cfg.harmlessness_weight, kl_blowup=cfg.kl_blowup,
                          eval_num_prompts=preset.eval_prompts, eval_samples=preset.eval_samples,
                          pair_prompts=preset.pair_prompts if cfg.mode == "world" else None,
-                         launcher=cfg.launcher, hyperparameters=hyper)
+                         launcher=cfg.launcher, hyperparameters=hyper,
+                         pareto_weights=cfg.pareto() if cfg.mode == "world" else [])
     sft_after = ["sft"] if cfg.mode == "world" else []
 
     def score_job(key: str, policy: str, after: list[str]) -> str:
@@ -259,10 +269,19 @@ def build(cfg: CompareConfig) -> Design:
                                                      steps_scale=0.5))
             else:
                 add_run(name, "flexibility", Variant(pairs="new"))
+    for weight in cfg.pareto() if cfg.mode == "world" else []:
+        for name in ("dpo", "ppo"):
+            if name in preset.methods:
+                add_run(name, "pareto", Variant(pairs=pareto_key(weight)))
     if preset.hacking and "ppo" in preset.methods:
         add_run("ppo", "hacking", Variant(pairs=HACK_SHARE, strength_scale=0.02, steps_scale=2.0,
                                           tag="hack"))
     return design
+
+
+def pareto_key(weight: float) -> str:
+    """``w1``, ``w0.5``: the name of the pairs labelled under gold + weight x harmlessness."""
+    return f"w{weight:g}"
 
 
 def _flags(values: dict) -> list[str]:

@@ -10,6 +10,7 @@ empty chart):
     efficiency.png   gain over SFT against the number of labelled pairs
     stability.png    final quality of every seed, per method
     diversity.png    distinct-n and self-BLEU within and across prompts, SFT and each method
+    pareto.png       gold against harmlessness for each road across the weights of the sweep
 """
 
 from __future__ import annotations
@@ -224,8 +225,34 @@ def diversity(results: dict, path: Path) -> bool:
     return _save(fig, path)
 
 
+def pareto(results: dict, path: Path) -> bool:
+    data = results.get("pareto") or {}
+    points = data.get("points") or {}
+    if not points:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (label, pts) in enumerate(sorted(points.items())):
+        color = PALETTE[i % len(PALETTE)]
+        xs, ys = [p["harmlessness"] for p in pts], [p["gold_reward"] for p in pts]
+        ax.plot(xs, ys, "o-", color=color, label=label, alpha=0.9)
+        for p in pts:
+            ax.annotate(f"w={p['weight']:g}", (p["harmlessness"], p["gold_reward"]), fontsize=7,
+                        textcoords="offset points", xytext=(4, 3), color=color)
+    sft = data.get("sft") or {}
+    if sft.get("gold_reward") is not None and sft.get("harmlessness") is not None:
+        ax.scatter([sft["harmlessness"]], [sft["gold_reward"]], marker="*", s=120,
+                   color="gray", label="SFT", zorder=3)
+    ax.set_xlabel("harmlessness (held-out, higher is better)")
+    ax.set_ylabel("gold reward (helpfulness)")
+    ax.set_title("Several objectives: each road trained on gold + w x harmlessness labels")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 FIGURES = {"memory": memory, "frontier": frontier, "hacking": hacking,
-           "efficiency": efficiency, "stability": stability, "diversity": diversity}
+           "efficiency": efficiency, "stability": stability, "diversity": diversity,
+           "pareto": pareto}
 
 
 def draw_all(results: dict, out_dir: Path) -> dict[str, str]:

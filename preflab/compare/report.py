@@ -29,6 +29,8 @@ CAPTIONS = {
     "stability": "Final score of every seed.",
     "diversity": "Diversity of SFT and each method, within a prompt (per input) and across "
                  "prompts (Kirk et al. 2024).",
+    "pareto": "Several objectives: each road learned gold + w x harmlessness from the pairs "
+              "labelled again under it, for each weight w; one point per trained policy.",
 }
 MARK = {True: "agrees", False: "DISAGREES", None: "-"}
 
@@ -107,7 +109,8 @@ def markdown(results: dict) -> str:
     lines.append("")
     for name, title in (("memory", "Memory"), ("frontier", "Reward-KL frontier"),
                         ("hacking", "Reward hacking"), ("efficiency", "Sample efficiency"),
-                        ("stability", "Stability over seeds"), ("diversity", "Diversity")):
+                        ("stability", "Stability over seeds"), ("diversity", "Diversity"),
+                        *((("pareto", "Several objectives"),) if _has_pareto(results) else ())):
         lines += [f"## {title}", ""]
         if name in results["figures"]:
             lines += [f"![{title}]({results['figures'][name]})", "", CAPTIONS[name], ""]
@@ -132,6 +135,10 @@ def markdown(results: dict) -> str:
     lines += ["", "Every number above is in `results.json`, with the run directory it came "
               "from; `preflab report` renders this page again from it.", ""]
     return "\n".join(lines)
+
+
+def _has_pareto(results: dict) -> bool:
+    return bool((results.get("pareto") or {}).get("weights"))
 
 
 def _scores(scores: dict) -> str:
@@ -169,6 +176,18 @@ def _section_md(results: dict, name: str) -> list[str]:
         for label, best in fr["best_within"].items():
             out.append(f"| {label} | " + " | ".join(_f(v) for v in best.values()) + " |")
         return out + [""]
+    if name == "pareto":
+        p = results["pareto"]
+        out = ["| method | w | gold reward | harmlessness | KL to SFT | on its road's front | run |",
+               "|---|---|---|---|---|---|---|"]
+        for label, pts in sorted(p["points"].items()):
+            out += [f"| {label} | {q['weight']:g} | {_f(q['gold_reward'])} | "
+                    f"{_f(q['harmlessness'])} | {_f(q['kl'], 2)} | "
+                    f"{'yes' if q['on_front'] else 'no'} | `{q['run_dir']}` |" for q in pts]
+        sft = p.get("sft") or {}
+        out += ["", f"SFT: gold reward {_f(sft.get('gold_reward'))}, harmlessness "
+                f"{_f(sft.get('harmlessness'))}.", ""]
+        return out
     if name == "diversity":
         d = results["diversity"]
         out = ["| policy | " + " | ".join(d["keys"]) + " |", "|---" * (len(d["keys"]) + 1) + "|"]
@@ -254,7 +273,8 @@ def html_report(results: dict, root: Path) -> str:
     parts.append("<h2>The runs</h2>" + _md_table_to_html(block("The runs")))
     for name, title in (("memory", "Memory"), ("frontier", "Reward-KL frontier"),
                         ("hacking", "Reward hacking"), ("efficiency", "Sample efficiency"),
-                        ("stability", "Stability over seeds"), ("diversity", "Diversity")):
+                        ("stability", "Stability over seeds"), ("diversity", "Diversity"),
+                        *((("pareto", "Several objectives"),) if _has_pareto(results) else ())):
         parts.append(f"<h2>{title}</h2>")
         if name in results["figures"]:
             data = base64.b64encode((root / results["figures"][name]).read_bytes()).decode()

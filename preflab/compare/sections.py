@@ -19,7 +19,7 @@ def frontier(results: dict) -> dict:
     best quality each method reached within a few KL budgets (the DPO paper's figure 2)."""
     points: dict[str, list] = {}
     for run in results["runs"]:
-        if run["experiment"] in ("probe", "flexibility"):
+        if run["experiment"] in ("probe", "flexibility", "pareto"):
             continue
         for e in run["curves"]["eval"]:
             if e["kl"] is not None:
@@ -29,6 +29,37 @@ def frontier(results: dict) -> dict:
     best = {label: {f"kl<={b:g}": max((q for kl, q, *_ in pts if kl <= b), default=None)
                     for b in budgets} for label, pts in points.items()}
     return {"points": points, "best_within": best, "budgets": list(budgets)}
+
+
+def pareto(results: dict) -> dict:
+    """Several objectives: for each road, the (harmlessness, gold) its policy reached when it
+    learned gold + w x harmlessness from pairs labelled under it, for each w of the sweep,
+    and which of those points no other point of the same road beats on both objectives."""
+    weights = results["inputs"].get("pareto_weights") or []
+    points: dict[str, list[dict]] = {}
+    for run in results["runs"]:
+        if run["experiment"] != "pareto" or run["status"] != "done" or "score" not in run:
+            continue
+        score = run["score"]
+        gold, harm = score.get("eval/gold_reward"), score.get("eval/harmlessness")
+        if gold is None or harm is None:
+            continue
+        weight = float(run["variant"]["pairs"][1:])
+        points.setdefault(run["label"], []).append(
+            {"weight": weight, "gold_reward": gold, "harmlessness": harm,
+             "kl": score.get("eval/kl"), "run_dir": run["run_dir"]})
+    for pts in points.values():
+        pts.sort(key=lambda p: p["weight"])
+        for p in pts:
+            p["on_front"] = not any(
+                q is not p and q["gold_reward"] >= p["gold_reward"]
+                and q["harmlessness"] >= p["harmlessness"]
+                and (q["gold_reward"], q["harmlessness"]) != (p["gold_reward"], p["harmlessness"])
+                for q in pts)
+    sft = results["sft"]["score"] or {}
+    return {"weights": weights, "points": points,
+            "sft": {"gold_reward": sft.get("eval/gold_reward"),
+                    "harmlessness": sft.get("eval/harmlessness")}}
 
 
 def diversity(results: dict) -> dict:

@@ -10,6 +10,7 @@ The presets say which experiments run (``preflab.compare.design`` turns them int
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from preflab.compare.methods import get_method
@@ -140,6 +141,11 @@ class CompareConfig:
                             gt=0, lt=1)
     harmlessness_weight: float = arg(1.0, "World: weight w of the changed objective, gold + "
                                      "w x harmlessness (flexibility row).", gt=0)
+    pareto_weights: str = arg("", "World: several objectives. Harmlessness weights w, comma-"
+                              "separated (e.g. 0,1,3): for each, the pairs are labelled again "
+                              "under gold + w x harmlessness and DPO and the RLHF road (ppo) "
+                              "learn from them; the report draws each road's front of gold "
+                              "against harmlessness. Empty: no sweep.")
     kl_blowup: float = arg(10.0, "eval/kl above this many nats counts as a KL blow-up.", gt=0)
     max_length: int = arg(0, "Longest sequence in tokens (0: 64 on the world, 512 otherwise).",
                           ge=2, also=(0,))
@@ -177,6 +183,11 @@ class CompareConfig:
             raise ConfigError("say what to compare on: --world DIR (the built-in task), or "
                               "--model SFT_MODEL --pairs PAIRS --prompts PROMPTS",
                               field="world")
+        if self.pareto_weights:
+            if not self.world:
+                raise ConfigError("--pareto-weights needs the world's two objectives (gold and "
+                                  "harmlessness); give --world", field="pareto_weights")
+            self.pareto()
         if self.world and self.gold_reward:
             raise ConfigError("the world brings its own gold reward; --gold-reward is for "
                               "your own data", field="gold_reward")
@@ -189,6 +200,18 @@ class CompareConfig:
             if section not in sections or not isinstance(values, dict):
                 raise ConfigError(f"hyperparameters: unknown section {section!r}",
                                   field="hyperparameters", expected=", ".join(sorted(sections)))
+
+    def pareto(self) -> list[float]:
+        """The harmlessness weights of the several-objectives sweep (empty: none)."""
+        try:
+            weights = sorted({float(w) for w in self.pareto_weights.split(",") if w.strip()})
+        except ValueError:
+            weights = []
+        if self.pareto_weights and (not weights or not all(
+                math.isfinite(w) and w >= 0 for w in weights)):
+            raise ConfigError(f"--pareto-weights {self.pareto_weights[:60]!r}", field="pareto_weights",
+                              expected="finite weights of 0 or more, comma-separated, e.g. 0,1,3")
+        return weights
 
     def preset_settings(self) -> Preset:
         preset = PRESETS[self.preset]

@@ -66,13 +66,18 @@ def tiny_world(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def quick(tiny_world, tmp_path_factory):
-    """`preflab compare --preset quick` on the tiny world, with IPO made to fail (beta must be
-    positive): ``(output dir, exit code, config file)``. Shared by the compare and notebook
-    tests, which reuse its finished runs."""
+    """`preflab compare --preset quick` on the tiny world, with KTO and online DPO added and IPO
+    made to fail (beta must be positive): ``(output dir, exit code, config file)``. Shared by
+    the compare and notebook tests, which reuse its finished runs."""
     from preflab.cli import main
 
     root = tmp_path_factory.mktemp("cmp")
+    import yaml
+
     config = tiny_config(root / "tiny.yaml", ipo={"beta": -1.0})
+    settings = yaml.safe_load(config.read_text())
+    settings["methods"] = "dpo,ipo,ppo,ppo-shared,kto,online-dpo"  # every run of it sees them
+    config.write_text(yaml.safe_dump(settings))
     out = root / "cmp"
     code = main(["compare", "--world", str(tiny_world), "--output-dir", str(out), "--preset",
                  "quick", "--config", str(config)])

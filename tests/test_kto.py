@@ -212,3 +212,17 @@ def test_kto_is_a_compare_method(tiny_world, tmp_path, capsys):
     model = lambda line: line.split("--model ")[1].split()[0]  # noqa: E731
     assert data(kto_lines[0]) == data(dpo_lines[0])
     assert model(kto_lines[0]) == model(dpo_lines[0])
+
+
+def test_the_quick_comparison_includes_kto_and_online_dpo(quick):
+    """The shared quick run (tests/conftest.py) adds both: each finishes, is scored, and shows
+    in the runs table, the memory chart's configurations and the results."""
+    out, _, _ = quick
+    results = json.loads((out / "results.json").read_text())
+    runs = {r["method"]: r for r in results["runs"] if r["experiment"] == "main"}
+    for method, label in (("kto", "KTO"), ("online-dpo", "Online DPO (RM judge)")):
+        assert runs[method]["status"] == "done" and "eval/gold_reward" in runs[method]["score"]
+        assert any(c["method"] == method for c in results["memory"]["configs"])
+        assert f"| {label} | done |" in (out / "report.md").read_text()
+    online = next(c for c in results["memory"]["configs"] if c["method"] == "online-dpo")
+    assert online["roles"]["reward"]["total"] > 0  # the judge's reward model, counted

@@ -28,7 +28,6 @@ from preflab.data import (
     check_dataset,
     collate_preference,
     load_preference_dataset,
-    load_prompt_dataset,
     split_train_eval,
 )
 from preflab.errors import ConfigError
@@ -36,7 +35,7 @@ from preflab.evaluation import evaluate_policy
 from preflab.logprobs import concatenated_forward
 from preflab.losses import DIRECT_LOSSES, compute_direct_loss, get_direct_loss
 from preflab.losses.registry import check_direct_loss_args
-from preflab.rewards import check_reward_specs, load_reward
+from preflab.rewards import check_reward_specs
 from preflab.runtime import distributed, memory, session
 from preflab.runtime.metrics import format_metrics
 from preflab.runtime.stream import ExampleStream
@@ -216,15 +215,7 @@ def train(cfg: DPOConfig) -> dict:
         eval_examples, _ = load_preference_dataset(cfg.eval_data, tokenizer, policy)
     else:
         examples, eval_examples = split_train_eval(examples, cfg.eval_fraction, cfg.seed)
-    prompts: list[str] = []
-    if cfg.eval_prompts:
-        prompt_examples, _ = load_prompt_dataset(cfg.eval_prompts, tokenizer, policy)
-        prompts = [p.prompt for p in prompt_examples[: cfg.eval_num_prompts]]
-    gold_fn = None
-    if cfg.gold_reward:
-        gold = load_reward(cfg.gold_reward, flag="--gold-reward", device=run.device,
-                           dtype=run.dtype)
-        gold_fn = lambda p, c, **kw: gold(p, c, **kw)[0]  # noqa: E731
+    prompts, gold_fn = session.sampled_evaluation(cfg, run, tokenizer, policy)
     if run.ctx.is_main:
         print(f"data: {len(examples)} train / {len(eval_examples)} eval pairs; "
               f"{data_report.summary()}", flush=True)

@@ -37,7 +37,6 @@ from preflab.data import (
     UnpairedExample,
     check_dataset,
     collate_unpaired,
-    load_prompt_dataset,
     load_unpaired_dataset,
     split_train_eval,
 )
@@ -45,7 +44,7 @@ from preflab.errors import ConfigError
 from preflab.evaluation import evaluate_policy
 from preflab.logprobs import forward_logps
 from preflab.losses import kto_loss
-from preflab.rewards import check_reward_specs, load_reward
+from preflab.rewards import check_reward_specs
 from preflab.runtime import distributed, memory, session
 from preflab.runtime.metrics import format_metrics
 from preflab.runtime.stream import ExampleStream
@@ -272,15 +271,7 @@ def train(cfg: KTOConfig) -> dict:
         eval_examples, _ = load_unpaired_dataset(cfg.eval_data, tokenizer, policy)
     else:
         examples, eval_examples = split_train_eval(examples, cfg.eval_fraction, cfg.seed)
-    prompts: list[str] = []
-    if cfg.eval_prompts:
-        prompt_examples, _ = load_prompt_dataset(cfg.eval_prompts, tokenizer, policy)
-        prompts = [p.prompt for p in prompt_examples[: cfg.eval_num_prompts]]
-    gold_fn = None
-    if cfg.gold_reward:
-        gold = load_reward(cfg.gold_reward, flag="--gold-reward", device=run.device,
-                           dtype=run.dtype)
-        gold_fn = lambda p, c, **kw: gold(p, c, **kw)[0]  # noqa: E731
+    prompts, gold_fn = session.sampled_evaluation(cfg, run, tokenizer, policy)
     if run.ctx.is_main:
         n_good = sum(e.label for e in examples)
         print(f"data: {len(examples)} train examples ({n_good} desirable, "

@@ -245,10 +245,7 @@ def train(cfg: OnlineDPOConfig) -> dict:
     policy = TruncationPolicy(cfg.max_length, cfg.max_prompt_length or None, cfg.overlong)
     prompt_examples, data_report = load_prompt_dataset(cfg.data, tokenizer, policy)
     prompts_all = [e.prompt for e in prompt_examples]
-    eval_prompts: list[str] = []
-    if cfg.eval_prompts:
-        eval_prompts = [e.prompt for e in load_prompt_dataset(cfg.eval_prompts, tokenizer,
-                                                              policy)[0]][: cfg.eval_num_prompts]
+    eval_prompts, gold_fn = session.sampled_evaluation(cfg, run, tokenizer, policy)
     if pairwise(cfg.judge):
         from preflab.judges import JudgeOptions, load_judge
 
@@ -261,11 +258,6 @@ def train(cfg: OnlineDPOConfig) -> dict:
         judge = load_reward(cfg.judge, flag="--judge", device=run.device, dtype=run.dtype,
                             allow_pickle=cfg.allow_pickle,
                             trust_remote_code=cfg.trust_remote_code)
-    gold_fn = None
-    if cfg.gold_reward:
-        gold = load_reward(cfg.gold_reward, flag="--gold-reward", device=run.device,
-                           dtype=run.dtype)
-        gold_fn = lambda p, c, **kw: gold(p, c, **kw)[0]  # noqa: E731
     if run.ctx.is_main:
         print(f"data: {len(prompts_all)} prompts; {data_report.summary()}", flush=True)
 

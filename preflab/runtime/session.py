@@ -88,6 +88,25 @@ def load_trainable(cfg: TrainConfig, run: Run):
     return model
 
 
+def sampled_evaluation(cfg, run: Run, tokenizer, policy) -> tuple[list[str], Any]:
+    """What a trainer samples at evaluation: the first ``--eval-num-prompts`` of
+    ``--eval-prompts`` (none when it is empty), and ``--gold-reward`` as a function of
+    (prompts, completions) returning scores (None when it is empty)."""
+    from preflab.data import load_prompt_dataset
+    from preflab.rewards import load_reward
+
+    prompts: list[str] = []
+    if cfg.eval_prompts:
+        examples, _ = load_prompt_dataset(cfg.eval_prompts, tokenizer, policy)
+        prompts = [e.prompt for e in examples[: cfg.eval_num_prompts]]
+    gold_fn = None
+    if cfg.gold_reward:
+        gold = load_reward(cfg.gold_reward, flag="--gold-reward", device=run.device,
+                           dtype=run.dtype)
+        gold_fn = lambda p, c, **kw: gold(p, c, **kw)[0]  # noqa: E731
+    return prompts, gold_fn
+
+
 def total_steps(cfg: TrainConfig, num_examples: int, ctx: distributed.DistContext) -> int:
     """``--max-steps``, or the steps that ``--num-epochs`` epochs take at the global batch."""
     if cfg.max_steps > 0:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from preflab import models
-from preflab.logprobs import SequenceLogps, concatenated_forward
+from preflab.logprobs import SequenceLogps, concatenated_forward, forward_logps
 from preflab.runtime import memory
 
 MODES = ("copy", "adapter-off", "precomputed", "none")
@@ -35,6 +35,21 @@ def choose_mode(*, needs_reference: bool, precompute: bool, lora: bool, separate
     if lora and not separate_ref:
         return "adapter-off"
     return "copy"
+
+
+def live(cfg, run, policy: torch.nn.Module, *, needed: bool = True) -> Reference:
+    """pi_ref held live for the whole run, from a trainer's flags: nothing when the loss needs
+    none; with LoRA and no ``--ref-model``, the policy's own base with adapters off; else a
+    frozen copy of ``--ref-model`` (default ``--model``)."""
+    if not needed:
+        return Reference("none")
+    if cfg.lora_rank > 0 and not cfg.ref_model:
+        return Reference("adapter-off", policy=policy)
+    model = models.load_causal_lm(cfg.ref_model or cfg.model, dtype=run.dtype, device=run.device,
+                                  allow_pickle=cfg.allow_pickle,
+                                  trust_remote_code=cfg.trust_remote_code)
+    model.eval().requires_grad_(False)
+    return Reference("copy", model=model)
 
 
 class Reference:
@@ -72,6 +87,16 @@ class Reference:
             with models.unwrap(self.policy).disable_adapter():
                 return concatenated_forward(models.unwrap(self.policy), batch)
         raise RuntimeError(f"the {self.mode!r} reference has no model to run")
+
+    @torch.no_grad()
+    def completion_logps(self, batch: dict) -> torch.Tensor:
+        """Summed completion log-probs ``[B]`` of a plain (not concatenated) batch with
+        ``input_ids``, ``attention_mask`` and ``completion_mask``: KTO's single completions."""
+        run = self.sequence_logps_fn()
+        if run is None:
+            raise RuntimeError(f"the {self.mode!r} reference has no model to run")
+        return run(lambda model: forward_logps(model, batch["input_ids"], batch["attention_mask"],
+                                               batch["completion_mask"])[0].sum)
 
     def sequence_logps_fn(self) -> Callable | None:
         """A function (model-forward-like) for sampled-KL evaluation, or None if unavailable."""

@@ -105,6 +105,12 @@ def test_stopped_mid_round_resumes_to_the_same_weights(reference, tiny_model_dir
         assert torch.equal(got[key], want[key]), key
     if reference == "moving":
         assert (out / "rounds/round-2/reference.safetensors").exists()
+        # The round-2 reference really moved: a fixed reference trains to other weights, so
+        # the equality above could not pass with the reference left at the start.
+        fixed = tmp_path / "fixed"
+        assert main(args(tiny_model_dir, files, fixed, "--reference", "fixed")) == 0
+        other = load_file(fixed / "final/model.safetensors")
+        assert any(not torch.equal(other[k], want[k]) for k in want)
 
 
 def test_a_judge_that_cannot_tell_completions_apart_is_refused(tiny_model_dir, files, tmp_path,
@@ -150,3 +156,10 @@ def test_a_pairwise_judge_ranks_by_win_rate_and_overwrite_starts_afresh(tiny_mod
     (out / "rounds/round-1/round.json").write_text('{"stale": true}')
     assert main([*argv, "--overwrite"]) == 0
     assert "stale" not in (out / "rounds/round-1/round.json").read_text()
+
+
+def test_a_moving_reference_with_lora_is_refused(tiny_model_dir, files, tmp_path, capsys):
+    for extra in ([], ["--ref-model", str(tiny_model_dir)]):  # a separate copy cannot take it
+        assert main(args(tiny_model_dir, files, tmp_path / "run", "--reference", "moving",
+                         "--lora-rank", "2", *extra)) == 2
+        assert "--reference moving copies the policy's weights" in capsys.readouterr().err

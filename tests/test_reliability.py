@@ -385,3 +385,20 @@ def test_a_model_setting_the_machine_cannot_meet_is_one_paragraph(flags, says, t
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
     assert not out.exists()
+
+
+def test_a_signal_on_a_save_step_writes_that_checkpoint_once(tiny_model_dir, inputs, tmp_path,
+                                                             monkeypatch):
+    from preflab.runtime import session, signals
+
+    saves, calls = [], []
+    real_save = session.save_step
+    monkeypatch.setattr(session, "save_step",
+                        lambda run, step, **kw: saves.append(step) or real_save(run, step, **kw))
+    monkeypatch.setattr(signals, "requested_signal",
+                        lambda ctx=None: calls.append(1) or (signal.SIGTERM if len(calls) == 2
+                                                             else None))
+    out = tmp_path / "run"
+    assert main(argv("sft", tiny_model_dir, inputs, out, "--max-steps", "6",
+                     "--save-every", "2")) == 143
+    assert saves == [2] and (out / "checkpoints" / "step-2").is_dir()

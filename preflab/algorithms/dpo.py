@@ -171,17 +171,7 @@ def build_reference(cfg: DPOConfig, spec, run, model, tokenizer, train_examples,
         needs_reference=spec.needs_reference, precompute=cfg.precompute_ref,
         lora=cfg.lora_rank > 0, separate_ref=bool(cfg.ref_model),
     )
-    if mode == "none":
-        return reference.Reference("none")
-    live_mode = "adapter-off" if cfg.lora_rank > 0 and not cfg.ref_model else "copy"
-    ref_model = None
-    if live_mode == "copy":
-        ref_model = models.load_causal_lm(
-            cfg.ref_model or cfg.model, dtype=run.dtype, device=run.device,
-            allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code,
-        )
-        ref_model.eval().requires_grad_(False)
-    live = reference.Reference(live_mode, model=ref_model, policy=model)
+    live = reference.live(cfg, run, model, needed=mode != "none")
     if mode != "precomputed":
         return live
     key = reference.cache_key(ref=cfg.ref_model or cfg.model, data=cfg.data, eval_data=cfg.eval_data,
@@ -197,6 +187,7 @@ def build_reference(cfg: DPOConfig, spec, run, model, tokenizer, train_examples,
             cache_file=run.dir / "ref_logps" / f"{split}-{key}.pt",
             progress=cfg.progress and run.ctx.is_main,
         )
+    ref_model = live.model
     del live
     reference.free(ref_model)
     return reference.Reference("precomputed", cache=cache)
@@ -285,9 +276,7 @@ def train(cfg: DPOConfig) -> dict:
                 record.update(evaluate(model, ref, spec, cfg, eval_examples, pad_id, run, **eval_args))
             logger.log(step, record)
             bar.set_postfix_str(format_metrics(record, ("loss", "rewards/accuracies", "eval/gold_reward")))
-        if cfg.save_every and step % cfg.save_every == 0 and step != steps:
-            session.save_step(run, step, **state)
-        session.stop_if_asked(run, step, **state)
+        session.step_boundary(run, step, steps, **state)
     bar.close()
 
     final_eval = evaluate(model, ref, spec, cfg, eval_examples, pad_id, run, **eval_args)

@@ -115,35 +115,6 @@ def mismatched(examples: list[UnpairedExample], partner: list[int], indices: lis
     return out
 
 
-class KTOReference:
-    """pi_ref's summed completion log-probs: a frozen copy, or the LoRA base (adapters off)."""
-
-    def __init__(self, cfg: KTOConfig, run: session.Run, policy: torch.nn.Module) -> None:
-        self.model = None
-        if cfg.lora_rank > 0 and not cfg.ref_model:
-            self.mode, self.policy = "adapter-off", policy
-        else:
-            self.mode, self.policy = "copy", None
-            self.model = models.load_causal_lm(
-                cfg.ref_model or cfg.model, dtype=run.dtype, device=run.device,
-                allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
-            self.model.eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def logps(self, batch: dict) -> torch.Tensor:
-        if self.mode == "copy":
-            return _seq(self.model, batch)
-        with models.unwrap(self.policy).disable_adapter():
-            return _seq(models.unwrap(self.policy), batch)
-
-    def as_reference(self) -> reference.Reference:
-        """The ``preflab.reference`` view, for the sampled evaluation's eval/kl."""
-        return reference.Reference(self.mode, model=self.model, policy=self.policy)
-
-    def tensor_bytes(self, seen: set[int]) -> dict[str, int]:
-        return self.as_reference().tensor_bytes(seen)
-
-
 def _seq(model, batch: dict) -> torch.Tensor:
     seq, _ = forward_logps(model, batch["input_ids"], batch["attention_mask"],
                            batch["completion_mask"])
@@ -160,21 +131,19 @@ def reference_point(kl_sum: torch.Tensor, count: float, ctx: distributed.DistCon
 
 
 @torch.no_grad()
-def kl_sum(model, ref: KTOReference, batches: list[dict]) -> torch.Tensor:
+def kl_sum(model, ref: reference.Reference, batches: list[dict]) -> torch.Tensor:
     """Sum over the mismatched batches of log pi - log pi_ref."""
-    total = torch.zeros((), dtype=torch.float64)
-    for batch in batches:
-        total += (_seq(model, batch) - ref.logps(batch)).double().sum().cpu()
-    return total
+    parts = [(_seq(model, b) - ref.completion_logps(b)).double().sum() for b in batches]
+    return torch.stack(parts).sum().cpu() if parts else torch.zeros((), dtype=torch.float64)
 
 
-def kto_step(model, ref: KTOReference, cfg: KTOConfig, batch: dict,
+def kto_step(model, ref: reference.Reference, cfg: KTOConfig, batch: dict,
              z0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example losses and the batch sums to log (``SUM_KEYS`` order), at reference
     point ``z0``."""
     device = batch["input_ids"].device
     policy_logps = _seq(model, batch)
-    ref_logps = ref.logps(batch)
+    ref_logps = ref.completion_logps(batch)
     labels = batch["labels"].to(device)
     losses, rewards = kto_loss(policy_logps, ref_logps, labels, z0.to(device), beta=cfg.beta,
                                desirable_weight=cfg.desirable_weight,
@@ -230,7 +199,7 @@ def check_balance(cfg: KTOConfig, examples) -> str | None:
 
 
 @torch.no_grad()
-def evaluate(model, ref: KTOReference, cfg: KTOConfig, examples, pad_id, run, *, tokenizer,
+def evaluate(model, ref: reference.Reference, cfg: KTOConfig, examples, pad_id, run, *, tokenizer,
              prompts, gold_fn) -> dict[str, float]:
     """Held-out KTO figures, plus sampled figures when --eval-prompts is given."""
     out: dict[str, float] = {}
@@ -251,7 +220,7 @@ def evaluate(model, ref: KTOReference, cfg: KTOConfig, examples, pad_id, run, *,
         out.update(evaluate_policy(
             models.unwrap(model), tokenizer, prompts,
             rewards={"gold_reward": gold_fn} if gold_fn is not None else None,
-            reference=ref.as_reference().sequence_logps_fn(),
+            reference=ref.sequence_logps_fn(),
             max_new_tokens=cfg.eval_max_new_tokens, temperature=cfg.eval_temperature,
             batch_size=max(cfg.eval_batch_size, 32), seed=cfg.seed,
         ).metrics)
@@ -284,7 +253,7 @@ def train(cfg: KTOConfig) -> dict:
     model = session.load_trainable(cfg, run)
     model.train()
     session.claim_run_dir(run)
-    ref = KTOReference(cfg, run, model)
+    ref = reference.live(cfg, run, model)
     steps = session.total_steps(cfg, len(examples), run.ctx)
     optimizer, scheduler = session.build_optimization(cfg, model, steps)
     partner = partners(len(examples), cfg.seed)
@@ -318,7 +287,7 @@ def train(cfg: KTOConfig) -> dict:
         micro = [batches_for(examples, partner, stream.next_batch(cfg.batch_size), cfg, pad_id,
                              run.device) for _ in range(cfg.grad_accum)]
         # z0 from the whole optimizer batch (every micro-batch, every process), no gradient.
-        z0 = reference_point(kl_sum(ddp_model, ref, [kl for _, kl in micro]),
+        z0 = reference_point(kl_sum(model, ref, [kl for _, kl in micro]),  # no grad: no DDP
                              cfg.batch_size * cfg.grad_accum, run.ctx)
         for i, (batch, _) in enumerate(micro):
             sync = i == cfg.grad_accum - 1 or not run.ctx.enabled
@@ -349,9 +318,7 @@ def train(cfg: KTOConfig) -> dict:
             logger.log(step, record)
             bar.set_postfix_str(format_metrics(record, ("loss", "rewards/margins", "kl",
                                                         "eval/gold_reward")))
-        if cfg.save_every and step % cfg.save_every == 0 and step != steps:
-            session.save_step(run, step, **state)
-        session.stop_if_asked(run, step, **state)
+        session.step_boundary(run, step, steps, **state)
     bar.close()
 
     final_eval = evaluate(model, ref, cfg, eval_examples, pad_id, run, **eval_args)

@@ -105,10 +105,11 @@ class OnlineDPOConfig(DPOConfig):
         if self.eval_data:
             raise ConfigError("--eval-data: online DPO has no fixed pairs to hold out; use "
                               "--eval-prompts (and --gold-reward)", field="eval_data")
-        if self.reference == "moving" and self.lora_rank > 0 and not self.ref_model:
-            raise ConfigError("--reference moving with --lora-rank needs a copy of the policy "
-                              "as reference, which LoRA's adapters-off reference is not; use "
-                              "--reference fixed, or full fine-tuning", field="reference")
+        if self.reference == "moving" and self.lora_rank > 0:
+            raise ConfigError("--reference moving copies the policy's weights into the reference "
+                              "each round, which a LoRA policy (base plus adapters) cannot give a "
+                              "plain model; use --reference fixed, or full fine-tuning",
+                              field="reference")
 
     def steps_each_round(self, world_size: int) -> int:
         global_batch = self.batch_size * self.grad_accum * world_size
@@ -196,7 +197,8 @@ def sample_round(cfg: OnlineDPOConfig, run, model, tokenizer, judge, prompts: li
     with session.diverged_at(run, f"round {number} (judging the samples)"):
         scores, _ = judge(flat_prompts, [s.completion for s in flat],
                           ended_with_eos=[s.ended_with_eos for s in flat])
-        session.require_finite(run, f"round {number}", judge_score=scores)
+        # only the main process judges: no collective here, the others wait at a barrier
+        session.require_finite(run, f"round {number}", local=True, judge_score=scores)
     pairs, ties = make_pairs(prompts, samples, scores)
     if not pairs:
         raise ConfigError(f"round {number}: the judge gave every completion of every prompt "
@@ -264,15 +266,8 @@ def train(cfg: OnlineDPOConfig) -> dict:
     model = session.load_trainable(cfg, run)
     model.train()
     session.claim_run_dir(run)
-    ref_model = None
-    if spec.needs_reference and (cfg.lora_rank == 0 or cfg.ref_model):
-        ref_model = models.load_causal_lm(cfg.ref_model or cfg.model, dtype=run.dtype,
-                                          device=run.device, allow_pickle=cfg.allow_pickle,
-                                          trust_remote_code=cfg.trust_remote_code)
-        ref_model.eval().requires_grad_(False)
-    ref = (reference.Reference("copy", model=ref_model) if ref_model is not None
-           else reference.Reference("adapter-off", policy=model) if spec.needs_reference
-           else reference.Reference("none"))
+    ref = reference.live(cfg, run, model, needed=spec.needs_reference)
+    ref_model = ref.model  # the frozen copy a moving reference updates (None otherwise)
 
     per_round = cfg.steps_each_round(run.ctx.world_size)
     steps = cfg.rounds * per_round
@@ -363,9 +358,7 @@ def train(cfg: OnlineDPOConfig) -> dict:
                 logger.log(step, record)
                 bar.set_postfix_str(format_metrics(record, ("loss", "round/judge_score",
                                                             "eval/gold_reward")))
-            if cfg.save_every and step % cfg.save_every == 0 and step != steps:
-                session.save_step(run, step, **checkpointed)
-            session.stop_if_asked(run, step, **checkpointed)
+            session.step_boundary(run, step, steps, **checkpointed)
         start_step = max(start_step, number * per_round)
     bar.close()
 

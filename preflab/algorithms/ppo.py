@@ -219,8 +219,9 @@ def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg
                                              clip_range_value=cfg.clip_range_value)
                 (cfg.vf_coef * vf_loss * share).backward()
                 stats = (pg_loss, vf_loss, pg["approxkl"], pg["clipfrac"], vf["clipfrac"], pg["ratio"])
-                totals += share * torch.tensor([s.item() for s in stats], dtype=torch.float64)
-                minibatch_loss += share * (pg_loss.item() + cfg.vf_coef * vf_loss.item())
+                values_now = [s.item() for s in stats]  # one host sync for all six
+                totals += share * torch.tensor(values_now, dtype=torch.float64)
+                minibatch_loss += share * (values_now[0] + cfg.vf_coef * values_now[1])
             sync_gradients(params, run)
             session.optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm, run=run,
                                    step=f"iteration {iteration}, update {updates + 1}",
@@ -354,9 +355,7 @@ def train(cfg: PPOConfig) -> dict:
             logger.log(it, record)
         bar.set_postfix_str(format_metrics(record, ("objective/scores", "objective/kl",
                                                     "eval/gold_reward")))
-        if cfg.save_every and it % cfg.save_every == 0 and it != iterations:
-            session.save_step(run, it, models=roles.checkpoint_models(), **state_dict)
-        session.stop_if_asked(run, it, models=roles.checkpoint_models(), **state_dict)
+        session.step_boundary(run, it, iterations, models=roles.checkpoint_models, **state_dict)
     bar.close()
 
     final_eval = evaluate(roles, tokenizer, eval_prompts, reward, gold, cfg)

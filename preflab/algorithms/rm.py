@@ -184,9 +184,7 @@ def train(cfg: RMConfig) -> dict:
                 record.update(evaluate(scorer, eval_examples, cfg, pad_id, run))
             logger.log(step, record)
             bar.set_postfix_str(format_metrics(record, ("loss", "rewards/accuracies", "eval/accuracy")))
-        if cfg.save_every and step % cfg.save_every == 0 and step != steps:
-            session.save_step(run, step, **state)
-        session.stop_if_asked(run, step, **state)
+        session.step_boundary(run, step, steps, **state)
     bar.close()
 
     final_eval = evaluate(scorer, eval_examples, cfg, pad_id, run)

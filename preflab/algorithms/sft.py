@@ -159,9 +159,7 @@ def train(cfg: SFTConfig) -> dict:
                 record.update(evaluate(model, eval_examples, cfg, pad_id, run))
             logger.log(step, record)
             bar.set_postfix_str(format_metrics(record, ("loss", "eval/loss", "tokens_per_sec")))
-        if cfg.save_every and step % cfg.save_every == 0 and step != steps:
-            session.save_step(run, step, **state)
-        session.stop_if_asked(run, step, **state)
+        session.step_boundary(run, step, steps, **state)
     bar.close()
 
     final_eval = evaluate(model, eval_examples, cfg, pad_id, run)

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,8 @@ def sampled_evaluation(cfg, run: Run, tokenizer, policy) -> tuple[list[str], Any
     gold_fn = None
     if cfg.gold_reward:
         gold = load_reward(cfg.gold_reward, flag="--gold-reward", device=run.device,
-                           dtype=run.dtype)
+                           dtype=run.dtype, allow_pickle=cfg.allow_pickle,
+                           trust_remote_code=cfg.trust_remote_code)
         gold_fn = lambda p, c, **kw: gold(p, c, **kw)[0]  # noqa: E731
     return prompts, gold_fn
 
@@ -232,6 +234,21 @@ def last_checkpoint(run: Run) -> str:
     return str(found[-1]) if found else "none (--save-every N writes them)"
 
 
+def _any_nonfinite(run: Run, figures: dict, *, local: bool = False) -> bool:
+    """Whether any figure (tensors or floats) holds NaN or an infinity, on any process (one
+    all-reduce, so every process takes the same branch) or, with ``local``, on this one."""
+    values = [torch.as_tensor(v, dtype=torch.float64).detach().cpu().reshape(-1)
+              for v in figures.values() if v is not None]
+    bad = bool(values) and not bool(torch.isfinite(torch.cat(values)).all())
+    if run.ctx.enabled and not local:
+        bad = bool(distributed.all_reduce_max(torch.tensor([float(bad)]), run.ctx).item())
+    return bad
+
+
+def _shown(figures: dict) -> str:
+    return ", ".join(f"{k} {_first_value(v):.4g}" for k, v in figures.items() if v is not None)
+
+
 def check_finite(run: Run, step: int | str, **figures) -> bool:
     """True when every figure (tensors or floats: loss, gradient norm, ...) is finite on every
     process. ``step`` is an optimizer step, or a label such as ``"iteration 3"``.
@@ -239,25 +256,19 @@ def check_finite(run: Run, step: int | str, **figures) -> bool:
     Otherwise, with ``--nonfinite stop`` (the default) raise ``TrainingDiverged`` naming the
     step and the last good checkpoint; with ``skip`` count the step and return False.
     """
-    values = [torch.as_tensor(v, dtype=torch.float64).detach().cpu().reshape(-1)
-              for v in figures.values() if v is not None]
-    bad = bool(values) and not bool(torch.isfinite(torch.cat(values)).all())
-    if run.ctx.enabled:  # every process takes the same branch, or the next collective hangs
-        bad = bool(distributed.all_reduce_max(torch.tensor([float(bad)]), run.ctx).item())
-    if not bad:
+    if not _any_nonfinite(run, figures):
         return True
     where = f"step {step}" if isinstance(step, int) else step
-    shown = ", ".join(f"{k} {_first_value(v):.4g}" for k, v in figures.items() if v is not None)
     if getattr(run.config, "nonfinite", "stop") == "skip":
         run.skipped_steps += 1
         if run.ctx.is_main:
-            print(f"warning: {where} skipped: {shown}", file=sys.stderr, flush=True)
+            print(f"warning: {where} skipped: {_shown(figures)}", file=sys.stderr, flush=True)
         return False
     raise TrainingDiverged(
-        f"the run diverged at {where}: {shown} (not finite"
-        f"{' on some process' if run.ctx.enabled else ''}); it stopped before applying that update, and writes no final/. Last good checkpoint: "
-        f"{last_checkpoint(run)}. Lower --learning-rate, use --dtype float32, or pass "
-        "--nonfinite skip to skip such steps")
+        f"the run diverged at {where}: {_shown(figures)} (not finite"
+        f"{' on some process' if run.ctx.enabled else ''}); it stopped before applying that "
+        f"update, and writes no final/. Last good checkpoint: {last_checkpoint(run)}. Lower "
+        "--learning-rate, use --dtype float32, or pass --nonfinite skip to skip such steps")
 
 
 def _first_value(v) -> float:
@@ -267,17 +278,14 @@ def _first_value(v) -> float:
     return float(bad[0] if len(bad) else flat[0]) if len(flat) else float("nan")
 
 
-def require_finite(run: Run, where: str, **figures) -> None:
-    """Like ``check_finite`` but never skipped: a NaN reward or log-prob has no step to skip."""
-    values = [torch.as_tensor(v, dtype=torch.float64).detach().cpu().reshape(-1)
-              for v in figures.values() if v is not None]
-    bad = bool(values) and not bool(torch.isfinite(torch.cat(values)).all())
-    if run.ctx.enabled:
-        bad = bool(distributed.all_reduce_max(torch.tensor([float(bad)]), run.ctx).item())
-    if bad:
-        shown = ", ".join(f"{k} {_first_value(v):.4g}" for k, v in figures.items() if v is not None)
-        raise TrainingDiverged(f"the run diverged at {where}: {shown} (not finite); final/ is not "
-                               f"written. Last good checkpoint: {last_checkpoint(run)}")
+def require_finite(run: Run, where: str, *, local: bool = False, **figures) -> None:
+    """Like ``check_finite`` but never skipped: a NaN reward or log-prob has no step to skip.
+    ``local``: this process alone checks (work only the main process does, such as judging
+    an online-DPO round, must not start a collective the others are not in)."""
+    if _any_nonfinite(run, figures, local=local):
+        raise TrainingDiverged(f"the run diverged at {where}: {_shown(figures)} (not finite); "
+                               f"final/ is not written. Last good checkpoint: "
+                               f"{last_checkpoint(run)}")
 
 
 # torch's multinomial sampling refuses a distribution that holds NaN or inf with this message
@@ -325,13 +333,28 @@ def optimizer_step(model: torch.nn.Module | list, optimizer, scheduler, max_grad
     return grad_norm
 
 
-def stop_if_asked(run: Run, step: int, *, models: dict, optimizer, scheduler, stream) -> None:
-    """At a step boundary: if SIGTERM or SIGINT arrived, checkpoint this step and stop
-    (``signals.Interrupted``, exit 143 or 130)."""
+def step_boundary(run: Run, step: int, last: int, *, models: dict | Callable[[], dict],
+                  optimizer, scheduler, stream) -> None:
+    """The end of every optimizer step (PPO: iteration): a checkpoint when ``--save-every`` is
+    due (not at the ``last`` step, which writes final/), then stop if a signal asked."""
+    state = dict(optimizer=optimizer, scheduler=scheduler, stream=stream)
+    saved = bool(run.config.save_every and step % run.config.save_every == 0 and step != last)
+    if saved:
+        save_step(run, step, models=models() if callable(models) else models, **state)
+    stop_if_asked(run, step, models=models, saved=saved, **state)
+
+
+def stop_if_asked(run: Run, step: int, *, models: dict | Callable[[], dict], optimizer,
+                  scheduler, stream, saved: bool = False) -> None:
+    """At a step boundary: if SIGTERM or SIGINT arrived, checkpoint this step (unless the loop
+    just did, ``saved``) and stop (``signals.Interrupted``, exit 143 or 130). ``models`` may be
+    a function, called only when stopping (PPO's roles gather their weights for it)."""
     signum = signals.requested_signal(run.ctx)
     if signum is None:
         return
-    save_step(run, step, models=models, optimizer=optimizer, scheduler=scheduler, stream=stream)
+    if not saved:
+        save_step(run, step, models=models() if callable(models) else models,
+                  optimizer=optimizer, scheduler=scheduler, stream=stream)
     raise signals.interrupted(signum, step, str(run.dir / "checkpoints" / f"step-{step}"))
 
 

@@ -132,6 +132,7 @@ def prepare_output(cfg: BonConfig) -> Path:
 def run(cfg: BonConfig) -> dict:
     from preflab import models
     from preflab.data import TruncationPolicy, check_dataset, load_prompt_dataset, write_jsonl
+    from preflab.data.writers import write_text
     from preflab.generation import generate
     from preflab.rewards import load_reward
 
@@ -186,16 +187,10 @@ def run(cfg: BonConfig) -> dict:
     results = {"command": "bon", "config": asdict(cfg), "prompts": len(prompts),
                "samples_per_prompt": big_n, "rows": table}
     write_jsonl(out / "samples.jsonl", records)
-    _write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-    _write_text(out / "report.md", report(results))
+    write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text(out / "report.md", report(results))
     plot(results, out / "bon.png")
     return results
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def report(results: dict) -> str:

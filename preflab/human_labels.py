@@ -19,11 +19,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import random
 from pathlib import Path
 
 from preflab.data.readers import read_records
+from preflab.data.writers import write_text
 from preflab.errors import DataError
 
 PAIR_COLUMNS = ("id", "prompt", "a", "b", "label")
@@ -32,16 +32,6 @@ PAIR_LABELS = {"a": 0, "b": 1, "skip": None}
 SINGLE_LABELS = {"good": True, "true": True, "1": True, "bad": False, "false": False,
                  "0": False, "skip": None}
 FORMATS = (".csv", ".jsonl")
-
-
-def write_atomically(path: str | Path, text: str) -> Path:
-    """Write ``text`` to a temp file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8", newline="")
-    os.replace(tmp, path)
-    return path
 
 
 def export_for_people(path: str | Path, items: list[dict], *, seed: int = 0) -> int:
@@ -67,7 +57,7 @@ def export_for_people(path: str | Path, items: list[dict], *, seed: int = 0) -> 
         text = buffer.getvalue()
     else:
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    write_atomically(path, text)
+    write_text(path, text)
     return len(rows)
 
 

@@ -39,9 +39,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from preflab.data.readers import read_records
-from preflab.data.writers import write_jsonl
+from preflab.data.writers import write_jsonl, write_text
 from preflab.errors import ConfigError, DataError
-from preflab.human_labels import FORMATS, export_for_people, read_people_labels, write_atomically
+from preflab.human_labels import FORMATS, export_for_people, read_people_labels
 from preflab.judges import JudgeOptions, check_judge_spec, load_judge
 from preflab.judges.cache import CachedJudge, JudgeCache, JudgeError
 from preflab.judges.pairing import PAIRINGS, Group, agreement, comparisons, make_outputs
@@ -261,7 +261,7 @@ def _open_judge(spec: str, flag: str, options: JudgeOptions, cache: JudgeCache):
 
 def _save_agreement(args, report: dict) -> Path:
     path = _stem_path(args.out, ".agreement.json")
-    write_atomically(path, json.dumps(report, indent=2) + "\n")
+    write_text(path, json.dumps(report, indent=2) + "\n")
     rate = report["agreement"]
     shown = "n/a" if rate is None else f"{rate:.1%} ({report['agreed']}/{report['decided_by_both']})"
     print(f"agreement of {report['judge']} with {report['with']}: {shown} -> {path}")

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from preflab.config import arg, check_output_dir, check_paths, parse_config
-from preflab.data.readers import read_records
-from preflab.errors import ConfigError, DataError
+from preflab.data.readers import read_text_prompts
+from preflab.errors import ConfigError
 from preflab.runtime import signals
 from preflab.runtime.progress import progress_bar
 
@@ -89,24 +89,6 @@ def check_new_file(path: str, name: str, overwrite: bool, *,
         raise ConfigError(f"{flag} exists", path=path, field=name,
                           expected="a new file name, or --overwrite to replace it")
     check_output_dir(str(target.parent), name)
-
-
-def read_text_prompts(source: str, max_prompts: int = 0) -> list[str]:
-    """The text ``prompt`` of each record of ``source`` (all of them, or the first N)."""
-    prompts = []
-    for record in read_records(source):
-        prompt = record.data.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            shown = "a list of messages" if isinstance(prompt, list) else (
-                "missing" if prompt is None else "empty" if isinstance(prompt, str)
-                else type(prompt).__name__)
-            raise DataError(f"the prompt is {shown}", path=record.path, line=record.line,
-                            field="prompt", expected="a non-empty text prompt (conversations: "
-                            "render them with the chat template first)")
-        prompts.append(prompt)
-        if max_prompts and len(prompts) >= max_prompts:
-            break
-    return prompts
 
 
 def chunk_seed(seed: int, chunk: int) -> int:

@@ -71,6 +71,10 @@ def test_bon_end_to_end(tiny_model_dir, tmp_path, capsys):
     proxy = [r["proxy"] for r in rows]
     assert proxy == sorted(proxy)  # the expected best of n never falls as n grows
     samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    for row in rows:  # the table is the estimate from the samples it saved, prompt by prompt
+        want = [bon.expected_best(s["proxy"], {"gold": s["gold"]}, row["n"]) for s in samples]
+        assert row["proxy"] == pytest.approx(sum(w["proxy"] for w in want) / len(want))
+        assert row["gold"] == pytest.approx(sum(w["gold"] for w in want) / len(want))
     assert len(samples) == 4 and all(len(s["completions"]) == 8 for s in samples)
     # n = 1 is the plain mean of every sample.
     mean_gold = sum(sum(s["gold"]) for s in samples) / 32

@@ -181,6 +181,7 @@ def test_human_kto_round_trip(samples, tmp_path):
     ("--in {samples} --out {out}", "--judge is required"),
     ("--judge world-gold:{world} --in {samples}", "--out is required"),
     ("--judge lm:/no/such/model --in {samples} --out {out}", "/no/such/model"),
+    ("--judge lm:/no/such/model --in {samples} --out {out}", "--judge: no such directory"),
     ("--judge http:m --judge-base-url https://user:pw@host/v1 --in {samples} --out {out}",
      "holds credentials"),
     ("--judge world-gold:{world} --in {samples} --out {out} --judge-answers A",

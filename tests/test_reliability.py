@@ -402,3 +402,27 @@ def test_a_signal_on_a_save_step_writes_that_checkpoint_once(tiny_model_dir, inp
     assert main(argv("sft", tiny_model_dir, inputs, out, "--max-steps", "6",
                      "--save-every", "2")) == 143
     assert saves == [2] and (out / "checkpoints" / "step-2").is_dir()
+
+
+def test_sigterm_stops_any_other_command_with_one_line(monkeypatch, capsys):
+    """Outside a training loop, SIGTERM ends a command as Ctrl-C would: exit 143 and one
+    line, not a traceback. The command here sends itself SIGTERM."""
+    import types
+
+    from preflab import cli
+
+    module = types.ModuleType("preflab_test_selfterm")
+
+    def selfterm(argv):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # interrupted by the handler cli.main installed
+        return 0
+
+    module.main = selfterm
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(cli.COMMANDS, "selfterm", (module.__name__, "sends itself SIGTERM"))
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["selfterm"]) == 143
+    err = capsys.readouterr().err
+    assert err.strip() == "preflab selfterm: stopped by SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) == before  # restored

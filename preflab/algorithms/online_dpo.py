@@ -53,6 +53,7 @@ from preflab.data import (
     load_prompt_dataset,
     write_jsonl,
 )
+from preflab.data.writers import write_text
 from preflab.errors import ConfigError
 from preflab.generation import generate
 from preflab.losses import get_direct_loss
@@ -213,9 +214,7 @@ def sample_round(cfg: OnlineDPOConfig, run, model, tokenizer, judge, prompts: li
                "round/judge_score": sum(scores) / len(scores),
                "round/chosen_score": sum(p["chosen_score"] for p in pairs) / len(pairs),
                "round/rejected_score": sum(p["rejected_score"] for p in pairs) / len(pairs)}
-    tmp = folder / ".round.json.tmp"
-    tmp.write_text(json.dumps(figures) + "\n")
-    tmp.replace(folder / "round.json")  # written last: the round's files are complete
+    write_text(folder / "round.json", json.dumps(figures) + "\n")  # last: the round is complete
     return figures
 
 

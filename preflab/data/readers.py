@@ -417,3 +417,23 @@ def _raw_key(raw: str | None) -> str | None:
 def _field_name(name: str) -> str:
     """A field name taken from the user's file, cut if long (``DataError`` shows it whole)."""
     return name if len(name) <= EXCERPT_CHARS else name[:EXCERPT_CHARS] + "..."
+
+
+def read_text_prompts(source: str, max_prompts: int = 0, *,
+                      allow_empty: bool = False) -> list[str]:
+    """The text ``prompt`` of each record of ``source`` (all of them, or the first N), for
+    commands that sample from prompts as given (no tokenizer, no chat template)."""
+    prompts = []
+    for record in read_records(str(source)):
+        prompt = record.data.get("prompt")
+        if not isinstance(prompt, str) or not (allow_empty or prompt.strip()):
+            shown = "a list of messages" if isinstance(prompt, list) else (
+                "missing" if prompt is None else "empty" if isinstance(prompt, str)
+                else type(prompt).__name__)
+            raise DataError(f"the prompt is {shown}", path=record.path, line=record.line,
+                            field="prompt", expected="a non-empty text prompt (conversations: "
+                            "render them with the chat template first)")
+        prompts.append(prompt)
+        if max_prompts and len(prompts) >= max_prompts:
+            break
+    return prompts

@@ -28,7 +28,6 @@ repeated question is never asked twice.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import Protocol
 from preflab.errors import ConfigError
 from preflab.judges.cache import CachedJudge, JudgeCache, JudgeError, fingerprint
 from preflab.judges.template import DEFAULT_ANSWERS, DEFAULT_TEMPLATE
+from preflab.world.annotators import sigmoid
 
 __all__ = ["Judge", "JudgeOptions", "load_judge", "check_judge_spec", "JUDGE_KINDS",
            "RewardJudge", "WorldJudge", "GoldJudge", "CachedJudge", "JudgeCache", "JudgeError"]
@@ -49,13 +49,6 @@ class Judge(Protocol):
 
     def __call__(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[float]:
         ...
-
-
-def sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)
 
 
 @dataclass

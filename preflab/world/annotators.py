@@ -48,7 +48,8 @@ class UnpairedLabel(NamedTuple):
     agreed_with_gold: bool  # the label equals (gold > threshold)
 
 
-def _sigmoid(x: float) -> float:
+def sigmoid(x: float) -> float:
+    """1 / (1 + e^-x), without overflow for large |x|."""
     if x >= 0:
         return 1.0 / (1.0 + math.exp(-x))
     z = math.exp(x)
@@ -97,7 +98,7 @@ class Annotator:
         if self.temperature == 0:
             first = margin > 0 if margin != 0 else self.rng.random() < 0.5
         else:
-            first = self.rng.random() < _sigmoid(margin / self.temperature)
+            first = self.rng.random() < sigmoid(margin / self.temperature)
         if self.flip_rate and self.rng.random() < self.flip_rate:
             first = not first
         return first

@@ -37,18 +37,9 @@ def _as_world(world: str | Path | World) -> World:
 
 def read_prompts(path: str | Path, max_prompts: int | None = None) -> list[str]:
     """The ``prompt`` field of every record of a data file (text prompts only)."""
-    from preflab.data.readers import read_records
+    from preflab.data.readers import read_text_prompts
 
-    prompts = []
-    for record in read_records(str(path)):
-        prompt = record.data.get("prompt")
-        if not isinstance(prompt, str):
-            raise DataError("each record needs a text prompt", path=record.path,
-                            line=record.line, field="prompt", expected="a string")
-        prompts.append(prompt)
-        if max_prompts is not None and len(prompts) >= max_prompts:
-            break
-    return prompts
+    return read_text_prompts(str(path), max_prompts or 0, allow_empty=True)
 
 
 def _unpaired_path(out: Path) -> Path:

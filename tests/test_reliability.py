@@ -426,3 +426,28 @@ def test_sigterm_stops_any_other_command_with_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.strip() == "preflab selfterm: stopped by SIGTERM"
     assert signal.getsignal(signal.SIGTERM) == before  # restored
+
+
+def test_a_signal_before_the_first_step_stops_at_once(tiny_model_dir, inputs, tmp_path, capsys,
+                                                      monkeypatch):
+    """During loading there is nothing to checkpoint: the run stops there, not after step 1."""
+    from preflab.runtime import session
+
+    real = session.load_trainable
+    steps: list[int] = []
+    real_boundary = session.step_boundary
+    monkeypatch.setattr(session, "step_boundary",
+                        lambda run, step, *a, **kw: steps.append(step) or real_boundary(
+                            run, step, *a, **kw))
+
+    def load_then_signal(cfg, run):
+        model = real(cfg, run)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return model
+
+    monkeypatch.setattr(session, "load_trainable", load_then_signal)
+    out = tmp_path / "run"
+    assert main(argv("sft", tiny_model_dir, inputs, out, "--max-steps", "4")) == 143
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM before the first step" in err and "Traceback" not in err
+    assert steps == [] and not (out / "checkpoints").exists()

@@ -349,6 +349,7 @@ def stop_if_asked(run: Run, step: int, *, models: dict | Callable[[], dict], opt
     """At a step boundary: if SIGTERM or SIGINT arrived, checkpoint this step (unless the loop
     just did, ``saved``) and stop (``signals.Interrupted``, exit 143 or 130). ``models`` may be
     a function, called only when stopping (PPO's roles gather their weights for it)."""
+    signals.arm()
     signum = signals.requested_signal(run.ctx)
     if signum is None:
         return
@@ -476,7 +477,7 @@ def run_command(train, cfg: TrainConfig):
     out = Path(cfg.output_dir)
     made = not out.exists()
     try:
-        with signals.graceful_stop():
+        with signals.graceful_stop(armed=False):
             return train(cfg)
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
         text = str(exc).lower()

@@ -3,10 +3,12 @@
 A scheduler pre-empting a job sends SIGTERM; a user at a terminal presses Ctrl-C (SIGINT).
 Inside ``graceful_stop()`` (every command's ``main`` runs its work in it) the first such
 signal only sets a flag. The training loop looks at the flag once per step
-(``stop_requested``); when it is set, the trainer writes a checkpoint at that step and raises
-``Interrupted``, whose exit code is 128 + the signal (143 for SIGTERM, 130 for SIGINT) and
-whose message says how to resume. A second signal ends the process at once, the way the
-signal would have without preflab.
+(``requested_signal``); when it is set, the trainer writes a checkpoint at that step and
+raises ``Interrupted``, whose exit code is 128 + the signal (143 for SIGTERM, 130 for SIGINT)
+and whose message says how to resume. Before the first step boundary (``arm``: loading, the
+first evaluation) there is nothing to save, so a signal raises ``Interrupted`` at once. After
+the last step the run finishes writing ``final/``. A second signal ends the process at once,
+the way the signal would have without preflab.
 
 Under ``torchrun`` every process gets the signal, not necessarily at the same step, so the
 flag is reduced across processes (a max) before anyone acts on it: all processes stop at
@@ -38,8 +40,9 @@ class Interrupted(PreflabError):
 
 
 class _Flag:
-    def __init__(self) -> None:
+    def __init__(self, armed: bool) -> None:
         self.signum: int | None = None
+        self.armed = armed  # a loop looks at the flag: wait for it; else stop at once
 
     def handle(self, signum, frame) -> None:  # noqa: ARG002 (signal handler signature)
         if self.signum is not None:  # the second signal: do what it would have done
@@ -48,6 +51,9 @@ class _Flag:
             return
         self.signum = signum
         name = signal.Signals(signum).name
+        if not self.armed:  # loading, or the evaluation before the first step: nothing to save
+            raise Interrupted(f"stopped by {name} before the first step; there was nothing to "
+                              "checkpoint yet", signum=signum)
         print(f"\npreflab: {name} received: finishing this step and writing a checkpoint "
               f"(send {name} again to stop at once)", file=sys.stderr, flush=True)
 
@@ -56,13 +62,17 @@ _FLAG: _Flag | None = None
 
 
 @contextlib.contextmanager
-def graceful_stop():
-    """Catch SIGTERM and SIGINT while the block runs (in the main thread only)."""
+def graceful_stop(*, armed: bool = True):
+    """Catch SIGTERM and SIGINT while the block runs (in the main thread only).
+
+    ``armed``: the block looks at the flag often (a harness, a step loop already running).
+    A trainer enters unarmed: until its first step boundary (``arm``) a signal stops it at once,
+    rather than waiting out the loading and the first evaluation."""
     global _FLAG
     if threading.current_thread() is not threading.main_thread() or _FLAG is not None:
         yield
         return
-    flag = _Flag()
+    flag = _Flag(armed)
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
     for sig in SIGNALS:
         signal.signal(sig, flag.handle)
@@ -73,6 +83,12 @@ def graceful_stop():
         _FLAG = None
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def arm() -> None:
+    """From now on a signal waits for the next step boundary (called at each one)."""
+    if _FLAG is not None:
+        _FLAG.armed = True
 
 
 def requested_signal(ctx=None) -> int | None:

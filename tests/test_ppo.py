@@ -158,7 +158,9 @@ def capture_roles(monkeypatch) -> dict:
                              for p in m.parameters()}
         return roles, reward
 
-    monkeypatch.setattr(ppo, "build_roles", wrapper)
+    from preflab.rl import loop
+
+    monkeypatch.setattr(loop, "build_roles", wrapper)
     for cls in (roles_module.ClassicRoles, roles_module.SharedRoles):
         original = cls.save_value
 

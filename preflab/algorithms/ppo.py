@@ -32,58 +32,49 @@ hacking shows in the metrics. Continue from a finished run with a new reward mod
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import torch
 
-from preflab import models
-from preflab.config import TrainConfig, arg, parse_config
-from preflab.data import TruncationPolicy, check_dataset, load_prompt_dataset, split_train_eval
+from preflab.config import arg, parse_config
 from preflab.errors import ConfigError
-from preflab.evaluation import evaluate_policy
 from preflab.losses import KL_ESTIMATORS, gae, ppo_policy_loss, ppo_value_loss, whiten
-from preflab.rewards import check_reward_specs, load_reward
 from preflab.rl.kl_control import kl_controller
-from preflab.rl.roles import MEMORY_MODES, build_roles
+from preflab.rl.loop import (
+    RolloutConfig,
+    close_run,
+    collect_rollout,
+    evaluate,
+    open_run,
+    reduce_means,
+    sync_gradients,
+)
+from preflab.rl.roles import MEMORY_MODES
 from preflab.rl.tensors import (
-    apply_missing_eos_penalty,
     explained_variance,
     micro_batches,
     per_token_rewards,
     response_logps,
     response_slice,
-    rollout_forward,
-    sample_rollout,
     sampler_logprob_gap,
     sequence_sum,
 )
-from preflab.runtime import distributed, memory, session
+from preflab.runtime import memory, session
 from preflab.runtime.metrics import format_metrics
 from preflab.runtime.stream import ExampleStream
 
 
 @dataclass
-class PPOConfig(TrainConfig):
-    """``preflab ppo``: the shared flags (``--batch-size`` = micro-batch of every forward) and PPO's."""
+class PPOConfig(RolloutConfig):
+    """``preflab ppo``: the shared flags (``--batch-size`` = micro-batch of every forward), the
+    rollout flags (``preflab.rl.loop.RolloutConfig``) and PPO's."""
 
     learning_rate: float = arg(1e-5, "Peak learning rate of AdamW (policy and value).", gt=0)
-    lr_scheduler: str = arg("linear", "Learning-rate schedule after warm-up (over all updates).",
-                            choices=("cosine", "linear", "constant"))
-    log_every: int = arg(1, "Log every N iterations (each is one rollout and its updates).", ge=1)
-    reward: str = arg("", "Reward source(s): a reward-model directory (or run directory), "
-                      "module:function or file.py:function; a weighted sum as "
-                      "'rm_dir:0.7,mod:fn:0.3'. Each part is logged as objective/scores/<name>. "
-                      "A function runs as Python code with your rights (file.py: that file), "
-                      "also when a shared --config names it: see docs/security.md.")
-    gold_reward: str = arg("", "Evaluation-only reward (same forms, and a function runs as code "
-                           "the same way); logged as eval/gold_reward, never trained on.")
-    ref_model: str = arg("", "Reference model (default: --model).", path="model")
-    value_model: str = arg("", "Where the value model starts (default: the first reward model, "
-                           "else --model).", path="model")
     memory_mode: str = arg("classic", "classic: four models; shared: one frozen base with "
                            "policy, value and reward adapters.", choices=MEMORY_MODES)
+    value_model: str = arg("", "Where the value model starts (default: the first reward model, "
+                           "else --model).", path="model")
     kl_coef: float = arg(0.05, "kl_coef: weight of the per-token KL penalty (initial value "
                          "with --adaptive-kl).", ge=0)
     adaptive_kl: bool = arg(False, "Adapt kl_coef toward --target-kl (Ziegler et al. 2019).")
@@ -92,61 +83,16 @@ class PPOConfig(TrainConfig):
     kl_estimator: str = arg("k1", "Per-token KL estimator in the reward.", choices=KL_ESTIMATORS)
     gamma: float = arg(1.0, "Discount gamma of GAE.", ge=0, le=1)
     gae_lambda: float = arg(0.95, "lambda of GAE.", ge=0, le=1)
-    clip_range: float = arg(0.2, "Policy ratio clip range epsilon.", gt=0)
     clip_range_value: float = arg(0.2, "Value clip range around the rollout-time values.", gt=0)
     vf_coef: float = arg(0.1, "Weight of the value loss.", ge=0)
     ppo_epochs: int = arg(4, "Passes over each rollout batch.", ge=1)
-    num_minibatches: int = arg(2, "Minibatches per pass (one optimizer step each).", ge=1)
-    rollout_batch_size: int = arg(64, "Prompts per rollout (per process).", ge=1)
-    response_length: int = arg(48, "Longest response in tokens.", ge=1)
-    temperature: float = arg(1.0, "Sampling temperature (log-probs use logits / temperature).",
-                             gt=0)
-    top_p: float = arg(1.0, "Nucleus sampling threshold. PPO trains only on the full softmax "
-                       "(1.0): its ratio and KL score each token under logits / temperature.",
-                       gt=0, le=1)
-    missing_eos_penalty: float = arg(-1.0, "Score of a response that hit --response-length "
-                                     "without EOS.", finite=True)
-    penalize_missing_eos: bool = arg(True, "Replace the score of responses without EOS by "
-                                     "--missing-eos-penalty.")
     whiten_rewards: bool = arg(False, "Whiten the per-token rewards (scale only) before GAE.")
-    generation_batch_size: int = arg(0, "Prompts per generate() call; 0 = the whole rollout.",
-                                     ge=0)
-    eval_prompts: str = arg("", "Prompts to sample from at evaluation (default: --eval-data, "
-                            "else --eval-fraction of --data).", path="data")
-    eval_num_prompts: int = arg(64, "How many evaluation prompts to sample from.", ge=1)
-    eval_max_new_tokens: int = arg(0, "Longest sampled completion at evaluation "
-                                   "(0: --response-length).", ge=0)
-    eval_temperature: float = arg(1.0, "Sampling temperature at evaluation (0: greedy).", ge=0)
 
     def validate(self) -> None:
         super().validate()
-        if not self.reward:
-            raise ConfigError("--reward is required", field="reward",
-                              expected="a reward-model directory or module:function")
-        check_reward_specs(self.reward, flag="--reward")
-        if self.gold_reward:
-            check_reward_specs(self.gold_reward, flag="--gold-reward")
-        if self.grad_accum != 1:
-            raise ConfigError("ppo splits each minibatch into micro-batches of --batch-size "
-                              "itself; --grad-accum must stay 1", field="grad_accum")
         if self.rollout_batch_size % self.num_minibatches:
             raise ConfigError("--rollout-batch-size must be a multiple of --num-minibatches",
                               field="num_minibatches")
-        if self.top_p != 1.0:
-            raise ConfigError(
-                "--top-p below 1 is refused for PPO training: the policy ratio, the KL penalty "
-                "and the value targets score each sampled token under the full softmax at "
-                "--temperature, so nucleus sampling would train on tokens drawn from another "
-                "distribution (about 0.10 nats per token off at 0.9, 0.36 at 0.7). Sample with "
-                "--top-p 1.0; use --temperature to sharpen", field="top_p", expected="1.0")
-        if self.memory_mode == "shared":
-            if self.lora_rank < 1:
-                raise ConfigError("--memory-mode shared holds the policy as a LoRA adapter: "
-                                  "give --lora-rank N", field="lora_rank")
-            if self.ref_model and self.ref_model != self.model:
-                raise ConfigError("--memory-mode shared: the reference is the base with "
-                                  "adapters off, so --ref-model must be --model or empty",
-                                  field="ref_model")
 
 
 class RunState:
@@ -161,29 +107,6 @@ class RunState:
     def load_state_dict(self, state: dict) -> None:
         self.stream.load_state_dict(state["stream"])
         self.kl_ctl.load_state_dict(state["kl"])
-
-
-def load_prompts(cfg: PPOConfig, tokenizer):
-    policy = TruncationPolicy(max_length=cfg.max_length,
-                              max_prompt_length=cfg.max_prompt_length or None, overlong=cfg.overlong)
-    examples, report = load_prompt_dataset(cfg.data, tokenizer, policy)
-    held_out = cfg.eval_prompts or cfg.eval_data
-    if held_out:
-        eval_examples, _ = load_prompt_dataset(held_out, tokenizer, policy)
-    else:
-        examples, eval_examples = split_train_eval(examples, cfg.eval_fraction, cfg.seed)
-    return examples, [e.prompt for e in eval_examples][: cfg.eval_num_prompts], report
-
-
-def sync_gradients(params: list[torch.nn.Parameter], run: session.Run) -> None:
-    """Average gradients over processes (every rank updates on its own rollouts)."""
-    if not run.ctx.enabled:
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        torch.distributed.all_reduce(p.grad)
-        p.grad /= run.ctx.world_size
 
 
 def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg: PPOConfig,
@@ -232,38 +155,14 @@ def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg
     return {k: (totals[i] / updates).item() for i, k in enumerate(keys)}
 
 
-def evaluate(roles, tokenizer, prompts, reward, gold, cfg: PPOConfig) -> dict[str, float]:
-    """``eval/*`` on the held-out prompts (``preflab.evaluation``): one sample per prompt,
-    ``eval/proxy_reward`` the training reward (no EOS penalty), ``eval/gold_reward`` the
-    evaluation-only one, ``eval/kl`` to the reference."""
-    rewards = {"proxy_reward": lambda p, c, **kw: reward(p, c, **kw)[0]}
-    if gold is not None:
-        rewards["gold_reward"] = lambda p, c, **kw: gold(p, c, **kw)[0]
-    return evaluate_policy(
-        roles.generator(), tokenizer, prompts, rewards=rewards, reference=roles.with_reference,
-        temperature=cfg.eval_temperature, max_new_tokens=cfg.eval_max_new_tokens or cfg.response_length,
-        batch_size=cfg.generation_batch_size or max(len(prompts), 1),
-        logp_batch_size=cfg.eval_batch_size or cfg.batch_size, seed=cfg.seed + 1).metrics
-
-
 def train(cfg: PPOConfig) -> dict:
-    for source in (cfg.data, cfg.eval_prompts or cfg.eval_data):
-        check_dataset(source, "prompt")
-    run = session.start_run(cfg, "ppo")
-    tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    examples, eval_prompts, data_report = load_prompts(cfg, tokenizer)
-    if run.ctx.is_main:
-        print(f"data: {len(examples)} train / {len(eval_prompts)} eval prompts; "
-              f"{data_report.summary()}", flush=True)
-    roles, reward = build_roles(cfg, run, tokenizer)
-    gold = (load_reward(cfg.gold_reward, flag="--gold-reward", device=run.device, dtype=run.dtype)
-            if cfg.gold_reward else None)
-    iterations = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(
-        cfg.num_epochs * len(examples) / (cfg.rollout_batch_size * run.ctx.world_size)))
-    roles.restore_grads()
+    setup = open_run(cfg, "ppo", critic=True)
+    run, tokenizer, roles, reward, gold = (setup.run, setup.tokenizer, setup.roles, setup.reward,
+                                           setup.gold)
+    eval_prompts, iterations, stream = setup.eval_prompts, setup.iterations, setup.stream
+    timers, role_bytes = setup.timers, setup.role_bytes
     optimizer, scheduler = session.build_optimization(
         cfg, roles.trainable, iterations * cfg.ppo_epochs * cfg.num_minibatches)
-    stream = ExampleStream(examples, seed=cfg.seed, rank=run.ctx.rank, world_size=run.ctx.world_size)
     kl_ctl = kl_controller(cfg.kl_coef, adaptive=cfg.adaptive_kl, target=cfg.target_kl,
                            horizon=cfg.kl_horizon)
     state = RunState(stream, kl_ctl)
@@ -271,8 +170,6 @@ def train(cfg: PPOConfig) -> dict:
                                  scheduler=scheduler, stream=state)
     logger = session.open_logger(run, start)
     throughput = session.Throughput()
-    timers = dict.fromkeys(("generation", "scoring", "forward", "training"), 0.0)
-    role_bytes: dict = {}
 
     def measure() -> None:  # once, while gradients and optimizer state both exist
         if not role_bytes:
@@ -285,29 +182,16 @@ def train(cfg: PPOConfig) -> dict:
     record: dict = {}
     for it in range(start + 1, iterations + 1):
         seed = cfg.seed * 1_000_003 + it * 7919 + run.ctx.rank
-        clock = time.perf_counter()
         prompts = [e.prompt for e in stream.next_batch(cfg.rollout_batch_size)]
-        with session.diverged_at(run, f"iteration {it} (sampling the rollout)"):
-            samples, batch = sample_rollout(
-                roles.generator(), tokenizer, prompts, response_length=cfg.response_length,
-                temperature=cfg.temperature, batch_size=cfg.generation_batch_size or len(prompts),
-                seed=seed)
-        timers["generation"] += (t_gen := time.perf_counter() - clock)
-
-        clock = time.perf_counter()
+        rollout = collect_rollout(roles, reward, tokenizer, prompts, cfg, run, iteration=it,
+                                  seed=seed)
+        batch, scores, parts, old, mask = (rollout.batch, rollout.scores, rollout.parts,
+                                           rollout.old, rollout.mask)
         ended = batch["ended"]
-        with session.diverged_at(run, f"iteration {it} (scoring the rollout)"):
-            total, parts = reward(prompts, [s.completion for s in samples],
-                                  ended_with_eos=ended.tolist())
-            session.require_finite(run, f"iteration {it}", reward=total)
-        scores = apply_missing_eos_penalty(torch.tensor(total, device=run.device), ended,
-                                           cfg.missing_eos_penalty if cfg.penalize_missing_eos else None)
-        timers["scoring"] += (t_score := time.perf_counter() - clock)
-
+        t_gen, t_score = rollout.seconds["generation"], rollout.seconds["scoring"]
+        timers["generation"] += t_gen
+        timers["scoring"] += t_score
         clock = time.perf_counter()
-        old = rollout_forward(roles, batch, batch_size=cfg.batch_size, temperature=cfg.temperature,
-                              device=run.device)
-        mask = batch["response_mask"].to(run.device)
         rewards, kl = per_token_rewards(old["logprobs"], old["ref_logprobs"], scores, mask,
                                         kl_coef=kl_ctl.value, kl_estimator=cfg.kl_estimator)
         if cfg.whiten_rewards:
@@ -315,7 +199,8 @@ def train(cfg: PPOConfig) -> dict:
         advantages, returns = gae(rewards, old["values"], mask, gamma=cfg.gamma,
                                   gae_lambda=cfg.gae_lambda)
         advantages = whiten(advantages, mask)
-        timers["forward"] += (t_fwd := time.perf_counter() - clock)
+        t_fwd = rollout.seconds["forward"] + time.perf_counter() - clock
+        timers["forward"] += t_fwd
 
         clock = time.perf_counter()
         generator = torch.Generator().manual_seed(seed)
@@ -336,7 +221,8 @@ def train(cfg: PPOConfig) -> dict:
             "rollout/sampler_logprob_gap": sampler_logprob_gap(batch, old["logprobs"]),
             **{f"objective/scores/{k}": torch.tensor(v).mean() for k, v in parts.items()},
         }
-        figures = reduce_means({k: float(v) for k, v in figures.items()}, run)
+        figures = reduce_means({k: float(v) for k, v in figures.items()}, run,
+                               sums=("val/num_eos_tokens",))
         kl_coef_used = kl_ctl.value
         kl_ctl.update(figures["objective/kl"], cfg.rollout_batch_size * run.ctx.world_size)
         bar.update(1)
@@ -362,34 +248,9 @@ def train(cfg: PPOConfig) -> dict:
     measure()
     if run.ctx.is_main:  # before final_model(), which drops the value adapter in shared mode
         roles.save_value(run.dir / "final" / "value", tokenizer)
-    summary = session.finish_run(
-        run, logger=logger, final_log=final_eval, model=roles.final_model(), tokenizer=tokenizer, steps=iterations,
-        tokens=throughput.tokens * run.ctx.world_size, roles=role_bytes,
-        final_metrics={**{k: v for k, v in record.items() if k.startswith("objective/")},
-                       **final_eval},
-        data_report=data_report.as_dict(),
-        extra={"memory_mode": cfg.memory_mode, "reward_components": reward.names,
-               "time_s": {k: round(v, 3) for k, v in timers.items()}},
-    )
-    if run.ctx.is_main:
-        print(f"ppo: {iterations} iterations in {summary['wall_s']:.1f}s "
-              f"(generation {timers['generation']:.1f}s, scoring {timers['scoring']:.1f}s, "
-              f"training {timers['forward'] + timers['training']:.1f}s); "
-              f"{format_metrics(final_eval, ('eval/proxy_reward', 'eval/gold_reward', 'eval/kl'))}; "
-              f"policy in {run.dir / 'final'}", flush=True)
-    distributed.teardown(run.ctx)
-    return summary
-
-
-def reduce_means(values: dict[str, float], run: session.Run) -> dict[str, float]:
-    """Each figure averaged over processes (``val/num_eos_tokens`` summed)."""
-    if not run.ctx.enabled:
-        return values
-    keys = sorted(values)
-    totals = distributed.all_reduce_sum(torch.tensor([values[k] for k in keys], dtype=torch.float64),
-                                        run.ctx)
-    return {k: totals[i].item() / (1 if k == "val/num_eos_tokens" else run.ctx.world_size)
-            for i, k in enumerate(keys)}
+    return close_run(setup, cfg, logger=logger, throughput=throughput, final_eval=final_eval,
+                     final_metrics={k: v for k, v in record.items() if k.startswith("objective/")},
+                     extra={})
 
 
 def main(argv: list[str] | None = None) -> int:

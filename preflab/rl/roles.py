@@ -1,5 +1,8 @@
 """PPO's four roles -- policy, value, reward, reference -- held in one of two memory modes.
 
+The critic-free methods (RLOO, GRPO) hold the same roles less the value (``critic=False``):
+three models in ``classic``, one base with the policy (and reward) adapter in ``shared``.
+
     classic   four separate models (the picture in Ziegler et al. 2019 and most write-ups):
               policy     the causal LM being trained (full, or LoRA on its own base)
               value      a sequence-classification model (body + scalar head), trained
@@ -78,13 +81,18 @@ class ClassicRoles:
 
     mode = "classic"
 
-    def __init__(self, cfg, run: session.Run, *, ref_path: str, value_path: str,
+    def __init__(self, cfg, run: session.Run, *, ref_path: str, value_path: str | None,
                  pad_token_id: int, reward_models: list[torch.nn.Module]) -> None:
         load = dict(dtype=run.dtype, device=run.device, allow_pickle=cfg.allow_pickle,
                     trust_remote_code=cfg.trust_remote_code)
         self.policy = session.load_trainable(cfg, run)
         disable_dropout(self.policy)
         self.reference = _frozen(models.load_causal_lm(ref_path, **load))
+        self.reward_models = reward_models
+        self.value = None
+        self.trainable = torch.nn.ModuleDict({"policy": self.policy})
+        if value_path is None:  # critic-free: three roles
+            return
         self.value = models.load_sequence_classifier(value_path, pad_token_id=pad_token_id, **load)
         if cfg.gradient_checkpointing:
             self.value.gradient_checkpointing_enable(
@@ -95,11 +103,14 @@ class ClassicRoles:
                                            dropout=cfg.lora_dropout, target_modules=targets or None,
                                            task_type="SEQ_CLS")
         disable_dropout(self.value)
-        self.reward_models = reward_models
         self.trainable = torch.nn.ModuleDict({"policy": self.policy, "value": self.value})
 
+    @property
+    def has_value(self) -> bool:
+        return self.value is not None
+
     def checkpoint_models(self) -> dict[str, torch.nn.Module]:
-        return {"policy": self.policy, "value": self.value}
+        return {"policy": self.policy, **({"value": self.value} if self.value is not None else {})}
 
     def restore_grads(self) -> None:
         pass
@@ -130,12 +141,12 @@ class ClassicRoles:
     def tensor_bytes(self, optimizer) -> dict[str, dict[str, int]]:
         seen: set[int] = set()
         reward_params = [p for m in self.reward_models for p in m.parameters()]
-        return {
-            "policy": _params_bytes(list(self.policy.parameters()), optimizer, seen),
-            "value": _params_bytes(list(self.value.parameters()), optimizer, seen),
-            "reward": _params_bytes(reward_params, None, seen),
-            "reference": _params_bytes(list(self.reference.parameters()), None, seen),
-        }
+        out = {"policy": _params_bytes(list(self.policy.parameters()), optimizer, seen)}
+        if self.value is not None:
+            out["value"] = _params_bytes(list(self.value.parameters()), optimizer, seen)
+        out["reward"] = _params_bytes(reward_params, None, seen)
+        out["reference"] = _params_bytes(list(self.reference.parameters()), None, seen)
+        return out
 
 
 def shared_reward_adapter(spec: str, base_path: str, tokenizer) -> tuple[Path | None, str]:
@@ -160,7 +171,8 @@ class SharedRoles:
     mode = "shared"
 
     def __init__(self, cfg, run: session.Run, *, reward_adapter: Path | None,
-                 value_from_reward: bool, reward_models: list[torch.nn.Module]) -> None:
+                 value_from_reward: bool, reward_models: list[torch.nn.Module],
+                 critic: bool = True) -> None:
         from peft import LoraConfig
 
         if cfg.lora_rank < 1:
@@ -175,21 +187,26 @@ class SharedRoles:
         value_config = self.peft.peft_config[POLICY_ADAPTER]
         if reward_adapter is not None:
             value_config = self._load_reward_adapter(reward_adapter, hidden, dtype, device)
-        self.peft.add_adapter("value", LoraConfig(**{**value_config.to_dict(),
-                                                     "task_type": "CAUSAL_LM"}))
-        if value_from_reward and reward_adapter is not None:
-            self._copy_adapter("reward", "value")
-            self.value_head = torch.nn.Linear(hidden, 1, bias=False).to(device=device, dtype=dtype)
-            self.value_head.load_state_dict(self.reward_head.state_dict())
-        else:
-            self.value_head = new_scalar_head(hidden, dtype=dtype, device=device, seed=cfg.seed)
+        self.value_head: torch.nn.Linear | None = None
+        if critic:
+            self.peft.add_adapter("value", LoraConfig(**{**value_config.to_dict(),
+                                                         "task_type": "CAUSAL_LM"}))
+            if value_from_reward and reward_adapter is not None:
+                self._copy_adapter("reward", "value")
+                self.value_head = torch.nn.Linear(hidden, 1, bias=False).to(device=device,
+                                                                            dtype=dtype)
+                self.value_head.load_state_dict(self.reward_head.state_dict())
+            else:
+                self.value_head = new_scalar_head(hidden, dtype=dtype, device=device,
+                                                  seed=cfg.seed)
         disable_dropout(self.peft)
         self.reward_models = reward_models  # reward models that could not share the base
-        self.trainable = torch.nn.ModuleDict({"adapters": self.peft, "value_head": self.value_head})
+        heads = {"value_head": self.value_head} if critic else {}
+        self.trainable = torch.nn.ModuleDict({"adapters": self.peft, **heads})
         self._trainable_ids = {
             id(p) for n, p in self.peft.named_parameters()
             if _adapter_of(n) in (POLICY_ADAPTER, "value")
-        } | {id(p) for p in self.value_head.parameters()}
+        } | {id(p) for m in heads.values() for p in m.parameters()}
         self._active = ""
         self._activate(POLICY_ADAPTER)
 
@@ -235,9 +252,14 @@ class SharedRoles:
             self._active = name
             self.restore_grads()
 
+    @property
+    def has_value(self) -> bool:
+        return self.value_head is not None
+
     def checkpoint_models(self) -> dict[str, torch.nn.Module]:
         self.restore_grads()
-        return {"adapters": self.peft, "value_head": self.value_head}
+        heads = {"value_head": self.value_head} if self.value_head is not None else {}
+        return {"adapters": self.peft, **heads}
 
     def generator(self) -> torch.nn.Module:
         self._activate(POLICY_ADAPTER)
@@ -316,14 +338,14 @@ class SharedRoles:
         reward = by_adapter["reward"] + list(self.reward_head.parameters() if self.reward_head
                                              else [])
         reward += [p for m in self.reward_models for p in m.parameters()]
-        return {
-            # the frozen base is attributed to the policy, counted once
-            "policy": _params_bytes(by_adapter[POLICY_ADAPTER], optimizer, seen),
-            "value": _params_bytes(by_adapter["value"] + list(self.value_head.parameters()),
-                                   optimizer, seen),
-            "reward": _params_bytes(reward, None, seen),
-            "reference": {"params": 0, "grads": 0, "optimizer": 0, "total": 0},
-        }
+        # the frozen base is attributed to the policy, counted once
+        out = {"policy": _params_bytes(by_adapter[POLICY_ADAPTER], optimizer, seen)}
+        if self.value_head is not None:
+            out["value"] = _params_bytes(by_adapter["value"] + list(self.value_head.parameters()),
+                                         optimizer, seen)
+        out["reward"] = _params_bytes(reward, None, seen)
+        out["reference"] = {"params": 0, "grads": 0, "optimizer": 0, "total": 0}
+        return out
 
 
 def _adapter_of(param_name: str) -> str | None:
@@ -336,8 +358,9 @@ def _adapter_of(param_name: str) -> str | None:
 
 
 
-def build_roles(cfg, run: session.Run, tokenizer):
-    """The four roles and the training reward (``CombinedReward``), in ``cfg.memory_mode``.
+def build_roles(cfg, run: session.Run, tokenizer, *, critic: bool = True):
+    """The four roles (three with ``critic=False``: no value) and the training reward
+    (``CombinedReward``), in ``cfg.memory_mode``.
 
     Reads ``cfg.reward``, ``cfg.memory_mode``, ``cfg.model``, ``cfg.ref_model``,
     ``cfg.value_model`` and the shared training flags. The value model starts from the first
@@ -350,9 +373,15 @@ def build_roles(cfg, run: session.Run, tokenizer):
                 allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
     model_specs = [s for s, _ in rewards.parse_reward_specs(cfg.reward)
                    if rewards.is_reward_model_dir(s)]
+    value_model = getattr(cfg, "value_model", "")
     if cfg.memory_mode == "classic":
         reward = rewards.load_reward(cfg.reward, **load)
-        value_path = cfg.value_model or (model_specs[0] if model_specs else cfg.model)
+        if not critic:
+            roles = ClassicRoles(cfg, run, ref_path=cfg.ref_model or cfg.model, value_path=None,
+                                 pad_token_id=tokenizer.pad_token_id,
+                                 reward_models=reward.models())
+            return roles, reward
+        value_path = value_model or (model_specs[0] if model_specs else cfg.model)
         value_path = rewards.reward_model_path(value_path) or value_path  # a run dir: its final/
         if value_path != cfg.model and (models.load_tokenizer(value_path).get_vocab()
                                         != tokenizer.get_vocab()):
@@ -369,12 +398,12 @@ def build_roles(cfg, run: session.Run, tokenizer):
             shared_spec = spec
             break
         _note(run, f"reward model {spec} is held as a separate frozen model: {why}")
-    if cfg.value_model not in ("", cfg.model, shared_spec):
+    if value_model not in ("", cfg.model, shared_spec):
         raise ConfigError("--memory-mode shared: the value adapter starts from the shared reward "
                           "adapter or from the base; --value-model must be one of them or empty",
                           field="value_model")
     roles = SharedRoles(cfg, run, reward_adapter=adapter, reward_models=[],
-                        value_from_reward=cfg.value_model in ("", shared_spec))
+                        value_from_reward=value_model in ("", shared_spec), critic=critic)
     overrides = {}
     if shared_spec is not None:
         overrides[shared_spec] = rewards.RewardModel(

@@ -1,6 +1,6 @@
 """Sampled responses as tensors: the batch a policy-gradient method trains on.
 
-``sample_rollout`` draws one response per prompt with ``preflab.generation.generate`` and
+``sample_rollout`` draws one response per prompt (or K: RLOO, GRPO) with ``preflab.generation.generate`` and
 packs prompts and responses into the layout below; ``rollout_forward`` runs the no-grad
 passes every policy-gradient method needs on that batch (the policy's and the reference's
 log-probs of the sampled tokens, the value model's per-token values, the entropy).
@@ -158,12 +158,14 @@ def micro_batches(rows: Tensor, size: int) -> list[Tensor]:
 
 
 def sample_rollout(policy, tokenizer, prompts: list[str], *, response_length: int,
-                   temperature: float, batch_size: int, seed: int) -> tuple[list[Sample], dict]:
-    """One sampled response per prompt (full softmax at ``temperature``), and the packed batch
-    (``pack_rollout``) with the sampler's own log-probs as ``sampler_logprobs`` ``[B, R]``."""
-    samples = [group[0] for group in generate(
-        policy, tokenizer, prompts, max_new_tokens=response_length, temperature=temperature,
-        batch_size=batch_size, seed=seed)]
+                   temperature: float, batch_size: int, seed: int,
+                   num_samples: int = 1) -> tuple[list[Sample], dict]:
+    """``num_samples`` sampled responses per prompt (full softmax at ``temperature``), and the
+    packed batch (``pack_rollout``) with the sampler's own log-probs as ``sampler_logprobs``
+    ``[B, R]``. Rows are prompt-major: prompt ``i``'s ``k``-th response is row ``i * K + k``."""
+    samples = [s for group in generate(
+        policy, tokenizer, prompts, num_samples=num_samples, max_new_tokens=response_length,
+        temperature=temperature, batch_size=batch_size, seed=seed) for s in group]
     batch = pack_rollout([s.prompt_ids for s in samples], [s.completion_ids for s in samples],
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     sampler = torch.zeros(batch["response_mask"].shape)
@@ -185,10 +187,13 @@ def rollout_forward(roles, batch: dict, *, batch_size: int, temperature: float,
                     device) -> dict[str, Tensor]:
     """``logprobs``, ``ref_logprobs``, ``values`` and ``entropy`` of the response tokens, ``[B, R]``.
 
-    ``roles`` is any of ``preflab.rl.roles``.
+    ``roles`` is any of ``preflab.rl.roles``; without a value role (``roles.has_value``
+    false: RLOO, GRPO) there is no ``values``.
     """
     P = batch["context_length"]
-    out: dict[str, list] = {"logprobs": [], "ref_logprobs": [], "values": [], "entropy": []}
+    out: dict[str, list] = {"logprobs": [], "ref_logprobs": [], "entropy": []}
+    if roles.has_value:
+        out["values"] = []
     for rows in micro_batches(torch.arange(len(batch["input_ids"])), batch_size):
         ids, mask = batch["input_ids"][rows].to(device), batch["attention_mask"][rows].to(device)
         logits = roles.policy_logits(ids, mask)
@@ -198,5 +203,6 @@ def rollout_forward(roles, batch: dict, *, batch_size: int, temperature: float,
         ref_logits = roles.reference_logits(ids, mask)
         out["ref_logprobs"].append(response_logps(ref_logits, ids, P, temperature))
         del ref_logits
-        out["values"].append(response_slice(roles.values(ids, mask), P))
+        if roles.has_value:
+            out["values"].append(response_slice(roles.values(ids, mask), P))
     return {k: torch.cat(v) for k, v in out.items()}

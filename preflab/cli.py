@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bon": ("preflab.bon", "best-of-n: sample n, keep the reward model's favourite; gold and "
             "proxy reward against n and the KL bound"),
     "ppo": ("preflab.algorithms.ppo", "PPO on prompts: policy, value, reward and reference roles"),
+    "rloo": ("preflab.algorithms.rloo", "RLOO on prompts: K completions each, the leave-one-out "
+             "baseline, no value model"),
+    "grpo": ("preflab.algorithms.grpo", "GRPO on prompts: K completions each, group-normalised "
+             "advantages, no value model"),
     "sample": ("preflab.sample", "K completions per prompt from a policy, for a judge to label"),
     "label": ("preflab.label", "AI feedback: pairs or KTO labels from samples and a judge "
               "(LM, chat endpoint, reward, world); a human-labelling round trip"),

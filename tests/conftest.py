@@ -41,6 +41,10 @@ TINY = {
     "ppo-shared": {"max_steps": 2, "rollout_batch_size": 4, "num_minibatches": 2,
                    "batch_size": 4, "eval_every": 1, "eval_num_prompts": 4,
                    "response_length": 8},
+    "rloo": {"max_steps": 2, "rollout_batch_size": 2, "num_generations": 2, "num_minibatches": 2,
+             "batch_size": 4, "eval_every": 1, "eval_num_prompts": 4, "response_length": 8},
+    "grpo": {"max_steps": 2, "rollout_batch_size": 2, "num_generations": 2, "num_minibatches": 2,
+             "batch_size": 4, "eval_every": 1, "eval_num_prompts": 4, "response_length": 8},
 }
 
 
@@ -66,7 +70,7 @@ def tiny_world(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def quick(tiny_world, tmp_path_factory):
-    """`preflab compare --preset quick` on the tiny world, with KTO and online DPO added and IPO
+    """`preflab compare --preset quick` on the tiny world, with KTO, online DPO, RLOO and GRPO added and IPO
     made to fail (beta must be positive): ``(output dir, exit code, config file)``. Shared by
     the compare and notebook tests, which reuse its finished runs."""
     from preflab.cli import main
@@ -76,7 +80,7 @@ def quick(tiny_world, tmp_path_factory):
 
     config = tiny_config(root / "tiny.yaml", ipo={"beta": -1.0})
     settings = yaml.safe_load(config.read_text())
-    settings["methods"] = "dpo,ipo,ppo,ppo-shared,kto,online-dpo"  # every run of it sees them
+    settings["methods"] = "dpo,ipo,ppo,ppo-shared,kto,online-dpo,rloo,grpo"  # every run sees them
     config.write_text(yaml.safe_dump(settings))
     out = root / "cmp"
     code = main(["compare", "--world", str(tiny_world), "--output-dir", str(out), "--preset",

@@ -13,8 +13,10 @@ from dataclasses import fields
 import pytest
 
 from preflab.algorithms.dpo import DPOConfig
+from preflab.algorithms.grpo import GRPOConfig
 from preflab.algorithms.kto import KTOConfig
 from preflab.algorithms.ppo import PPOConfig
+from preflab.algorithms.rloo import RLOOConfig
 from preflab.algorithms.rm import RMConfig
 from preflab.algorithms.sft import SFTConfig
 from preflab.cli import main
@@ -30,7 +32,8 @@ from preflab.config import (
 )
 from preflab.errors import ConfigError
 
-CONFIGS = (TrainConfig, SFTConfig, DPOConfig, RMConfig, PPOConfig, KTOConfig, CompareConfig)
+CONFIGS = (TrainConfig, SFTConfig, DPOConfig, RMConfig, PPOConfig, KTOConfig, RLOOConfig,
+           GRPOConfig, CompareConfig)
 
 
 @pytest.fixture

@@ -37,8 +37,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from preflab.algorithms.dpo import DPOConfig
+from preflab.algorithms.grpo import GRPOConfig
 from preflab.algorithms.kto import KTOConfig
 from preflab.algorithms.ppo import PPOConfig
+from preflab.algorithms.rloo import RLOOConfig
 from preflab.algorithms.rm import RMConfig
 from preflab.algorithms.sft import SFTConfig
 from preflab.compare.settings import CompareConfig
@@ -46,9 +48,9 @@ from preflab.config import Range, _field_type, check_ranges, flag, parse_config
 from preflab.errors import PreflabError
 
 CONFIGS = {"sft": SFTConfig, "dpo": DPOConfig, "rm": RMConfig, "ppo": PPOConfig,
-           "kto": KTOConfig, "compare": CompareConfig}
+           "kto": KTOConfig, "rloo": RLOOConfig, "grpo": GRPOConfig, "compare": CompareConfig}
 GENERATORS = ("yaml", "argv")
-EXAMPLES = 70  # per config class and generator: 6 x 2 x 70 = 840 cases
+EXAMPLES = 70  # per config class and generator: 8 x 2 x 70 = 1,120 cases
 CASES: Counter[str] = Counter()  # "command-generator" -> generated cases run
 OUTCOMES: Counter[tuple[str, str]] = Counter()  # (command, "config" | "error" | "usage")
 EXPECTED_CASES = {f"{name}-{gen}": EXAMPLES for name in CONFIGS for gen in GENERATORS}
@@ -233,7 +235,7 @@ def required(command: str, draw) -> dict[str, str]:
             return {"world": "w", "output_dir": "cmp"}
         return {"model": "m", "pairs": "p.jsonl", "prompts": "q.jsonl", "output_dir": "cmp"}
     needed = {"model": "m", "data": "d.jsonl", "output_dir": "run"}
-    if command == "ppo":
+    if command in ("ppo", "rloo", "grpo"):
         needed["reward"] = "r.py:score"
     return needed
 

@@ -19,7 +19,7 @@ CMP/results.json (every number, with the run it came from), CMP/report.md, CMP/r
 --launcher "torchrun --nproc-per-node 8" prefixes each training command.
 
 --config compare.yaml takes these flags, and flags per stage under `hyperparameters`
-(sections sft, dpo, ipo, simpo, rm, ppo, rm-lora, ppo-shared), e.g.
+(sections sft, dpo, ipo, simpo, kto, online-dpo, rm, ppo, rm-lora, ppo-shared, rloo, grpo), e.g.
     hyperparameters: {dpo: {beta: 0.1, learning_rate: 5.0e-7}, ppo: {kl_coef: 0.02}}
 
 Exit status: 0 when every run finished, 3 when the report was written but some runs did

@@ -155,7 +155,7 @@ def memory(results: dict) -> dict:
     table = results["memory"]
     by = {c["method"]: c for c in table["configs"]}
     sides = {}
-    for road, names in ((RLHF, ("ppo", "ppo-shared")), (DIRECT, ("dpo", "dpo-precomputed",
+    for road, names in ((RLHF, ("ppo", "ppo-shared", "rloo", "grpo")), (DIRECT, ("dpo", "dpo-precomputed",
                                                                  "simpo", "ipo", "kto"))):
         present = [by[n] for n in names if n in by]
         if not present:
@@ -349,7 +349,8 @@ def _knobs(command: str) -> tuple[int, int]:
 
     module = {"dpo": "preflab.algorithms.dpo", "rm": "preflab.algorithms.rm",
               "ppo": "preflab.algorithms.ppo", "kto": "preflab.algorithms.kto",
-              "online-dpo": "preflab.algorithms.online_dpo"}.get(command)
+              "online-dpo": "preflab.algorithms.online_dpo", "rloo": "preflab.algorithms.rloo",
+              "grpo": "preflab.algorithms.grpo"}.get(command)
     if module is None:
         return 0, 0
     import importlib

@@ -37,9 +37,9 @@ from preflab.runtime.signals import Interrupted, requested_signal
 # Seconds a job of each command takes with the built-in world's settings on 2 CPU cores; the
 # ETA uses these until jobs of the same command have finished in this session.
 PRIOR_SECONDS = {"world": 10, "sft": 130, "pairs": 25, "relabel": 4, "data": 3, "dpo": 65,
-                 "rm": 40, "ppo": 55, "kto": 75, "online-dpo": 200,
+                 "rm": 40, "ppo": 55, "kto": 75, "online-dpo": 200, "rloo": 65, "grpo": 80,
                  "score": 10}
-TRAINING_COMMANDS = ("sft", "rm", "dpo", "ppo", "kto", "online-dpo")
+TRAINING_COMMANDS = ("sft", "rm", "dpo", "ppo", "kto", "online-dpo", "rloo", "grpo")
 
 
 @dataclass

@@ -15,6 +15,8 @@ that need the same reward model (PPO at several KL coefficients) share one run.
     ppo-shared        SFT -> rm (LoRA) -> ppo --memory-mode shared (one base, adapters)
     kto               SFT -> kto (each pair split into a desirable and an undesirable example)
     online-dpo        SFT -> rm (full, shared with ppo) -> online-dpo --judge RM (rounds)
+    rloo              SFT -> rm (full, shared with ppo) -> rloo (K completions per prompt, no value)
+    grpo              SFT -> rm (full, shared with ppo) -> grpo (K completions per prompt, no value)
 
 A new method (online DPO, best-of-n) registers a ``Method`` with ``register``.
 """
@@ -210,7 +212,9 @@ def _online(name: str, rm_section: str, section: str) -> Callable:
     return build
 
 
-def _rlhf(name: str, rm_section: str, ppo_section: str, extra_rm: dict, extra_ppo: dict):
+def _rlhf(name: str, rm_section: str, ppo_section: str, extra_rm: dict, extra_ppo: dict,
+          command: str = "ppo", trains: tuple[str, ...] = ("policy", "value")):
+    """SFT -> reward model -> an RL trainer on the prompts (``command``: ppo, rloo, grpo)."""
     def build(inputs: Inputs, hp: dict, variant: Variant) -> list[Stage]:
         rm = _reward_model(inputs, hp, variant, rm_section, extra_rm)
         rm_key = rm.key
@@ -220,14 +224,15 @@ def _rlhf(name: str, rm_section: str, ppo_section: str, extra_rm: dict, extra_pp
                       **extra_ppo}
         after = [rm_key]
         if variant.continue_from:  # the same road, continued with the new reward model
-            ppo_values.update(model=f"@{variant.continue_from}/final", ref_model=inputs.sft,
-                              value_model=f"@{variant.continue_from}/final/value")
+            ppo_values.update(model=f"@{variant.continue_from}/final", ref_model=inputs.sft)
+            if "value" in trains:
+                ppo_values["value_model"] = f"@{variant.continue_from}/final/value"
             after.append(variant.continue_from)
         if variant.probe:
             ppo_values.pop("gold_reward", None)
             ppo_values.update(eval_num_prompts=1, max_steps=2)
-        ppo = Stage(f"{name}-{variant.suffix()}", "ppo", tuple(flags(ppo_values)),
-                    after=tuple(after), trains=("policy", "value"), hyper=ppo_section)
+        ppo = Stage(f"{name}-{variant.suffix()}", command, tuple(flags(ppo_values)),
+                    after=tuple(after), trains=trains, hyper=ppo_section)
         return [rm, ppo]
 
     return build
@@ -263,6 +268,16 @@ register(Method("ppo-shared", "RLHF (PPO, shared)", RLHF, "reward model as a LoR
                 "RLHF, shared base (adapters)",
                 _rlhf("ppo-shared", "rm-lora", "ppo-shared", {}, {"memory_mode": "shared"}),
                 strength="kl_coef", sections=("rm-lora", "ppo-shared")))
+register(Method("rloo", "RLOO (no critic)", RLHF, "reward model (full fine-tuning), then RLOO: "
+                "K completions per prompt, the leave-one-out baseline; three models: policy, "
+                "reward, reference", "RLOO, no value model (3 models)",
+                _rlhf("rloo", "rm", "rloo", {}, {}, command="rloo", trains=("policy",)),
+                strength="kl_coef", sections=("rm", "rloo")))
+register(Method("grpo", "GRPO (no critic)", RLHF, "reward model (full fine-tuning), then GRPO: "
+                "K completions per prompt, group-normalised advantages, the KL as a loss term; "
+                "three models: policy, reward, reference", "GRPO, no value model (3 models)",
+                _rlhf("grpo", "rm", "grpo", {}, {}, command="grpo", trains=("policy",)),
+                strength="kl_coef", sections=("rm", "grpo")))
 
 
 def with_variant(variant: Variant, **changes) -> Variant:

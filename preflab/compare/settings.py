@@ -45,6 +45,15 @@ WORLD_HYPER: dict[str, dict] = {
     "ppo-shared": {"learning_rate": 2e-4, "kl_coef": 0.05, "rollout_batch_size": 64,
                    "num_minibatches": 4, "batch_size": 16, "max_steps": 60, "eval_every": 10,
                    "lora_rank": 32},
+    # PPO's samples: 60 rollouts of 64 completions (16 prompts x 4), 16 updates each
+    "rloo": {"learning_rate": 2e-4, "kl_coef": 0.1, "rollout_batch_size": 16,
+             "num_generations": 4, "num_iterations": 4, "num_minibatches": 4, "batch_size": 16,
+             "max_steps": 60, "eval_every": 10},
+    # Dr. GRPO's unscaled advantages: with the group std, gold fell as KL ran to 6-7 (see
+    # docs/algorithms/grpo.md)
+    "grpo": {"learning_rate": 2e-4, "kl_coef": 0.1, "scale_rewards": "none",
+             "rollout_batch_size": 16, "num_generations": 4, "num_iterations": 4,
+             "num_minibatches": 4, "batch_size": 16, "max_steps": 60, "eval_every": 10},
 }
 # On the user's data: each command's own defaults (the papers' values), evaluated now and then.
 USER_HYPER: dict[str, dict] = {
@@ -54,6 +63,7 @@ USER_HYPER: dict[str, dict] = {
     "online-dpo": {"eval_every": 100},
     "ppo": {"eval_every": 20}, "rm-lora": {"lora_rank": 16},
     "ppo-shared": {"lora_rank": 16, "eval_every": 20},
+    "rloo": {"eval_every": 20}, "grpo": {"eval_every": 20},
 }
 COMMON = {"log_every": 10, "progress": False}
 
@@ -77,7 +87,7 @@ class Preset:
 
 ALL_METHODS = ("dpo", "ipo", "simpo", "dpo-precomputed", "ppo", "ppo-shared")
 # Registered, and run when asked for with --methods; in no preset yet (their times are measured).
-EXTRA_METHODS = ("kto", "online-dpo")
+EXTRA_METHODS = ("kto", "online-dpo", "rloo", "grpo")
 PRESETS = {
     "quick": Preset(methods=("dpo", "ipo", "ppo", "ppo-shared"),
                     probes=("dpo-precomputed", "simpo"), pair_prompts=768,

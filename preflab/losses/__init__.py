@@ -1,7 +1,7 @@
 """Preference-learning losses as pure functions of tensors; imports only torch.
 
 ``direct``: the DPO family, SimPO, ORPO, KTO. ``rl``: reward-model loss, GAE, whitening,
-PPO's clipped losses, KL estimators. ``registry``: each direct loss's needs as data.
+PPO's clipped losses, KL estimators; RLOO's and GRPO's advantages and clipped loss. ``registry``: each direct loss's needs as data.
 """
 
 from preflab.losses.direct import (
@@ -23,14 +23,21 @@ from preflab.losses.registry import (
     get_direct_loss,
 )
 from preflab.losses.rl import (
+    IMPORTANCE_LEVELS,
     KL_ESTIMATORS,
+    LOSS_AGGREGATIONS,
+    REWARD_SCALES,
+    clipped_policy_loss,
     gae,
+    group_advantages,
     kl_per_token,
     masked_mean,
     masked_var,
+    normalize,
     ppo_policy_loss,
     ppo_value_loss,
     reward_model_loss,
+    rloo_advantages,
     whiten,
 )
 
@@ -38,6 +45,13 @@ __all__ = [
     "DIRECT_LOSSES",
     "KL_ESTIMATORS",
     "DirectLossOutput",
+    "IMPORTANCE_LEVELS",
+    "LOSS_AGGREGATIONS",
+    "REWARD_SCALES",
+    "clipped_policy_loss",
+    "group_advantages",
+    "normalize",
+    "rloo_advantages",
     "LossSpec",
     "check_direct_loss_args",
     "compute_direct_loss",

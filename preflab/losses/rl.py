@@ -197,3 +197,142 @@ def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k1") -> Te
     if kind == "k3":
         return torch.expm1(d) - d
     raise ValueError(f"unknown KL estimator {kind!r}; expected one of {KL_ESTIMATORS}")
+
+
+# --- critic-free policy gradients: RLOO and GRPO --------------------------------------------
+IMPORTANCE_LEVELS = ("token", "sequence-sum", "sequence-mean")
+LOSS_AGGREGATIONS = ("token", "sequence", "fixed")
+REWARD_SCALES = ("group", "batch", "none")
+
+
+def rloo_advantages(rewards: Tensor) -> Tensor:
+    """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024), ``[N, K]`` -> ``[N, K]``.
+
+    ``rewards[n, k]`` is the (sequence) reward of prompt ``n``'s ``k``-th completion. Each
+    completion's baseline is the mean reward of the other ``K - 1`` completions of its prompt:
+
+        A_k = r_k - (sum_j r_j - r_k) / (K - 1) = K / (K - 1) * (r_k - mean_j r_j)
+    """
+    K = rewards.shape[-1]
+    if K < 2:
+        raise ValueError("the leave-one-out baseline needs K >= 2 completions per prompt")
+    baseline = (rewards.sum(-1, keepdim=True) - rewards) / (K - 1)
+    return rewards - baseline
+
+
+def group_advantages(rewards: Tensor, *, scale: str = "group", eps: float = 1e-4,
+                     batch_std: Tensor | None = None) -> Tensor:
+    """GRPO's group-relative advantages (Shao et al. 2024), ``[N, K]`` -> ``[N, K]``.
+
+        A_k = (r_k - mean_j r_j) / (std + eps)
+
+    ``scale``: ``group`` divides by the (Bessel-corrected) std of the prompt's K rewards, as the
+    paper; ``batch`` by the std of all rewards of the batch (``batch_std`` if given: under
+    several processes, the std of every process's rewards); ``none`` does not divide (Dr. GRPO,
+    Liu et al. 2025: the scale biases toward prompts whose rewards barely vary). A group whose
+    rewards are all equal gets advantage 0 in every mode (0 / (0 + eps)).
+    """
+    if scale not in REWARD_SCALES:
+        raise ValueError(f"unknown reward scale {scale!r}; expected one of {REWARD_SCALES}")
+    if rewards.shape[-1] < 2:
+        raise ValueError("group advantages need K >= 2 completions per prompt")
+    centred = rewards - rewards.mean(-1, keepdim=True)
+    if scale == "none":
+        return centred
+    if scale == "group":
+        std = rewards.std(-1, keepdim=True)
+    else:
+        std = rewards.std() if batch_std is None else batch_std
+    return centred / (std + eps)
+
+
+def normalize(x: Tensor, *, eps: float = 1e-4, mean: Tensor | None = None,
+              std: Tensor | None = None) -> Tensor:
+    """``(x - mean) / (std + eps)`` over all of ``x`` (Bessel-corrected std), or with the
+    ``mean`` and ``std`` given (those of every process)."""
+    mean = x.mean() if mean is None else mean
+    std = x.std() if std is None else std
+    return (x - mean) / (std + eps)
+
+
+def clipped_policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_range: float,
+    clip_range_high: float | None = None,
+    importance: str = "token",
+    aggregation: str = "sequence",
+    max_length: int | None = None,
+    ref_logprobs: Tensor | None = None,
+    kl_coef: float = 0.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The clipped surrogate with one advantage per sequence, as RLOO and GRPO use it.
+
+    ``logprobs`` (with grad), ``old_logprobs`` (rollout-time), ``mask``: ``[B, T]``;
+    ``advantages``: ``[B]``. The importance weight ``w`` is
+
+        token          w_t = exp(log pi_t - log pi_old_t)                      (PPO, GRPO)
+        sequence-sum   w   = exp(sum_t (log pi_t - log pi_old_t))   one action per completion (RLOO)
+        sequence-mean  w   = exp(mean_t (log pi_t - log pi_old_t))                 (GSPO)
+
+    and the per-token loss ``l_t = -min(w A, clip(w, 1 - c, 1 + c_high) A)``, plus
+    ``kl_coef * k3_t`` when ``ref_logprobs`` is given (GRPO's KL term: ``k3 = exp(d) - d - 1``,
+    ``d = log pi_ref - log pi``, with gradient through ``log pi``). ``aggregation``:
+
+        sequence   mean over sequences of each sequence's token mean       (GRPO paper)
+        token      sum over every valid token / number of valid tokens     (DAPO)
+        fixed      sum over every valid token / (B * max_length)           (Dr. GRPO)
+
+    Returns ``(loss, stats)``; stats (detached 0-d): ``clip_ratio/low_mean`` (share clipped
+    below with A < 0), ``clip_ratio/high_mean`` (above with A > 0), ``clip_ratio/region_mean``,
+    each over valid tokens (token level) or sequences (sequence level), and ``kl`` (mean k3
+    per valid token, when ``ref_logprobs`` is given).
+    """
+    if importance not in IMPORTANCE_LEVELS:
+        raise ValueError(f"unknown importance level {importance!r}; expected one of "
+                         f"{IMPORTANCE_LEVELS}")
+    if aggregation not in LOSS_AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation {aggregation!r}; expected one of "
+                         f"{LOSS_AGGREGATIONS}")
+    if aggregation == "fixed" and not max_length:
+        raise ValueError("aggregation 'fixed' needs max_length")
+    m = mask.to(logprobs.dtype)
+    adv = advantages.detach().to(logprobs.dtype).unsqueeze(-1)  # [B, 1]
+    log_ratio = (logprobs - old_logprobs.detach()) * m
+    if importance == "token":
+        log_w = log_ratio
+    elif importance == "sequence-sum":
+        log_w = log_ratio.sum(-1, keepdim=True)
+    else:
+        log_w = log_ratio.sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1)
+    w = torch.exp(log_w)
+    high = clip_range if clip_range_high is None else clip_range_high
+    per_token = -torch.minimum(w * adv, torch.clamp(w, 1.0 - clip_range, 1.0 + high) * adv)
+    per_token = per_token.expand_as(logprobs)
+    kl = None
+    if ref_logprobs is not None:
+        kl = kl_per_token(logprobs, ref_logprobs.detach(), "k3")
+        per_token = per_token + kl_coef * kl
+    if aggregation == "sequence":
+        loss = ((per_token * m).sum(-1) / m.sum(-1).clamp(min=1)).mean()
+    elif aggregation == "token":
+        loss = (per_token * m).sum() / m.sum().clamp(min=1)
+    else:
+        loss = (per_token * m).sum() / (logprobs.shape[0] * max_length)
+    with torch.no_grad():
+        low = ((w < 1.0 - clip_range) & (adv < 0)).to(logprobs.dtype)
+        high_clipped = ((w > 1.0 + high) & (adv > 0)).to(logprobs.dtype)
+        where = mask if importance == "token" else None
+        if importance != "token":
+            low, high_clipped = low.squeeze(-1), high_clipped.squeeze(-1)
+        stats = {
+            "clip_ratio/low_mean": masked_mean(low, where),
+            "clip_ratio/high_mean": masked_mean(high_clipped, where),
+            "clip_ratio/region_mean": masked_mean(torch.maximum(low, high_clipped), where),
+        }
+        if kl is not None:
+            stats["kl"] = masked_mean(kl, mask)
+    return loss, stats

@@ -424,27 +424,9 @@ def test_two_processes_give_the_update_of_one(tiny_model_dir, tmp_path):
     """The same 8 completions (unequal lengths), split 4 + 4 over 2 gloo processes, give the
     weights of 1 process holding all 8, for each loss aggregation: the loss is normalised by
     the token or completion count over every process."""
-    import os
-    import socket
-    import subprocess
-    import sys
+    from tests.test_rm import one_and_two_processes
 
-    script = tmp_path / "update.py"
-    script.write_text(UPDATE_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(script), str(tiny_model_dir), str(tmp_path)],
-                         capture_output=True, text=True, timeout=300, env=env)
-    assert one.returncode == 0, one.stderr[-3000:]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-addr", "127.0.0.1", "--master-port", str(port), str(script),
-                          str(tiny_model_dir), str(tmp_path)],
-                         capture_output=True, text=True, timeout=300, env=env)
-    assert two.returncode == 0, two.stderr[-3000:]
-    a = json.loads((tmp_path / "one.json").read_text())
-    b = json.loads((tmp_path / "two.json").read_text())
+    a, b = one_and_two_processes(tmp_path, UPDATE_SCRIPT, [str(tiny_model_dir), str(tmp_path)])
     start = load_file(Path(tiny_model_dir) / "model.safetensors")
     for aggregation in ("token", "sequence", "fixed"):
         moved = False

@@ -374,3 +374,78 @@ def test_ppo_torchrun_two_processes(tiny_model_dir, ppo_files, tmp_path):
     rows = [r for r in metric_rows(out) if "loss" in r]
     assert [r["episode"] for r in rows] == [8, 16]  # 4 prompts x 2 processes per iteration
     assert (out / "final/model.safetensors").exists()
+
+
+PPO_UPDATE_SCRIPT = """
+import json, sys
+from pathlib import Path
+from types import SimpleNamespace
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from preflab.algorithms.ppo import ppo_update
+from preflab.losses import gae
+from preflab.rl.heads import token_values
+from preflab.rl.loop import global_whiten
+from preflab.rl.roles import _forward_logits
+from preflab.rl.tensors import pack_rollout, per_token_rewards, response_logps, response_slice
+from preflab.runtime import distributed, session
+
+model_dir, out = sys.argv[1], Path(sys.argv[2])
+ctx = distributed.setup("cpu")
+torch.manual_seed(0)
+policy = AutoModelForCausalLM.from_pretrained(model_dir).train()
+value = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1).train()
+value.config.pad_token_id = 0
+g, V = torch.Generator().manual_seed(1), policy.config.vocab_size
+prompts = [[1] + torch.randint(5, V, (int(n),), generator=g).tolist()
+           for n in torch.randint(1, 4, (8,), generator=g)]
+responses = [torch.randint(5, V, (int(n),), generator=g).tolist()
+             for n in torch.randint(1, 7, (8,), generator=g)]  # unequal tokens per rank
+scores = torch.randn(8, generator=g)
+rows = slice(ctx.rank * 4, ctx.rank * 4 + 4) if ctx.enabled else slice(0, 8)
+batch = pack_rollout(prompts[rows], responses[rows], pad_token_id=0, eos_token_id=2)
+P, mask = batch["context_length"], batch["response_mask"]
+with torch.no_grad():
+    ids, am = batch["input_ids"], batch["attention_mask"]
+    logprobs = response_logps(_forward_logits(policy, ids, am), ids, P)
+    old = {"logprobs": logprobs, "ref_logprobs": logprobs - 0.05,
+           "values": response_slice(token_values(value, ids, am), P)}
+cfg = SimpleNamespace(ppo_epochs=2, num_minibatches=1, batch_size=2, clip_range=0.2,
+                      clip_range_value=0.2, vf_coef=0.1, temperature=1.0, max_grad_norm=1.0,
+                      nonfinite="stop")
+run = session.Run(config=cfg, command="ppo", ctx=ctx, device=torch.device("cpu"),
+                  dtype=torch.float32, dir=out)
+rewards, _ = per_token_rewards(old["logprobs"], old["ref_logprobs"], scores[rows], mask,
+                               kl_coef=0.05)
+rewards = global_whiten(rewards, mask, run, shift_mean=False)
+advantages, returns = gae(rewards, old["values"], mask, gamma=1.0, gae_lambda=0.95)
+advantages = global_whiten(advantages, mask, run)
+trainable = torch.nn.ModuleDict({"policy": policy, "value": value})
+roles = SimpleNamespace(trainable=trainable,
+                        policy_logits=lambda ids, am: _forward_logits(policy, ids, am),
+                        values=lambda ids, am: token_values(value, ids, am))
+optimizer = torch.optim.AdamW(trainable.parameters(), lr=1e-3)
+scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg, run,
+           torch.Generator().manual_seed(2), lambda: None)
+if ctx.rank == 0:
+    state = {k: v.tolist() for k, v in trainable.state_dict().items()}
+    (out / ("two.json" if ctx.enabled else "one.json")).write_text(json.dumps(state))
+distributed.teardown(ctx)
+"""
+
+
+def test_ppo_two_processes_give_the_update_of_one(tiny_model_dir, tmp_path):
+    """The same 8 rollouts (unequal lengths), split 4 + 4 over 2 gloo processes, give the
+    policy and value weights of 1 process holding all 8: the rewards and advantages are
+    whitened with every process's mean and variance, and the loss is normalised by the token
+    count over every process."""
+    from tests.test_rm import one_and_two_processes
+
+    a, b = one_and_two_processes(tmp_path, PPO_UPDATE_SCRIPT,
+                                 [str(tiny_model_dir), str(tmp_path)])
+    start = load_file(Path(tiny_model_dir) / "model.safetensors")
+    assert any(not torch.allclose(torch.tensor(a[f"policy.{k}"]), v) for k, v in start.items())
+    for key, value in a.items():
+        torch.testing.assert_close(torch.tensor(b[key]), torch.tensor(value), atol=2e-5,
+                                   rtol=1e-4)

@@ -111,18 +111,36 @@ def test_rm_lora_saves_adapter_with_head(tiny_model_dir, tmp_path):
     AutoModelForSequenceClassification.from_pretrained(out / "final")  # merged, loadable
 
 
+def free_port() -> int:
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def torchrun(tmp_path: Path, module: str, args: list[str]) -> subprocess.CompletedProcess:
     """``module.main(args)`` in 2 CPU processes (gloo) under torchrun."""
     script = tmp_path / f"run_{module}.py"
     script.write_text(f"import sys\nfrom preflab.algorithms import {module}\n"
                       f"sys.exit({module}.main(sys.argv[1:]))\n")
-    with socket.socket() as sock:  # a free port for the rendezvous
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(port), str(script), *args]
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(script), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def one_and_two_processes(tmp_path: Path, code: str, args: list[str]) -> tuple[dict, dict]:
+    """Run the script ``code`` (which writes ``one.json`` alone, ``two.json`` as rank 0 of 2)
+    in 1 process, then in 2 gloo processes under torchrun; return both JSON results."""
+    script = tmp_path / "script.py"
+    script.write_text(code)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for cmd in ([sys.executable, str(script), *args],
+                [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                 "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(script),
+                 *args]):
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+    return tuple(json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
 
 
 def test_rm_torchrun_two_processes_match_one(tiny_model_dir, tmp_path):

@@ -14,7 +14,8 @@ implementation details of RLHF with PPO"), every detail below traceable to a lin
    the reference's, the value model's per-token values.
 4. Per-token reward: ``-kl_coef * (log pi - log pi_ref)`` at every token, plus the score at the
    last token (``preflab.rl.rollouts.per_token_rewards``); optionally whitened.
-5. GAE (``--gamma``, ``--gae-lambda``); advantages whitened over the batch's tokens.
+5. GAE (``--gamma``, ``--gae-lambda``); advantages whitened over the batch's tokens (every
+   process's: under torchrun the mean and variance are all-reduced).
 6. ``--ppo-epochs`` passes over ``--num-minibatches`` shuffled minibatches: clipped policy loss
    (``--clip-range``) + ``--vf-coef`` x clipped value loss (``--clip-range-value``), gradient
    clipping, one AdamW step per minibatch; dropout is off in every model.
@@ -39,13 +40,15 @@ import torch
 
 from preflab.config import arg, parse_config
 from preflab.errors import ConfigError
-from preflab.losses import KL_ESTIMATORS, gae, ppo_policy_loss, ppo_value_loss, whiten
+from preflab.losses import KL_ESTIMATORS, gae, ppo_policy_loss, ppo_value_loss
 from preflab.rl.kl_control import kl_controller
 from preflab.rl.loop import (
     RolloutConfig,
     close_run,
     collect_rollout,
     evaluate,
+    global_sums,
+    global_whiten,
     open_run,
     reduce_means,
     sync_gradients,
@@ -123,16 +126,21 @@ def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg
     keys = ("loss/policy", "loss/value", "policy/approxkl", "policy/clipfrac", "val/clipfrac",
             "val/ratio")
     totals, updates = torch.zeros(len(keys), dtype=torch.float64), 0
+    world = run.ctx.world_size
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n_rows, generator=generator)
-        for start in range(0, n_rows, size):
-            minibatch = order[start : start + size]
-            tokens = mask[minibatch].sum().clamp(min=1)
+        minibatches = [order[s : s + size] for s in range(0, n_rows, size)]
+        local = [float(mask[mb].sum()) for mb in minibatches]
+        counts = global_sums(local, run)  # the minibatch's tokens on every process: one collective
+        for minibatch, local_tokens, tokens in zip(minibatches, local, counts):
             minibatch_loss = torch.zeros((), dtype=torch.float64)
             for rows in micro_batches(minibatch, cfg.batch_size):
                 ids = batch["input_ids"][rows].to(run.device)
                 am = batch["attention_mask"][rows].to(run.device)
-                m, share = mask[rows], (mask[rows].sum() / tokens).item()
+                m, part = mask[rows], float(mask[rows].sum())
+                # sync_gradients averages over processes: weigh by the global token count, so
+                # N processes make the update of one holding every rollout
+                share = part * world / max(tokens, 1.0)
                 new_logprobs = response_logps(roles.policy_logits(ids, am), ids, P, cfg.temperature)
                 pg_loss, pg = ppo_policy_loss(new_logprobs, old["logprobs"][rows], advantages[rows],
                                               m, clip_range=cfg.clip_range)
@@ -143,7 +151,8 @@ def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg
                 (cfg.vf_coef * vf_loss * share).backward()
                 stats = (pg_loss, vf_loss, pg["approxkl"], pg["clipfrac"], vf["clipfrac"], pg["ratio"])
                 values_now = [s.item() for s in stats]  # one host sync for all six
-                totals += share * torch.tensor(values_now, dtype=torch.float64)
+                totals += part / max(local_tokens, 1.0) * torch.tensor(values_now,
+                                                                       dtype=torch.float64)
                 minibatch_loss += share * (values_now[0] + cfg.vf_coef * values_now[1])
             sync_gradients(params, run)
             session.optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm, run=run,
@@ -195,10 +204,10 @@ def train(cfg: PPOConfig) -> dict:
         rewards, kl = per_token_rewards(old["logprobs"], old["ref_logprobs"], scores, mask,
                                         kl_coef=kl_ctl.value, kl_estimator=cfg.kl_estimator)
         if cfg.whiten_rewards:
-            rewards = whiten(rewards, mask, shift_mean=False)
+            rewards = global_whiten(rewards, mask, run, shift_mean=False)
         advantages, returns = gae(rewards, old["values"], mask, gamma=cfg.gamma,
                                   gae_lambda=cfg.gae_lambda)
-        advantages = whiten(advantages, mask)
+        advantages = global_whiten(advantages, mask, run)
         t_fwd = rollout.seconds["forward"] + time.perf_counter() - clock
         timers["forward"] += t_fwd
 

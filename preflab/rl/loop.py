@@ -19,6 +19,7 @@ from preflab.config import TrainConfig, arg
 from preflab.data import TruncationPolicy, check_dataset, load_prompt_dataset, split_train_eval
 from preflab.errors import ConfigError
 from preflab.evaluation import evaluate_policy
+from preflab.losses import whiten
 from preflab.rewards import check_reward_specs, load_reward
 from preflab.rl.roles import MEMORY_MODES, build_roles
 from preflab.rl.tensors import apply_missing_eos_penalty, rollout_forward, sample_rollout
@@ -146,6 +147,24 @@ def reduce_means(values: dict[str, float], run: session.Run, *,
                                         run.ctx)
     return {k: totals[i].item() / (1 if k in sums else run.ctx.world_size)
             for i, k in enumerate(keys)}
+
+
+def global_whiten(x: torch.Tensor, mask: torch.Tensor, run: session.Run, *,
+                  shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """``losses.whiten`` with the mean and (Bessel-corrected) variance of the masked values
+    of every process, so N processes whiten as one process holding all of them would."""
+    if not run.ctx.enabled:
+        return whiten(x, mask, shift_mean=shift_mean, eps=eps)
+    m = mask.to(torch.bool)
+    values = x[m].double()
+    n, total, squares = global_sums([values.numel(), float(values.sum()),
+                                     float((values**2).sum())], run)
+    mean = total / max(n, 1.0)
+    var = max(squares - n * mean * mean, 0.0) / max(n - 1, 1.0)
+    out = (x - mean) * torch.rsqrt(torch.tensor(var + eps, dtype=x.dtype, device=x.device))
+    if not shift_mean:
+        out = out + mean
+    return torch.where(m, out, torch.zeros_like(out))
 
 
 def global_sums(values: list[float], run: session.Run) -> list[float]:

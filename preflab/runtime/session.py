@@ -394,6 +394,7 @@ def finish_run(
     cfg = run.config
     summary = {
         "command": run.command,
+        "world_size": run.ctx.world_size,
         **(extra or {}),
         "steps": steps,
         "wall_s": round(run.elapsed(), 3),

@@ -168,18 +168,98 @@ def forward_logps(
     return sequence_logps(logits, input_ids, completion_mask, chunk_size=chunk_size), logits
 
 
+def pack(input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> dict:
+    """Padding-free layout: the attended tokens of every row concatenated into ONE row.
+
+    Returns ``input_ids`` and ``position_ids`` ``[1, L]`` (positions restart at 0 for each
+    row, so attention stays within a row: transformers builds a block-diagonal causal mask
+    from restarting positions when no attention mask is given, and flash attention reads
+    them as sequence boundaries), ``completion_mask`` ``[L]`` with each row's first token
+    unscored (it has no prediction within its row), ``row_of`` ``[L]`` (each token's row) and
+    ``rows``. ``L`` is the number of attended tokens: no compute on padding.
+    """
+    keep = attention_mask.to(torch.bool)
+    lengths = keep.sum(-1)
+    if (lengths == 0).any():
+        raise ValueError("every row needs at least one attended token")
+    scored = completion_mask.to(torch.bool)[keep].clone()
+    starts = lengths.cumsum(0) - lengths
+    scored[starts] = False
+    rows = input_ids.shape[0]
+    return {
+        "input_ids": input_ids[keep].unsqueeze(0),
+        "position_ids": position_ids_from_attention_mask(attention_mask)[keep].unsqueeze(0),
+        "completion_mask": scored,
+        "row_of": torch.repeat_interleave(torch.arange(rows, device=input_ids.device), lengths),
+        "rows": rows,
+    }
+
+
+def packed_sequence_logps(logits: Tensor, packed: dict, *,
+                          chunk_size: int = DEFAULT_CHUNK_SIZE) -> SequenceLogps:
+    """``sequence_logps`` for a packed row (``pack``): per original row, ``[rows]``."""
+    logps = token_logps(logits, packed["input_ids"], chunk_size=chunk_size)[0]  # [L-1]
+    mask = packed["completion_mask"][1:]
+    row_of = packed["row_of"][1:]
+    values = torch.where(mask, logps, torch.zeros_like(logps))
+    total = torch.zeros(packed["rows"], dtype=values.dtype, device=values.device)
+    total = total.index_add(0, row_of, values)
+    count = torch.zeros(packed["rows"], dtype=torch.long, device=values.device)
+    count = count.index_add(0, row_of, mask.long())
+    return SequenceLogps(sum=total, mean=total / count.clamp(min=1), count=count)
+
+
+def packed_forward_logps(model, input_ids: Tensor, attention_mask: Tensor,
+                         completion_mask: Tensor, *,
+                         chunk_size: int = DEFAULT_CHUNK_SIZE) -> SequenceLogps:
+    """``forward_logps`` without padding: the rows packed into one (``pack``), one forward
+    with restarting ``position_ids`` and no attention mask, the log-probs summed back per
+    row. Equal to the padded forward to float tolerance wherever the model's attention
+    honours packed positions (``check_packing`` tests that)."""
+    packed = pack(input_ids, attention_mask, completion_mask)
+    logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"],
+                   use_cache=False).logits
+    return packed_sequence_logps(logits, packed, chunk_size=chunk_size)
+
+
+@torch.no_grad()
+def check_packing(model, *, vocab_size: int, atol: float = 1e-3) -> None:
+    """Raise ``ValueError`` unless two short sequences packed into one row give the
+    log-probs they give apart: the model's attention must not reach across a packed
+    boundary (attention implementations that ignore position ids would)."""
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab_size, (2, 6), generator=gen).to(device)
+    mask = torch.ones_like(ids)
+    scored = torch.ones_like(ids)
+    was_training = model.training
+    model.eval()
+    try:
+        apart, _ = forward_logps(model, ids, mask, scored)
+        together = packed_forward_logps(model, ids, mask, scored)
+    finally:
+        model.train(was_training)
+    if not torch.allclose(apart.sum.float(), together.sum.float(), atol=atol, rtol=1e-3):
+        raise ValueError(
+            "this model's attention reaches across packed sequences (its log-probs change when "
+            f"two sequences share a row: {apart.sum.tolist()} apart, {together.sum.tolist()} "
+            "packed); --padding-free needs an attention that honours restarting position ids "
+            "(transformers' sdpa, eager or flash attention on Llama, Qwen, Mistral and the "
+            "like); train without --padding-free")
+
+
 def _rows(seq: SequenceLogps, rows: slice) -> SequenceLogps:
     return SequenceLogps(sum=seq.sum[rows], mean=seq.mean[rows], count=seq.count[rows])
 
 
 def concatenated_forward(
-    model, batch: dict, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+    model, batch: dict, *, chunk_size: int = DEFAULT_CHUNK_SIZE, padding_free: bool = False
 ) -> tuple[SequenceLogps, SequenceLogps]:
     """Chosen and rejected through the model in ONE forward: ``(chosen, rejected)``.
 
     ``batch`` holds ``input_ids``, ``attention_mask``, ``completion_mask`` of shape
     ``[2B, T]`` with rows ``:B`` the chosen and rows ``B:`` the rejected completions, and
-    ``batch_size = B``.
+    ``batch_size = B``. ``padding_free``: the 2B rows packed into one (``pack``).
     """
     n = int(batch["batch_size"])
     if batch["input_ids"].shape[0] != 2 * n:
@@ -187,11 +267,10 @@ def concatenated_forward(
             f"concatenated batch has {batch['input_ids'].shape[0]} rows; expected "
             f"2 * batch_size = {2 * n}"
         )
-    seq, _ = forward_logps(
-        model,
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["completion_mask"],
-        chunk_size=chunk_size,
-    )
+    if padding_free:
+        seq = packed_forward_logps(model, batch["input_ids"], batch["attention_mask"],
+                                   batch["completion_mask"], chunk_size=chunk_size)
+    else:
+        seq, _ = forward_logps(model, batch["input_ids"], batch["attention_mask"],
+                               batch["completion_mask"], chunk_size=chunk_size)
     return _rows(seq, slice(0, n)), _rows(seq, slice(n, 2 * n))

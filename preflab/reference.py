@@ -43,13 +43,14 @@ def live(cfg, run, policy: torch.nn.Module, *, needed: bool = True) -> Reference
     frozen copy of ``--ref-model`` (default ``--model``)."""
     if not needed:
         return Reference("none")
+    packed = bool(getattr(cfg, "padding_free", False))
     if cfg.lora_rank > 0 and not cfg.ref_model:
-        return Reference("adapter-off", policy=policy)
+        return Reference("adapter-off", policy=policy, padding_free=packed)
     model = models.load_causal_lm(cfg.ref_model or cfg.model, dtype=run.dtype, device=run.device,
                                   allow_pickle=cfg.allow_pickle,
                                   trust_remote_code=cfg.trust_remote_code)
     model.eval().requires_grad_(False)
-    return Reference("copy", model=model)
+    return Reference("copy", model=model, padding_free=packed)
 
 
 class Reference:
@@ -62,9 +63,11 @@ class Reference:
         model: torch.nn.Module | None = None,
         policy: torch.nn.Module | None = None,
         cache: dict[str, torch.Tensor] | None = None,
+        padding_free: bool = False,
     ) -> None:
         assert mode in MODES, mode
         self.mode = mode
+        self.padding_free = padding_free  # live forwards pack their rows (logprobs.pack)
         self.model = model  # the frozen copy (mode "copy")
         self.policy = policy  # the LoRA policy whose adapters are switched off
         self.cache = cache or {}  # split -> [N, 2 (chosen, rejected), 3 (sum, mean, count)]
@@ -82,10 +85,11 @@ class Reference:
     def forward(self, batch: dict) -> tuple[SequenceLogps, SequenceLogps]:
         """A live forward pass of the reference (copy or adapters off)."""
         if self.mode == "copy":
-            return concatenated_forward(self.model, batch)
+            return concatenated_forward(self.model, batch, padding_free=self.padding_free)
         if self.mode == "adapter-off":
             with models.unwrap(self.policy).disable_adapter():
-                return concatenated_forward(models.unwrap(self.policy), batch)
+                return concatenated_forward(models.unwrap(self.policy), batch,
+                                            padding_free=self.padding_free)
         raise RuntimeError(f"the {self.mode!r} reference has no model to run")
 
     @torch.no_grad()

@@ -213,3 +213,90 @@ def test_no_float32_copy_of_logits_is_kept_for_backward():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
         naive_token_logps(logits, ids)
     assert any(dtype == torch.float32 and n >= 2 * 15 * 64 for dtype, n in saved)
+
+
+# --- padding-free ------------------------------------------------------------------------------
+
+def _ragged_batch(vocab: int, seed: int = 0):
+    """Four rows, left and right padding mixed, each with a prompt before its completion."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (4, 10), generator=g)
+    attention = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 1, 1], [1] * 10,
+                              [1, 1, 1, 1, 1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1, 1, 1, 1, 0]])
+    completion = torch.zeros_like(attention)
+    completion[0, 5:] = 1
+    completion[1, 3:] = 1
+    completion[2, 2:6] = 1
+    completion[3, 6:9] = 1
+    return ids, attention, completion
+
+
+def test_padding_free_gives_the_padded_losses_and_gradients(tiny_model_dir):
+    """The rows packed into one (positions restarting, no attention mask) give each row's
+    summed and mean completion log-prob, and the gradient of a weighted sum of them, that
+    the padded batch gives, to float tolerance."""
+    from transformers import AutoModelForCausalLM
+
+    from preflab.logprobs import forward_logps, pack, packed_forward_logps
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).train()
+    for module in model.modules():  # dropout would differ between the two passes
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    ids, attention, completion = _ragged_batch(model.config.vocab_size)
+    packed = pack(ids, attention, completion)
+    assert packed["input_ids"].shape == (1, int(attention.sum()))  # no padding left
+    assert packed["position_ids"][0, :8].tolist() == list(range(8))
+    weights = torch.tensor([0.3, -1.0, 2.0, 0.7])
+    padded, _ = forward_logps(model, ids, attention, completion)
+    (padded.sum * weights).sum().backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    got = packed_forward_logps(model, ids, attention, completion)
+    (got.sum * weights).sum().backward()
+    torch.testing.assert_close(got.sum, padded.sum, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.mean, padded.mean, atol=1e-5, rtol=1e-5)
+    assert got.count.tolist() == padded.count.tolist() == [5, 7, 4, 3]
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_packing_check_refuses_attention_that_crosses_sequences(tiny_model_dir, monkeypatch):
+    """With transformers' packed-sequence detection switched off, attention runs across the
+    packed rows; the check sees the log-probs change and refuses."""
+    from transformers import AutoModelForCausalLM, masking_utils
+
+    from preflab.logprobs import check_packing
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    check_packing(model, vocab_size=model.config.vocab_size)  # honoured: passes
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
+    with pytest.raises(ValueError, match="reaches across packed sequences"):
+        check_packing(model, vocab_size=model.config.vocab_size)
+
+
+@pytest.mark.parametrize("command", ["sft", "dpo"])
+def test_padding_free_training_matches_padded(command, tiny_model_dir, tmp_path):
+    """``--padding-free`` changes how a batch is laid out, not what is learned: 3 steps give
+    the padded run's weights to float tolerance (DPO: policy and live reference packed)."""
+    from safetensors.torch import load_file
+
+    from preflab.algorithms import dpo, sft
+    from tests.sft_data import sft_records, write_jsonl
+    from tests.test_rm import preference_records
+
+    if command == "sft":
+        data, module = write_jsonl(tmp_path / "d.jsonl", sft_records()), sft
+    else:
+        data, module = write_jsonl(tmp_path / "d.jsonl", preference_records(32)), dpo
+    common = ["--model", str(tiny_model_dir), "--data", str(data), "--max-steps", "3",
+              "--learning-rate", "3e-3", "--no-progress", "--max-length", "32",
+              "--eval-fraction", "0.2", "--batch-size", "4"]
+    assert module.main([*common, "--output-dir", str(tmp_path / "padded")]) == 0
+    assert module.main([*common, "--output-dir", str(tmp_path / "packed"), "--padding-free"]) == 0
+    a = load_file(tmp_path / "padded/final/model.safetensors")
+    b = load_file(tmp_path / "packed/final/model.safetensors")
+    start = load_file(tiny_model_dir / "model.safetensors")
+    assert any(not torch.equal(a[k], start[k]) for k in a)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=2e-5, rtol=1e-4)

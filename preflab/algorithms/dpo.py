@@ -69,6 +69,12 @@ class DPOConfig(TrainConfig):
         False, "Compute reference log-probs once before training, cache them and free the "
         "reference (one model in memory)."
     )
+    padding_free: bool = arg(
+        False, "Pack each micro-batch's chosen and rejected sequences into one row, positions "
+        "restarting per sequence: no compute on padding (policy and live reference). Needs an "
+        "attention that honours restarting position ids (transformers' sdpa, eager or flash "
+        "attention); checked at the start."
+    )
     eval_prompts: str = arg(
         "", "Prompts to sample from at evaluation (eval/kl, eval/distinct_n, eval/gold_reward).",
         path="data",
@@ -105,7 +111,7 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 def preference_step(model, ref: reference.Reference, spec, cfg: DPOConfig, batch: dict, split: str):
     """Per-example losses and the figures to log, for one concatenated batch."""
-    chosen, rejected = concatenated_forward(model, batch)
+    chosen, rejected = concatenated_forward(model, batch, padding_free=cfg.padding_free)
     pick = (lambda s: s.sum) if spec.logps == "sum" else (lambda s: s.mean)
     ref_chosen = ref_rejected = None
     if spec.needs_reference:
@@ -212,6 +218,8 @@ def train(cfg: DPOConfig) -> dict:
               f"{data_report.summary()}", flush=True)
 
     model = session.load_trainable(cfg, run)
+    if cfg.padding_free:
+        session.require_packing(model, tokenizer)
     model.train()
     session.claim_run_dir(run)  # --overwrite: the old run goes before the reference cache is made
     ref = build_reference(cfg, spec, run, model, tokenizer, examples, eval_examples)

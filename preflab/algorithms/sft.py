@@ -26,7 +26,11 @@ from preflab.data import (
     load_sft_dataset,
     split_train_eval,
 )
-from preflab.logprobs import nll_loss_sum, position_ids_from_attention_mask
+from preflab.logprobs import (
+    nll_loss_sum,
+    packed_forward_logps,
+    position_ids_from_attention_mask,
+)
 from preflab.runtime import distributed, memory, session
 from preflab.runtime.metrics import format_metrics
 from preflab.runtime.stream import ExampleStream
@@ -39,6 +43,11 @@ class SFTConfig(TrainConfig):
     learning_rate: float = arg(2e-4, "Peak learning rate of AdamW.", gt=0)
     completion_only: bool = arg(
         True, "Count the loss on completion tokens only (--no-completion-only: whole sequence)."
+    )
+    padding_free: bool = arg(
+        False, "Pack each micro-batch's sequences into one row, positions restarting per "
+        "sequence: no compute on padding. Needs an attention that honours restarting position "
+        "ids (transformers' sdpa, eager or flash attention); checked at the start."
     )
 
 
@@ -64,10 +73,16 @@ def load_data(cfg: SFTConfig, tokenizer):
     return examples, eval_examples, report
 
 
-def forward_nll(model, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed NLL over completion tokens of one micro-batch, and their count."""
+def forward_nll(model, batch: dict, device: torch.device,
+                padding_free: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL over completion tokens of one micro-batch, and their count; with
+    ``padding_free`` the rows packed into one (``logprobs.pack``)."""
     input_ids = batch["input_ids"].to(device)
     attention_mask = batch["attention_mask"].to(device)
+    if padding_free:
+        seq = packed_forward_logps(model, input_ids, attention_mask,
+                                   batch["completion_mask"].to(device))
+        return -seq.sum.sum(), seq.count.sum()
     logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -88,7 +103,7 @@ def evaluate(model, examples, cfg: SFTConfig, pad_id: int, run: session.Run) -> 
     totals = torch.zeros(2, dtype=torch.float64)
     for start in range(0, len(mine), size):
         batch = collate_sft(mine[start : start + size], pad_id)
-        loss_sum, count = forward_nll(model, batch, run.device)
+        loss_sum, count = forward_nll(model, batch, run.device, cfg.padding_free)
         totals += torch.tensor([loss_sum.item(), float(count)], dtype=torch.float64)
     totals = distributed.all_reduce_sum(totals, run.ctx)
     model.train()
@@ -106,6 +121,8 @@ def train(cfg: SFTConfig) -> dict:
         print(f"data: {len(examples)} train / {len(eval_examples)} eval examples; "
               f"{data_report.summary()}", flush=True)
     model = session.load_trainable(cfg, run)
+    if cfg.padding_free:
+        session.require_packing(model, tokenizer)
     model.train()
     steps = session.total_steps(cfg, len(examples), run.ctx)
     optimizer, scheduler = session.build_optimization(cfg, model, steps)
@@ -137,7 +154,7 @@ def train(cfg: SFTConfig) -> dict:
             # DDP averages gradients over ranks; multiply back so the result is sum / tokens.
             sync = i == len(micro_batches) - 1 or not run.ctx.enabled
             with contextlib.nullcontext() if sync else ddp_model.no_sync():
-                loss_sum, _ = forward_nll(ddp_model, batch, run.device)
+                loss_sum, _ = forward_nll(ddp_model, batch, run.device, cfg.padding_free)
                 (loss_sum * run.ctx.world_size / max(global_tokens, 1.0)).backward()
             running_loss[0] += loss_sum.detach().float()
             step_loss += loss_sum.detach().float()

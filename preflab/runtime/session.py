@@ -89,6 +89,18 @@ def load_trainable(cfg: TrainConfig, run: Run):
     return model
 
 
+def require_packing(model: torch.nn.Module, tokenizer) -> None:
+    """``--padding-free``: refuse (``ConfigError``) a model whose attention reaches across
+    packed sequences (``logprobs.check_packing``), before any training."""
+    from preflab.logprobs import check_packing
+
+    try:
+        check_packing(model, vocab_size=min(len(tokenizer),
+                                            model.get_input_embeddings().num_embeddings))
+    except ValueError as exc:
+        raise ConfigError(str(exc), field="padding_free") from None
+
+
 def sampled_evaluation(cfg, run: Run, tokenizer, policy) -> tuple[list[str], Any]:
     """What a trainer samples at evaluation: the first ``--eval-num-prompts`` of
     ``--eval-prompts`` (none when it is empty), and ``--gold-reward`` as a function of

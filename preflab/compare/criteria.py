@@ -112,8 +112,9 @@ def simplicity(results: dict) -> dict:
 
 
 def memory_table(results: dict) -> dict:
-    """Tensor bytes per role and peak RSS of each training process, per method, in units of
-    P = the bytes of one model's weights (the SFT model's parameters)."""
+    """Tensor bytes per role, per method, in units of P = the bytes of one model's weights (the
+    SFT model's parameters), and the peak RSS of the process that holds the method's models
+    (its last stage: ppo, rloo, dpo, ...; a reward model trains in a process of its own)."""
     jobs = results["jobs"]
     P = None
     for job in jobs.values():
@@ -134,13 +135,14 @@ def memory_table(results: dict) -> dict:
         if not tb:
             continue
         seen.add(run["method"])
-        rss = [jobs[k].get("peak_rss_bytes") for k in run["stages"] if jobs.get(k)]
-        rss = [r for r in rss if r]
+        # the process that holds the method's models (its last stage); the reward model's own
+        # training is a separate process, reported with its stage
+        rss = policy_job.get("peak_rss_bytes") or policy_job.get("process_peak_rss_bytes")
         total = sum(r["total"] for r in tb.values())
         weights = sum(r["params"] for r in tb.values())
         configs.append({"method": run["method"], "label": run["memory_label"], "road": run["road"],
                         "run_dir": policy_job.get("run_dir"), "roles": tb, "total": total,
-                        "weights": weights, "peak_rss_bytes": max(rss) if rss else None,
+                        "weights": weights, "peak_rss_bytes": rss or None,
                         "total_P": total / P if P else None,
                         "weights_P": weights / P if P else None,
                         "probe": run["experiment"] == "probe"})

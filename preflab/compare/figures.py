@@ -86,7 +86,7 @@ def memory(results: dict, path: Path) -> bool:
     for i, (_, v) in enumerate(rss):
         ax.text(v, i, f" {v:.0f}", va="center", fontsize=8)
     ax.set_xlabel("MiB")
-    ax.set_title("Peak RSS of each training process", fontsize=10)
+    ax.set_title("Peak RSS of the process holding the models", fontsize=10)
     ax.tick_params(axis="y", labelsize=8)
     ax.invert_yaxis()
     return _save(fig, path)

@@ -19,7 +19,8 @@ from preflab.errors import DataError
 
 CAPTIONS = {
     "memory": "The article's memory chart, measured: tensor bytes per role in units of P (one "
-              "model's weights), and the peak RSS of each training process. * a short run kept "
+              "model's weights), and the peak RSS of the process holding each method's models (its "
+              "last stage; the reward model trains in a process of its own). * a short run kept "
               "only for its memory figures.",
     "frontier": "Reward-KL frontier: quality against the sampled KL to the SFT policy at every "
                 "evaluation of every run (the DPO paper's figure 2).",

@@ -1,20 +1,29 @@
 """DPO throughput and peak memory: `preflab dpo` against TRL's DPOTrainer, in the same run.
 
-Both train the same randomly initialised Llama (built here) on the same preference pairs
-(every sequence the same length, so padding cannot favour either), with the same batch,
-sigmoid loss, beta, AdamW and learning rate, and a frozen reference copy. Each runs in a
-fresh process so its peak RSS is its own; throughput counts prompt+completion tokens of
-chosen and rejected over steady-state steps (warm-up steps are not timed for either).
+Both train the same randomly initialised Llama (built here) on the same preference pairs,
+with the same batch, sigmoid loss, beta, AdamW and learning rate, and a frozen reference
+copy. Each runs in a fresh process so its peak RSS is its own; throughput counts the real
+(unpadded) prompt+completion tokens of chosen and rejected over steady-state steps (warm-up
+steps are not timed for either).
+
+``--lengths equal``: every sequence the same length, so padding cannot favour either.
+``--lengths variable``: prompt and completion lengths long-tailed, as real preference data
+is: log-normal, prompt median 24 words (sigma 0.8, 4 to 128), completion median 40 words
+(sigma 0.9, 2 to 160); tokens per second then count the real tokens, the expected number
+per step from the data (20 steps or more average the batches out). There preflab also runs
+with ``--padding-free`` (a third row).
 
 TRL is needed only here:  pip install 'preflab[bench]'   (or: pip install trl)
 
-    python benchmarks/dpo_throughput.py [--steps 10] [--warmup 2] [--size small|20m]
+    python benchmarks/dpo_throughput.py [--steps 10] [--warmup 2] [--size small|20m|60m]
+        [--lengths equal|variable]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import resource
@@ -27,54 +36,66 @@ from pathlib import Path
 SIZES = {  # hidden, layers, heads, intermediate, vocabulary
     "small": (128, 4, 4, 384, 2000),
     "20m": (384, 8, 6, 1024, 8000),
+    "60m": (640, 10, 10, 1792, 16000),
 }
 BATCH = 8
 PROMPT_WORDS = 32
 COMPLETION_WORDS = 95  # + EOS = 96 completion tokens; 128 tokens per sequence
 
 
-def build(work: Path, size: str, n_pairs: int) -> tuple[Path, Path]:
+def _long_tailed(rng: random.Random, median: int, sigma: float, low: int, high: int) -> int:
+    return max(low, min(high, round(rng.lognormvariate(math.log(median), sigma))))
+
+
+def build(work: Path, size: str, n_pairs: int, lengths: str = "equal") -> tuple[Path, Path, float]:
+    """The model, the pairs, and the real tokens per step (chosen and rejected, each with its
+    prompt and EOS; for variable lengths the mean over the data)."""
     from preflab.tiny import save_tiny_model
 
     hidden, layers, heads, inter, vocab = SIZES[size]
     words = [f"w{i}" for i in range(vocab)]
     model_dir = save_tiny_model(work / "model", words, arch="llama", hidden_size=hidden,
                                 num_layers=layers, num_heads=heads, intermediate_size=inter,
-                                max_positions=256)
+                                max_positions=512)
     rng = random.Random(0)
-    lines = []
+    lines, tokens = [], 0
     for _ in range(n_pairs):
-        prompt = " ".join(rng.choices(words, k=PROMPT_WORDS))
+        if lengths == "equal":
+            p, c, r = PROMPT_WORDS, COMPLETION_WORDS, COMPLETION_WORDS
+        else:
+            p = _long_tailed(rng, 24, 0.8, 4, 128)
+            c, r = (_long_tailed(rng, 40, 0.9, 2, 160) for _ in range(2))
+        tokens += 2 * p + c + r + 2  # each completion ends with EOS
         lines.append(json.dumps({
-            "prompt": prompt,
-            "chosen": " " + " ".join(rng.choices(words, k=COMPLETION_WORDS)),
-            "rejected": " " + " ".join(rng.choices(words, k=COMPLETION_WORDS)),
+            "prompt": " ".join(rng.choices(words, k=p)),
+            "chosen": " " + " ".join(rng.choices(words, k=c)),
+            "rejected": " " + " ".join(rng.choices(words, k=r)),
         }))
     data = work / "pairs.jsonl"
     data.write_text("\n".join(lines) + "\n")
-    return model_dir, data
+    return model_dir, data, BATCH * tokens / n_pairs
 
 
-def tokens_per_step() -> int:
-    return 2 * BATCH * (PROMPT_WORDS + COMPLETION_WORDS + 1)
-
-
-def worker_preflab(model_dir: str, data: str, out: str, steps: int, warmup: int) -> dict:
+def worker_preflab(model_dir: str, data: str, out: str, steps: int, warmup: int,
+                   per_step: float, padding_free: bool = False) -> dict:
     from preflab.algorithms import dpo
 
     dpo.main(["--model", model_dir, "--data", data, "--output-dir", out, "--max-steps", str(steps),
-              "--batch-size", str(BATCH), "--eval-fraction", "0", "--max-length", "256",
+              "--batch-size", str(BATCH), "--eval-fraction", "0", "--max-length", "512",
               "--learning-rate", "1e-6", "--warmup-ratio", "0", "--beta", "0.1",
-              "--log-every", "1", "--no-progress", "--overwrite"])
+              "--log-every", "1", "--no-progress", "--overwrite",
+              *(["--padding-free"] if padding_free else [])])
     rows = [json.loads(x) for x in Path(out, "metrics.jsonl").read_text().splitlines()]
-    timed = [r for r in rows if "tokens_per_sec" in r and r["step"] > warmup]
-    seconds = sum(tokens_per_step() / r["tokens_per_sec"] for r in timed)
-    return {"tokens_per_sec": tokens_per_step() * len(timed) / seconds,
+    timed = [r for r in rows if "elapsed_s" in r and "loss" in r]
+    start = next(r["elapsed_s"] for r in timed if r["step"] == warmup) if warmup else 0.0
+    seconds = timed[-1]["elapsed_s"] - start
+    return {"tokens_per_sec": per_step * (steps - warmup) / seconds,
             "peak_rss_bytes": json.loads(Path(out, "summary.json").read_text())["peak_rss_bytes"],
             "first_loss": rows[1]["loss"]}
 
 
-def worker_trl(model_dir: str, data: str, out: str, steps: int, warmup: int) -> dict:
+def worker_trl(model_dir: str, data: str, out: str, steps: int, warmup: int,
+               per_step: float) -> dict:
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -89,7 +110,7 @@ def worker_trl(model_dir: str, data: str, out: str, steps: int, warmup: int) -> 
             stamps.append(time.perf_counter())
 
     args = DPOConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=BATCH,
-                     learning_rate=1e-6, beta=0.1, loss_type=["sigmoid"], max_length=256,
+                     learning_rate=1e-6, beta=0.1, loss_type=["sigmoid"], max_length=512,
                      logging_steps=1, save_strategy="no", report_to=[], lr_scheduler_type="cosine",
                      warmup_steps=0, use_cpu=True, dataloader_num_workers=0, seed=0,
                      disable_tqdm=True, bf16=False, fp16=False)
@@ -100,7 +121,7 @@ def worker_trl(model_dir: str, data: str, out: str, steps: int, warmup: int) -> 
     # stamps[i] is the end of step i+1; time steps warmup+1 .. steps
     seconds = stamps[-1] - (stamps[warmup - 1] if warmup else start)
     first = next((h["loss"] for h in trainer.state.log_history if "loss" in h), float("nan"))
-    return {"tokens_per_sec": tokens_per_step() * (steps - warmup) / seconds,
+    return {"tokens_per_sec": per_step * (steps - warmup) / seconds,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "first_loss": first}
 
@@ -113,12 +134,19 @@ def main() -> None:
     parser.add_argument("--size", choices=tuple(SIZES), default="small")
     parser.add_argument("--repeats", type=int, default=2,
                         help="runs of each, alternating; the best of each is reported (less noise)")
-    parser.add_argument("--worker", choices=("preflab", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--lengths", choices=("equal", "variable"), default="equal")
+    parser.add_argument("--worker", choices=("preflab", "preflab-packed", "trl"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--paths", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--per-step", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        fn = worker_preflab if args.worker == "preflab" else worker_trl
-        print("RESULT " + json.dumps(fn(*args.paths, args.steps, args.warmup)))
+        common = (*args.paths, args.steps, args.warmup, args.per_step)
+        if args.worker == "trl":
+            result = worker_trl(*common)
+        else:
+            result = worker_preflab(*common, padding_free=args.worker == "preflab-packed")
+        print("RESULT " + json.dumps(result))
         return
     try:
         import trl
@@ -130,20 +158,24 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model_dir, data = build(work, args.size, BATCH * args.steps)
+        model_dir, data, per_step = build(work, args.size, BATCH * args.steps, args.lengths)
         n_params = sum(p.numel() for p in transformers.AutoModelForCausalLM
                        .from_pretrained(model_dir).parameters())
-        print(f"model: Llama, {n_params / 1e6:.1f}M parameters; {BATCH} pairs x "
-              f"{PROMPT_WORDS + COMPLETION_WORDS + 1} tokens per sequence; sigmoid loss, beta 0.1, "
-              f"reference = frozen copy; {args.steps} steps ({args.warmup} warm-up, not timed)")
+        shape = (f"{PROMPT_WORDS + COMPLETION_WORDS + 1} tokens per sequence"
+                 if args.lengths == "equal" else
+                 f"variable lengths, {per_step / (2 * BATCH):.0f} real tokens per sequence on average")
+        print(f"model: Llama, {n_params / 1e6:.1f}M parameters; {BATCH} pairs per step, {shape}; "
+              f"sigmoid loss, beta 0.1, reference = frozen copy; {args.steps} steps "
+              f"({args.warmup} warm-up, not timed)")
         print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
               f"trl {trl.__version__}, {torch.get_num_threads()} threads")
         results = {}
-        order = [n for _ in range(args.repeats) for n in ("trl", "preflab")]
+        names = ("trl", "preflab") + (("preflab-packed",) if args.lengths == "variable" else ())
+        order = [n for _ in range(args.repeats) for n in names]
         for name in order:
             cmd = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--paths", str(model_dir), str(data),
-                   str(work / f"run-{name}")]
+                   str(work / f"run-{name}"), "--per-step", str(per_step)]
             env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "WANDB_DISABLED": "true"}
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -152,11 +184,12 @@ def main() -> None:
             r = json.loads(line[0][7:])
             if name not in results or r["tokens_per_sec"] > results[name]["tokens_per_sec"]:
                 results[name] = r
-            print(f"{name:8s} {r['tokens_per_sec']:9.0f} tokens/s   peak RSS "
+            print(f"{name:15s} {r['tokens_per_sec']:9.0f} tokens/s   peak RSS "
                   f"{r['peak_rss_bytes'] / 2**20:7.0f} MiB   first-step loss {r['first_loss']:.4f}")
-        speed = results["preflab"]["tokens_per_sec"] / results["trl"]["tokens_per_sec"]
-        rss = results["preflab"]["peak_rss_bytes"] / results["trl"]["peak_rss_bytes"]
-        print(f"preflab / TRL: throughput x{speed:.2f}, peak RSS x{rss:.2f}")
+        for name in names[1:]:
+            speed = results[name]["tokens_per_sec"] / results["trl"]["tokens_per_sec"]
+            rss = results[name]["peak_rss_bytes"] / results["trl"]["peak_rss_bytes"]
+            print(f"{name} / TRL: throughput x{speed:.2f}, peak RSS x{rss:.2f}")
 
 
 if __name__ == "__main__":

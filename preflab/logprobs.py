@@ -169,52 +169,79 @@ def forward_logps(
 
 
 def pack(input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> dict:
-    """Padding-free layout: the attended tokens of every row concatenated into ONE row.
+    """Padding-free layout: the rows' attended tokens packed into as few rows as fit.
 
-    Returns ``input_ids`` and ``position_ids`` ``[1, L]`` (positions restart at 0 for each
-    row, so attention stays within a row: transformers builds a block-diagonal causal mask
-    from restarting positions when no attention mask is given, and flash attention reads
-    them as sequence boundaries), ``completion_mask`` ``[L]`` with each row's first token
-    unscored (it has no prediction within its row), ``row_of`` ``[L]`` (each token's row) and
-    ``rows``. ``L`` is the number of attended tokens: no compute on padding.
+    Rows are placed first-fit, longest first, into bins as long as the longest row, so no bin
+    is longer than the padded batch: attention, quadratic in a bin's length, costs at most
+    what the padded batch costs, and the padding left is what the bins do not fill. Positions
+    restart at 0 for each packed row, so attention stays within it: transformers builds a
+    block-diagonal causal mask from restarting positions when no attention mask is given,
+    and flash attention reads them as sequence boundaries. A bin's unfilled tail is filled
+    with copies of the first token at positions 0, 1, ...: a sequence of its own, never
+    scored.
+
+    Returns ``input_ids`` and ``position_ids`` ``[bins, cap]``, ``completion_mask`` ``[bins,
+    cap]`` with each packed row's first token unscored (it has no prediction within its row),
+    ``row_of`` ``[bins, cap]`` (each token's original row; -1 in the fill) and ``rows``.
     """
     keep = attention_mask.to(torch.bool)
-    lengths = keep.sum(-1)
-    if (lengths == 0).any():
+    lengths = keep.sum(-1).tolist()
+    if min(lengths) == 0:
         raise ValueError("every row needs at least one attended token")
-    scored = completion_mask.to(torch.bool)[keep].clone()
-    starts = lengths.cumsum(0) - lengths
-    scored[starts] = False
-    rows = input_ids.shape[0]
-    return {
-        "input_ids": input_ids[keep].unsqueeze(0),
-        "position_ids": position_ids_from_attention_mask(attention_mask)[keep].unsqueeze(0),
-        "completion_mask": scored,
-        "row_of": torch.repeat_interleave(torch.arange(rows, device=input_ids.device), lengths),
-        "rows": rows,
-    }
+    cap = max(lengths)
+    bins: list[list[int]] = []
+    used: list[int] = []
+    for row in sorted(range(len(lengths)), key=lambda r: -lengths[r]):
+        for b, filled in enumerate(used):
+            if filled + lengths[row] <= cap:
+                bins[b].append(row)
+                used[b] += lengths[row]
+                break
+        else:
+            bins.append([row])
+            used.append(lengths[row])
+    device = input_ids.device
+    ids = torch.full((len(bins), cap), int(input_ids[keep][0]), dtype=input_ids.dtype,
+                     device=device)
+    positions = torch.zeros((len(bins), cap), dtype=torch.long, device=device)
+    scored = torch.zeros((len(bins), cap), dtype=torch.bool, device=device)
+    row_of = torch.full((len(bins), cap), -1, dtype=torch.long, device=device)
+    completion = completion_mask.to(torch.bool)
+    for b, members in enumerate(bins):
+        at = 0
+        for row in members:
+            n = lengths[row]
+            ids[b, at : at + n] = input_ids[row][keep[row]]
+            positions[b, at : at + n] = torch.arange(n, device=device)
+            scored[b, at : at + n] = completion[row][keep[row]]
+            scored[b, at] = False  # no prediction for a packed row's first token
+            row_of[b, at : at + n] = row
+            at += n
+        positions[b, at:] = torch.arange(cap - at, device=device)  # the fill: its own sequence
+    return {"input_ids": ids, "position_ids": positions, "completion_mask": scored,
+            "row_of": row_of, "rows": len(lengths)}
 
 
 def packed_sequence_logps(logits: Tensor, packed: dict, *,
                           chunk_size: int = DEFAULT_CHUNK_SIZE) -> SequenceLogps:
-    """``sequence_logps`` for a packed row (``pack``): per original row, ``[rows]``."""
-    logps = token_logps(logits, packed["input_ids"], chunk_size=chunk_size)[0]  # [L-1]
-    mask = packed["completion_mask"][1:]
-    row_of = packed["row_of"][1:]
-    values = torch.where(mask, logps, torch.zeros_like(logps))
+    """``sequence_logps`` for packed rows (``pack``): per original row, ``[rows]``."""
+    logps = token_logps(logits, packed["input_ids"], chunk_size=chunk_size)  # [bins, cap-1]
+    mask = packed["completion_mask"][:, 1:]
+    row_of = packed["row_of"][:, 1:].clamp(min=0)  # the fill is never scored
+    values = torch.where(mask, logps, torch.zeros_like(logps)).reshape(-1)
     total = torch.zeros(packed["rows"], dtype=values.dtype, device=values.device)
-    total = total.index_add(0, row_of, values)
+    total = total.index_add(0, row_of.reshape(-1), values)
     count = torch.zeros(packed["rows"], dtype=torch.long, device=values.device)
-    count = count.index_add(0, row_of, mask.long())
+    count = count.index_add(0, row_of.reshape(-1), mask.reshape(-1).long())
     return SequenceLogps(sum=total, mean=total / count.clamp(min=1), count=count)
 
 
 def packed_forward_logps(model, input_ids: Tensor, attention_mask: Tensor,
                          completion_mask: Tensor, *,
                          chunk_size: int = DEFAULT_CHUNK_SIZE) -> SequenceLogps:
-    """``forward_logps`` without padding: the rows packed into one (``pack``), one forward
-    with restarting ``position_ids`` and no attention mask, the log-probs summed back per
-    row. Equal to the padded forward to float tolerance wherever the model's attention
+    """``forward_logps`` with little padding: the rows packed into as few rows as fit
+    (``pack``), one forward with restarting ``position_ids`` and no attention mask, the
+    log-probs summed back per original row. Equal to the padded forward to float tolerance wherever the model's attention
     honours packed positions (``check_packing`` tests that)."""
     packed = pack(input_ids, attention_mask, completion_mask)
     logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"],
@@ -224,14 +251,16 @@ def packed_forward_logps(model, input_ids: Tensor, attention_mask: Tensor,
 
 @torch.no_grad()
 def check_packing(model, *, vocab_size: int, atol: float = 1e-3) -> None:
-    """Raise ``ValueError`` unless two short sequences packed into one row give the
-    log-probs they give apart: the model's attention must not reach across a packed
-    boundary (attention implementations that ignore position ids would)."""
+    """Raise ``ValueError`` unless sequences packed into one row (``pack``: lengths 8, 5
+    and 3 make the rows [8] and [5 + 3]) give the log-probs they give apart: the model's
+    attention must not reach across a packed boundary (attention implementations that
+    ignore position ids would)."""
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab_size, (2, 6), generator=gen).to(device)
-    mask = torch.ones_like(ids)
-    scored = torch.ones_like(ids)
+    ids = torch.randint(0, vocab_size, (3, 8), generator=gen).to(device)
+    starts = torch.tensor([[0], [3], [5]])
+    mask = (torch.arange(8).unsqueeze(0) >= starts).long().to(device)
+    scored = (torch.arange(8).unsqueeze(0) > starts).long().to(device)  # all but the first
     was_training = model.training
     model.eval()
     try:
@@ -242,7 +271,7 @@ def check_packing(model, *, vocab_size: int, atol: float = 1e-3) -> None:
     if not torch.allclose(apart.sum.float(), together.sum.float(), atol=atol, rtol=1e-3):
         raise ValueError(
             "this model's attention reaches across packed sequences (its log-probs change when "
-            f"two sequences share a row: {apart.sum.tolist()} apart, {together.sum.tolist()} "
+            f"sequences share a row: {apart.sum.tolist()} apart, {together.sum.tolist()} "
             "packed); --padding-free needs an attention that honours restarting position ids "
             "(transformers' sdpa, eager or flash attention on Llama, Qwen, Mistral and the "
             "like); train without --padding-free")

@@ -218,16 +218,17 @@ def test_no_float32_copy_of_logits_is_kept_for_backward():
 # --- padding-free ------------------------------------------------------------------------------
 
 def _ragged_batch(vocab: int, seed: int = 0):
-    """Four rows, left and right padding mixed, each with a prompt before its completion."""
+    """Four rows of 10, 6, 4 and 3 tokens, left and right padding mixed, each with a prompt
+    before its completion: packed, they make the rows [10], [6 + 4] and [3]."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (4, 10), generator=g)
-    attention = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 1, 1], [1] * 10,
-                              [1, 1, 1, 1, 1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1, 1, 1, 1, 0]])
+    attention = torch.tensor([[1] * 10, [0, 0, 0, 0, 1, 1, 1, 1, 1, 1],
+                              [1, 1, 1, 1, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 1, 1, 1]])
     completion = torch.zeros_like(attention)
     completion[0, 5:] = 1
-    completion[1, 3:] = 1
-    completion[2, 2:6] = 1
-    completion[3, 6:9] = 1
+    completion[1, 6:] = 1
+    completion[2, 2:4] = 1
+    completion[3, 8:] = 1
     return ids, attention, completion
 
 
@@ -245,8 +246,9 @@ def test_padding_free_gives_the_padded_losses_and_gradients(tiny_model_dir):
             module.p = 0.0
     ids, attention, completion = _ragged_batch(model.config.vocab_size)
     packed = pack(ids, attention, completion)
-    assert packed["input_ids"].shape == (1, int(attention.sum()))  # no padding left
-    assert packed["position_ids"][0, :8].tolist() == list(range(8))
+    assert packed["input_ids"].shape == (3, 10)  # 40 padded tokens -> 30, 7 of them fill
+    assert packed["row_of"].tolist() == [[0] * 10, [1] * 6 + [2] * 4, [3] * 3 + [-1] * 7]
+    assert packed["position_ids"][1].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]
     weights = torch.tensor([0.3, -1.0, 2.0, 0.7])
     padded, _ = forward_logps(model, ids, attention, completion)
     (padded.sum * weights).sum().backward()
@@ -256,7 +258,7 @@ def test_padding_free_gives_the_padded_losses_and_gradients(tiny_model_dir):
     (got.sum * weights).sum().backward()
     torch.testing.assert_close(got.sum, padded.sum, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.mean, padded.mean, atol=1e-5, rtol=1e-5)
-    assert got.count.tolist() == padded.count.tolist() == [5, 7, 4, 3]
+    assert got.count.tolist() == padded.count.tolist() == [5, 4, 2, 2]
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, want[name], atol=1e-5, rtol=1e-4, msg=name)
 

@@ -70,8 +70,9 @@ class DPOConfig(TrainConfig):
         "reference (one model in memory)."
     )
     padding_free: bool = arg(
-        False, "Pack each micro-batch's chosen and rejected sequences into one row, positions "
-        "restarting per sequence: no compute on padding (policy and live reference). Needs an "
+        False, "Pack each micro-batch's chosen and rejected sequences into as few rows as fit "
+        "(no row longer than the longest sequence), positions restarting per sequence: "
+        "little compute on padding (policy and live reference). Needs an "
         "attention that honours restarting position ids (transformers' sdpa, eager or flash "
         "attention); checked at the start."
     )

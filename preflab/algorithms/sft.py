@@ -45,8 +45,9 @@ class SFTConfig(TrainConfig):
         True, "Count the loss on completion tokens only (--no-completion-only: whole sequence)."
     )
     padding_free: bool = arg(
-        False, "Pack each micro-batch's sequences into one row, positions restarting per "
-        "sequence: no compute on padding. Needs an attention that honours restarting position "
+        False, "Pack each micro-batch's sequences into as few rows as fit (no row longer than "
+        "the longest sequence), positions restarting per sequence: little compute on padding. "
+        "Needs an attention that honours restarting position "
         "ids (transformers' sdpa, eager or flash attention); checked at the start."
     )
 

@@ -1,0 +1,172 @@
+"""SFT throughput and peak memory: `preflab sft` against TRL's SFTTrainer, in the same run.
+
+Both train the same randomly initialised ~20M-parameter Llama (built here) on the same
+prompt-completion records, loss on the completion only, batch of 8, AdamW, the same learning
+rate and schedule, in fresh processes (peak RSS is each process's own), alternating, best of
+the repeats. Throughput counts real (unpadded) prompt+completion tokens per second over the
+steps after the warm-up:
+
+- TRL: from its own ``num_tokens`` log (every step logged);
+- preflab: the data's mean tokens per example x 8 per step (20 steps or more average the
+  batches out; with ``--lengths equal`` it is exact).
+
+Rows: TRL's default settings (padded batches); TRL with ``packing=True`` (its BFD packing into
+rows of ``--max-length`` tokens, padding-free, 8 rows per step); preflab; preflab
+``--padding-free`` (the 8 examples of a step packed into as few rows as fit).
+
+``--lengths variable``: log-normal prompt (median 24, sigma 0.8, 4 to 128) and completion
+(median 60, sigma 0.9, 2 to 300) lengths; ``equal``: every sequence 256 tokens.
+
+TRL is needed only here:  pip install 'preflab[bench]'   (or: pip install trl)
+
+    python benchmarks/sft_vs_trl.py [--steps 20] [--warmup 3] [--lengths variable|equal]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BATCH = 8
+MAX_LENGTH = 512
+WORDS = [f"w{i}" for i in range(8000)]
+
+
+def _long_tailed(rng: random.Random, median: int, sigma: float, low: int, high: int) -> int:
+    return max(low, min(high, round(rng.lognormvariate(math.log(median), sigma))))
+
+
+def build(work: Path, n: int, lengths: str) -> tuple[Path, Path, float]:
+    """The model, the records, and the mean real tokens per example (prompt, completion, EOS)."""
+    from preflab.tiny import save_tiny_model
+
+    model_dir = save_tiny_model(work / "model", WORDS, arch="llama", hidden_size=384,
+                                num_layers=8, num_heads=6, intermediate_size=1024,
+                                max_positions=MAX_LENGTH + 8)
+    rng = random.Random(0)
+    lines, tokens = [], 0
+    for _ in range(n):
+        p, c = (32, 223) if lengths == "equal" else (_long_tailed(rng, 24, 0.8, 4, 128),
+                                                     _long_tailed(rng, 60, 0.9, 2, 300))
+        tokens += p + c + 1
+        lines.append(json.dumps({"prompt": " ".join(rng.choices(WORDS, k=p)),
+                                 "completion": " " + " ".join(rng.choices(WORDS, k=c))}))
+    data = work / "sft.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    return model_dir, data, tokens / n
+
+
+def worker_preflab(model_dir, data, out, steps, warmup, per_example, padding_free=False) -> dict:
+    from preflab.algorithms import sft
+
+    sft.main(["--model", model_dir, "--data", data, "--output-dir", out, "--max-steps", str(steps),
+              "--batch-size", str(BATCH), "--eval-fraction", "0", "--max-length", str(MAX_LENGTH),
+              "--learning-rate", "1e-4", "--log-every", "1", "--no-progress", "--overwrite",
+              *(["--padding-free"] if padding_free else [])])
+    rows = [json.loads(x) for x in Path(out, "metrics.jsonl").read_text().splitlines()]
+    timed = [r for r in rows if "elapsed_s" in r and "loss" in r]
+    start = next(r["elapsed_s"] for r in timed if r["step"] == warmup)
+    seconds = timed[-1]["elapsed_s"] - start
+    return {"tokens_per_sec": per_example * BATCH * (steps - warmup) / seconds,
+            "peak_rss_bytes": json.loads(Path(out, "summary.json").read_text())["peak_rss_bytes"]}
+
+
+def worker_trl(model_dir, data, out, steps, warmup, per_example, packing=False) -> dict:
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    dataset = load_dataset("json", data_files=data, split="train")
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+    args = SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=BATCH,
+                     learning_rate=1e-4, max_length=MAX_LENGTH, packing=packing,
+                     logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+                     dataloader_num_workers=0, seed=0, disable_tqdm=True, bf16=False, fp16=False)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[Clock()])
+    trainer.train()
+    tokens = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
+    seconds = stamps[-1] - stamps[warmup - 1]
+    return {"tokens_per_sec": (tokens[-1] - tokens[warmup - 1]) / seconds,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+WORKERS = {
+    "trl": lambda *a: worker_trl(*a),
+    "trl-packing": lambda *a: worker_trl(*a, packing=True),
+    "preflab": lambda *a: worker_preflab(*a),
+    "preflab-padding-free": lambda *a: worker_preflab(*a, padding_free=True),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--lengths", choices=("equal", "variable"), default="variable")
+    parser.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--paths", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--per-example", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = WORKERS[args.worker](*args.paths, args.steps, args.warmup, args.per_example)
+        print("RESULT " + json.dumps(result))
+        return
+    try:
+        import trl
+    except ImportError:
+        sys.exit("this benchmark compares against TRL: pip install 'preflab[bench]' (or pip install trl)")
+    import torch
+    import transformers
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        # enough records for TRL's packed rows too (about MAX_LENGTH / mean tokens per row)
+        model_dir, data, per_example = build(work, BATCH * args.steps * 8, args.lengths)
+        print(f"model: Llama, 20.3M parameters; {args.lengths} lengths, {per_example:.0f} real "
+              f"tokens per example on average; batch {BATCH}; {args.steps} steps "
+              f"({args.warmup} warm-up, not timed)")
+        print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+              f"trl {trl.__version__}, {torch.get_num_threads()} threads")
+        results: dict = {}
+        for name in [n for _ in range(args.repeats) for n in WORKERS]:
+            cmd = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps),
+                   "--warmup", str(args.warmup), "--paths", str(model_dir), str(data),
+                   str(work / f"run-{name}"), "--per-example", str(per_example)]
+            env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "WANDB_DISABLED": "true"}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode != 0 or not line:
+                sys.exit(f"{name} worker failed:\n{proc.stderr[-4000:]}")
+            r = json.loads(line[0][7:])
+            if name not in results or r["tokens_per_sec"] > results[name]["tokens_per_sec"]:
+                results[name] = r
+            print(f"{name:22s} {r['tokens_per_sec']:8.0f} tokens/s   peak RSS "
+                  f"{r['peak_rss_bytes'] / 2**20:6.0f} MiB", flush=True)
+        for name in ("preflab", "preflab-padding-free"):
+            for peer in ("trl", "trl-packing"):
+                speed = results[name]["tokens_per_sec"] / results[peer]["tokens_per_sec"]
+                rss = results[name]["peak_rss_bytes"] / results[peer]["peak_rss_bytes"]
+                print(f"{name} / {peer}: throughput x{speed:.2f}, peak RSS x{rss:.2f}")
+
+
+if __name__ == "__main__":
+    main()

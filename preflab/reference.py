@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -160,7 +161,9 @@ def precompute(
     table = torch.cat(rows) if rows else torch.zeros(0, 2, 3)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
+        # one temporary file per process: under torchrun every rank computes the same table,
+        # and a shared temporary name let one rank's rename pull the file from under another
+        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
         torch.save(table, tmp)
         tmp.replace(cache_file)
     return table

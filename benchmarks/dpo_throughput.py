@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import long_tailed, run_alternating
 
 SIZES = {  # hidden, layers, heads, intermediate, vocabulary
     "small": (128, 4, 4, 384, 2000),
@@ -41,10 +40,6 @@ SIZES = {  # hidden, layers, heads, intermediate, vocabulary
 BATCH = 8
 PROMPT_WORDS = 32
 COMPLETION_WORDS = 95  # + EOS = 96 completion tokens; 128 tokens per sequence
-
-
-def _long_tailed(rng: random.Random, median: int, sigma: float, low: int, high: int) -> int:
-    return max(low, min(high, round(rng.lognormvariate(math.log(median), sigma))))
 
 
 def build(work: Path, size: str, n_pairs: int, lengths: str = "equal") -> tuple[Path, Path, float]:
@@ -63,8 +58,8 @@ def build(work: Path, size: str, n_pairs: int, lengths: str = "equal") -> tuple[
         if lengths == "equal":
             p, c, r = PROMPT_WORDS, COMPLETION_WORDS, COMPLETION_WORDS
         else:
-            p = _long_tailed(rng, 24, 0.8, 4, 128)
-            c, r = (_long_tailed(rng, 40, 0.9, 2, 160) for _ in range(2))
+            p = long_tailed(rng, 24, 0.8, 4, 128)
+            c, r = (long_tailed(rng, 40, 0.9, 2, 160) for _ in range(2))
         tokens += 2 * p + c + r + 2  # each completion ends with EOS
         lines.append(json.dumps({
             "prompt": " ".join(rng.choices(words, k=p)),
@@ -169,23 +164,15 @@ def main() -> None:
               f"({args.warmup} warm-up, not timed)")
         print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
               f"trl {trl.__version__}, {torch.get_num_threads()} threads")
-        results = {}
         names = ("trl", "preflab") + (("preflab-packed",) if args.lengths == "variable" else ())
-        order = [n for _ in range(args.repeats) for n in names]
-        for name in order:
-            cmd = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--paths", str(model_dir), str(data),
-                   str(work / f"run-{name}"), "--per-step", str(per_step)]
-            env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "WANDB_DISABLED": "true"}
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode != 0 or not line:
-                sys.exit(f"{name} worker failed:\n{proc.stderr[-4000:]}")
-            r = json.loads(line[0][7:])
-            if name not in results or r["tokens_per_sec"] > results[name]["tokens_per_sec"]:
-                results[name] = r
-            print(f"{name:15s} {r['tokens_per_sec']:9.0f} tokens/s   peak RSS "
-                  f"{r['peak_rss_bytes'] / 2**20:7.0f} MiB   first-step loss {r['first_loss']:.4f}")
+        results = run_alternating(
+            __file__, names, args.repeats,
+            lambda name: ["--steps", str(args.steps), "--warmup", str(args.warmup), "--paths",
+                          str(model_dir), str(data), str(work / f"run-{name}"),
+                          "--per-step", str(per_step)],
+            lambda name, r: (f"{name:15s} {r['tokens_per_sec']:9.0f} tokens/s   peak RSS "
+                             f"{r['peak_rss_bytes'] / 2**20:7.0f} MiB   first-step loss "
+                             f"{r['first_loss']:.4f}"))
         for name in names[1:]:
             speed = results[name]["tokens_per_sec"] / results["trl"]["tokens_per_sec"]
             rss = results[name]["peak_rss_bytes"] / results["trl"]["peak_rss_bytes"]

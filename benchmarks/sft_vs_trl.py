@@ -26,23 +26,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from common import long_tailed, run_alternating
+
 BATCH = 8
 MAX_LENGTH = 512
 WORDS = [f"w{i}" for i in range(8000)]
-
-
-def _long_tailed(rng: random.Random, median: int, sigma: float, low: int, high: int) -> int:
-    return max(low, min(high, round(rng.lognormvariate(math.log(median), sigma))))
 
 
 def build(work: Path, n: int, lengths: str) -> tuple[Path, Path, float]:
@@ -55,8 +50,8 @@ def build(work: Path, n: int, lengths: str) -> tuple[Path, Path, float]:
     rng = random.Random(0)
     lines, tokens = [], 0
     for _ in range(n):
-        p, c = (32, 223) if lengths == "equal" else (_long_tailed(rng, 24, 0.8, 4, 128),
-                                                     _long_tailed(rng, 60, 0.9, 2, 300))
+        p, c = (32, 223) if lengths == "equal" else (long_tailed(rng, 24, 0.8, 4, 128),
+                                                     long_tailed(rng, 60, 0.9, 2, 300))
         tokens += p + c + 1
         lines.append(json.dumps({"prompt": " ".join(rng.choices(WORDS, k=p)),
                                  "completion": " " + " ".join(rng.choices(WORDS, k=c))}))
@@ -146,21 +141,13 @@ def main() -> None:
               f"({args.warmup} warm-up, not timed)")
         print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
               f"trl {trl.__version__}, {torch.get_num_threads()} threads")
-        results: dict = {}
-        for name in [n for _ in range(args.repeats) for n in WORKERS]:
-            cmd = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--paths", str(model_dir), str(data),
-                   str(work / f"run-{name}"), "--per-example", str(per_example)]
-            env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "WANDB_DISABLED": "true"}
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode != 0 or not line:
-                sys.exit(f"{name} worker failed:\n{proc.stderr[-4000:]}")
-            r = json.loads(line[0][7:])
-            if name not in results or r["tokens_per_sec"] > results[name]["tokens_per_sec"]:
-                results[name] = r
-            print(f"{name:22s} {r['tokens_per_sec']:8.0f} tokens/s   peak RSS "
-                  f"{r['peak_rss_bytes'] / 2**20:6.0f} MiB", flush=True)
+        results = run_alternating(
+            __file__, tuple(WORKERS), args.repeats,
+            lambda name: ["--steps", str(args.steps), "--warmup", str(args.warmup), "--paths",
+                          str(model_dir), str(data), str(work / f"run-{name}"),
+                          "--per-example", str(per_example)],
+            lambda name, r: (f"{name:22s} {r['tokens_per_sec']:8.0f} tokens/s   peak RSS "
+                             f"{r['peak_rss_bytes'] / 2**20:6.0f} MiB"))
         for name in ("preflab", "preflab-padding-free"):
             for peer in ("trl", "trl-packing"):
                 speed = results[name]["tokens_per_sec"] / results[peer]["tokens_per_sec"]

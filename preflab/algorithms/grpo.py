@@ -31,7 +31,8 @@ from torch import Tensor
 
 from preflab.config import arg, parse_config
 from preflab.losses import REWARD_SCALES, group_advantages
-from preflab.rl.group import GroupConfig, GroupMethod, global_moments, train
+from preflab.rl.group import GroupConfig, GroupMethod, train
+from preflab.rl.loop import global_moments
 from preflab.runtime import session
 
 

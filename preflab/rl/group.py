@@ -27,7 +27,6 @@ rollouts. The roles are ``preflab.rl.roles`` with ``critic=False``: policy, refe
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,17 +99,6 @@ class GroupMethod:
     """The per-token KL the method penalises (logged as ``kl``)."""
     kl_in_loss: bool
     """GRPO: ``kl_coef * k3`` is a loss term; RLOO: the KL is in the reward instead."""
-
-
-def global_moments(x: Tensor, run: session.Run) -> tuple[Tensor, Tensor]:
-    """Mean and Bessel-corrected std of ``x`` over every process's values."""
-    if not run.ctx.enabled:
-        return x.mean(), x.std()
-    n, total, squares = global_sums([x.numel(), float(x.sum()), float((x.double() ** 2).sum())],
-                                    run)
-    mean = total / n
-    var = max(squares - n * mean * mean, 0.0) / max(n - 1, 1)
-    return torch.tensor(mean, dtype=x.dtype), torch.tensor(math.sqrt(var), dtype=x.dtype)
 
 
 def group_update(roles, optimizer, scheduler, batch, old, advantages, cfg, method: GroupMethod,

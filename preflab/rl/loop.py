@@ -149,6 +149,23 @@ def reduce_means(values: dict[str, float], run: session.Run, *,
             for i, k in enumerate(keys)}
 
 
+def _global_mean_var(values: torch.Tensor, run: session.Run) -> tuple[float, float]:
+    """Mean and Bessel-corrected variance of ``values`` over every process's (one collective)."""
+    values = values.double()
+    n, total, squares = global_sums([values.numel(), float(values.sum()),
+                                     float((values**2).sum())], run)
+    mean = total / max(n, 1.0)
+    return mean, max(squares - n * mean * mean, 0.0) / max(n - 1, 1.0)
+
+
+def global_moments(x: torch.Tensor, run: session.Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and Bessel-corrected std of ``x`` over every process's values."""
+    if not run.ctx.enabled:
+        return x.mean(), x.std()
+    mean, var = _global_mean_var(x, run)
+    return torch.tensor(mean, dtype=x.dtype), torch.tensor(math.sqrt(var), dtype=x.dtype)
+
+
 def global_whiten(x: torch.Tensor, mask: torch.Tensor, run: session.Run, *,
                   shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
     """``losses.whiten`` with the mean and (Bessel-corrected) variance of the masked values
@@ -156,11 +173,7 @@ def global_whiten(x: torch.Tensor, mask: torch.Tensor, run: session.Run, *,
     if not run.ctx.enabled:
         return whiten(x, mask, shift_mean=shift_mean, eps=eps)
     m = mask.to(torch.bool)
-    values = x[m].double()
-    n, total, squares = global_sums([values.numel(), float(values.sum()),
-                                     float((values**2).sum())], run)
-    mean = total / max(n, 1.0)
-    var = max(squares - n * mean * mean, 0.0) / max(n - 1, 1.0)
+    mean, var = _global_mean_var(x[m], run)
     out = (x - mean) * torch.rsqrt(torch.tensor(var + eps, dtype=x.dtype, device=x.device))
     if not shift_mean:
         out = out + mean

@@ -19,7 +19,10 @@ Beirami et al. 2024 show the bound is tight only when the n samples are distinct
 as ``kl_bound``.
 
 Writes ``samples.jsonl`` (every completion with its rewards), ``results.json``, ``report.md``
-and ``bon.png`` (gold and proxy against the KL bound) to ``--output-dir``.
+and ``bon.png`` (gold and proxy against the KL bound) to ``--output-dir``, and, as every
+trainer does, ``metrics.jsonl`` (one evaluation row per n: ``eval/proxy_reward``,
+``eval/gold_reward``, ``eval/kl`` = the bound) and ``summary.json`` (wall time, peak RSS,
+bytes per role), which is how ``preflab compare`` reads a best-of-n run.
 """
 
 from __future__ import annotations
@@ -28,13 +31,16 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from preflab.config import arg, check_paths, parse_config
 from preflab.errors import ConfigError
+from preflab.metrics.best_of_n import expected_best, kl_bound
 
-MADE_BY_BON = ("samples.jsonl", "results.json", "report.md", "bon.png")
+MADE_BY_BON = ("samples.jsonl", "results.json", "report.md", "bon.png", "metrics.jsonl",
+               "summary.json")
 
 
 @dataclass
@@ -89,30 +95,6 @@ class BonConfig:
             check_reward_specs(self.gold_reward, flag="--gold-reward")
 
 
-def kl_bound(n: int) -> float:
-    """Upper bound on KL(best-of-n || model) in nats: log n - (n - 1) / n."""
-    return math.log(n) - (n - 1) / n
-
-
-def best_of_n_weights(count: int, n: int) -> list[float]:
-    """For ``count`` samples ranked by proxy (lowest first), the probability that the i-th is
-    the proxy-best of a uniformly random n-subset: C(i-1, n-1) / C(count, n)."""
-    if not 1 <= n <= count:
-        raise ValueError(f"n must be in [1, {count}], got {n}")
-    total = math.comb(count, n)
-    return [math.comb(i, n - 1) / total for i in range(count)]
-
-
-def expected_best(proxy: list[float], others: dict[str, list[float]], n: int) -> dict[str, float]:
-    """Expected proxy (and each other reward) of the proxy-best of n, from all the samples."""
-    order = sorted(range(len(proxy)), key=lambda i: (proxy[i], -i))  # ties: earlier sample wins
-    weights = best_of_n_weights(len(proxy), n)
-    out = {"proxy": sum(w * proxy[i] for w, i in zip(weights, order))}
-    for name, values in others.items():
-        out[name] = sum(w * values[i] for w, i in zip(weights, order))
-    return out
-
-
 def prepare_output(cfg: BonConfig) -> Path:
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
@@ -135,7 +117,9 @@ def run(cfg: BonConfig) -> dict:
     from preflab.data.writers import write_text
     from preflab.generation import generate
     from preflab.rewards import load_reward
+    from preflab.runtime import memory
 
+    started = time.perf_counter()
     values = cfg.values_of_n()
     check_paths(cfg, network=False)
     check_dataset(cfg.prompts, "prompt")
@@ -190,6 +174,18 @@ def run(cfg: BonConfig) -> dict:
     write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     write_text(out / "report.md", report(results))
     plot(results, out / "bon.png")
+    evals = [{"step": row["n"], "eval/proxy_reward": row["proxy"], "eval/kl": row["kl_bound"],
+              **({"eval/gold_reward": row["gold"]} if "gold" in row else {})} for row in table]
+    write_jsonl(out / "metrics.jsonl", evals)
+    seen: set[int] = set()
+    roles = {"policy": memory.role_tensor_bytes(model, seen=seen)}
+    held = [memory.role_tensor_bytes(m, seen=seen) for m in reward.models()]
+    if held:
+        roles["reward"] = {k: sum(r[k] for r in held) for k in held[0]}
+    summary = {"command": "bon", "steps": 0, "samples": len(flat),
+               "wall_s": round(time.perf_counter() - started, 3),
+               **memory.memory_summary(roles), "final_metrics": evals[-1]}
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")  # last: the marker
     return results
 
 

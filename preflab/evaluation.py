@@ -18,6 +18,13 @@ reports, under the ecosystem's metric names:
                          prompts and, with several samples per prompt, within a prompt
                          (Kirk et al. 2024; ``preflab.metrics.diversity``)
 
+With ``best_of=n`` and a ``proxy`` reward it measures best-of-n sampling instead of the policy
+itself: each reported sample is the proxy's favourite of n fresh samples (the first on ties),
+``eval/proxy_reward`` is the proxy's score of the picked ones, and ``eval/kl`` is
+``log n - (n-1)/n``, an upper bound on the KL of best-of-n from the policy,
+close to it when a prompt's samples rarely repeat (Stiennon et al. 2020; Beirami et al. 2024);
+best-of-n has no density to take a sampled KL from.
+
 A reward function is ``fn(prompts, completions, **kwargs) -> list[float]``; it receives
 ``ended_with_eos`` when it accepts it, so it can penalise unfinished text.
 """
@@ -32,6 +39,7 @@ import torch
 from preflab.data import SFTExample, collate_sft
 from preflab.generation import Sample, generate
 from preflab.logprobs import forward_logps
+from preflab.metrics.best_of_n import kl_bound
 from preflab.metrics.diversity import distinct_n, diversity_report
 from preflab.rewards import RewardFn, score
 
@@ -43,6 +51,25 @@ class Evaluation:
     metrics: dict[str, float]
     groups: list[list[Sample]]
     scores: dict[str, list[float]] = field(default_factory=dict)  # flat, prompt-major
+
+
+def pick_best(groups: list[list[Sample]], proxy: list[float], n: int
+              ) -> tuple[list[list[Sample]], list[float]]:
+    """From each prompt's samples (``proxy`` flat, prompt-major), keep the proxy's favourite
+    of each run of ``n`` consecutive ones (the first on ties), and its proxy score."""
+    picked, picked_proxy, start = [], [], 0
+    for group in groups:
+        if len(group) % n:
+            raise ValueError(f"{len(group)} samples of a prompt do not split into runs of {n}")
+        kept = []
+        for i in range(0, len(group), n):
+            scores = proxy[start + i : start + i + n]
+            best = max(range(n), key=lambda j: (scores[j], -j))
+            kept.append(group[i + best])
+            picked_proxy.append(scores[best])
+        picked.append(kept)
+        start += len(group)
+    return picked, picked_proxy
 
 
 @torch.no_grad()
@@ -89,6 +116,8 @@ def evaluate_policy(
     seed: int = 0,
     vocab_size: int | None = None,
     progress: bool = False,
+    best_of: int = 1,
+    proxy: RewardFn | None = None,
 ) -> Evaluation:
     """Sample ``num_samples`` completions per prompt and measure them (module docstring).
 
@@ -96,17 +125,29 @@ def evaluate_policy(
     ``reference(fn)`` calls ``fn(reference_model)`` (it may switch adapters off around the
     call); without it ``eval/kl`` is left out. ``batch_size`` is the generation batch,
     ``logp_batch_size`` (0: the same) that of the log-prob passes for ``eval/kl``.
+    ``best_of`` > 1 with ``proxy`` measures best-of-n sampling from the policy (module
+    docstring).
     """
+    if best_of < 1 or (best_of > 1 and proxy is None):
+        raise ValueError("best_of must be >= 1, and best_of > 1 needs a proxy reward")
     if not prompts:
         return Evaluation({}, [])
-    groups = generate(policy, tokenizer, list(prompts), num_samples=num_samples,
+    groups = generate(policy, tokenizer, list(prompts), num_samples=num_samples * best_of,
                       max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                       batch_size=batch_size, seed=seed, progress=progress)
+    metrics: dict[str, float] = {}
+    if best_of > 1:
+        drawn = [s for group in groups for s in group]
+        proxy_scores = score(proxy, [s.prompt for s in drawn], [s.completion for s in drawn],
+                             ended_with_eos=[s.ended_with_eos for s in drawn])
+        groups, picked_proxy = pick_best(groups, proxy_scores, best_of)
+        metrics["eval/proxy_reward"] = sum(picked_proxy) / len(picked_proxy)
+        metrics["eval/kl"] = kl_bound(best_of)
+        reference = None
     samples = [s for group in groups for s in group]
     texts = [s.completion for s in samples]
     ended = [s.ended_with_eos for s in samples]
     n = len(samples)
-    metrics: dict[str, float] = {}
     if reference is not None:
         # Before the rewards: a reward held as an adapter on the policy's own base (PPO's
         # shared memory mode) switches the active adapter when it scores.

@@ -70,8 +70,8 @@ def tiny_world(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def quick(tiny_world, tmp_path_factory):
-    """`preflab compare --preset quick` on the tiny world, with KTO, online DPO, RLOO and GRPO added and IPO
-    made to fail (beta must be positive): ``(output dir, exit code, config file)``. Shared by
+    """`preflab compare --preset quick` on the tiny world, with KTO, online DPO, RLOO, GRPO and
+    best-of-n added and IPO made to fail (beta must be positive): ``(output dir, exit code, config file)``. Shared by
     the compare and notebook tests, which reuse its finished runs."""
     from preflab.cli import main
 
@@ -80,7 +80,7 @@ def quick(tiny_world, tmp_path_factory):
 
     config = tiny_config(root / "tiny.yaml", ipo={"beta": -1.0})
     settings = yaml.safe_load(config.read_text())
-    settings["methods"] = "dpo,ipo,ppo,ppo-shared,kto,online-dpo,rloo,grpo"  # every run sees them
+    settings["methods"] = "dpo,ipo,ppo,ppo-shared,kto,online-dpo,rloo,grpo,bon"  # every run sees them
     config.write_text(yaml.safe_dump(settings))
     out = root / "cmp"
     code = main(["compare", "--world", str(tiny_world), "--output-dir", str(out), "--preset",

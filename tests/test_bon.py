@@ -10,8 +10,8 @@ import random
 
 import pytest
 
-from preflab import bon
 from preflab.cli import main
+from preflab.metrics import best_of_n as bon
 from tests.sft_data import write_jsonl
 
 
@@ -80,6 +80,16 @@ def test_bon_end_to_end(tiny_model_dir, tmp_path, capsys):
     mean_gold = sum(sum(s["gold"]) for s in samples) / 32
     assert rows[0]["gold"] == pytest.approx(mean_gold)
     assert (out / "bon.png").stat().st_size > 0 and "| 8 |" in (out / "report.md").read_text()
+    # the run directory every trainer writes: one evaluation row per n, and the summary
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [1, 2, 4, 8]
+    for e, row in zip(evals, rows):
+        assert (e["eval/kl"], e["eval/proxy_reward"], e["eval/gold_reward"]) == (
+            row["kl_bound"], row["proxy"], row["gold"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["command"] == "bon" and summary["samples"] == 32
+    assert summary["tensor_bytes"]["policy"]["params"] > 0  # a function reward holds no model
+    assert summary["tensor_bytes"]["policy"]["grads"] == 0 and "reward" not in summary["tensor_bytes"]
 
     assert main(args) == 2  # an earlier run is never replaced silently
     assert "--overwrite" in capsys.readouterr().err
@@ -94,3 +104,64 @@ def test_bad_values_of_n_are_refused(n, tiny_model_dir, tmp_path, capsys):
                  "m:f", "--n", n, "--output-dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "--n" in err and "Traceback" not in err
+
+
+def test_evaluate_policy_scores_the_proxys_pick_of_n(tiny_model_dir, tiny_tokenizer):
+    """``best_of=4``: the same draws as 8 plain samples per prompt, of which each run of 4
+    keeps the proxy's favourite; the proxy is reported for the picks, the KL is the bound."""
+    from preflab import models
+    from preflab.evaluation import evaluate_policy
+    from preflab.metrics.best_of_n import kl_bound
+
+    model = models.load_causal_lm(str(tiny_model_dir))
+    prompts = ["the movie was", "the plot is"]
+
+    def length(p, c, **kw):
+        return [float(len(x)) for x in c]
+
+    plain = evaluate_policy(model, tiny_tokenizer, prompts, num_samples=8, max_new_tokens=6,
+                            seed=3, rewards={"length": length})
+    picked = evaluate_policy(model, tiny_tokenizer, prompts, num_samples=2, max_new_tokens=6,
+                             seed=3, rewards={"length": length}, best_of=4, proxy=length,
+                             reference=lambda fn: fn(model))
+    for drawn, kept in zip(plain.groups, picked.groups):
+        assert len(kept) == 2
+        for i, sample in enumerate(kept):
+            run = [s.completion for s in drawn[4 * i : 4 * i + 4]]
+            best = max(range(4), key=lambda j: (len(run[j]), -j))  # the first on ties
+            assert sample.completion == run[best]
+    lengths = [len(s.completion) for g in picked.groups for s in g]
+    assert picked.metrics["eval/proxy_reward"] == pytest.approx(sum(lengths) / 4)
+    assert picked.metrics["eval/length"] == pytest.approx(sum(lengths) / 4)
+    assert picked.metrics["eval/length"] >= plain.metrics["eval/length"]
+    assert picked.metrics["eval/kl"] == kl_bound(4)  # not a sampled KL of the policy to itself
+    with pytest.raises(ValueError, match="proxy"):
+        evaluate_policy(model, tiny_tokenizer, prompts, best_of=2)
+
+
+def test_the_quick_comparison_includes_best_of_n(quick):
+    """The shared quick run (tests/conftest.py) adds best-of-n on the RLHF road: it shares PPO's
+    reward model, trains nothing, is scored as best-of-16 of the SFT model with the KL bound,
+    and shows in the runs table, the memory chart (sampling policy and reward model, no
+    gradients) and the frontier (one point per n)."""
+    from preflab.metrics.best_of_n import kl_bound
+
+    out, _, _ = quick
+    results = json.loads((out / "results.json").read_text())
+    runs = {r["method"]: r for r in results["runs"] if r["experiment"] == "main"}
+    run = runs["bon"]
+    assert run["status"] == "done" and run["road"] == "rlhf" and run["best_of"] == 16
+    assert [results["stages"][k]["command"] for k in run["stages"]] == ["rm", "bon"]
+    assert run["stages"][0] == runs["ppo"]["stages"][0]  # the same reward-model run
+    assert run["score"]["eval/kl"] == pytest.approx(kl_bound(16))
+    assert "eval/gold_reward" in run["score"] and "eval/proxy_reward" in run["score"]
+    score = json.loads((out / run["score_file"]).read_text())
+    assert score["policy"] == results["inputs"]["sft"] and score["proxy"].endswith(run["stages"][0])
+    config = next(c for c in results["memory"]["configs"] if c["method"] == "bon")
+    assert set(config["roles"]) == {"policy", "reward"}
+    assert config["roles"]["policy"]["grads"] == config["roles"]["policy"]["optimizer"] == 0
+    points = results["frontier"]["points"]["Best-of-n (RM)"]
+    assert sorted(p[3] for p in points) == [1, 2, 4, 8, 16]
+    assert all(p[0] == pytest.approx(kl_bound(p[3]), abs=1e-4) for p in points)
+    assert "| Best-of-n (RM) | done |" in (out / "report.md").read_text()
+    assert "(bound)" in (out / "report.md").read_text()

@@ -157,8 +157,8 @@ def memory(results: dict) -> dict:
     table = results["memory"]
     by = {c["method"]: c for c in table["configs"]}
     sides = {}
-    for road, names in ((RLHF, ("ppo", "ppo-shared", "rloo", "grpo")), (DIRECT, ("dpo", "dpo-precomputed",
-                                                                 "simpo", "ipo", "kto"))):
+    for road, names in ((RLHF, ("ppo", "ppo-shared", "rloo", "grpo", "bon")),
+                        (DIRECT, ("dpo", "dpo-precomputed", "simpo", "ipo", "kto"))):
         present = [by[n] for n in names if n in by]
         if not present:
             sides[road] = _missing("not run")

@@ -200,13 +200,13 @@ def build(cfg: CompareConfig) -> Design:
                          pareto_weights=cfg.pareto() if cfg.mode == "world" else [])
     sft_after = ["sft"] if cfg.mode == "world" else []
 
-    def score_job(key: str, policy: str, after: list[str]) -> str:
+    def score_job(key: str, policy: str, after: list[str], extra: list[str] = ()) -> str:
         out = scores_dir / f"{key}.json"
         add(f"score-{key}", ["-m", "preflab.compare.score", "--policy", policy, "--reference",
                              sft, "--prompts", eval_prompts, "--out", out, "--num-prompts",
                              preset.eval_prompts, "--samples", preset.eval_samples,
-                             "--max-new-tokens", max_new_tokens, *score_flags], out, "score",
-            after=after)
+                             "--max-new-tokens", max_new_tokens, *score_flags, *extra], out,
+            "score", after=after)
         return f"score-{key}"
 
     design.sft_score = score_job("sft", sft, sft_after + data_after[1:])
@@ -226,15 +226,17 @@ def build(cfg: CompareConfig) -> Design:
                                              if f in args and k in pair_jobs]
             deps += _placeholders(stage.args)
             add(stage.key, words, run_dir / "summary.json", stage.command,
-                after=list(dict.fromkeys(deps)), overwrite="--overwrite", resume="--resume",
-                output=str(run_dir))
+                after=list(dict.fromkeys(deps)), overwrite="--overwrite",
+                resume="--resume" if stage.resumable else "", output=str(run_dir))
             design.stage_info[stage.key] = {"command": stage.command, "trains": list(stage.trains),
                                             "hyper": stage.hyper}
-        policy = stages[-1].key
+        last = stages[-1]
+        policy = last.key
         run = Run(method_name, method.road, experiment, dataclasses.asdict(variant),
                   [s.key for s in stages], policy)
         if not variant.probe:
-            run.score = score_job(policy, str(runs_dir / policy / "final"), [policy])
+            scored = last.score_policy or str(runs_dir / policy / "final")
+            run.score = score_job(policy, scored, [policy], _resolve(last.score_args, runs_dir))
         design.runs.append(run)
 
     for name in preset.methods:

@@ -152,6 +152,7 @@ def collect(root: Path, *, constraints: dict, settings: dict) -> dict:
         score = _score(root, entry["score_job"] or "")
         if score is not None:
             entry["score"] = score["metrics"]
+            entry["best_of"] = score.get("best_of", 1)  # > 1: eval/kl is best-of-n's bound
             entry["examples"] = score.get("examples", [])
             entry["score_file"] = f"scores/{run['policy']}.json"
         runs.append(entry)

@@ -17,8 +17,10 @@ that need the same reward model (PPO at several KL coefficients) share one run.
     online-dpo        SFT -> rm (full, shared with ppo) -> online-dpo --judge RM (rounds)
     rloo              SFT -> rm (full, shared with ppo) -> rloo (K completions per prompt, no value)
     grpo              SFT -> rm (full, shared with ppo) -> grpo (K completions per prompt, no value)
+    bon               SFT -> rm (full, shared with ppo) -> bon (no training: the SFT model's
+                      samples, the reward model's favourite of n; scored as best-of-max(n))
 
-A new method (online DPO, best-of-n) registers a ``Method`` with ``register``.
+A new method registers a ``Method`` with ``register``.
 """
 
 from __future__ import annotations
@@ -95,6 +97,12 @@ class Stage:
     """Model roles whose weights this stage trains: policy, reward, value."""
     hyper: str = ""
     """The hyperparameter section of this stage (``dpo``, ``rm``, ``ppo``, ...)."""
+    resumable: bool = True
+    """Whether the command takes ``--resume`` (a trainer); else a rerun starts over."""
+    score_policy: str = ""
+    """For the method's last stage: the model the score job samples from (default: this
+    stage's ``final``), and ``score_args``, more flags for the score job (best-of-n)."""
+    score_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -238,6 +246,30 @@ def _rlhf(name: str, rm_section: str, ppo_section: str, extra_rm: dict, extra_pp
     return build
 
 
+def _best_of_n(name: str, rm_section: str, section: str) -> Callable:
+    """No training: the SFT model's samples, the reward model's favourite of n. The ``bon``
+    stage measures every n on the evaluation prompts (its curve is the method's frontier); the
+    score job scores best-of-max(n) the way it scores every trained policy."""
+    def build(inputs: Inputs, hp: dict, variant: Variant) -> list[Stage]:
+        rm = _reward_model(inputs, hp, variant, rm_section, {})
+        values = {"model": inputs.sft, "prompts": inputs.eval_prompts, "reward": f"@{rm.key}",
+                  "seed": variant.seed, "max_length": inputs.max_length,
+                  "num_prompts": inputs.eval_num_prompts, "max_new_tokens": inputs.max_new_tokens,
+                  **{k: v for k, v in hp.get(section, {}).items() if k not in ("log_every",)}}
+        if inputs.gold:
+            values["gold_reward"] = inputs.gold
+        if variant.probe:
+            values.pop("gold_reward", None)
+            values.update(num_prompts=2, n="1,2")
+        n = max(int(x) for x in str(values.get("n", "1,2,4,8,16")).split(","))
+        return [rm, Stage(f"{name}-{variant.suffix()}", "bon", tuple(flags(values)),
+                          after=(rm.key,), hyper=section, resumable=False,
+                          score_policy=inputs.sft,
+                          score_args=("--best-of", str(n), "--proxy", f"@{rm.key}"))]
+
+    return build
+
+
 register(Method("dpo", "DPO", DIRECT, "DPO (sigmoid loss), a frozen copy of the SFT model as "
                 "reference", "DPO, reference copy", _direct("dpo", "dpo", {"loss": "sigmoid"}),
                 sections=("dpo",)))
@@ -278,6 +310,10 @@ register(Method("grpo", "GRPO (no critic)", RLHF, "reward model (full fine-tunin
                 "three models: policy, reward, reference", "GRPO, no value model (3 models)",
                 _rlhf("grpo", "rm", "grpo", {}, {}, command="grpo", trains=("policy",)),
                 strength="kl_coef", sections=("rm", "grpo")))
+register(Method("bon", "Best-of-n (RM)", RLHF, "no training: sample n from the SFT model and "
+                "keep the reward model's favourite (the reward model shared with PPO); two "
+                "models: policy (sampling only) and reward", "best-of-n: SFT model + reward model",
+                _best_of_n("bon", "rm", "bon"), strength="n", sections=("rm", "bon")))
 
 
 def with_variant(variant: Variant, **changes) -> Variant:

@@ -23,7 +23,8 @@ CAPTIONS = {
               "last stage; the reward model trains in a process of its own). * a short run kept "
               "only for its memory figures.",
     "frontier": "Reward-KL frontier: quality against the sampled KL to the SFT policy at every "
-                "evaluation of every run (the DPO paper's figure 2).",
+                "evaluation of every run (the DPO paper's figure 2). Best-of-n has one point "
+                "per n, at its KL bound log n - (n-1)/n (Gao et al. 2023's figure 1).",
     "hacking": "Proxy against gold over training: PPO's reward-model score and DPO's implicit "
                "reward margin (dashed), each next to the quality measure (solid).",
     "efficiency": "Gain over SFT against the number of labelled pairs.",
@@ -103,8 +104,9 @@ def markdown(results: dict) -> str:
               "harmlessness | reward model's held-out accuracy | tensor bytes | wall s | run |",
               "|---|---|---|---|---|---|---|---|---|"]
     for s in results["summary"]:
+        kl = f"≤ {_f(s['kl'], 2)} (bound)" if s.get("kl_is_bound") else _f(s["kl"], 2)
         lines.append(f"| {s['label']} | {s.get('status', 'done')} | {_f(s['quality'])} | "
-                     f"{_f(s['kl'], 2)} | {_f(s.get('harmlessness'))} | "
+                     f"{kl} | {_f(s.get('harmlessness'))} | "
                      f"{_f(s.get('rm_accuracy'))} | {_f(s.get('total_P'), 1)}P | "
                      f"{_f(s.get('wall_s'), 0)} | `{s.get('run_dir') or '-'}` |")
     lines.append("")

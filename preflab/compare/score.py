@@ -8,7 +8,9 @@ It samples ``--samples`` completions for each of the first ``--num-prompts`` pro
 objectives (``--world``: gold reward, harmlessness, grammaticality) and any ``--reward``
 (``gold_reward=module:function``, ``judge_reward=RM_DIR``), ``eval/kl`` to ``--reference``,
 and, given ``--pairs``, the held-out preference accuracy of the policy's implicit reward.
-Writes the figures and the first ``--keep-samples`` prompts' completions to ``--out``.
+With ``--best-of N --proxy SPEC`` it scores best-of-N sampling from ``--policy`` instead: each
+scored sample is the proxy's favourite of N, and ``eval/kl`` is the bound log N - (N-1)/N
+(``preflab.evaluation``). Writes the figures and the first ``--keep-samples`` prompts' completions to ``--out``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reward", action="append", default=[], metavar="NAME=SPEC",
                    help="a named reward (module:function, file.py:function or a reward-model "
                         "directory); repeatable")
+    p.add_argument("--best-of", type=int, default=1, metavar="N",
+                   help="score best-of-N sampling from --policy, picked by --proxy")
+    p.add_argument("--proxy", default=None, metavar="SPEC",
+                   help="the reward that picks the best of N (a reward-model directory, ...)")
     p.add_argument("--pairs", default=None, help="held-out preference pairs for "
                    "eval/preference_accuracy")
     p.add_argument("--num-prompts", type=int, default=128)
@@ -71,14 +77,22 @@ def score(args) -> dict:
             raise ConfigError(f"--reward {item!r}", expected="NAME=SPEC")
         combined = rewards.load_reward(spec, flag="--reward", device=device, dtype=dtype)
         named[name] = lambda p, c, _r=combined, **kw: _r(p, c, **kw)[0]
+    proxy = None
+    if args.best_of < 1:
+        raise ConfigError(f"--best-of {args.best_of}", field="best_of", expected="N >= 1")
+    if args.best_of > 1:
+        if not args.proxy:
+            raise ConfigError("--best-of needs --proxy", field="proxy")
+        proxy_reward = rewards.load_reward(args.proxy, flag="--proxy", device=device, dtype=dtype)
+        proxy = lambda p, c, **kw: proxy_reward(p, c, **kw)[0]  # noqa: E731
     prompts = read_prompts(args.prompts, args.num_prompts)
     evaluation = evaluate_policy(
         policy, tokenizer, prompts, rewards=named, reference=lambda fn: fn(reference),
         num_samples=args.samples, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
-        vocab_size=len(tokenizer))
+        vocab_size=len(tokenizer), best_of=args.best_of, proxy=proxy)
     metrics = dict(evaluation.metrics)
-    if args.pairs:
+    if args.pairs and args.best_of == 1:  # best-of-n has no implicit reward
         from preflab.data import TruncationPolicy, load_preference_dataset
 
         examples, _ = load_preference_dataset(args.pairs, tokenizer,
@@ -93,7 +107,8 @@ def score(args) -> dict:
                         "scores": {name: [round(v, 4) for v in values[i * k : (i + 1) * k]]
                                    for name, values in evaluation.scores.items()}})
     return {"policy": args.policy, "reference": args.reference, "prompts": len(prompts),
-            "samples_per_prompt": k, "seed": args.seed, "metrics": metrics,
+            "samples_per_prompt": k, "best_of": args.best_of, "proxy": args.proxy,
+            "seed": args.seed, "metrics": metrics,
             "examples": samples, "wall_s": round(time.perf_counter() - started, 2)}
 
 

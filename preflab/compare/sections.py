@@ -118,6 +118,7 @@ def summary_table(results: dict) -> list[dict]:
         out.append({"label": run["label"], "method": run["method"], "status": run["status"],
                     "rm_accuracy": rm_accuracy,
                     "quality": score.get(f"eval/{q}"), "kl": score.get("eval/kl"),
+                    "kl_is_bound": run.get("best_of", 1) > 1,
                     "harmlessness": score.get("eval/harmlessness"),
                     "preference_accuracy": score.get("eval/preference_accuracy"),
                     "wall_s": sum(j.get("wall_s") or 0 for j in jobs),

@@ -124,9 +124,14 @@ def frontier(results: dict, path: Path) -> bool:
 def hacking(results: dict, path: Path) -> bool:
     few = next((r["variant"]["pairs"] for r in results["runs"] if r["experiment"] == "hacking"),
                None)  # DPO on the pairs the hacking run's reward model had is its counterpart
-    runs = [r for r in results["runs"] if len(r["curves"]["eval"]) >= 2 and (
-        r["experiment"] in ("main", "hacking")
-        or (r["experiment"] == "efficiency" and r["variant"]["pairs"] == few))]
+
+    def shown(r: dict) -> bool:
+        trains = results["stages"].get(r["policy"], {}).get("trains")  # best-of-n: nothing
+        return bool(trains) and len(r["curves"]["eval"]) >= 2 and (
+            r["experiment"] in ("main", "hacking")
+            or (r["experiment"] == "efficiency" and r["variant"]["pairs"] == few))
+
+    runs = [r for r in results["runs"] if shown(r)]
     if not runs:
         return False
     plt = _plt()

@@ -1,0 +1,215 @@
+"""RL throughput and peak memory: `preflab ppo`, `rloo` and `grpo` against TRL's RLOOTrainer and
+GRPOTrainer, in the same run.
+
+Every side trains the same randomly initialised Llama policy (built here) against the same
+reward model (a sequence classifier of the same shape, built here), with a frozen reference
+copy and the same KL coefficient, AdamW and learning rate. Each step samples the same number
+of completions of the same length from the same prompts and takes one optimizer step on them:
+
+- ``--prompts P`` prompts x ``--generations K`` completions per step for RLOO and GRPO (both
+  sides). PPO samples one completion per prompt, so it takes P x K prompts per step from a
+  prompt file that holds each prompt K times: the same completions per step, the same prompts.
+  PPO also trains its value model (a fourth model) and runs its value pass.
+- Completions are exactly ``--length`` tokens: the random policy almost never samples EOS,
+  and the count is checked from each side's logs (TRL: ``completions/mean_length``).
+- One pass over each batch (PPO: ``--ppo-epochs 1``, one minibatch; TRL and preflab RLOO and
+  GRPO: ``num_iterations 1``, one optimizer step per generation).
+
+Samples per second count completions over the steps after ``--warmup``; each side runs in a
+fresh process (peak RSS is its own), alternating, best of ``--repeats``.
+
+TRL is needed only here:  pip install 'preflab[bench]'   (or: pip install trl)
+
+    python benchmarks/rl_vs_trl.py [--steps 8] [--warmup 2] [--size small|20m] [--prompts 8]
+        [--generations 4] [--length 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import run_alternating
+
+SIZES = {"small": (128, 4, 4, 384, 2000), "20m": (384, 8, 6, 1024, 8000)}
+PROMPT_WORDS = 32
+KL = 0.05
+LR = 1e-6
+
+
+def build(work: Path, size: str, n_prompts: int, generations: int) -> tuple[Path, Path, Path, Path]:
+    """Policy, reward model, the prompts, and the prompts repeated K times (for PPO)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from preflab.tiny import save_tiny_model
+
+    hidden, layers, heads, inter, vocab = SIZES[size]
+    words = [f"w{i}" for i in range(vocab)]
+    model_dir = save_tiny_model(work / "model", words, arch="llama", hidden_size=hidden,
+                                num_layers=layers, num_heads=heads, intermediate_size=inter,
+                                max_positions=512)
+    torch.manual_seed(1)
+    config = AutoConfig.from_pretrained(model_dir, num_labels=1)
+    config.pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
+    reward = AutoModelForSequenceClassification.from_config(config)
+    reward.save_pretrained(work / "reward")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "chat_template.jinja"):
+        if (Path(model_dir) / name).exists():
+            (work / "reward" / name).write_bytes((Path(model_dir) / name).read_bytes())
+    rng = random.Random(0)
+    prompts = [" ".join(rng.choices(words, k=PROMPT_WORDS)) for _ in range(n_prompts)]
+    once, repeated = work / "prompts.jsonl", work / "prompts-x.jsonl"
+    once.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    repeated.write_text("".join(json.dumps({"prompt": p}) + "\n"
+                                for p in prompts for _ in range(generations)))
+    return Path(model_dir), work / "reward", once, repeated
+
+
+def _rate(out: str, warmup: int, per_step: int) -> tuple[float, float]:
+    """Completions per second over the logged training steps after ``warmup``, and the mean
+    completion length."""
+    rows = [json.loads(x) for x in Path(out, "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "lr" in r and "elapsed_s" in r]  # training rows
+    start = next(r["elapsed_s"] for r in steps if r["step"] == warmup)
+    seconds = steps[-1]["elapsed_s"] - start
+    lengths = [r[k] for r in steps for k in ("completions/mean_length", "objective/response_length")
+               if k in r]
+    return per_step * (steps[-1]["step"] - warmup) / seconds, (
+        sum(lengths) / len(lengths) if lengths else float("nan"))
+
+
+def worker_preflab(command: str, model: str, reward: str, prompts: str, repeated: str, out: str,
+                   steps: int, warmup: int, n_prompts: int, k: int, length: int) -> dict:
+    from preflab.cli import main
+
+    common = ["--model", model, "--reward", reward, "--output-dir", out, "--max-steps",
+              str(steps), "--learning-rate", str(LR), "--kl-coef", str(KL), "--response-length",
+              str(length), "--log-every", "1", "--no-progress", "--overwrite",
+              "--missing-eos-penalty", "0", "--warmup-ratio", "0", "--max-length", "512"]
+    if command == "ppo":
+        args = ["ppo", "--data", repeated, *common, "--rollout-batch-size", str(n_prompts * k),
+                "--num-minibatches", "1", "--batch-size", str(n_prompts * k), "--ppo-epochs", "1"]
+    else:
+        args = [command, "--data", prompts, *common, "--rollout-batch-size", str(n_prompts),
+                "--num-generations", str(k), "--num-iterations", "1", "--num-minibatches", "1",
+                "--batch-size", str(n_prompts * k)]
+    if main(args) != 0:
+        raise SystemExit(f"preflab {command} failed")
+    rate, mean_length = _rate(out, warmup, n_prompts * k)
+    summary = json.loads(Path(out, "summary.json").read_text())
+    return {"samples_per_sec": rate, "tokens_per_sec": rate, "mean_length": mean_length,
+            "peak_rss_bytes": summary["peak_rss_bytes"]}
+
+
+def worker_trl(command: str, model: str, reward: str, prompts: str, repeated: str, out: str,
+               steps: int, warmup: int, n_prompts: int, k: int, length: int) -> dict:
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    if command == "trl-rloo":
+        from trl import RLOOConfig as Config
+        from trl import RLOOTrainer as Trainer
+    else:
+        from trl import GRPOConfig as Config
+        from trl import GRPOTrainer as Trainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    policy = AutoModelForCausalLM.from_pretrained(model)
+    dataset = load_dataset("json", data_files=prompts, split="train")
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+    args = Config(output_dir=out, max_steps=steps, per_device_train_batch_size=n_prompts * k,
+                  num_generations=k, max_completion_length=length, num_iterations=1,
+                  learning_rate=LR, beta=KL, logging_steps=1, save_strategy="no", report_to=[],
+                  use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True,
+                  bf16=False, fp16=False, temperature=1.0, lr_scheduler_type="cosine",
+                  warmup_steps=0)
+    trainer = Trainer(model=policy, reward_funcs=reward, args=args, train_dataset=dataset,
+                      processing_class=tokenizer, callbacks=[Clock()])
+    start = time.perf_counter()
+    trainer.train()
+    seconds = stamps[-1] - (stamps[warmup - 1] if warmup else start)
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history
+               if "completions/mean_length" in h]
+    rate = n_prompts * k * (steps - warmup) / seconds
+    return {"samples_per_sec": rate, "tokens_per_sec": rate,
+            "mean_length": sum(lengths) / len(lengths) if lengths else float("nan"),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+NAMES = ("preflab-ppo", "preflab-rloo", "preflab-grpo", "trl-rloo", "trl-grpo")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--size", choices=tuple(SIZES), default="small")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    parser.add_argument("--generations", type=int, default=4, help="completions per prompt")
+    parser.add_argument("--length", type=int, default=64, help="completion tokens")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--only", default=",".join(NAMES), help="comma-separated sides to run")
+    parser.add_argument("--worker", choices=NAMES, help=argparse.SUPPRESS)
+    parser.add_argument("--paths", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    shape = (args.steps, args.warmup, args.prompts, args.generations, args.length)
+    if args.worker:
+        side, _, command = args.worker.partition("-")
+        fn = worker_preflab if side == "preflab" else worker_trl
+        result = fn(command if side == "preflab" else args.worker, *args.paths, *shape)
+        print("RESULT " + json.dumps(result))
+        return
+    try:
+        import trl
+    except ImportError:
+        sys.exit("this benchmark compares against TRL: pip install 'preflab[bench]' (or pip install trl)")
+
+    import torch
+    import transformers
+
+    names = [n for n in args.only.split(",") if n]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        paths = build(work, args.size, args.prompts * args.steps, args.generations)
+        n_params = sum(p.numel() for p in transformers.AutoModelForCausalLM
+                       .from_pretrained(paths[0]).parameters())
+        print(f"policy: Llama, {n_params / 1e6:.1f}M parameters; reward model and reference of "
+              f"the same size; {args.prompts} prompts x {args.generations} completions of "
+              f"{args.length} tokens per step ({PROMPT_WORDS}-token prompts), one optimizer "
+              f"step each; {args.steps} steps ({args.warmup} warm-up, not timed)")
+        print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+              f"trl {trl.__version__}, {torch.get_num_threads()} threads")
+        results = run_alternating(
+            __file__, names, args.repeats,
+            lambda name: ["--steps", str(args.steps), "--warmup", str(args.warmup), "--prompts",
+                          str(args.prompts), "--generations", str(args.generations), "--length",
+                          str(args.length), "--paths", *map(str, paths[:2]), str(paths[2]),
+                          str(paths[3]), str(work / f"run-{name}")],
+            lambda name, r: (f"{name:13s} {r['samples_per_sec']:7.2f} samples/s   peak RSS "
+                             f"{r['peak_rss_bytes'] / 2**20:6.0f} MiB   mean length "
+                             f"{r['mean_length']:.1f}"))
+        base = results.get("trl-rloo")
+        if base:
+            for name in names:
+                if name != "trl-rloo":
+                    print(f"{name} / TRL RLOO: samples/s x"
+                          f"{results[name]['samples_per_sec'] / base['samples_per_sec']:.2f}, "
+                          f"peak RSS x{results[name]['peak_rss_bytes'] / base['peak_rss_bytes']:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -204,6 +204,9 @@ def generate(
                                    pad_token_id=pad_id, eos_token_id=eos_id,
                                    bos_token_id=tokenizer.bos_token_id)
     jobs = [(i, j) for i in range(len(prompts)) for j in range(num_samples)]
+    # Batches of prompts of like length, longest first: a left-padded batch computes on the
+    # longest prompt's width for every row, so mixing lengths pays for padding.
+    jobs.sort(key=lambda job: -len(encoded[job[0]]))
     batches = [jobs[k : k + batch_size] for k in range(0, len(jobs), batch_size)]
     device = next(model.parameters()).device
     results: list[list[Sample | None]] = [[None] * num_samples for _ in prompts]

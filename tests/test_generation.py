@@ -91,3 +91,29 @@ def test_invalid_settings_are_config_errors(model, tiny_tokenizer):
                    {"top_p": 0.0}, {"batch_size": 0}):
         with pytest.raises(ConfigError):
             generate(model, tiny_tokenizer, ["the"], **kwargs)
+
+
+def test_batches_group_prompts_of_like_length(model, tiny_tokenizer, monkeypatch):
+    """Two short and two long prompts, interleaved, batches of 2: each generate() call gets
+    prompts of one length (no row padded to the other's width), and every result is still
+    prompt i's own, greedy-equal to sampling it alone."""
+    prompts = ["i", "the plot was great but the acting was not", "a",
+               "the movie was not very good and the film"]
+    widths, calls = [], []
+    real = model.generate
+
+    def spy(*args, **kwargs):
+        mask = kwargs["attention_mask"]
+        widths.append(mask.shape[1])
+        calls.append(mask.sum(dim=1).tolist())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    rows = generate(model, tiny_tokenizer, prompts, temperature=0, max_new_tokens=6,
+                    batch_size=2)
+    assert all(len(set(lengths)) == 1 for lengths in calls)  # no padding within a batch
+    assert widths[0] > widths[1]  # longest first
+    monkeypatch.undo()
+    for prompt, row in zip(prompts, rows):
+        assert row[0] == generate(model, tiny_tokenizer, [prompt], temperature=0,
+                                  max_new_tokens=6)[0][0]

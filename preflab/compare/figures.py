@@ -57,9 +57,11 @@ def memory(results: dict, path: Path) -> bool:
         return False
     configs = sorted(configs, key=lambda c: (c["road"] != "rlhf", c["probe"]))  # the article's order
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    # about an inch per bar, so that the wrapped labels under the bars never run together
+    fig, axes = plt.subplots(1, 2, figsize=(max(12.5, 6 + 1.1 * len(configs)), 4.8),
+                             gridspec_kw={"width_ratios": [3, 2]})
     ax = axes[0]
-    labels = [_wrap(c["label"] + (" *" if c["probe"] else "")) for c in configs]
+    labels = [_wrap(c["label"] + (" *" if c["probe"] else ""), 12) for c in configs]
     bottoms = [0.0] * len(configs)
     for role, color in ROLE_COLORS.items():
         for kind, alpha, hatch in (("params", 1.0, None), ("grads", 0.55, "//"),

@@ -312,7 +312,7 @@ register(Method("grpo", "GRPO (no critic)", RLHF, "reward model (full fine-tunin
                 strength="kl_coef", sections=("rm", "grpo")))
 register(Method("bon", "Best-of-n (RM)", RLHF, "no training: sample n from the SFT model and "
                 "keep the reward model's favourite (the reward model shared with PPO); two "
-                "models: policy (sampling only) and reward", "best-of-n: SFT model + reward model",
+                "models: policy (sampling only) and reward", "best-of-n: SFT + reward model",
                 _best_of_n("bon", "rm", "bon"), strength="n", sections=("rm", "bon")))
 
 

@@ -162,7 +162,11 @@ def recommendation(results: dict) -> dict:
     c = results["constraints"]
     rows = {r["id"]: r for r in results["rows"]}
     q = results["quality"]["metric"]
-    candidates = [r for r in results["runs"] if r["experiment"] == "main" and "score" in r]
+    scored = [r for r in results["runs"] if r["experiment"] == "main" and "score" in r]
+    # A choice is a model to train: best-of-n trains nothing and pays at every answer instead
+    untrained = [r for r in scored
+                 if not results["stages"].get(r["policy"], {}).get("trains", ["?"])]
+    candidates = [r for r in scored if r not in untrained]
     reasons: list[str] = []
     fits = _fits(results)
     if fits is not None:
@@ -206,6 +210,11 @@ def recommendation(results: dict) -> dict:
         road_runs = [r for r in candidates if r["road"] == prefer_road]
         if road_runs:
             choice = max(road_runs, key=lambda r: _quality(r) or float("-inf"))
+    for r in untrained:
+        if (_quality(r) or float("-inf")) > (_quality(choice) or float("-inf")):
+            reasons.append(f"{r['label']} reached {f(_quality(r))} with no training beyond the "
+                           f"reward model, but pays for it at every answer: "
+                           f"{r.get('best_of', 1)} samples and reward-model calls each.")
     stab = rows.get("stability")
     if stab and stab["winner"] in ("RLHF", "DPO"):
         reasons.append(f"Across seeds, {stab['winner']} was the steadier road here.")

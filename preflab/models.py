@@ -405,11 +405,13 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def save_model(model: torch.nn.Module, tokenizer, out_dir: str | Path, *, card: str = "") -> Path:
+def save_model(model: torch.nn.Module, tokenizer, out_dir: str | Path, *, card: str = "",
+               state_dict: dict | None = None) -> Path:
     """Write a loadable model directory (safetensors + tokenizer + README.md card).
 
     For a LoRA model, ``out_dir`` gets the merged full model (so ``from_pretrained`` loads
-    it like any other) and ``out_dir/adapter`` the adapter alone.
+    it like any other) and ``out_dir/adapter`` the adapter alone. ``state_dict``: the weights
+    to write instead of the model's own (a sharded model's, gathered).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -420,6 +422,8 @@ def save_model(model: torch.nn.Module, tokenizer, out_dir: str | Path, *, card: 
 
         merged = copy.deepcopy(model).merge_and_unload()
         merged.save_pretrained(out)
+    elif state_dict is not None:
+        model.save_pretrained(out, state_dict=state_dict)
     else:
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)

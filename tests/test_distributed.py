@@ -16,24 +16,68 @@ from preflab.algorithms import sft
 from tests.sft_data import sft_records, write_jsonl
 
 
-def test_torchrun_two_processes_match_one(tiny_model_dir, tmp_path):
-    data = write_jsonl(tmp_path / "train.jsonl", sft_records())
-    common = ["--model", str(tiny_model_dir), "--data", str(data), "--max-steps", "4",
-              "--learning-rate", "3e-3", "--no-progress", "--max-length", "32", "--eval-fraction", "0.2"]
-    assert sft.main(common + ["--output-dir", str(tmp_path / "one"), "--batch-size", "4"]) == 0
+def _sft_torchrun(args: list[str]) -> subprocess.CompletedProcess:
     with socket.socket() as sock:  # a free port for the rendezvous
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-addr", "127.0.0.1", "--master-port", str(port),
-           "-m", "preflab.cli", "sft", *common, "--output-dir", str(tmp_path / "two"), "--batch-size", "2",
-           "--save-every", "2"]  # checkpoints gather every rank's RNG state
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+           "-m", "preflab.cli", "sft", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("fsdp", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_torchrun_two_processes_match_one(fsdp, tiny_model_dir, tmp_path):
+    """DDP, and FSDP2 (each block sharded over the 2 processes, gathered for the checkpoint
+    and final/) give the weights of 1 process with the same global batch (3 eval examples:
+    the ranks' held-out shares differ, and a sharded evaluation must still run in step)."""
+    data = write_jsonl(tmp_path / "train.jsonl", sft_records())
+    common = ["--model", str(tiny_model_dir), "--data", str(data), "--max-steps", "4",
+              "--learning-rate", "3e-3", "--no-progress", "--max-length", "32", "--eval-fraction", "0.2"]
+    assert sft.main(common + ["--output-dir", str(tmp_path / "one"), "--batch-size", "4"]) == 0
+    result = _sft_torchrun([*common, *fsdp, "--output-dir", str(tmp_path / "two"),
+                            "--batch-size", "2", "--save-every", "2"])  # checkpoints gather
     assert result.returncode == 0, result.stderr[-3000:]
     one = load_file(tmp_path / "one/final/model.safetensors")
     two = load_file(tmp_path / "two/final/model.safetensors")
+    assert one.keys() == two.keys()
     for key in one:
         torch.testing.assert_close(one[key], two[key], atol=2e-5, rtol=1e-4)
+    metrics = [json.loads(x) for x in (tmp_path / "two/metrics.jsonl").read_text().splitlines()]
+    solo = [json.loads(x) for x in (tmp_path / "one/metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["eval/loss"] == pytest.approx(solo[-1]["eval/loss"], rel=1e-4)
+    if fsdp:  # each process held half of the weights, gradients and AdamW state
+        summary = json.loads((tmp_path / "two/summary.json").read_text())
+        alone = json.loads((tmp_path / "one/summary.json").read_text())
+        shard, whole = summary["tensor_bytes"]["policy"], alone["tensor_bytes"]["policy"]
+        assert shard["total"] < 0.6 * whole["total"]
+        # resumed from the step-2 checkpoint (weights and optimizer state scattered back),
+        # steps 3 and 4 again give the same final weights
+        resumed = _sft_torchrun([*common, *fsdp, "--output-dir", str(tmp_path / "two"),
+                                 "--batch-size", "2", "--save-every", "2", "--resume"])
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resumed from" in resumed.stdout
+        again = load_file(tmp_path / "two/final/model.safetensors")
+        for key in two:
+            torch.testing.assert_close(again[key], two[key], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("extra, says", [
+    ([], "torchrun"),  # one process has nothing to shard over
+    (["--lora-rank", "2"], "--lora-rank"),
+    (["--eval-prompts", "PROMPTS"], "--eval-prompts"),  # sampling a sharded model: not built
+])
+def test_fsdp_refuses_what_it_cannot_do(extra, says, tiny_model_dir, tmp_path, capsys):
+    from preflab.cli import main
+    from tests.test_rm import preference_records
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", preference_records(8))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "the movie"}])
+    extra = [str(prompts) if x == "PROMPTS" else x for x in extra]
+    code = main(["dpo", "--model", str(tiny_model_dir), "--data", str(data), "--output-dir",
+                 str(tmp_path / "o"), "--fsdp", "--max-steps", "1", "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("mode", [
@@ -41,19 +85,24 @@ def test_torchrun_two_processes_match_one(tiny_model_dir, tmp_path):
     ["--precompute-ref"],  # the reference's log-probs computed once, the copy freed
     ["--lora-rank", "2"],  # the base with the adapter switched off
     ["--loss", "simpo"],  # no reference
-], ids=["copy", "precomputed", "lora-adapters-off", "reference-free"])
+    ["--fsdp", "--eval-fraction", "0.1"],  # the policy sharded (FSDP2), the copy whole
+    ["--fsdp", "--precompute-ref"],
+], ids=["copy", "precomputed", "lora-adapters-off", "reference-free", "fsdp-copy",
+        "fsdp-precomputed"])
 def test_dpo_torchrun_each_reference_mode_matches_one_process(mode, tiny_model_dir, tmp_path):
     """2 gloo processes with half the batch each give the weights of 1 process with all of it,
-    wherever the reference lives."""
+    wherever the reference lives, and with the policy sharded (``--fsdp``: the 2-process side
+    only; 3 held-out pairs split unevenly between the ranks)."""
     from preflab.algorithms import dpo
     from tests.test_rm import preference_records, torchrun
 
     data = write_jsonl(tmp_path / "pairs.jsonl", preference_records(32))
     common = ["--model", str(tiny_model_dir), "--data", str(data), "--max-steps", "3",
               "--learning-rate", "3e-3", "--no-progress", "--max-length", "32",
-              "--eval-fraction", "0", *mode]
+              "--eval-fraction", "0", *[m for m in mode if m != "--fsdp"]]
+    sharded = ["--fsdp"] if "--fsdp" in mode else []
     assert dpo.main(common + ["--output-dir", str(tmp_path / "one"), "--batch-size", "8"]) == 0
-    result = torchrun(tmp_path, "dpo", common + ["--output-dir", str(tmp_path / "two"),
+    result = torchrun(tmp_path, "dpo", common + [*sharded, "--output-dir", str(tmp_path / "two"),
                                                  "--batch-size", "4"])
     assert result.returncode == 0, result.stderr[-3000:]
     one = load_file(tmp_path / "one/final/model.safetensors")
@@ -62,6 +111,10 @@ def test_dpo_torchrun_each_reference_mode_matches_one_process(mode, tiny_model_d
     assert any(not torch.equal(one[k], start[k]) for k in one)
     for key in one:
         torch.testing.assert_close(one[key], two[key], atol=2e-5, rtol=1e-4)
+    if "--eval-fraction" in mode:
+        a, b = (json.loads(x) for x in ((tmp_path / d / "metrics.jsonl").read_text()
+                                         .splitlines()[-1] for d in ("one", "two")))
+        assert a["eval/loss"] == pytest.approx(b["eval/loss"], rel=1e-4)
 
 
 @pytest.mark.parametrize("command", ["sft", "dpo"])

@@ -178,14 +178,17 @@ def test_gradient_accumulation_gives_the_same_update(tiny_model_dir, tmp_path):
         torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4)
 
 
-def test_kto_torchrun_two_processes_match_one(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("fsdp", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_kto_torchrun_two_processes_match_one(fsdp, tiny_model_dir, tmp_path):
+    """DDP, and FSDP2 (the policy sharded, the reference whole; the held-out examples split
+    unevenly, so the sharded evaluation runs spare batches), match 1 process."""
     from tests.test_rm import torchrun
 
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_records(32))
     base = ["--model", str(tiny_model_dir), "--data", str(data), *COMMON]
     assert kto.main([*base, "--output-dir", str(tmp_path / "one"), "--batch-size", "4"]) == 0
-    result = torchrun(tmp_path, "kto", [*base, "--output-dir", str(tmp_path / "two"),
-                                        "--batch-size", "2"])
+    result = torchrun(tmp_path, "kto", [*base, *fsdp, "--output-dir", str(tmp_path / "two"),
+                                        "--batch-size", "2", "--eval-batch-size", "3"])
     assert result.returncode == 0, result.stderr[-3000:]
     one = load_file(tmp_path / "one/final/model.safetensors")
     two = load_file(tmp_path / "two/final/model.safetensors")
@@ -194,6 +197,7 @@ def test_kto_torchrun_two_processes_match_one(tiny_model_dir, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "two/metrics.jsonl").read_text().splitlines()]
     want = [json.loads(x) for x in (tmp_path / "one/metrics.jsonl").read_text().splitlines()]
     assert rows[1]["kl"] == pytest.approx(want[1]["kl"], abs=1e-5)  # z0 reduced over ranks
+    assert rows[-1]["eval/kl"] == pytest.approx(want[-1]["eval/kl"], abs=1e-5)
 
 
 def test_kto_is_a_compare_method(tiny_world, tmp_path, capsys):

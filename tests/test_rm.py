@@ -143,16 +143,21 @@ def one_and_two_processes(tmp_path: Path, code: str, args: list[str]) -> tuple[d
     return tuple(json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
 
 
-def test_rm_torchrun_two_processes_match_one(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("fsdp", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_rm_torchrun_two_processes_match_one(fsdp, tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", preference_records(64))
     common = ["--model", str(tiny_model_dir), "--data", str(data), "--max-steps", "4",
               "--learning-rate", "3e-3", "--no-progress", "--max-length", "32",
               "--eval-fraction", "0.2"]
     assert rm.main(common + ["--output-dir", str(tmp_path / "one"), "--batch-size", "8"]) == 0
-    result = torchrun(tmp_path, "rm", common + ["--output-dir", str(tmp_path / "two"),
-                                                "--batch-size", "4"])
+    result = torchrun(tmp_path, "rm", common + [*fsdp, "--output-dir", str(tmp_path / "two"),
+                                                "--batch-size", "4", "--eval-batch-size", "5"])
     assert result.returncode == 0, result.stderr[-3000:]
     one = load_file(tmp_path / "one/final/model.safetensors")
     two = load_file(tmp_path / "two/final/model.safetensors")
     for key in one:
         torch.testing.assert_close(one[key], two[key], atol=2e-5, rtol=1e-4)
+    if fsdp:  # each process held about half of the weights, gradients and AdamW state
+        sizes = [json.loads((tmp_path / d / "summary.json").read_text())["tensor_bytes"]
+                 ["reward"]["total"] for d in ("two", "one")]
+        assert sizes[0] < 0.6 * sizes[1]

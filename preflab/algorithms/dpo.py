@@ -16,7 +16,6 @@ reference-based losses and beta * log pi (length-averaged) for the reference-fre
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +74,12 @@ class DPOConfig(TrainConfig):
         "little compute on padding (policy and live reference). Needs an "
         "attention that honours restarting position ids (transformers' sdpa, eager or flash "
         "attention); checked at the start."
+    )
+    fsdp: bool = arg(
+        False, "Shard the policy's parameters, gradients and optimizer state over the processes "
+        "with FSDP2 (torch.distributed.fsdp.fully_shard), one unit per transformer block; the "
+        "reference stays whole on each. Needs torchrun or accelerate launch with 2 or more "
+        "processes, full fine-tuning and no --eval-prompts."
     )
     eval_prompts: str = arg(
         "", "Prompts to sample from at evaluation (eval/kl, eval/distinct_n, eval/gold_reward).",
@@ -152,12 +157,15 @@ def evaluate(model, ref, spec, cfg, examples, pad_id, run, *, tokenizer, prompts
     if examples:
         size = cfg.eval_batch_size or cfg.batch_size
         mine = list(range(run.ctx.rank, len(examples), run.ctx.world_size))
+        starts = distributed.even_starts(len(mine), size, run.ctx, even=cfg.fsdp)
         totals = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
-        for start in range(0, len(mine), size):
-            idx = mine[start : start + size]
+        for start in starts:
+            idx = mine[start : start + size] if start is not None else (mine or [0])[:1]
             batch = collate_preference([examples[i] for i in idx], pad_id)
             batch["index"] = torch.tensor(idx)
-            totals += preference_step(model, ref, spec, cfg, _to(batch, run.device), "eval")[1]
+            stats = preference_step(model, ref, spec, cfg, _to(batch, run.device), "eval")[1]
+            if start is not None:
+                totals += stats
         totals = distributed.all_reduce_sum(totals, run.ctx)
         out.update(_means(totals, float(len(examples)), prefix="eval/"))
     if prompts and run.ctx.is_main:
@@ -205,6 +213,7 @@ def train(cfg: DPOConfig) -> dict:
     check_dataset(cfg.eval_data, "preference")
     check_dataset(cfg.eval_prompts, "prompt")
     run = session.start_run(cfg, "dpo")
+    session.check_fsdp(cfg, run)
     spec = get_direct_loss(cfg.loss)
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     policy = TruncationPolicy(cfg.max_length, cfg.max_prompt_length or None, cfg.overlong)
@@ -224,6 +233,7 @@ def train(cfg: DPOConfig) -> dict:
     model.train()
     session.claim_run_dir(run)  # --overwrite: the old run goes before the reference cache is made
     ref = build_reference(cfg, spec, run, model, tokenizer, examples, eval_examples)
+    session.shard_if_asked(cfg, run, model)  # after the reference copy: that stays whole
     if run.ctx.is_main:
         print(f"loss: {spec.name} ({spec.description}); reference: {ref.mode}", flush=True)
     steps = session.total_steps(cfg, len(examples), run.ctx)
@@ -232,7 +242,7 @@ def train(cfg: DPOConfig) -> dict:
                            world_size=run.ctx.world_size)
     start_step = session.maybe_resume(cfg, run, models={"policy": model}, optimizer=optimizer,
                                       scheduler=scheduler, stream=stream)
-    ddp_model = distributed.wrap_ddp(model, run.ctx, run.device)
+    ddp_model = model if cfg.fsdp else distributed.wrap_ddp(model, run.ctx, run.device)
     logger = session.open_logger(run, start_step)
     pad_id = tokenizer.pad_token_id
     eval_args = dict(tokenizer=tokenizer, prompts=prompts, gold_fn=gold_fn)
@@ -259,7 +269,7 @@ def train(cfg: DPOConfig) -> dict:
             batch = collate_preference([examples[j] for j in idx], pad_id)
             batch["index"] = torch.tensor(idx)
             sync = i == cfg.grad_accum - 1 or not run.ctx.enabled
-            with contextlib.nullcontext() if sync else ddp_model.no_sync():
+            with distributed.gradient_sync(ddp_model, sync):
                 losses, stats = preference_step(ddp_model, ref, spec, cfg, _to(batch, run.device), "train")
                 # DDP averages over ranks; scale so the update is the mean over the global batch.
                 (losses.sum() * run.ctx.world_size / global_batch).backward()

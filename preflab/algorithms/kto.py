@@ -23,7 +23,6 @@ run warns with the weights that meet it when the data is imbalanced.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import sys
 from dataclasses import dataclass
@@ -83,6 +82,12 @@ class KTOConfig(TrainConfig):
                                 ge=1)
     eval_max_new_tokens: int = arg(48, "Longest sampled completion at evaluation.", ge=1)
     eval_temperature: float = arg(1.0, "Sampling temperature at evaluation (0: greedy).", ge=0)
+    fsdp: bool = arg(
+        False, "Shard the policy's parameters, gradients and optimizer state over the processes "
+        "with FSDP2 (torch.distributed.fsdp.fully_shard), one unit per transformer block; the "
+        "reference stays whole on each. Needs torchrun or accelerate launch with 2 or more "
+        "processes, full fine-tuning and no --eval-prompts."
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -208,12 +213,20 @@ def evaluate(model, ref: reference.Reference, cfg: KTOConfig, examples, pad_id, 
         size = cfg.eval_batch_size or cfg.batch_size
         partner = partners(len(examples), cfg.seed)
         mine = list(range(run.ctx.rank, len(examples), run.ctx.world_size))
+        starts = distributed.even_starts(len(mine), size, run.ctx, even=cfg.fsdp)
         chunks = [batches_for(examples, partner, mine[i : i + size], cfg, pad_id, run.device)
-                  for i in range(0, len(mine), size)]
-        z0 = reference_point(kl_sum(model, ref, [kl for _, kl in chunks]), len(mine), run.ctx)
+                  for i in starts if i is not None]
+        # a sharded model's forward passes are collective: spare batches keep the ranks in step
+        spares = [batches_for(examples, partner, (mine or [0])[:1], cfg, pad_id, run.device)
+                  ] * (len(starts) - len(chunks))
+        mine_kl = kl_sum(model, ref, [kl for _, kl in chunks])
+        kl_sum(model, ref, [kl for _, kl in spares])  # discarded
+        z0 = reference_point(mine_kl, len(mine), run.ctx)
         totals = torch.zeros(len(SUM_KEYS), dtype=torch.float64)
         for batch, _ in chunks:
             totals += kto_step(model, ref, cfg, batch, z0)[1]
+        for batch, _ in spares:
+            kto_step(model, ref, cfg, batch, z0)
         totals = distributed.all_reduce_sum(totals, run.ctx)
         out.update(_means(totals, float(len(examples)), prefix="eval/"))
     if prompts and run.ctx.is_main:
@@ -233,6 +246,7 @@ def train(cfg: KTOConfig) -> dict:
     check_dataset(cfg.eval_data, "unpaired")
     check_dataset(cfg.eval_prompts, "prompt")
     run = session.start_run(cfg, "kto")
+    session.check_fsdp(cfg, run)
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     policy = TruncationPolicy(cfg.max_length, cfg.max_prompt_length or None, cfg.overlong)
     examples, data_report = load_unpaired_dataset(cfg.data, tokenizer, policy)
@@ -254,6 +268,7 @@ def train(cfg: KTOConfig) -> dict:
     model.train()
     session.claim_run_dir(run)
     ref = reference.live(cfg, run, model)
+    session.shard_if_asked(cfg, run, model)  # after the reference copy: that stays whole
     steps = session.total_steps(cfg, len(examples), run.ctx)
     optimizer, scheduler = session.build_optimization(cfg, model, steps)
     partner = partners(len(examples), cfg.seed)
@@ -261,7 +276,7 @@ def train(cfg: KTOConfig) -> dict:
                            world_size=run.ctx.world_size)
     start_step = session.maybe_resume(cfg, run, models={"policy": model}, optimizer=optimizer,
                                       scheduler=scheduler, stream=stream)
-    ddp_model = distributed.wrap_ddp(model, run.ctx, run.device)
+    ddp_model = model if cfg.fsdp else distributed.wrap_ddp(model, run.ctx, run.device)
     logger = session.open_logger(run, start_step)
     pad_id = tokenizer.pad_token_id
     eval_args = dict(tokenizer=tokenizer, prompts=prompts, gold_fn=gold_fn)
@@ -291,7 +306,7 @@ def train(cfg: KTOConfig) -> dict:
                              cfg.batch_size * cfg.grad_accum, run.ctx)
         for i, (batch, _) in enumerate(micro):
             sync = i == cfg.grad_accum - 1 or not run.ctx.enabled
-            with contextlib.nullcontext() if sync else ddp_model.no_sync():
+            with distributed.gradient_sync(ddp_model, sync):
                 losses, sums = kto_step(ddp_model, ref, cfg, batch, z0)
                 # DDP averages over ranks; scale so the update is the mean over the global batch.
                 (losses.sum() * run.ctx.world_size / global_batch).backward()

@@ -22,7 +22,6 @@ which ``preflab ppo --memory-mode shared`` puts on the policy's base as its rewa
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +56,11 @@ class RMConfig(TrainConfig):
     center_rewards_coef: float = arg(
         0.0, "Weight of the auxiliary loss coef * (r_w + r_l)^2 that centres rewards on 0 "
         "(Eisenstein et al. 2023); 0 = off.", ge=0
+    )
+    fsdp: bool = arg(
+        False, "Shard the reward model's parameters, gradients and optimizer state over the processes "
+        "with FSDP2 (torch.distributed.fsdp.fully_shard), one unit per transformer block. "
+        "Needs torchrun or accelerate launch with 2 or more processes, full fine-tuning."
     )
 
 
@@ -111,11 +115,13 @@ def evaluate(scorer, examples, cfg: RMConfig, pad_id: int, run: session.Run) -> 
     scorer.eval()
     size = cfg.eval_batch_size or cfg.batch_size
     mine = examples[run.ctx.rank :: run.ctx.world_size]
+    starts = distributed.even_starts(len(mine), size, run.ctx, even=cfg.fsdp)
     totals = torch.zeros(len(STAT_KEYS) + 1, dtype=torch.float64)
-    for start in range(0, len(mine), size):
-        chunk = mine[start : start + size]
+    for start in starts:
+        chunk = mine[start : start + size] if start is not None else (mine or examples)[:1]
         _, stats = pair_step(scorer, collate_preference(chunk, pad_id), cfg, run.device)
-        totals += torch.cat([stats, torch.tensor([float(len(chunk))], dtype=torch.float64)])
+        if start is not None:
+            totals += torch.cat([stats, torch.tensor([float(len(chunk))], dtype=torch.float64)])
     totals = distributed.all_reduce_sum(totals, run.ctx)
     scorer.train()
     mean = {k: (totals[i] / totals[-1].clamp(min=1)).item() for i, k in enumerate(STAT_KEYS)}
@@ -128,6 +134,7 @@ def train(cfg: RMConfig) -> dict:
     check_dataset(cfg.data, "preference")
     check_dataset(cfg.eval_data, "preference")
     run = session.start_run(cfg, "rm")
+    session.check_fsdp(cfg, run)
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     examples, eval_examples, data_report = load_data(cfg, tokenizer)
     if run.ctx.is_main:
@@ -136,6 +143,7 @@ def train(cfg: RMConfig) -> dict:
     pad_id = tokenizer.pad_token_id
     model = load_reward_model(cfg, run, pad_id)
     scorer = SequenceScorer(model)
+    session.shard_if_asked(cfg, run, scorer)  # the scorer's forward runs the model
     scorer.train()
     steps = session.total_steps(cfg, len(examples), run.ctx)
     optimizer, scheduler = session.build_optimization(cfg, model, steps)
@@ -143,7 +151,7 @@ def train(cfg: RMConfig) -> dict:
     start_step = session.maybe_resume(
         cfg, run, models={"reward": model}, optimizer=optimizer, scheduler=scheduler, stream=stream
     )
-    ddp_scorer = distributed.wrap_ddp(scorer, run.ctx, run.device)
+    ddp_scorer = scorer if cfg.fsdp else distributed.wrap_ddp(scorer, run.ctx, run.device)
     logger = session.open_logger(run, start_step)
     throughput = session.Throughput()
     if start_step == 0:
@@ -161,7 +169,7 @@ def train(cfg: RMConfig) -> dict:
             batch = collate_preference(stream.next_batch(cfg.batch_size), pad_id)
             # DDP averages gradients over ranks; multiply back so the result is sum / pairs.
             sync = i == cfg.grad_accum - 1 or not run.ctx.enabled
-            with contextlib.nullcontext() if sync else ddp_scorer.no_sync():
+            with distributed.gradient_sync(ddp_scorer, sync):
                 losses, stats = pair_step(ddp_scorer, batch, cfg, run.device)
                 (losses.sum() * run.ctx.world_size / global_pairs).backward()
             step_loss += losses.detach().sum()

@@ -11,7 +11,6 @@ batch, counted before the first backward, so 8 micro-batches of 1 give the same 
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -49,6 +48,11 @@ class SFTConfig(TrainConfig):
         "the longest sequence), positions restarting per sequence: little compute on padding. "
         "Needs an attention that honours restarting position "
         "ids (transformers' sdpa, eager or flash attention); checked at the start."
+    )
+    fsdp: bool = arg(
+        False, "Shard the parameters, gradients and optimizer state over the processes with "
+        "FSDP2 (torch.distributed.fsdp.fully_shard), one unit per transformer block; needs "
+        "torchrun or accelerate launch with 2 or more processes, and full fine-tuning."
     )
 
 
@@ -101,11 +105,14 @@ def evaluate(model, examples, cfg: SFTConfig, pad_id: int, run: session.Run) -> 
     model.eval()
     size = cfg.eval_batch_size or cfg.batch_size
     mine = examples[run.ctx.rank :: run.ctx.world_size]
+    starts = distributed.even_starts(len(mine), size, run.ctx, even=cfg.fsdp)
     totals = torch.zeros(2, dtype=torch.float64)
-    for start in range(0, len(mine), size):
-        batch = collate_sft(mine[start : start + size], pad_id)
-        loss_sum, count = forward_nll(model, batch, run.device, cfg.padding_free)
-        totals += torch.tensor([loss_sum.item(), float(count)], dtype=torch.float64)
+    for start in starts:
+        rows = mine[start : start + size] if start is not None else (mine or examples)[:1]
+        loss_sum, count = forward_nll(model, collate_sft(rows, pad_id), run.device,
+                                      cfg.padding_free)
+        if start is not None:
+            totals += torch.tensor([loss_sum.item(), float(count)], dtype=torch.float64)
     totals = distributed.all_reduce_sum(totals, run.ctx)
     model.train()
     loss = (totals[0] / totals[1].clamp(min=1)).item()
@@ -116,6 +123,7 @@ def train(cfg: SFTConfig) -> dict:
     check_dataset(cfg.data, "sft")
     check_dataset(cfg.eval_data, "sft")
     run = session.start_run(cfg, "sft")
+    session.check_fsdp(cfg, run)
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     examples, eval_examples, data_report = load_data(cfg, tokenizer)
     if run.ctx.is_main:
@@ -124,6 +132,7 @@ def train(cfg: SFTConfig) -> dict:
     model = session.load_trainable(cfg, run)
     if cfg.padding_free:
         session.require_packing(model, tokenizer)
+    session.shard_if_asked(cfg, run, model)
     model.train()
     steps = session.total_steps(cfg, len(examples), run.ctx)
     optimizer, scheduler = session.build_optimization(cfg, model, steps)
@@ -131,7 +140,7 @@ def train(cfg: SFTConfig) -> dict:
     start_step = session.maybe_resume(
         cfg, run, models={"policy": model}, optimizer=optimizer, scheduler=scheduler, stream=stream
     )
-    ddp_model = distributed.wrap_ddp(model, run.ctx, run.device)
+    ddp_model = model if cfg.fsdp else distributed.wrap_ddp(model, run.ctx, run.device)
     logger = session.open_logger(run, start_step)
     pad_id = tokenizer.pad_token_id
     throughput = session.Throughput()
@@ -154,7 +163,7 @@ def train(cfg: SFTConfig) -> dict:
         for i, batch in enumerate(micro_batches):
             # DDP averages gradients over ranks; multiply back so the result is sum / tokens.
             sync = i == len(micro_batches) - 1 or not run.ctx.enabled
-            with contextlib.nullcontext() if sync else ddp_model.no_sync():
+            with distributed.gradient_sync(ddp_model, sync):
                 loss_sum, _ = forward_nll(ddp_model, batch, run.device, cfg.padding_free)
                 (loss_sum * run.ctx.world_size / max(global_tokens, 1.0)).backward()
             running_loss[0] += loss_sum.detach().float()

@@ -6,7 +6,9 @@ temporary sibling directory first and renamed into place, so a process killed mi
 leaves either the previous checkpoint or the new one, never half of one.
 
 Only trainable parameters are stored (all of them for full fine-tuning, the adapters for
-LoRA): the frozen rest is reloaded from the base model on resume, bit for bit.
+LoRA): the frozen rest is reloaded from the base model on resume, bit for bit. A model sharded
+with FSDP2 is saved whole: every rank joins in gathering its weights and optimizer state
+(keyed by parameter name), rank 0 writes them, and a resume scatters them back.
 """
 
 from __future__ import annotations
@@ -41,8 +43,14 @@ def save_checkpoint(
     optimizers: dict[str, Any],
     extra: dict[str, Any],
     keep: int = 2,
+    gathered: dict[str, tuple[dict, dict | None]] | None = None,
 ) -> Path:
-    """Write ``checkpoints/step-{step}`` atomically; keep the newest ``keep`` of them."""
+    """Write ``checkpoints/step-{step}`` atomically; keep the newest ``keep`` of them.
+
+    ``gathered`` maps a sharded model's role to its full weights and optimizer state
+    (``distributed.full_state``), written instead of its own tensors (optimizer ``optimizer``).
+    """
+    gathered = gathered or {}
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
@@ -51,9 +59,17 @@ def save_checkpoint(
     tmp = root / f".tmp-step-{step}-{os.getpid()}"
     tmp.mkdir()
     for role, model in models.items():
-        save_file(trainable_state(model), str(tmp / f"{role}.safetensors"))
+        if role in gathered:
+            trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+            weights = {n: t.contiguous() for n, t in gathered[role][0].items() if n in trainable}
+        else:
+            weights = trainable_state(model)
+        save_file(weights, str(tmp / f"{role}.safetensors"))
     state = {"step": step, **extra}
     state["optimizers"] = {name: opt.state_dict() for name, opt in optimizers.items()}
+    for _, optim in gathered.values():
+        if optim is not None:
+            state["optimizers"]["optimizer"] = optim
     torch.save(state, tmp / "state.pt")
     _fsync_dir(tmp)
     if final.exists():  # a re-run of the same step after a resume: replace it
@@ -99,7 +115,11 @@ def load_checkpoint(
     optimizers: dict[str, Any],
 ) -> dict[str, Any]:
     """Restore weights and optimizer states in place; return the rest of the saved state."""
+    from preflab.runtime import distributed
+
     path = Path(path)
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    sharded = None
     for role, model in models.items():
         weights = load_file(str(path / f"{role}.safetensors"))
         params = dict(model.named_parameters())
@@ -110,10 +130,16 @@ def load_checkpoint(
                 f"missing, e.g. {missing[0]}); was the run started with other settings?",
                 path=str(path),
             )
+        if distributed.is_sharded(model):
+            distributed.load_full_state(model, weights)
+            sharded = model
+            continue
         with torch.no_grad():
             for name, tensor in weights.items():
                 params[name].copy_(tensor)
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     for name, opt in optimizers.items():
-        opt.load_state_dict(state["optimizers"][name])
+        if sharded is not None and name == "optimizer":
+            distributed.load_full_state(sharded, {}, opt, state["optimizers"][name])
+        else:
+            opt.load_state_dict(state["optimizers"][name])
     return state

@@ -3,12 +3,13 @@
 When the launcher's environment (``WORLD_SIZE`` > 1) is present, ``setup`` joins the
 process group (NCCL on CUDA, gloo on CPU), pins each process to its local GPU and returns
 its rank; otherwise it is a single-process no-op. Trainers wrap the trained model with
-``wrap_ddp``, shard the example stream by rank, and reduce logged figures with
-``all_reduce_sum`` so every rank logs the same numbers.
+``wrap_ddp`` (or shard it with ``shard``, FSDP2), shard the example stream by rank, and reduce
+logged figures with ``all_reduce_sum`` so every rank logs the same numbers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -52,6 +53,96 @@ def wrap_ddp(model: torch.nn.Module, ctx: DistContext, device: torch.device) -> 
 
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def shard(model: torch.nn.Module) -> torch.nn.Module:
+    """FSDP2 (``fully_shard``): each transformer block (the classes in the model's
+    ``_no_split_modules``) is its own unit, the embeddings, final norm and head the root's.
+    ``model`` is the module whose forward the trainer calls (a wrapper such as the reward
+    model's scorer may hold the model).
+    Parameters become DTensors sharded over the process group; build the optimizer after."""
+    from torch.distributed.fsdp import fully_shard
+
+    names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or ())}
+    for block in [m for m in model.modules() if type(m).__name__ in names]:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a DTensor; any other tensor as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+@contextlib.contextmanager
+def gradient_sync(model: torch.nn.Module, enabled: bool):
+    """Accumulate gradients locally (``enabled=False``) on a DDP or FSDP2 model; a plain model
+    has nothing to synchronise."""
+    if enabled:
+        yield
+    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    elif hasattr(model, "no_sync"):  # DDP
+        with model.no_sync():
+            yield
+    else:
+        yield
+
+
+def full_state(model: torch.nn.Module, optimizer=None) -> tuple[dict, dict | None]:
+    """The full (unsharded) model state dict, and the optimizer's keyed by parameter name, on
+    rank 0 (other ranks get empty dicts). Collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    optim = (get_optimizer_state_dict(model, optimizer, options=options)
+             if optimizer is not None else None)
+    return weights, optim
+
+
+def load_full_state(model: torch.nn.Module, weights: dict, optimizer=None,
+                    optim_state: dict | None = None) -> None:
+    """Scatter full state dicts (as ``full_state`` writes them, read by every rank) into a
+    sharded model and its optimizer."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, weights, options=options)
+    if optimizer is not None and optim_state is not None:
+        set_optimizer_state_dict(model, optimizer, optim_state, options=options)
+
+
+def even_starts(count: int, size: int, ctx: DistContext, *, even: bool) -> list[int | None]:
+    """The batch starts ``0, size, ...`` over ``count`` local examples; with ``even`` (a sharded
+    model, whose every forward pass is collective) padded with ``None`` to the largest number
+    of batches any rank has: a rank runs a spare batch for each ``None`` and discards it."""
+    starts: list[int | None] = list(range(0, count, size))
+    if even and ctx.enabled:
+        most = int(all_reduce_max(torch.tensor(len(starts)), ctx))
+        starts += [None] * (most - len(starts))
+    return starts
 
 
 def all_reduce_sum(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:

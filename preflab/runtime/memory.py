@@ -39,22 +39,25 @@ def role_tensor_bytes(
     """Bytes in parameters, gradients and optimizer state for one role.
 
     ``params`` is a module or a list of parameters; parameters whose storage is in
-    ``seen`` are skipped (and new ones added to it), so shared weights count once.
+    ``seen`` are skipped (and new ones added to it), so shared weights count once. A sharded
+    (FSDP2) parameter counts this process's shard.
     """
+    from preflab.runtime.distributed import local
+
     if isinstance(params, torch.nn.Module):
         params = list(params.parameters())
     seen = set() if seen is None else seen
     out = {"params": 0, "grads": 0, "optimizer": 0}
     owned = []
     for p in params:
-        key = p.untyped_storage().data_ptr()
+        key = local(p).untyped_storage().data_ptr()
         if key in seen:
             continue
         seen.add(key)
         owned.append(p)
-        out["params"] += _nbytes(p)
+        out["params"] += _nbytes(local(p))
         if p.grad is not None:
-            out["grads"] += _nbytes(p.grad)
+            out["grads"] += _nbytes(local(p.grad))
     if optimizer is not None:
         owned_ids = {id(p) for p in owned}
         for p, state in optimizer.state.items():
@@ -62,7 +65,7 @@ def role_tensor_bytes(
                 continue
             for value in state.values():
                 if torch.is_tensor(value) and value.numel() > 1:
-                    out["optimizer"] += _nbytes(value)
+                    out["optimizer"] += _nbytes(local(value))
     out["total"] = out["params"] + out["grads"] + out["optimizer"]
     return out
 

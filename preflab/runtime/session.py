@@ -89,6 +89,32 @@ def load_trainable(cfg: TrainConfig, run: Run):
     return model
 
 
+def check_fsdp(cfg, run: Run) -> None:
+    """``--fsdp`` is refused in one process, with LoRA, and with sampled evaluation (generation
+    would have to run in lockstep on every rank); checked before anything is loaded."""
+    if not getattr(cfg, "fsdp", False):
+        return
+    if cfg.lora_rank:
+        raise ConfigError("--fsdp is built for full fine-tuning; with --lora-rank the adapters "
+                          "are small enough to replicate (leave out --fsdp)", field="fsdp")
+    if getattr(cfg, "eval_prompts", ""):
+        raise ConfigError("--fsdp does not sample yet (a sharded model generates only in "
+                          "lockstep on every rank): leave out --eval-prompts, and score the "
+                          "final model with `preflab world score` or `preflab sample`",
+                          field="fsdp")
+    if not run.ctx.enabled:
+        raise ConfigError("--fsdp shards over processes: launch with torchrun --nproc-per-node N "
+                          "(or accelerate launch), N >= 2", field="fsdp")
+
+
+def shard_if_asked(cfg, run: Run, model: torch.nn.Module) -> torch.nn.Module:
+    """``--fsdp``: shard the trained model over the processes (``distributed.shard``)."""
+    if not getattr(cfg, "fsdp", False):
+        return model
+    check_fsdp(cfg, run)
+    return distributed.shard(model)
+
+
 def require_packing(model: torch.nn.Module, tokenizer) -> None:
     """``--padding-free``: refuse (``ConfigError``) a model whose attention reaches across
     packed sequences (``logprobs.check_packing``), before any training."""
@@ -204,6 +230,9 @@ def save_step(run: Run, step: int, *, models: dict, optimizer, scheduler, stream
         gathered: list = [None] * run.ctx.world_size
         torch.distributed.all_gather_object(gathered, states[0])
         states = gathered
+    # a sharded model's full weights and optimizer state: every rank takes part
+    full = {k: distributed.full_state(m, optimizer) for k, m in models.items()
+            if distributed.is_sharded(m)}
     if run.ctx.is_main:
         checkpoint.save_checkpoint(
             run.dir,
@@ -212,6 +241,7 @@ def save_step(run: Run, step: int, *, models: dict, optimizer, scheduler, stream
             optimizers={"optimizer": optimizer, "scheduler": scheduler},
             extra={"stream": stream.state_dict(), "rng": states, "elapsed_s": run.elapsed()},
             keep=run.config.save_total_limit,
+            gathered=full,
         )
     distributed.barrier(run.ctx)
 
@@ -380,7 +410,7 @@ def progress_bar(run: Run, *, total: int, initial: int, desc: str):
 
 
 def _all_finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    return all(bool(torch.isfinite(distributed.local(p)).all()) for p in model.parameters())
 
 
 def finish_run(
@@ -421,6 +451,7 @@ def finish_run(
                                f"written. Last good checkpoint: {last_checkpoint(run)}")
     if run.skipped_steps:
         summary["skipped_nonfinite_steps"] = run.skipped_steps
+    full_weights = distributed.full_state(model)[0] if distributed.is_sharded(model) else None
     if run.ctx.is_main:
         card = rundir.model_card(
             command=run.command,
@@ -429,7 +460,8 @@ def finish_run(
             config=dataclasses.asdict(cfg),
             results=final_metrics,
         )
-        models.save_model(model, tokenizer, run.dir / "final", card=card)
+        models.save_model(model, tokenizer, run.dir / "final", card=card,
+                          state_dict=full_weights)
         (run.dir / "README.md").write_text(card, encoding="utf-8")
         rundir.write_summary(run.dir, summary)
         rundir.release_lock(run.dir)

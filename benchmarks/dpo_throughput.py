@@ -1,10 +1,10 @@
 """DPO throughput and peak memory: `preflab dpo` against TRL's DPOTrainer, in the same run.
 
 Both train the same randomly initialised Llama (built here) on the same preference pairs,
-with the same batch, sigmoid loss, beta, AdamW and learning rate, and a frozen reference
-copy. Each runs in a fresh process so its peak RSS is its own; throughput counts the real
-(unpadded) prompt+completion tokens of chosen and rejected over steady-state steps (warm-up
-steps are not timed for either).
+with the same batch, loss (``--loss sigmoid`` or ``ipo``), beta, AdamW and learning rate, and
+a frozen reference copy. Each runs in a fresh process so its peak RSS is its own; throughput
+counts the real (unpadded) prompt+completion tokens of chosen and rejected over steady-state
+steps (warm-up steps are not timed for either).
 
 ``--lengths equal``: every sequence the same length, so padding cannot favour either.
 ``--lengths variable``: prompt and completion lengths long-tailed, as real preference data
@@ -16,7 +16,7 @@ with ``--padding-free`` (a third row).
 TRL is needed only here:  pip install 'preflab[bench]'   (or: pip install trl)
 
     python benchmarks/dpo_throughput.py [--steps 10] [--warmup 2] [--size small|20m|60m]
-        [--lengths equal|variable]
+        [--lengths equal|variable] [--loss sigmoid|ipo]
 """
 
 from __future__ import annotations
@@ -72,12 +72,12 @@ def build(work: Path, size: str, n_pairs: int, lengths: str = "equal") -> tuple[
 
 
 def worker_preflab(model_dir: str, data: str, out: str, steps: int, warmup: int,
-                   per_step: float, padding_free: bool = False) -> dict:
+                   per_step: float, padding_free: bool = False, loss: str = "sigmoid") -> dict:
     from preflab.algorithms import dpo
 
     dpo.main(["--model", model_dir, "--data", data, "--output-dir", out, "--max-steps", str(steps),
               "--batch-size", str(BATCH), "--eval-fraction", "0", "--max-length", "512",
-              "--learning-rate", "1e-6", "--warmup-ratio", "0", "--beta", "0.1",
+              "--learning-rate", "1e-6", "--warmup-ratio", "0", "--beta", "0.1", "--loss", loss,
               "--log-every", "1", "--no-progress", "--overwrite",
               *(["--padding-free"] if padding_free else [])])
     rows = [json.loads(x) for x in Path(out, "metrics.jsonl").read_text().splitlines()]
@@ -90,7 +90,7 @@ def worker_preflab(model_dir: str, data: str, out: str, steps: int, warmup: int,
 
 
 def worker_trl(model_dir: str, data: str, out: str, steps: int, warmup: int,
-               per_step: float) -> dict:
+               per_step: float, loss: str = "sigmoid") -> dict:
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -105,7 +105,7 @@ def worker_trl(model_dir: str, data: str, out: str, steps: int, warmup: int,
             stamps.append(time.perf_counter())
 
     args = DPOConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=BATCH,
-                     learning_rate=1e-6, beta=0.1, loss_type=["sigmoid"], max_length=512,
+                     learning_rate=1e-6, beta=0.1, loss_type=[loss], max_length=512,
                      logging_steps=1, save_strategy="no", report_to=[], lr_scheduler_type="cosine",
                      warmup_steps=0, use_cpu=True, dataloader_num_workers=0, seed=0,
                      disable_tqdm=True, bf16=False, fp16=False)
@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2,
                         help="runs of each, alternating; the best of each is reported (less noise)")
     parser.add_argument("--lengths", choices=("equal", "variable"), default="equal")
+    parser.add_argument("--loss", choices=("sigmoid", "ipo"), default="sigmoid")
     parser.add_argument("--worker", choices=("preflab", "preflab-packed", "trl"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--paths", nargs=3, help=argparse.SUPPRESS)
@@ -138,9 +139,10 @@ def main() -> None:
     if args.worker:
         common = (*args.paths, args.steps, args.warmup, args.per_step)
         if args.worker == "trl":
-            result = worker_trl(*common)
+            result = worker_trl(*common, loss=args.loss)
         else:
-            result = worker_preflab(*common, padding_free=args.worker == "preflab-packed")
+            result = worker_preflab(*common, padding_free=args.worker == "preflab-packed",
+                                    loss=args.loss)
         print("RESULT " + json.dumps(result))
         return
     try:
@@ -160,7 +162,7 @@ def main() -> None:
                  if args.lengths == "equal" else
                  f"variable lengths, {per_step / (2 * BATCH):.0f} real tokens per sequence on average")
         print(f"model: Llama, {n_params / 1e6:.1f}M parameters; {BATCH} pairs per step, {shape}; "
-              f"sigmoid loss, beta 0.1, reference = frozen copy; {args.steps} steps "
+              f"{args.loss} loss, beta 0.1, reference = frozen copy; {args.steps} steps "
               f"({args.warmup} warm-up, not timed)")
         print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
               f"trl {trl.__version__}, {torch.get_num_threads()} threads")
@@ -169,7 +171,7 @@ def main() -> None:
             __file__, names, args.repeats,
             lambda name: ["--steps", str(args.steps), "--warmup", str(args.warmup), "--paths",
                           str(model_dir), str(data), str(work / f"run-{name}"),
-                          "--per-step", str(per_step)],
+                          "--per-step", str(per_step), "--loss", args.loss],
             lambda name, r: (f"{name:15s} {r['tokens_per_sec']:9.0f} tokens/s   peak RSS "
                              f"{r['peak_rss_bytes'] / 2**20:7.0f} MiB   first-step loss "
                              f"{r['first_loss']:.4f}"))

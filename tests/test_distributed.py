@@ -117,11 +117,12 @@ def test_dpo_torchrun_each_reference_mode_matches_one_process(mode, tiny_model_d
         assert a["eval/loss"] == pytest.approx(b["eval/loss"], rel=1e-4)
 
 
-@pytest.mark.parametrize("command", ["sft", "dpo"])
-def test_accelerate_launch_two_processes_match_one(command, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("command, sharded", [("sft", []), ("dpo", []), ("sft", ["--fsdp"])],
+                         ids=["sft", "dpo", "sft-fsdp"])
+def test_accelerate_launch_two_processes_match_one(command, sharded, tiny_model_dir, tmp_path):
     """``accelerate launch --multi_gpu --num_processes 2`` on a CPU machine starts 2 gloo
     processes (``--cpu`` would silently start one): the run records world size 2, and its
-    weights equal 1 process with the whole batch."""
+    weights equal 1 process with the whole batch; with preflab's ``--fsdp`` too."""
     import os
 
     from preflab.algorithms import dpo
@@ -143,7 +144,8 @@ def test_accelerate_launch_two_processes_match_one(command, tiny_model_dir, tmp_
     launcher = Path(sys.executable).with_name("accelerate")
     cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-           str(script), *common, "--output-dir", str(tmp_path / "two"), "--batch-size", "4"]
+           str(script), *common, *sharded, "--output-dir", str(tmp_path / "two"),
+           "--batch-size", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

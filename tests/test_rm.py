@@ -161,3 +161,16 @@ def test_rm_torchrun_two_processes_match_one(fsdp, tiny_model_dir, tmp_path):
         sizes = [json.loads((tmp_path / d / "summary.json").read_text())["tensor_bytes"]
                  ["reward"]["total"] for d in ("two", "one")]
         assert sizes[0] < 0.6 * sizes[1]
+        # the sharded scorer's checkpoint (the model inside it, gathered) resumes exactly
+        again = torchrun(tmp_path, "rm", common + [*fsdp, "--output-dir", str(tmp_path / "two"),
+                                                   "--batch-size", "4", "--eval-batch-size", "5",
+                                                   "--save-every", "2", "--overwrite"])
+        assert again.returncode == 0, again.stderr[-3000:]
+        first = load_file(tmp_path / "two/final/model.safetensors")
+        resumed = torchrun(tmp_path, "rm", common + [*fsdp, "--output-dir", str(tmp_path / "two"),
+                                                     "--batch-size", "4", "--eval-batch-size", "5",
+                                                     "--save-every", "2", "--resume"])
+        assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-3000:]
+        last = load_file(tmp_path / "two/final/model.safetensors")
+        for key in first:
+            torch.testing.assert_close(last[key], first[key], atol=1e-6, rtol=1e-5)

@@ -99,4 +99,6 @@ class SequenceScorer(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return sequence_scores(self.model, input_ids, attention_mask)
+        # a copy, not a view of the head's output: FSDP2 hooks the backward on what a sharded
+        # module returns, and warns about views an in-place op could cut off
+        return sequence_scores(self.model, input_ids, attention_mask).clone()

@@ -83,6 +83,14 @@ def local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
+def whole(tensor):
+    """A DTensor's full value (a collective when it is sharded or partial); anything else as
+    it is."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 @contextlib.contextmanager
 def gradient_sync(model: torch.nn.Module, enabled: bool):
     """Accumulate gradients locally (``enabled=False``) on a DDP or FSDP2 model; a plain model

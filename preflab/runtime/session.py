@@ -366,6 +366,7 @@ def optimizer_step(model: torch.nn.Module | list, optimizer, scheduler, max_grad
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     else:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    grad_norm = distributed.whole(grad_norm)  # sharded (FSDP2) gradients: the norm of all
     if run is not None and not check_finite(run, step, loss=loss, grad_norm=grad_norm):
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()  # the schedule counts steps taken or skipped alike

@@ -116,13 +116,19 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 
 def preference_step(model, ref: reference.Reference, spec, cfg: DPOConfig, batch: dict, split: str):
-    """Per-example losses and the figures to log, for one concatenated batch."""
-    chosen, rejected = concatenated_forward(model, batch, padding_free=cfg.padding_free)
+    """Per-example losses and the figures to log, for one concatenated batch.
+
+    The reference runs first: its forward pass's transient tensors (logits, a layer's
+    activations) then never coexist with the policy's graph, which is held until backward."""
     pick = (lambda s: s.sum) if spec.logps == "sum" else (lambda s: s.mean)
     ref_chosen = ref_rejected = None
     if spec.needs_reference:
         rc, rr = ref.logps(batch, split=split)
-        ref_chosen, ref_rejected = pick(rc).to(chosen.sum.device), pick(rr).to(chosen.sum.device)
+        ref_chosen, ref_rejected = pick(rc), pick(rr)
+    chosen, rejected = concatenated_forward(model, batch, padding_free=cfg.padding_free)
+    if ref_chosen is not None:
+        ref_chosen = ref_chosen.to(chosen.sum.device)
+        ref_rejected = ref_rejected.to(chosen.sum.device)
     out = compute_direct_loss(
         spec,
         policy_chosen_logps=pick(chosen),

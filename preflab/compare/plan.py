@@ -20,10 +20,11 @@ with dropout off, and generation holds a KV cache for --rollout-batch-size promp
 
 A method's total is its peak over the phases of a step, not a sum of its rows:
 
-    train      params + grads + optimizer + saved activations + the larger of two working
-               memories: the logits' gradient ([B, T, V] in dtype) and two float32 chunks of
-               1024 positions at the start of backward, or a live reference's forward (its
-               logits and one layer's tensors) while the policy's graph is held
+    train      params + grads + optimizer + saved activations + the working memory at the
+               start of backward: the logits' gradient ([B, T, V] in dtype) and two float32
+               chunks of 1024 positions; or, if larger, params + optimizer + a live
+               reference's forward (its logits and one layer's tensors), which runs first,
+               before the policy's graph exists (plus the reference's weights in both)
     precompute (dpo precomputed) the policy's and the reference's weights + the reference's
                forward; the reference is freed before training
     update     (ppo) params + grads + optimizer + the larger of the policy's and the value's
@@ -218,11 +219,12 @@ def _method(step: _Step, name: str, B: int) -> dict | None:
     roles = {"policy": _acting(policy, saved, working)}
     held = policy["params"] + policy["grads"] + policy["optimizer"] + saved
     phases = {"train": held + working}
-    if name in ("dpo-copy", "dpo-adapter-off"):  # pi_ref runs while the policy's graph is held
+    if name in ("dpo-copy", "dpo-adapter-off"):  # pi_ref runs first, before the policy's graph
         ref_params = step.lm(False)["params"] if name == "dpo-copy" else 0
         ref = step.reference_forward(rows)
         roles["reference"] = _acting(_role(ref_params), 0, ref)
-        phases["train"] = held + ref_params + max(working, ref)
+        phases["train"] = ref_params + max(held + working,
+                                           policy["params"] + policy["optimizer"] + ref)
     if name == "dpo-precomputed":  # one pass before training, then the reference is freed
         ref_params = 0 if step.rank else step.lm(False)["params"]  # LoRA: adapters off
         roles["reference"] = _role()

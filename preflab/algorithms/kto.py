@@ -147,8 +147,8 @@ def kto_step(model, ref: reference.Reference, cfg: KTOConfig, batch: dict,
     """Per-example losses and the batch sums to log (``SUM_KEYS`` order), at reference
     point ``z0``."""
     device = batch["input_ids"].device
+    ref_logps = ref.completion_logps(batch)  # first: never on top of the policy's graph
     policy_logps = _seq(model, batch)
-    ref_logps = ref.completion_logps(batch)
     labels = batch["labels"].to(device)
     losses, rewards = kto_loss(policy_logps, ref_logps, labels, z0.to(device), beta=cfg.beta,
                                desirable_weight=cfg.desirable_weight,

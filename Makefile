@@ -3,7 +3,7 @@
 #
 # TORCH_SPEC pins the PyTorch wheel that the install takes. The default, torch==2.13.0, is an
 # ordinary PyPI release (CPU build where one is on hand, the platform's default build
-# elsewhere); override it to use another, e.g. `make demo TORCH_SPEC='torch>=2.4'`.
+# elsewhere); override it to use another, e.g. `make demo TORCH_SPEC='torch>=2.6'`.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0

@@ -166,3 +166,27 @@ def test_the_quick_comparison_includes_best_of_n(quick):
     assert "| Best-of-n (RM) | done |" in (out / "report.md").read_text()
     assert "(bound)" in (out / "report.md").read_text()
     assert results["recommendation"]["method"] != "bon"  # a choice is a model to train
+
+
+def test_best_of_n_never_stands_for_the_rlhf_road():
+    """It trains nothing: with bon listed first, the RLHF road's representative is still the
+    trained method; with bon alone, the road's memory row is not measured rather than won by a
+    sampler."""
+    from preflab.compare import criteria
+
+    stages = {"rm-s0": {"trains": ["reward"]}, "bon-s0": {"trains": []},
+              "rloo-s0": {"trains": ["policy"]}}
+    runs = [{"method": m, "road": "rlhf", "experiment": "main", "policy": f"{m}-s0",
+             "stages": ["rm-s0", f"{m}-s0"]} for m in ("bon", "rloo")]
+    assert criteria._rep({"runs": runs, "stages": stages}, "rlhf")["method"] == "rloo"
+    assert criteria._rep({"runs": runs[:1], "stages": stages}, "rlhf") is None
+
+    def config(method, optimizer):
+        role = {"params": 10, "grads": 0, "optimizer": optimizer, "total": 10 + optimizer}
+        return {"method": method, "label": method, "road": "rlhf" if method == "bon" else
+                "direct", "roles": {"policy": role}, "total": role["total"], "weights": 10,
+                "peak_rss_bytes": 1, "total_P": 1.0, "weights_P": 1.0, "probe": False}
+
+    results = {"memory": {"P": 10, "configs": [config("bon", 0), config("dpo", 20)]}}
+    row = criteria.memory(results)
+    assert row["rlhf"]["figures"] == {} and row["winner"] not in ("RLHF",)

@@ -155,3 +155,15 @@ def test_accelerate_launch_two_processes_match_one(command, sharded, tiny_model_
     two = load_file(tmp_path / "two/final/model.safetensors")
     for key in one:
         torch.testing.assert_close(one[key], two[key], atol=2e-5, rtol=1e-4)
+
+
+def test_online_dpo_refuses_fsdp(tiny_model_dir, tmp_path, capsys):
+    """It inherits DPO's flags but samples while it trains: --fsdp is refused, not ignored."""
+    from preflab.cli import main
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "the movie"}] * 4)
+    code = main(["online-dpo", "--model", str(tiny_model_dir), "--data", str(prompts),
+                 "--judge", "m:f", "--output-dir", str(tmp_path / "o"), "--fsdp"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--fsdp" in err and "online-dpo" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

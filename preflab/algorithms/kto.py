@@ -217,8 +217,9 @@ def evaluate(model, ref: reference.Reference, cfg: KTOConfig, examples, pad_id, 
         chunks = [batches_for(examples, partner, mine[i : i + size], cfg, pad_id, run.device)
                   for i in starts if i is not None]
         # a sharded model's forward passes are collective: spare batches keep the ranks in step
+        missing = len(starts) - len(chunks)
         spares = [batches_for(examples, partner, (mine or [0])[:1], cfg, pad_id, run.device)
-                  ] * (len(starts) - len(chunks))
+                  ] * missing if missing else []
         mine_kl = kl_sum(model, ref, [kl for _, kl in chunks])
         kl_sum(model, ref, [kl for _, kl in spares])  # discarded
         z0 = reference_point(mine_kl, len(mine), run.ctx)

@@ -79,6 +79,8 @@ class OnlineDPOConfig(DPOConfig):
                                "aside).", ge=1)
     num_samples: int = arg(4, "Completions sampled per prompt; the best and the worst make "
                            "the pair.", ge=2)
+    fsdp: bool = arg(False, "Not built for online-dpo, which samples while it trains (a sharded "
+                     "model would have to generate in lockstep on every process): refused.")
     steps_per_round: int = arg(0, "DPO steps on each round's pairs (0: one pass, "
                                "pairs-per-round / global batch, rounded up).", ge=0)
     reference: str = arg("fixed", "fixed: the starting model throughout; moving: the policy "
@@ -89,6 +91,10 @@ class OnlineDPOConfig(DPOConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.fsdp:
+            raise ConfigError("--fsdp is not built for online-dpo: it samples while it trains, "
+                              "and a sharded model would have to generate in lockstep on every "
+                              "process (docs/scaling.md)", field="fsdp")
         if not self.judge:
             raise ConfigError("--judge is required", field="judge")
         if not pairwise(self.judge):

@@ -47,9 +47,15 @@ def mib(n: float | None) -> str:
     return "n/a" if n is None else f"{n / 2**20:.1f} MiB"
 
 
+def _trains(results: dict, run: dict) -> bool:
+    """Whether the run's last stage trains a model (best-of-n only samples)."""
+    return bool(results.get("stages", {}).get(run["policy"], {}).get("trains", ["?"]))
+
+
 def _rep(results: dict, road: str, experiment: str = "main") -> dict | None:
     order = ("ppo", "ppo-shared") if road == RLHF else ("dpo",)
-    runs = [r for r in results["runs"] if r["road"] == road and r["experiment"] == experiment]
+    runs = [r for r in results["runs"] if r["road"] == road and r["experiment"] == experiment
+            and _trains(results, r)]
     for name in order:
         for r in runs:
             if r["method"] == name:
@@ -160,10 +166,12 @@ def memory(results: dict) -> dict:
     for road, names in ((RLHF, ("ppo", "ppo-shared", "rloo", "grpo", "bon")),
                         (DIRECT, ("dpo", "dpo-precomputed", "simpo", "ipo", "kto"))):
         present = [by[n] for n in names if n in by]
-        if not present:
+        trained = [c for c in present if any(r.get("optimizer") for r in c["roles"].values())]
+        if not trained:  # best-of-n alone trains nothing: it cannot stand for a road
             sides[road] = _missing("not run")
             continue
-        main = present[0]
+        main = trained[0]
+        present = [main] + [c for c in present if c is not main]
         parts = [f"{c['label']}: {f(c['weights_P'], 1)}P weights, {f(c['total_P'], 1)}P with "
                  f"grads and AdamW, peak RSS {mib(c['peak_rss_bytes'])}" for c in present]
         sides[road] = _side("; ".join(parts), weights_P=main["weights_P"],
@@ -424,7 +432,7 @@ def hacking(results: dict) -> dict:
                None)  # the share of the pairs the hacking run's reward model had
     for road in (RLHF, DIRECT):
         rep = _rep(results, road) or next(
-            (r for r in results["runs"] if r["road"] == road), None)
+            (r for r in results["runs"] if r["road"] == road and _trains(results, r)), None)
         runs = [r for r in results["runs"] if rep and r["method"] == rep["method"]
                 and r["experiment"] in ("main", "hacking")]
         if road == DIRECT and rep:  # DPO on the same few pairs as the hacking reward model

@@ -71,9 +71,11 @@ def shard(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
-    from torch.distributed.tensor import DTensor
+    """Whether ``shard`` reached any part of ``model`` (a module, not its parameters: FSDP2
+    leaves the root's parameters gathered between a no-grad forward and the next step)."""
+    from torch.distributed.fsdp import FSDPModule
 
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:

@@ -410,8 +410,13 @@ def progress_bar(run: Run, *, total: int, initial: int, desc: str):
                enabled=bool(run.config.progress and run.ctx.is_main))
 
 
-def _all_finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(distributed.local(p)).all()) for p in model.parameters())
+def _all_finite(model: torch.nn.Module, ctx: distributed.DistContext) -> bool:
+    """Every weight finite, on every process (a sharded model's ranks each hold a slice, and
+    must all take the same branch: what follows gathers the weights)."""
+    bad = not all(bool(torch.isfinite(distributed.local(p)).all()) for p in model.parameters())
+    if ctx.enabled:
+        bad = bool(distributed.all_reduce_max(torch.tensor([float(bad)]), ctx).item())
+    return not bad
 
 
 def finish_run(
@@ -447,7 +452,7 @@ def finish_run(
     }
     if data_report:
         summary["data"] = data_report
-    if not _all_finite(model):  # defence in depth: the step checks should have stopped it
+    if not _all_finite(model, run.ctx):  # defence in depth: the step checks should have stopped it
         raise TrainingDiverged(f"the final weights hold NaN or infinite values; final/ was not "
                                f"written. Last good checkpoint: {last_checkpoint(run)}")
     if run.skipped_steps:

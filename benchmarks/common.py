@@ -1,5 +1,6 @@
-"""What the benchmark scripts share: long-tailed lengths, and running each side's worker in a
-fresh process, alternating, keeping the best of the repeats."""
+"""What the benchmark scripts share: the ~20M-parameter Llama, long-tailed lengths, running each
+side's worker in a fresh process (alternating, keeping the best of the repeats), timing the
+steps after the warm-up on either side, and the check that TRL is installed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ import os
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+LLAMA_20M = {"hidden_size": 384, "num_layers": 8, "num_heads": 6, "intermediate_size": 1024}
+"""The 20.3M-parameter Llama of the throughput benchmarks (with a vocabulary of 8,000 words)."""
 
 
 def long_tailed(rng: random.Random, median: int, sigma: float, low: int, high: int) -> int:
@@ -19,10 +25,11 @@ def long_tailed(rng: random.Random, median: int, sigma: float, low: int, high: i
 
 def run_alternating(script: str, names: Sequence[str], repeats: int,
                     worker_args: Callable[[str], list[str]],
-                    show: Callable[[str, dict], str]) -> dict[str, dict]:
+                    show: Callable[[str, dict], str], *,
+                    key: str = "tokens_per_sec") -> dict[str, dict]:
     """Run ``script --worker NAME *worker_args(NAME)`` for each name, ``repeats`` rounds in
     turn, each in a fresh process; print ``show(name, result)`` as each ends; return the best
-    result (highest ``tokens_per_sec``) of each name. A worker prints ``RESULT {json}``."""
+    result (highest ``key``) of each name. A worker prints ``RESULT {json}``."""
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "WANDB_DISABLED": "true"}
     results: dict[str, dict] = {}
     for name in [n for _ in range(repeats) for n in names]:
@@ -32,7 +39,45 @@ def run_alternating(script: str, names: Sequence[str], repeats: int,
         if proc.returncode != 0 or not line:
             sys.exit(f"{name} worker failed:\n{proc.stderr[-4000:]}")
         r = json.loads(line[0][7:])
-        if name not in results or r["tokens_per_sec"] > results[name]["tokens_per_sec"]:
+        if name not in results or r[key] > results[name][key]:
             results[name] = r
         print(show(name, r), flush=True)
     return results
+
+
+def require_trl():
+    """The ``trl`` module, or exit saying how to install it."""
+    try:
+        import trl
+    except ImportError:
+        sys.exit("this benchmark compares against TRL: pip install 'preflab[bench]' "
+                 "(or pip install trl)")
+    return trl
+
+
+def step_clock():
+    """A transformers ``TrainerCallback`` stamping the end of every step, and its stamps."""
+    from transformers import TrainerCallback
+
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+    return Clock(), stamps
+
+
+def seconds_after_warmup(stamps: list[float], warmup: int, start: float) -> float:
+    """Seconds of the steps after ``warmup`` (``stamps[i]`` ends step i+1; ``start`` is the
+    training's start, used when nothing is warm-up)."""
+    return stamps[-1] - (stamps[warmup - 1] if warmup else start)
+
+
+def preflab_seconds(out: str | Path, warmup: int) -> tuple[float, int, list[dict]]:
+    """From a preflab run's ``metrics.jsonl`` (logged every step): the seconds of the training
+    steps after ``warmup``, the last step, and the training rows."""
+    rows = [json.loads(x) for x in Path(out, "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "lr" in r and "elapsed_s" in r]  # training rows
+    start = next(r["elapsed_s"] for r in steps if r["step"] == warmup) if warmup else 0.0
+    return steps[-1]["elapsed_s"] - start, steps[-1]["step"], steps

@@ -14,14 +14,15 @@ import subprocess
 import sys
 import time
 
+from common import LLAMA_20M
+
 
 def worker(mode: str, length: int) -> None:
     import torch
 
     from preflab.tiny import build_random_causal_lm
 
-    model = build_random_causal_lm("llama", 8000, hidden_size=384, num_layers=8, num_heads=6,
-                                   intermediate_size=1024, max_positions=600, seed=0)
+    model = build_random_causal_lm("llama", 8000, **LLAMA_20M, max_positions=600, seed=0)
     model.train()
     if mode != "eager":
         model.compile(dynamic=mode == "dynamic")

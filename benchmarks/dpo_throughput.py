@@ -25,16 +25,24 @@ import argparse
 import json
 import random
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import long_tailed, run_alternating
+from common import (
+    LLAMA_20M,
+    long_tailed,
+    preflab_seconds,
+    require_trl,
+    run_alternating,
+    seconds_after_warmup,
+    step_clock,
+)
 
 SIZES = {  # hidden, layers, heads, intermediate, vocabulary
     "small": (128, 4, 4, 384, 2000),
-    "20m": (384, 8, 6, 1024, 8000),
+    "20m": (LLAMA_20M["hidden_size"], LLAMA_20M["num_layers"], LLAMA_20M["num_heads"],
+            LLAMA_20M["intermediate_size"], 8000),
     "60m": (640, 10, 10, 1792, 16000),
 }
 BATCH = 8
@@ -80,29 +88,22 @@ def worker_preflab(model_dir: str, data: str, out: str, steps: int, warmup: int,
               "--learning-rate", "1e-6", "--warmup-ratio", "0", "--beta", "0.1", "--loss", loss,
               "--log-every", "1", "--no-progress", "--overwrite",
               *(["--padding-free"] if padding_free else [])])
-    rows = [json.loads(x) for x in Path(out, "metrics.jsonl").read_text().splitlines()]
-    timed = [r for r in rows if "elapsed_s" in r and "loss" in r]
-    start = next(r["elapsed_s"] for r in timed if r["step"] == warmup) if warmup else 0.0
-    seconds = timed[-1]["elapsed_s"] - start
+    seconds, _, rows = preflab_seconds(out, warmup)
     return {"tokens_per_sec": per_step * (steps - warmup) / seconds,
             "peak_rss_bytes": json.loads(Path(out, "summary.json").read_text())["peak_rss_bytes"],
-            "first_loss": rows[1]["loss"]}
+            "first_loss": rows[0]["loss"]}
 
 
 def worker_trl(model_dir: str, data: str, out: str, steps: int, warmup: int,
                per_step: float, loss: str = "sigmoid") -> dict:
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     dataset = load_dataset("json", data_files=data, split="train")
-    stamps: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            stamps.append(time.perf_counter())
+    clock, stamps = step_clock()
 
     args = DPOConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=BATCH,
                      learning_rate=1e-6, beta=0.1, loss_type=[loss], max_length=512,
@@ -110,11 +111,10 @@ def worker_trl(model_dir: str, data: str, out: str, steps: int, warmup: int,
                      warmup_steps=0, use_cpu=True, dataloader_num_workers=0, seed=0,
                      disable_tqdm=True, bf16=False, fp16=False)
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[Clock()])
+                         callbacks=[clock])
     start = time.perf_counter()
     trainer.train()
-    # stamps[i] is the end of step i+1; time steps warmup+1 .. steps
-    seconds = stamps[-1] - (stamps[warmup - 1] if warmup else start)
+    seconds = seconds_after_warmup(stamps, warmup, start)
     first = next((h["loss"] for h in trainer.state.log_history if "loss" in h), float("nan"))
     return {"tokens_per_sec": per_step * (steps - warmup) / seconds,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -145,11 +145,7 @@ def main() -> None:
                                     loss=args.loss)
         print("RESULT " + json.dumps(result))
         return
-    try:
-        import trl
-    except ImportError:
-        sys.exit("this benchmark compares against TRL: pip install 'preflab[bench]' (or pip install trl)")
-
+    trl = require_trl()
     import torch
     import transformers
 

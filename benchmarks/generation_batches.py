@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import long_tailed
+from common import LLAMA_20M, long_tailed
 
 
 def main() -> None:
@@ -35,8 +35,7 @@ def main() -> None:
 
     words = [f"w{i}" for i in range(8000)]
     with tempfile.TemporaryDirectory() as tmp:
-        path = save_tiny_model(Path(tmp) / "model", words, arch="llama", hidden_size=384,
-                               num_layers=8, num_heads=6, intermediate_size=1024,
+        path = save_tiny_model(Path(tmp) / "model", words, arch="llama", **LLAMA_20M,
                                max_positions=600)
         tokenizer, model = models.load_tokenizer(str(path)), models.load_causal_lm(str(path))
     rng = random.Random(0)

@@ -172,8 +172,8 @@ def main() -> None:
                           "--per", str(rows[name][2])],
             lambda name, r: f"{name}: {r['tokens_per_sec']:.0f} tokens/s")
         for name, (_, _, _, seq_len, passes) in rows.items():
-            fwd = forward_flops_per_token(config if name == "sft" else transformers.AutoConfig
-                                          .from_pretrained(rows[name][0]), seq_len)
+            fwd = forward_flops_per_token(transformers.AutoConfig.from_pretrained(rows[name][0]),
+                                          seq_len)
             per_token = passes * fwd["total"]
             achieved = results[name]["tokens_per_sec"] * per_token
             split = ", ".join(f"{k} {100 * v / fwd['total']:.0f}%" for k, v in fwd.items()

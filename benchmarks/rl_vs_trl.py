@@ -35,9 +35,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import run_alternating
+from common import (
+    LLAMA_20M,
+    preflab_seconds,
+    require_trl,
+    run_alternating,
+    seconds_after_warmup,
+    step_clock,
+)
 
-SIZES = {"small": (128, 4, 4, 384, 2000), "20m": (384, 8, 6, 1024, 8000)}
+SIZES = {"small": (128, 4, 4, 384, 2000),
+         "20m": (LLAMA_20M["hidden_size"], LLAMA_20M["num_layers"], LLAMA_20M["num_heads"],
+                 LLAMA_20M["intermediate_size"], 8000)}
 PROMPT_WORDS = 32
 KL = 0.05
 LR = 1e-6
@@ -73,19 +82,6 @@ def build(work: Path, size: str, n_prompts: int, generations: int) -> tuple[Path
     return Path(model_dir), work / "reward", once, repeated
 
 
-def _rate(out: str, warmup: int, per_step: int) -> tuple[float, float]:
-    """Completions per second over the logged training steps after ``warmup``, and the mean
-    completion length."""
-    rows = [json.loads(x) for x in Path(out, "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if "lr" in r and "elapsed_s" in r]  # training rows
-    start = next(r["elapsed_s"] for r in steps if r["step"] == warmup)
-    seconds = steps[-1]["elapsed_s"] - start
-    lengths = [r[k] for r in steps for k in ("completions/mean_length", "objective/response_length")
-               if k in r]
-    return per_step * (steps[-1]["step"] - warmup) / seconds, (
-        sum(lengths) / len(lengths) if lengths else float("nan"))
-
-
 def worker_preflab(command: str, model: str, reward: str, prompts: str, repeated: str, out: str,
                    steps: int, warmup: int, n_prompts: int, k: int, length: int) -> dict:
     from preflab.cli import main
@@ -103,16 +99,19 @@ def worker_preflab(command: str, model: str, reward: str, prompts: str, repeated
                 "--batch-size", str(n_prompts * k)]
     if main(args) != 0:
         raise SystemExit(f"preflab {command} failed")
-    rate, mean_length = _rate(out, warmup, n_prompts * k)
+    seconds, last, rows = preflab_seconds(out, warmup)
+    lengths = [r[name] for r in rows for name in ("completions/mean_length",
+                                                  "objective/response_length") if name in r]
     summary = json.loads(Path(out, "summary.json").read_text())
-    return {"samples_per_sec": rate, "tokens_per_sec": rate, "mean_length": mean_length,
+    return {"samples_per_sec": n_prompts * k * (last - warmup) / seconds,
+            "mean_length": sum(lengths) / len(lengths) if lengths else float("nan"),
             "peak_rss_bytes": summary["peak_rss_bytes"]}
 
 
 def worker_trl(command: str, model: str, reward: str, prompts: str, repeated: str, out: str,
                steps: int, warmup: int, n_prompts: int, k: int, length: int) -> dict:
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if command == "trl-rloo":
         from trl import RLOOConfig as Config
@@ -124,11 +123,7 @@ def worker_trl(command: str, model: str, reward: str, prompts: str, repeated: st
     tokenizer = AutoTokenizer.from_pretrained(model)
     policy = AutoModelForCausalLM.from_pretrained(model)
     dataset = load_dataset("json", data_files=prompts, split="train")
-    stamps: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            stamps.append(time.perf_counter())
+    clock, stamps = step_clock()
 
     args = Config(output_dir=out, max_steps=steps, per_device_train_batch_size=n_prompts * k,
                   num_generations=k, max_completion_length=length, num_iterations=1,
@@ -137,14 +132,14 @@ def worker_trl(command: str, model: str, reward: str, prompts: str, repeated: st
                   bf16=False, fp16=False, temperature=1.0, lr_scheduler_type="cosine",
                   warmup_steps=0)
     trainer = Trainer(model=policy, reward_funcs=reward, args=args, train_dataset=dataset,
-                      processing_class=tokenizer, callbacks=[Clock()])
+                      processing_class=tokenizer, callbacks=[clock])
     start = time.perf_counter()
     trainer.train()
-    seconds = stamps[-1] - (stamps[warmup - 1] if warmup else start)
+    seconds = seconds_after_warmup(stamps, warmup, start)
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history
                if "completions/mean_length" in h]
     rate = n_prompts * k * (steps - warmup) / seconds
-    return {"samples_per_sec": rate, "tokens_per_sec": rate,
+    return {"samples_per_sec": rate,
             "mean_length": sum(lengths) / len(lengths) if lengths else float("nan"),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
@@ -173,10 +168,7 @@ def main() -> None:
         result = fn(command if side == "preflab" else args.worker, *args.paths, *shape)
         print("RESULT " + json.dumps(result))
         return
-    try:
-        import trl
-    except ImportError:
-        sys.exit("this benchmark compares against TRL: pip install 'preflab[bench]' (or pip install trl)")
+    trl = require_trl()
 
     import torch
     import transformers
@@ -201,7 +193,7 @@ def main() -> None:
                           str(paths[3]), str(work / f"run-{name}")],
             lambda name, r: (f"{name:13s} {r['samples_per_sec']:7.2f} samples/s   peak RSS "
                              f"{r['peak_rss_bytes'] / 2**20:6.0f} MiB   mean length "
-                             f"{r['mean_length']:.1f}"))
+                             f"{r['mean_length']:.1f}"), key="samples_per_sec")
         base = results.get("trl-rloo")
         if base:
             for name in names:

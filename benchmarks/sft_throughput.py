@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import LLAMA_20M, run_alternating
 
 VOCAB_WORDS = [f"w{i}" for i in range(8000)]
 SEQ_LEN = 256
@@ -31,8 +30,7 @@ def build(workdir: Path, steps: int) -> tuple[Path, Path]:
     from preflab.tiny import save_tiny_model
 
     model_dir = save_tiny_model(
-        workdir / "model", VOCAB_WORDS, arch="llama", hidden_size=384, num_layers=8,
-        num_heads=6, intermediate_size=1024, max_positions=SEQ_LEN + 8,
+        workdir / "model", VOCAB_WORDS, arch="llama", **LLAMA_20M, max_positions=SEQ_LEN + 8,
     )
     rng = random.Random(0)
     # completion: SEQ_LEN - PROMPT_LEN - 1 words, plus the EOS preflab appends = SEQ_LEN tokens
@@ -129,21 +127,13 @@ def main() -> None:
         print(f"model: Llama, {n_params / 1e6:.1f}M parameters; batch {BATCH} x {SEQ_LEN} tokens; "
               f"{args.steps} steps ({args.warmup} warm-up, not timed); torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads")
-        results = {}
-        order = [n for _ in range(args.repeats) for n in ("plain", "preflab")]
-        for name in order:
-            cmd = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--paths", str(model_dir), str(data), str(work / "run")]
-            env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode != 0 or not line:
-                sys.exit(f"{name} worker failed:\n{proc.stderr[-3000:]}")
-            r = json.loads(line[0][7:])
-            if name not in results or r["tokens_per_sec"] > results[name]["tokens_per_sec"]:
-                results[name] = r
-            print(f"{name:8s} {r['tokens_per_sec']:9.0f} tokens/s   peak RSS "
-                  f"{r['peak_rss_bytes'] / 2**20:7.0f} MiB   last loss {r['final_loss']:.3f}")
+        results = run_alternating(
+            __file__, ("plain", "preflab"), args.repeats,
+            lambda name: ["--steps", str(args.steps), "--warmup", str(args.warmup), "--paths",
+                          str(model_dir), str(data), str(work / "run")],
+            lambda name, r: (f"{name:8s} {r['tokens_per_sec']:9.0f} tokens/s   peak RSS "
+                             f"{r['peak_rss_bytes'] / 2**20:7.0f} MiB   last loss "
+                             f"{r['final_loss']:.3f}"))
         ratio = results["preflab"]["tokens_per_sec"] / results["plain"]["tokens_per_sec"]
         rss = results["preflab"]["peak_rss_bytes"] / results["plain"]["peak_rss_bytes"]
         print(f"preflab / plain: throughput x{ratio:.3f} (overhead {100 * (1 - ratio):+.1f}%), "

@@ -28,12 +28,19 @@ import argparse
 import json
 import random
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import long_tailed, run_alternating
+from common import (
+    LLAMA_20M,
+    long_tailed,
+    preflab_seconds,
+    require_trl,
+    run_alternating,
+    seconds_after_warmup,
+    step_clock,
+)
 
 BATCH = 8
 MAX_LENGTH = 512
@@ -44,8 +51,7 @@ def build(work: Path, n: int, lengths: str) -> tuple[Path, Path, float]:
     """The model, the records, and the mean real tokens per example (prompt, completion, EOS)."""
     from preflab.tiny import save_tiny_model
 
-    model_dir = save_tiny_model(work / "model", WORDS, arch="llama", hidden_size=384,
-                                num_layers=8, num_heads=6, intermediate_size=1024,
+    model_dir = save_tiny_model(work / "model", WORDS, arch="llama", **LLAMA_20M,
                                 max_positions=MAX_LENGTH + 8)
     rng = random.Random(0)
     lines, tokens = [], 0
@@ -67,37 +73,31 @@ def worker_preflab(model_dir, data, out, steps, warmup, per_example, padding_fre
               "--batch-size", str(BATCH), "--eval-fraction", "0", "--max-length", str(MAX_LENGTH),
               "--learning-rate", "1e-4", "--log-every", "1", "--no-progress", "--overwrite",
               *(["--padding-free"] if padding_free else [])])
-    rows = [json.loads(x) for x in Path(out, "metrics.jsonl").read_text().splitlines()]
-    timed = [r for r in rows if "elapsed_s" in r and "loss" in r]
-    start = next(r["elapsed_s"] for r in timed if r["step"] == warmup)
-    seconds = timed[-1]["elapsed_s"] - start
+    seconds, _, _ = preflab_seconds(out, warmup)
     return {"tokens_per_sec": per_example * BATCH * (steps - warmup) / seconds,
             "peak_rss_bytes": json.loads(Path(out, "summary.json").read_text())["peak_rss_bytes"]}
 
 
 def worker_trl(model_dir, data, out, steps, warmup, per_example, packing=False) -> dict:
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     dataset = load_dataset("json", data_files=data, split="train")
-    stamps: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            stamps.append(time.perf_counter())
+    clock, stamps = step_clock()
 
     args = SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=BATCH,
                      learning_rate=1e-4, max_length=MAX_LENGTH, packing=packing,
                      logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
                      dataloader_num_workers=0, seed=0, disable_tqdm=True, bf16=False, fp16=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[Clock()])
+                         callbacks=[clock])
+    start = time.perf_counter()
     trainer.train()
     tokens = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
-    seconds = stamps[-1] - stamps[warmup - 1]
+    seconds = seconds_after_warmup(stamps, warmup, start)
     return {"tokens_per_sec": (tokens[-1] - tokens[warmup - 1]) / seconds,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
@@ -125,10 +125,7 @@ def main() -> None:
         result = WORKERS[args.worker](*args.paths, args.steps, args.warmup, args.per_example)
         print("RESULT " + json.dumps(result))
         return
-    try:
-        import trl
-    except ImportError:
-        sys.exit("this benchmark compares against TRL: pip install 'preflab[bench]' (or pip install trl)")
+    trl = require_trl()
     import torch
     import transformers
 

@@ -113,6 +113,14 @@ def arg(
     return field(default=default, metadata=metadata, **kw)
 
 
+def fsdp_arg(role: str, note: str = "") -> Any:
+    """The ``--fsdp`` flag of the commands that can shard the model they train."""
+    return arg(False, f"Shard the {role}'s parameters, gradients and optimizer state over the "
+               "processes with FSDP2 (torch.distributed.fsdp.fully_shard), one unit per "
+               f"transformer block{note}. Needs torchrun or accelerate launch with 2 or more "
+               "processes, and full fine-tuning (docs/scaling.md).")
+
+
 @dataclass
 class TrainConfig:
     """Flags every training command shares (DESIGN.md, contract: CLI)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from preflab import models, reference
-from preflab.config import TrainConfig, arg, parse_config
+from preflab.config import TrainConfig, arg, fsdp_arg, parse_config
 from preflab.data import (
     TruncationPolicy,
     check_dataset,
@@ -75,12 +75,8 @@ class DPOConfig(TrainConfig):
         "attention that honours restarting position ids (transformers' sdpa, eager or flash "
         "attention); checked at the start."
     )
-    fsdp: bool = arg(
-        False, "Shard the policy's parameters, gradients and optimizer state over the processes "
-        "with FSDP2 (torch.distributed.fsdp.fully_shard), one unit per transformer block; the "
-        "reference stays whole on each. Needs torchrun or accelerate launch with 2 or more "
-        "processes, full fine-tuning and no --eval-prompts."
-    )
+    fsdp: bool = fsdp_arg("policy", "; the reference stays whole on each process, and "
+                          "--eval-prompts is refused")
     eval_prompts: str = arg(
         "", "Prompts to sample from at evaluation (eval/kl, eval/distinct_n, eval/gold_reward).",
         path="data",
@@ -248,7 +244,7 @@ def train(cfg: DPOConfig) -> dict:
                            world_size=run.ctx.world_size)
     start_step = session.maybe_resume(cfg, run, models={"policy": model}, optimizer=optimizer,
                                       scheduler=scheduler, stream=stream)
-    ddp_model = model if cfg.fsdp else distributed.wrap_ddp(model, run.ctx, run.device)
+    ddp_model = distributed.wrap_ddp(model, run.ctx, run.device)
     logger = session.open_logger(run, start_step)
     pad_id = tokenizer.pad_token_id
     eval_args = dict(tokenizer=tokenizer, prompts=prompts, gold_fn=gold_fn)

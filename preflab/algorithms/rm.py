@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from preflab import models
-from preflab.config import TrainConfig, arg, parse_config
+from preflab.config import TrainConfig, arg, fsdp_arg, parse_config
 from preflab.data import (
     TruncationPolicy,
     check_dataset,
@@ -57,11 +57,7 @@ class RMConfig(TrainConfig):
         0.0, "Weight of the auxiliary loss coef * (r_w + r_l)^2 that centres rewards on 0 "
         "(Eisenstein et al. 2023); 0 = off.", ge=0
     )
-    fsdp: bool = arg(
-        False, "Shard the reward model's parameters, gradients and optimizer state over the processes "
-        "with FSDP2 (torch.distributed.fsdp.fully_shard), one unit per transformer block. "
-        "Needs torchrun or accelerate launch with 2 or more processes, full fine-tuning."
-    )
+    fsdp: bool = fsdp_arg("reward model")
 
 
 def load_data(cfg: RMConfig, tokenizer):
@@ -151,7 +147,7 @@ def train(cfg: RMConfig) -> dict:
     start_step = session.maybe_resume(
         cfg, run, models={"reward": model}, optimizer=optimizer, scheduler=scheduler, stream=stream
     )
-    ddp_scorer = scorer if cfg.fsdp else distributed.wrap_ddp(scorer, run.ctx, run.device)
+    ddp_scorer = distributed.wrap_ddp(scorer, run.ctx, run.device)
     logger = session.open_logger(run, start_step)
     throughput = session.Throughput()
     if start_step == 0:

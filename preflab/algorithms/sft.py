@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from preflab import models
-from preflab.config import TrainConfig, arg, parse_config
+from preflab.config import TrainConfig, arg, fsdp_arg, parse_config
 from preflab.data import (
     TruncationPolicy,
     check_dataset,
@@ -49,11 +49,7 @@ class SFTConfig(TrainConfig):
         "Needs an attention that honours restarting position "
         "ids (transformers' sdpa, eager or flash attention); checked at the start."
     )
-    fsdp: bool = arg(
-        False, "Shard the parameters, gradients and optimizer state over the processes with "
-        "FSDP2 (torch.distributed.fsdp.fully_shard), one unit per transformer block; needs "
-        "torchrun or accelerate launch with 2 or more processes, and full fine-tuning."
-    )
+    fsdp: bool = fsdp_arg("model")
 
 
 def truncation_policy(cfg: TrainConfig) -> TruncationPolicy:
@@ -140,7 +136,7 @@ def train(cfg: SFTConfig) -> dict:
     start_step = session.maybe_resume(
         cfg, run, models={"policy": model}, optimizer=optimizer, scheduler=scheduler, stream=stream
     )
-    ddp_model = model if cfg.fsdp else distributed.wrap_ddp(model, run.ctx, run.device)
+    ddp_model = distributed.wrap_ddp(model, run.ctx, run.device)
     logger = session.open_logger(run, start_step)
     pad_id = tokenizer.pad_token_id
     throughput = session.Throughput()

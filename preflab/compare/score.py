@@ -65,7 +65,9 @@ def score(args) -> dict:
     dtype = models.resolve_dtype("auto", device)
     tokenizer = models.load_tokenizer(args.policy)
     policy = models.load_causal_lm(args.policy, dtype=dtype, device=device)
-    reference = models.load_causal_lm(args.reference, dtype=dtype, device=device)
+    # best-of-n has no sampled KL (its eval/kl is the bound) and no implicit reward: no reference
+    reference = (models.load_causal_lm(args.reference, dtype=dtype, device=device)
+                 if args.best_of == 1 else None)
     named = {}
     if args.world:
         from preflab.world import load_world
@@ -87,7 +89,8 @@ def score(args) -> dict:
         proxy = lambda p, c, **kw: proxy_reward(p, c, **kw)[0]  # noqa: E731
     prompts = read_prompts(args.prompts, args.num_prompts)
     evaluation = evaluate_policy(
-        policy, tokenizer, prompts, rewards=named, reference=lambda fn: fn(reference),
+        policy, tokenizer, prompts, rewards=named,
+        reference=(lambda fn: fn(reference)) if reference is not None else None,
         num_samples=args.samples, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
         vocab_size=len(tokenizer), best_of=args.best_of, proxy=proxy)

@@ -47,7 +47,9 @@ def setup(device_name: str = "auto") -> DistContext:
 
 
 def wrap_ddp(model: torch.nn.Module, ctx: DistContext, device: torch.device) -> torch.nn.Module:
-    if not ctx.enabled:
+    """DDP over the processes; a model sharded with ``shard`` (FSDP2) already synchronises its
+    gradients and is returned as it is, as is any model in one process."""
+    if not ctx.enabled or is_sharded(model):
         return model
     from torch.nn.parallel import DistributedDataParallel
 

@@ -182,5 +182,9 @@ def barrier(ctx: DistContext) -> None:
 
 
 def teardown(ctx: DistContext) -> None:
+    """Leave the process group together: a rank that destroys its gloo group while another is
+    still in its last collective can abort at exit ("terminate called without an active
+    exception", seen in CI)."""
     if ctx.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

@@ -63,6 +63,17 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _run(argv)
+    # A torchrun or accelerate rank leaves without the interpreter's shutdown, where torch's
+    # gloo threads can abort it after the run is done (``distributed.exit_rank``). The module
+    # is only looked up: a command that never loaded it never joined a process group.
+    dist_module = sys.modules.get("preflab.runtime.distributed")
+    if dist_module is not None and dist_module.joined():
+        dist_module.exit_rank(code)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())

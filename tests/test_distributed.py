@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -102,7 +103,7 @@ def test_dpo_torchrun_each_reference_mode_matches_one_process(mode, tiny_model_d
               "--eval-fraction", "0", *[m for m in mode if m != "--fsdp"]]
     sharded = ["--fsdp"] if "--fsdp" in mode else []
     assert dpo.main(common + ["--output-dir", str(tmp_path / "one"), "--batch-size", "8"]) == 0
-    result = torchrun(tmp_path, "dpo", common + [*sharded, "--output-dir", str(tmp_path / "two"),
+    result = torchrun("dpo", common + [*sharded, "--output-dir", str(tmp_path / "two"),
                                                  "--batch-size", "4"])
     assert result.returncode == 0, result.stderr[-3000:]
     one = load_file(tmp_path / "one/final/model.safetensors")
@@ -123,7 +124,6 @@ def test_accelerate_launch_two_processes_match_one(command, sharded, tiny_model_
     """``accelerate launch --multi_gpu --num_processes 2`` on a CPU machine starts 2 gloo
     processes (``--cpu`` would silently start one): the run records world size 2, and its
     weights equal 1 process with the whole batch; with preflab's ``--fsdp`` too."""
-    import os
 
     from preflab.algorithms import dpo
     from tests.test_rm import free_port, preference_records
@@ -137,14 +137,11 @@ def test_accelerate_launch_two_processes_match_one(command, sharded, tiny_model_
               "--eval-fraction", "0"]
     module = sft if command == "sft" else dpo
     assert module.main(common + ["--output-dir", str(tmp_path / "one"), "--batch-size", "8"]) == 0
-    script = tmp_path / "run.py"
-    script.write_text(f"import sys\nfrom preflab.algorithms import {command}\n"
-                      f"sys.exit({command}.main(sys.argv[1:]))\n")
     port = free_port()
     launcher = Path(sys.executable).with_name("accelerate")
     cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-           str(script), *common, *sharded, "--output-dir", str(tmp_path / "two"),
+           "-m", "preflab.cli", command, *common, *sharded, "--output-dir", str(tmp_path / "two"),
            "--batch-size", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -167,3 +164,36 @@ def test_online_dpo_refuses_fsdp(tiny_model_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--fsdp" in err and "online-dpo" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_rank_leaves_through_exit_rank_with_the_commands_status(monkeypatch, capsys):
+    """Once this process has joined a process group, ``preflab`` ends it through
+    ``distributed.exit_rank`` with the command's exit status (success and error alike)."""
+    from preflab import cli
+    from preflab.runtime import distributed
+
+    left = []
+
+    def record(code):
+        left.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(distributed, "exit_rank", record)
+    assert cli.main(["--version"]) == 0 and left == []  # not a rank: main returns
+    monkeypatch.setattr(distributed, "_joined", True)
+    for argv, code in ((["--version"], 0), (["no-such-command"], 2)):
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+        assert left[-1] == code
+    capsys.readouterr()
+
+
+def test_exit_rank_flushes_output_and_exits_with_the_status():
+    """``exit_rank`` skips the interpreter's shutdown, but nothing printed is lost."""
+    code = ("import sys\nfrom preflab.runtime import distributed\n"
+            "print('last words', end='')\nprint('on stderr', end='', file=sys.stderr)\n"
+            "distributed.exit_rank(3)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered pipes
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert (result.returncode, result.stdout, result.stderr) == (3, "last words", "on stderr")

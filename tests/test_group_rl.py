@@ -417,6 +417,7 @@ for aggregation, method in (("token", "grpo"), ("sequence", "rloo"), ("fixed", "
 if ctx.rank == 0:
     (out / ("two.json" if ctx.enabled else "one.json")).write_text(json.dumps(results))
 distributed.teardown(ctx)
+distributed.exit_rank(0)
 """
 
 
@@ -448,7 +449,7 @@ def test_torchrun_two_processes_run_the_command(module, flag, tiny_model_dir, pr
     data, rewards_py = prompt_files
     name = module.__name__.rsplit(".", 1)[1]
     out = tmp_path / "two"
-    result = torchrun(tmp_path, name, group_args(tiny_model_dir, data, out,
+    result = torchrun(name, group_args(tiny_model_dir, data, out,
                                                  f"{rewards_py}:positive", "--max-steps", "2",
                                                  flag))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -187,7 +187,7 @@ def test_kto_torchrun_two_processes_match_one(fsdp, tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_records(32))
     base = ["--model", str(tiny_model_dir), "--data", str(data), *COMMON]
     assert kto.main([*base, "--output-dir", str(tmp_path / "one"), "--batch-size", "4"]) == 0
-    result = torchrun(tmp_path, "kto", [*base, *fsdp, "--output-dir", str(tmp_path / "two"),
+    result = torchrun("kto", [*base, *fsdp, "--output-dir", str(tmp_path / "two"),
                                         "--batch-size", "2", "--eval-batch-size", "3"])
     assert result.returncode == 0, result.stderr[-3000:]
     one = load_file(tmp_path / "one/final/model.safetensors")

@@ -368,7 +368,7 @@ def test_ppo_torchrun_two_processes(tiny_model_dir, ppo_files, tmp_path):
 
     data, rewards_py = ppo_files
     out = tmp_path / "two"
-    result = torchrun(tmp_path, "ppo", ppo_args(tiny_model_dir, data, out, f"{rewards_py}:positive",
+    result = torchrun("ppo", ppo_args(tiny_model_dir, data, out, f"{rewards_py}:positive",
                                                 "--max-steps", "2", "--rollout-batch-size", "4"))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [r for r in metric_rows(out) if "loss" in r]
@@ -432,6 +432,7 @@ if ctx.rank == 0:
     state = {k: v.tolist() for k, v in trainable.state_dict().items()}
     (out / ("two.json" if ctx.enabled else "one.json")).write_text(json.dumps(state))
 distributed.teardown(ctx)
+distributed.exit_rank(0)
 """
 
 

@@ -117,13 +117,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(tmp_path: Path, module: str, args: list[str]) -> subprocess.CompletedProcess:
-    """``module.main(args)`` in 2 CPU processes (gloo) under torchrun."""
-    script = tmp_path / f"run_{module}.py"
-    script.write_text(f"import sys\nfrom preflab.algorithms import {module}\n"
-                      f"sys.exit({module}.main(sys.argv[1:]))\n")
+def torchrun(module: str, args: list[str]) -> subprocess.CompletedProcess:
+    """``preflab <command> args`` in 2 CPU processes (gloo) under torchrun, as a user runs it."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(script), *args]
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+           "-m", "preflab.cli", module, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -150,7 +148,7 @@ def test_rm_torchrun_two_processes_match_one(fsdp, tiny_model_dir, tmp_path):
               "--learning-rate", "3e-3", "--no-progress", "--max-length", "32",
               "--eval-fraction", "0.2"]
     assert rm.main(common + ["--output-dir", str(tmp_path / "one"), "--batch-size", "8"]) == 0
-    result = torchrun(tmp_path, "rm", common + [*fsdp, "--output-dir", str(tmp_path / "two"),
+    result = torchrun("rm", common + [*fsdp, "--output-dir", str(tmp_path / "two"),
                                                 "--batch-size", "4", "--eval-batch-size", "5"])
     assert result.returncode == 0, result.stderr[-3000:]
     one = load_file(tmp_path / "one/final/model.safetensors")
@@ -162,12 +160,12 @@ def test_rm_torchrun_two_processes_match_one(fsdp, tiny_model_dir, tmp_path):
                  ["reward"]["total"] for d in ("two", "one")]
         assert sizes[0] < 0.6 * sizes[1]
         # the sharded scorer's checkpoint (the model inside it, gathered) resumes exactly
-        again = torchrun(tmp_path, "rm", common + [*fsdp, "--output-dir", str(tmp_path / "two"),
+        again = torchrun("rm", common + [*fsdp, "--output-dir", str(tmp_path / "two"),
                                                    "--batch-size", "4", "--eval-batch-size", "5",
                                                    "--save-every", "2", "--overwrite"])
         assert again.returncode == 0, again.stderr[-3000:]
         first = load_file(tmp_path / "two/final/model.safetensors")
-        resumed = torchrun(tmp_path, "rm", common + [*fsdp, "--output-dir", str(tmp_path / "two"),
+        resumed = torchrun("rm", common + [*fsdp, "--output-dir", str(tmp_path / "two"),
                                                      "--batch-size", "4", "--eval-batch-size", "5",
                                                      "--save-every", "2", "--resume"])
         assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-3000:]

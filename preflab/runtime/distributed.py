@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -32,7 +34,11 @@ class DistContext:
         return self.world_size > 1
 
 
+_joined = False  # whether this process joined a process group (``setup``)
+
+
 def setup(device_name: str = "auto") -> DistContext:
+    global _joined
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistContext()
@@ -43,6 +49,7 @@ def setup(device_name: str = "auto") -> DistContext:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    _joined = True
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
@@ -182,9 +189,32 @@ def barrier(ctx: DistContext) -> None:
 
 
 def teardown(ctx: DistContext) -> None:
-    """Leave the process group together: a rank that destroys its gloo group while another is
-    still in its last collective can abort at exit ("terminate called without an active
-    exception", seen in CI)."""
+    """Leave the process group together: every rank has finished its collectives before any
+    destroys the group."""
     if ctx.enabled and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def joined() -> bool:
+    """Whether this process joined a process group (a ``torchrun`` or ``accelerate`` rank)."""
+    return _joined
+
+
+def exit_rank(code: int) -> NoReturn:
+    """End this rank with exit status ``code`` at once, without the interpreter's shutdown.
+
+    DDP and FSDP2 keep torch's gloo process group, and its worker threads, alive after
+    ``destroy_process_group`` (DDP's reducer and FSDP2's device mesh still hold it). A worker
+    that frees a tensor while the interpreter is shutting down must take the GIL, and is then
+    unwound through a destructor: the process aborts ("terminate called without an active
+    exception", signal 6) after the run has finished and written everything. CI saw it now and
+    then in 2-process runs. Skipping the shutdown leaves no window for it. The command line
+    calls this for every rank (``preflab.cli.main``); a script of your own that trains under
+    torchrun can end with it too. Output is flushed first; the files preflab writes are closed
+    by the time a command returns.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken stream: nothing to keep
+            stream.flush()
+    os._exit(code)

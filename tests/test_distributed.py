@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -118,15 +117,16 @@ def test_dpo_torchrun_each_reference_mode_matches_one_process(mode, tiny_model_d
         assert a["eval/loss"] == pytest.approx(b["eval/loss"], rel=1e-4)
 
 
-@pytest.mark.parametrize("command, sharded", [("sft", []), ("dpo", []), ("sft", ["--fsdp"])],
-                         ids=["sft", "dpo", "sft-fsdp"])
+@pytest.mark.parametrize("command, sharded", [("sft", []), ("rm", []), ("dpo", []),
+                                              ("sft", ["--fsdp"])],
+                         ids=["sft", "rm", "dpo", "sft-fsdp"])
 def test_accelerate_launch_two_processes_match_one(command, sharded, tiny_model_dir, tmp_path):
     """``accelerate launch --multi_gpu --num_processes 2`` on a CPU machine starts 2 gloo
     processes (``--cpu`` would silently start one): the run records world size 2, and its
-    weights equal 1 process with the whole batch; with preflab's ``--fsdp`` too."""
-
-    from preflab.algorithms import dpo
-    from tests.test_rm import free_port, preference_records
+    weights equal 1 process with the whole batch; with preflab's ``--fsdp`` too. (ppo:
+    ``test_ppo.py``.)"""
+    from preflab.algorithms import dpo, rm
+    from tests.test_rm import accelerate_launch, preference_records
 
     if command == "sft":
         data = write_jsonl(tmp_path / "train.jsonl", sft_records())
@@ -135,16 +135,10 @@ def test_accelerate_launch_two_processes_match_one(command, sharded, tiny_model_
     common = ["--model", str(tiny_model_dir), "--data", str(data), "--max-steps", "3",
               "--learning-rate", "3e-3", "--no-progress", "--max-length", "32",
               "--eval-fraction", "0"]
-    module = sft if command == "sft" else dpo
+    module = {"sft": sft, "rm": rm, "dpo": dpo}[command]
     assert module.main(common + ["--output-dir", str(tmp_path / "one"), "--batch-size", "8"]) == 0
-    port = free_port()
-    launcher = Path(sys.executable).with_name("accelerate")
-    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-           "-m", "preflab.cli", command, *common, *sharded, "--output-dir", str(tmp_path / "two"),
-           "--batch-size", "4"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    result = accelerate_launch(command, [*common, *sharded, "--output-dir", str(tmp_path / "two"),
+                                         "--batch-size", "4"])
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "two/summary.json").read_text())
     assert summary["world_size"] == 2

@@ -299,6 +299,40 @@ def test_ppo_shared_one_base(tiny_model_dir, ppo_files, lora_rm, tmp_path, monke
     assert sum(r["total"] for r in tb.values()) <= 1.3 * dpo
 
 
+@pytest.mark.parametrize("mode", [[], ["--memory-mode", "shared", "--lora-rank", "2"]],
+                         ids=["classic", "shared"])
+def test_single_pass_gives_the_update_of_separate_passes(mode, tiny_model_dir, ppo_files, lora_rm,
+                                                         tmp_path):
+    """One epoch of one minibatch in one micro-batch: the update's own policy and value passes
+    stand in for the rollout's (two forward passes fewer). The weights, values and logged
+    figures equal those of the same run split into micro-batches of 4, which takes the
+    separate no-grad passes."""
+    data, rewards_py = ppo_files
+    reward = f"{lora_rm}:0.5,{rewards_py}:positive:1.0"
+    runs = {}
+    for name, size in (("single", "8"), ("separate", "4")):
+        out = tmp_path / name
+        assert ppo.main(ppo_args(tiny_model_dir, data, out, reward, "--max-steps", "3",
+                                 "--ppo-epochs", "1", "--num-minibatches", "1",
+                                 "--batch-size", size, "--eval-every", "0", *mode)) == 0
+        runs[name] = out
+    summaries = {k: json.loads((v / "summary.json").read_text()) for k, v in runs.items()}
+    assert (summaries["single"]["single_pass"], summaries["separate"]["single_pass"]) == (True, False)
+    names = ["final/value/model.safetensors",
+             "final/model.safetensors" if not mode else "final/adapter/adapter_model.safetensors"]
+    for name in names:
+        a, b = (load_file(runs[k] / name) for k in ("single", "separate"))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4)
+    rows = {k: [r for r in metric_rows(v) if "loss" in r] for k, v in runs.items()}
+    for key in ("objective/kl", "objective/entropy", "loss/policy", "loss/value",
+                "val/explained_variance", "policy/approxkl"):
+        assert [r[key] for r in rows["single"]] == pytest.approx([r[key] for r in rows["separate"]],
+                                                                 abs=1e-5, rel=1e-4), key
+    assert rows["single"][-1]["objective/kl"] > 0  # the policy moved: a real comparison
+
+
 def test_top_p_below_one_is_refused_for_training(tiny_model_dir, ppo_files, tmp_path):
     data, rewards_py = ppo_files
     with pytest.raises(ConfigError, match="--top-p below 1 is refused"):
@@ -362,17 +396,21 @@ def test_kill_mid_run_and_resume_matches_uninterrupted(tiny_model_dir, ppo_files
     assert [same_run(r) for r in rows] == [same_run(r) for r in want_rows]
 
 
-def test_ppo_torchrun_two_processes(tiny_model_dir, ppo_files, tmp_path):
-    """Each process samples its own rollouts; gradients are averaged over the processes."""
-    from tests.test_rm import torchrun
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_ppo_two_processes_under_each_launcher(launcher, tiny_model_dir, ppo_files, tmp_path):
+    """Each process samples its own rollouts; gradients are averaged over the processes (the
+    update itself is held to 1 process's by ``test_ppo_two_processes_give_the_update_of_one``)."""
+    from tests.test_rm import accelerate_launch, torchrun
 
     data, rewards_py = ppo_files
     out = tmp_path / "two"
-    result = torchrun("ppo", ppo_args(tiny_model_dir, data, out, f"{rewards_py}:positive",
-                                                "--max-steps", "2", "--rollout-batch-size", "4"))
+    launch = torchrun if launcher == "torchrun" else accelerate_launch
+    result = launch("ppo", ppo_args(tiny_model_dir, data, out, f"{rewards_py}:positive",
+                                    "--max-steps", "2", "--rollout-batch-size", "4"))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [r for r in metric_rows(out) if "loss" in r]
     assert [r["episode"] for r in rows] == [8, 16]  # 4 prompts x 2 processes per iteration
+    assert json.loads((out / "summary.json").read_text())["world_size"] == 2
     assert (out / "final/model.safetensors").exists()
 
 

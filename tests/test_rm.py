@@ -126,6 +126,17 @@ def torchrun(module: str, args: list[str]) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def accelerate_launch(module: str, args: list[str]) -> subprocess.CompletedProcess:
+    """``preflab <command> args`` in 2 CPU processes under ``accelerate launch --multi_gpu``
+    (``--cpu`` would silently start one process)."""
+    launcher = Path(sys.executable).with_name("accelerate")
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(free_port()), "-m", "preflab.cli", module, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
 def one_and_two_processes(tmp_path: Path, code: str, args: list[str]) -> tuple[dict, dict]:
     """Run the script ``code`` (which writes ``one.json`` alone, ``two.json`` as rank 0 of 2)
     in 1 process, then in 2 gloo processes under torchrun; return both JSON results."""

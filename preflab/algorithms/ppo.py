@@ -11,7 +11,9 @@ implementation details of RLHF with PPO"), every detail below traceable to a lin
 2. Scores: the reward sources (``--reward``: reward models, functions, a weighted sum) score
    the decoded text; a response without EOS gets ``--missing-eos-penalty`` instead.
 3. One no-grad pass each: the policy's log-probs of its own tokens (under logits / temperature),
-   the reference's, the value model's per-token values.
+   the reference's, the value model's per-token values. In a single pass (``--ppo-epochs 1``,
+   ``--num-minibatches 1`` and the rollout within ``--batch-size``), the update's own policy
+   and value passes, at the same weights, give those numbers: only the reference runs here.
 4. Per-token reward: ``-kl_coef * (log pi - log pi_ref)`` at every token, plus the score at the
    last token (``preflab.rl.rollouts.per_token_rewards``); optionally whitened.
 5. GAE (``--gamma``, ``--gae-lambda``); advantages whitened over the batch's tokens (every
@@ -56,6 +58,7 @@ from preflab.rl.loop import (
 from preflab.rl.roles import MEMORY_MODES
 from preflab.rl.tensors import (
     explained_variance,
+    live_forward,
     micro_batches,
     per_token_rewards,
     response_logps,
@@ -112,11 +115,20 @@ class RunState:
         self.kl_ctl.load_state_dict(state["kl"])
 
 
+def single_pass(cfg: PPOConfig) -> bool:
+    """Whether the update is one pass of one micro-batch over the rollout: its forward pass
+    then runs at the rollout's weights, and stands in for the rollout's policy and value
+    passes (``rl.tensors.live_forward``): two forward passes fewer, the same update."""
+    return cfg.ppo_epochs == 1 and cfg.num_minibatches == 1 and cfg.rollout_batch_size <= cfg.batch_size
+
+
 def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg: PPOConfig,
                run: session.Run, generator: torch.Generator, on_step, *,
-               iteration: int = 0) -> dict[str, float]:
+               iteration: int = 0, live: dict | None = None) -> dict[str, float]:
     """``--ppo-epochs`` passes over shuffled minibatches; returns the mean update statistics.
 
+    ``live``: the differentiable ``logprobs`` and ``values`` of the whole batch in a single
+    pass (``single_pass``), used instead of a new forward pass.
     Each minibatch's loss and gradient norm are checked before its optimizer step
     (``session.optimizer_step``): a non-finite one stops the run, or is skipped."""
     P, mask = batch["context_length"], batch["response_mask"].to(run.device)
@@ -141,11 +153,13 @@ def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg
                 # sync_gradients averages over processes: weigh by the global token count, so
                 # N processes make the update of one holding every rollout
                 share = part * world / max(tokens, 1.0)
-                new_logprobs = response_logps(roles.policy_logits(ids, am), ids, P, cfg.temperature)
+                new_logprobs = (live["logprobs"][rows] if live is not None else
+                                response_logps(roles.policy_logits(ids, am), ids, P, cfg.temperature))
                 pg_loss, pg = ppo_policy_loss(new_logprobs, old["logprobs"][rows], advantages[rows],
                                               m, clip_range=cfg.clip_range)
                 (pg_loss * share).backward()  # before the value pass: adapters may switch
-                values = response_slice(roles.values(ids, am), P)
+                values = (live["values"][rows] if live is not None else
+                          response_slice(roles.values(ids, am), P))
                 vf_loss, vf = ppo_value_loss(values, old["values"][rows], returns[rows], m,
                                              clip_range_value=cfg.clip_range_value)
                 (cfg.vf_coef * vf_loss * share).backward()
@@ -189,11 +203,12 @@ def train(cfg: PPOConfig) -> dict:
     bar = session.progress_bar(run, total=iterations, initial=start, desc="ppo")
     state_dict = dict(optimizer=optimizer, scheduler=scheduler, stream=state)
     record: dict = {}
+    single = single_pass(cfg)
     for it in range(start + 1, iterations + 1):
         seed = cfg.seed * 1_000_003 + it * 7919 + run.ctx.rank
         prompts = [e.prompt for e in stream.next_batch(cfg.rollout_batch_size)]
         rollout = collect_rollout(roles, reward, tokenizer, prompts, cfg, run, iteration=it,
-                                  seed=seed)
+                                  seed=seed, reference_only=single)
         batch, scores, parts, old, mask = (rollout.batch, rollout.scores, rollout.parts,
                                            rollout.old, rollout.mask)
         ended = batch["ended"]
@@ -201,6 +216,10 @@ def train(cfg: PPOConfig) -> dict:
         timers["generation"] += t_gen
         timers["scoring"] += t_score
         clock = time.perf_counter()
+        live = None
+        if single:  # the update's passes, kept for its backward; their values stand in as old
+            live = live_forward(roles, batch, temperature=cfg.temperature, device=run.device)
+            old.update({k: v.detach() for k, v in live.items()})
         rewards, kl = per_token_rewards(old["logprobs"], old["ref_logprobs"], scores, mask,
                                         kl_coef=kl_ctl.value, kl_estimator=cfg.kl_estimator)
         if cfg.whiten_rewards:
@@ -214,7 +233,8 @@ def train(cfg: PPOConfig) -> dict:
         clock = time.perf_counter()
         generator = torch.Generator().manual_seed(seed)
         update = ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg, run,
-                            generator, measure, iteration=it)
+                            generator, measure, iteration=it, live=live)
+        del live
         throughput.add(int(batch["attention_mask"].sum()) * cfg.ppo_epochs)
         timers["training"] += (t_train := time.perf_counter() - clock)
 
@@ -259,7 +279,7 @@ def train(cfg: PPOConfig) -> dict:
         roles.save_value(run.dir / "final" / "value", tokenizer)
     return close_run(setup, cfg, logger=logger, throughput=throughput, final_eval=final_eval,
                      final_metrics={k: v for k, v in record.items() if k.startswith("objective/")},
-                     extra={})
+                     extra={"single_pass": single})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -207,10 +207,11 @@ class Rollout:
 
 def collect_rollout(roles, reward, tokenizer, prompts: list[str], cfg: RolloutConfig,
                     run: session.Run, *, iteration: int, seed: int,
-                    num_samples: int = 1) -> Rollout:
+                    num_samples: int = 1, reference_only: bool = False) -> Rollout:
     """Sample ``num_samples`` responses per prompt (prompt-major rows), score them (a NaN
     score, or sampling from NaN probabilities, stops the run naming the iteration), apply
-    the missing-EOS penalty, and run the no-grad passes."""
+    the missing-EOS penalty, and run the no-grad passes (``reference_only``: the reference's
+    alone, ``rl.tensors.rollout_forward``)."""
     clock = time.perf_counter()
     with session.diverged_at(run, f"iteration {iteration} (sampling the rollout)"):
         samples, batch = sample_rollout(
@@ -231,7 +232,7 @@ def collect_rollout(roles, reward, tokenizer, prompts: list[str], cfg: RolloutCo
 
     clock = time.perf_counter()
     old = rollout_forward(roles, batch, batch_size=cfg.batch_size, temperature=cfg.temperature,
-                          device=run.device)
+                          device=run.device, reference_only=reference_only)
     return Rollout(samples, batch, scores, parts, old, batch["response_mask"].to(run.device),
                    {"generation": t_gen, "scoring": t_score,
                     "forward": time.perf_counter() - clock})

@@ -184,25 +184,47 @@ def sampler_logprob_gap(batch: dict, logprobs: Tensor) -> float:
 
 @torch.no_grad()
 def rollout_forward(roles, batch: dict, *, batch_size: int, temperature: float,
-                    device) -> dict[str, Tensor]:
+                    device, reference_only: bool = False) -> dict[str, Tensor]:
     """``logprobs``, ``ref_logprobs``, ``values`` and ``entropy`` of the response tokens, ``[B, R]``.
 
     ``roles`` is any of ``preflab.rl.roles``; without a value role (``roles.has_value``
-    false: RLOO, GRPO) there is no ``values``.
+    false: RLOO, GRPO) there is no ``values``. ``reference_only``: just ``ref_logprobs``
+    (the policy's and value's passes are the update's own: ``live_forward``).
     """
     P = batch["context_length"]
-    out: dict[str, list] = {"logprobs": [], "ref_logprobs": [], "entropy": []}
-    if roles.has_value:
-        out["values"] = []
+    out: dict[str, list] = {"ref_logprobs": []}
+    if not reference_only:
+        out.update(logprobs=[], entropy=[], **({"values": []} if roles.has_value else {}))
     for rows in micro_batches(torch.arange(len(batch["input_ids"])), batch_size):
         ids, mask = batch["input_ids"][rows].to(device), batch["attention_mask"][rows].to(device)
-        logits = roles.policy_logits(ids, mask)
-        out["logprobs"].append(response_logps(logits, ids, P, temperature))
-        out["entropy"].append(response_entropy(logits, P, temperature))
-        del logits
+        if not reference_only:
+            logits = roles.policy_logits(ids, mask)
+            out["logprobs"].append(response_logps(logits, ids, P, temperature))
+            out["entropy"].append(response_entropy(logits, P, temperature))
+            del logits
         ref_logits = roles.reference_logits(ids, mask)
         out["ref_logprobs"].append(response_logps(ref_logits, ids, P, temperature))
         del ref_logits
-        if roles.has_value:
+        if "values" in out:
             out["values"].append(response_slice(roles.values(ids, mask), P))
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+def live_forward(roles, batch: dict, *, temperature: float, device) -> dict[str, Tensor]:
+    """The policy's (and value's) pass over the whole batch with gradients kept: ``logprobs``
+    and ``values`` differentiable, ``entropy`` not, each ``[B, R]``.
+
+    When the update is one epoch of one minibatch in one micro-batch, its pass sees the
+    weights the rollout was sampled with, so ``rollout_forward``'s no-grad policy and value
+    passes would compute the same numbers: their detached copies stand in for them, and the
+    update backpropagates through these (``preflab ppo``'s single pass)."""
+    P = batch["context_length"]
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    logits = roles.policy_logits(ids, mask)
+    out = {"logprobs": response_logps(logits, ids, P, temperature)}
+    with torch.no_grad():
+        out["entropy"] = response_entropy(logits, P, temperature)
+    del logits
+    if roles.has_value:
+        out["values"] = response_slice(roles.values(ids, mask), P)
+    return out

@@ -51,15 +51,23 @@ class _ChunkedTokenLogps(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         logits, targets, lse = ctx.saved_tensors
         T1 = targets.shape[1]
-        grad = torch.zeros_like(logits)  # the last position predicts nothing: its grad is 0
+        grad = torch.empty_like(logits)
+        grad[:, T1:].zero_()  # the last position predicts nothing
         grad_out = grad_out.float()
+        in_place = logits.dtype == torch.float32
         for s in range(0, T1, ctx.steps):
             e = min(s + ctx.steps, T1)
             g = grad_out[:, s:e, None]
-            probs = torch.exp(logits[:, s:e].float() - lse[:, s:e, None])
-            chunk_grad = (-g) * probs
-            chunk_grad.scatter_add_(-1, targets[:, s:e, None], g)
-            grad[:, s:e] = chunk_grad.to(grad.dtype)
+            # Built in grad's own slice (float32 logits) or in one float32 chunk: no other
+            # [B, chunk, V] temporary is made, so backward's peak is the logits and their grad.
+            work = grad[:, s:e] if in_place else torch.empty(
+                (*grad.shape[:1], e - s, grad.shape[-1]), dtype=torch.float32, device=grad.device)
+            torch.sub(logits[:, s:e], lse[:, s:e, None], out=work)
+            work.exp_().mul_(-g)  # -g * softmax
+            work.scatter_add_(-1, targets[:, s:e, None], g)  # + g at the target
+            if not in_place:
+                grad[:, s:e] = work
+                del work
         return grad, None, None
 
 

@@ -79,6 +79,44 @@ def test_bf16_logits_path(random_batch):
     torch.testing.assert_close(low.grad.float(), ref.grad, atol=1e-2, rtol=1e-2)
 
 
+def test_backward_allocates_only_the_gradient_for_float32_logits():
+    """Backward builds each chunk's gradient in place in the logits' gradient: no other tensor
+    of a chunk's size (``[B, chunk, V]`` float32) is allocated, so its peak is the logits and
+    their gradient (a 20M-parameter DPO step held about 125 MiB of chunk temporaries before)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class Allocations(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0]
+                      if isinstance(a, torch.Tensor)}
+            self.sizes += [t.untyped_storage().nbytes() for t in tree_flatten(out)[0]
+                           if isinstance(t, torch.Tensor)
+                           and t.untyped_storage().data_ptr() not in inputs]
+            return out
+
+    g = torch.Generator().manual_seed(0)
+    B, T, V, chunk = 4, 33, 64, 32  # 8 positions per chunk, 4 chunks
+    logits = torch.randn(B, T, V, generator=g).requires_grad_()
+    ids = torch.randint(0, V, (B, T), generator=g)
+    out = token_logps(logits, ids, chunk_size=chunk)
+    weights = torch.randn(out.shape, generator=g)
+    with Allocations() as seen:
+        (out * weights).sum().backward()
+    chunk_bytes = B * (chunk // B) * V * 4
+    whole = B * T * V * 4
+    assert whole in seen.sizes  # the gradient itself
+    assert max(n for n in seen.sizes if n != whole) < chunk_bytes
+    naive = logits.detach().clone().requires_grad_()
+    (naive_token_logps(naive, ids) * weights).sum().backward()
+    torch.testing.assert_close(logits.grad, naive.grad)
+
+
 def test_sequence_logps_masks_and_shift(random_batch):
     """completion_mask[:, 0] is ignored; mask[:, t] selects token_logps[:, t - 1]."""
     logits, ids = random_batch

@@ -11,7 +11,10 @@ One step is one iteration:
 2. Scores: the reward sources score the decoded text; a response without EOS gets
    ``--missing-eos-penalty`` instead (as PPO).
 3. One no-grad pass each: the policy's log-probs of its own tokens (under logits /
-   temperature), the reference's. There is no value model.
+   temperature), the reference's. There is no value model. In a single pass
+   (``--num-iterations 1``, ``--num-minibatches 1`` and the rollout's completions within
+   ``--batch-size``), the update's own policy pass, at the same weights, gives those
+   log-probs: only the reference runs here (as in ``preflab ppo``).
 4. Advantages, one per response, from its group: the method's own (``GroupMethod.advantages``;
    RLOO: leave-one-out with the KL folded into the reward; GRPO: group-normalised).
 5. ``--num-iterations`` passes over ``--num-minibatches`` shuffled minibatches of responses:
@@ -48,6 +51,7 @@ from preflab.rl.loop import (
     sync_gradients,
 )
 from preflab.rl.tensors import (
+    live_forward,
     micro_batches,
     response_logps,
     sampler_logprob_gap,
@@ -101,10 +105,20 @@ class GroupMethod:
     """GRPO: ``kl_coef * k3`` is a loss term; RLOO: the KL is in the reward instead."""
 
 
+def single_pass(cfg: GroupConfig) -> bool:
+    """Whether the update is one pass of one micro-batch over the rollout, whose policy pass
+    then stands in for the rollout's (``rl.tensors.live_forward``)."""
+    return (cfg.num_iterations == 1 and cfg.num_minibatches == 1
+            and cfg.rollout_batch_size * cfg.num_generations <= cfg.batch_size)
+
+
 def group_update(roles, optimizer, scheduler, batch, old, advantages, cfg, method: GroupMethod,
                  run: session.Run, generator: torch.Generator, on_step, *,
-                 iteration: int = 0) -> dict[str, float]:
+                 iteration: int = 0, live: dict | None = None) -> dict[str, float]:
     """``--num-iterations`` passes over shuffled minibatches; returns the mean statistics.
+
+    ``live``: the differentiable ``logprobs`` of the whole batch in a single pass
+    (``single_pass``), used instead of a new forward pass.
 
     Each micro-batch's loss is weighted by its share of the minibatch's tokens (``token``
     aggregation) or completions (``sequence``, ``fixed``) counted over every process, so the
@@ -130,7 +144,8 @@ def group_update(roles, optimizer, scheduler, batch, old, advantages, cfg, metho
                 ids = batch["input_ids"][rows].to(run.device)
                 am = batch["attention_mask"][rows].to(run.device)
                 part = float(mask[rows].sum()) if by_tokens else float(len(rows))
-                logprobs = response_logps(roles.policy_logits(ids, am), ids, P, cfg.temperature)
+                logprobs = (live["logprobs"][rows] if live is not None else
+                            response_logps(roles.policy_logits(ids, am), ids, P, cfg.temperature))
                 loss, stats = clipped_policy_loss(
                     logprobs, old["logprobs"][rows], advantages[rows], mask[rows],
                     clip_range=cfg.clip_range, clip_range_high=cfg.clip_range_high or None,
@@ -176,11 +191,12 @@ def train(cfg: GroupConfig, method: GroupMethod) -> dict:
         logger.log(0, evaluate(roles, tokenizer, eval_prompts, reward, gold, cfg))
     bar = session.progress_bar(run, total=iterations, initial=start, desc=method.name)
     record: dict = {}
+    single = single_pass(cfg)
     for it in range(start + 1, iterations + 1):
         seed = cfg.seed * 1_000_003 + it * 7919 + run.ctx.rank
         prompts = [e.prompt for e in stream.next_batch(cfg.rollout_batch_size)]
         rollout = collect_rollout(roles, reward, tokenizer, prompts, cfg, run, iteration=it,
-                                  seed=seed, num_samples=K)
+                                  seed=seed, num_samples=K, reference_only=single)
         batch, scores, parts, old, mask = (rollout.batch, rollout.scores, rollout.parts,
                                            rollout.old, rollout.mask)
         ended = batch["ended"]
@@ -188,6 +204,10 @@ def train(cfg: GroupConfig, method: GroupMethod) -> dict:
         timers["generation"] += t_gen
         timers["scoring"] += t_score
         clock = time.perf_counter()
+        live = None
+        if single:  # the update's pass, kept for its backward; its log-probs stand in as old
+            live = live_forward(roles, batch, temperature=cfg.temperature, device=run.device)
+            old.update({k: v.detach() for k, v in live.items()})
         advantages = method.advantages(cfg, scores, old, mask, run)
         t_fwd = rollout.seconds["forward"] + time.perf_counter() - clock
         timers["forward"] += t_fwd
@@ -195,7 +215,8 @@ def train(cfg: GroupConfig, method: GroupMethod) -> dict:
         clock = time.perf_counter()
         generator = torch.Generator().manual_seed(seed)
         update = group_update(roles, optimizer, scheduler, batch, old, advantages, cfg, method,
-                              run, generator, measure, iteration=it)
+                              run, generator, measure, iteration=it, live=live)
+        del live
         throughput.add(int(batch["attention_mask"].sum()) * cfg.num_iterations)
         timers["training"] += (t_train := time.perf_counter() - clock)
 
@@ -237,4 +258,4 @@ def train(cfg: GroupConfig, method: GroupMethod) -> dict:
     return close_run(setup, cfg, logger=logger, throughput=throughput, final_eval=final_eval,
                      final_metrics={k: record[k] for k in ("reward", "kl", "entropy")
                                     if k in record},
-                     extra={"num_generations": K})
+                     extra={"num_generations": K, "single_pass": single})

@@ -163,3 +163,23 @@ def test_a_moving_reference_with_lora_is_refused(tiny_model_dir, files, tmp_path
         assert main(args(tiny_model_dir, files, tmp_path / "run", "--reference", "moving",
                          "--lora-rank", "2", *extra)) == 2
         assert "--reference moving copies the policy's weights" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_match_one(tiny_model_dir, files, tmp_path):
+    """Rank 0 samples and judges each round; both processes train on halves of its pairs.
+    2 gloo processes with batch 4 each give the rounds and the weights of 1 with batch 8."""
+    from tests.test_rm import torchrun
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(args(tiny_model_dir, files, one, "--batch-size", "8")) == 0
+    result = torchrun("online-dpo", args(tiny_model_dir, files, two)[1:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((two / "summary.json").read_text())
+    assert (summary["world_size"], summary["steps"], summary["steps_per_round"]) == (2, 2, 1)
+    for number in (1, 2):
+        pairs = [(one if k == 0 else two) / "rounds" / f"round-{number}" / "pairs.jsonl"
+                 for k in (0, 1)]
+        assert pairs[0].read_text() == pairs[1].read_text()
+    a, b = (load_file(d / "final/model.safetensors") for d in (one, two))
+    for key in a:  # AdamW at lr 1e-2 turns rounding in near-zero gradients into ~2e-5
+        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-4)

@@ -472,9 +472,9 @@ def finish_run(
         rundir.write_summary(run.dir, summary)
         rundir.release_lock(run.dir)
         if headline is not None:
+            figures = format_metrics(final_metrics, headline)  # empty without held-out data
             print(f"{run.command}: {steps} steps in {summary['wall_s']:.1f}s; "
-                  f"{format_metrics(final_metrics, headline)}; model in {run.dir / 'final'}",
-                  flush=True)
+                  f"{figures + '; ' if figures else ''}model in {run.dir / 'final'}", flush=True)
     distributed.barrier(run.ctx)
     return summary
 

@@ -150,6 +150,38 @@ def position_ids_from_attention_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def completion_window(completion_mask: Tensor) -> int:
+    """How many of the last positions' logits score every completion token of the batch:
+    from the position before the earliest completion token to the end (``T`` when a
+    completion starts at column 0 or 1, or there is none)."""
+    T = completion_mask.shape[-1]
+    columns = completion_mask.to(torch.bool).any(0)
+    if not bool(columns.any()):
+        return T
+    first = int(columns.nonzero()[0])
+    return min(T, T - first + 1)
+
+
+def takes_logits_to_keep(model) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do):
+    looked up on the model inside DDP and PEFT wrappers, once per class."""
+    inner = getattr(model, "module", model)  # DDP
+    if hasattr(inner, "get_base_model"):  # PEFT
+        inner = inner.get_base_model()
+    cls = type(inner)
+    if cls not in _TAKES_LOGITS_TO_KEEP:
+        import inspect
+
+        try:
+            _TAKES_LOGITS_TO_KEEP[cls] = "logits_to_keep" in inspect.signature(inner.forward).parameters
+        except (TypeError, ValueError):
+            _TAKES_LOGITS_TO_KEEP[cls] = False
+    return _TAKES_LOGITS_TO_KEEP[cls]
+
+
+_TAKES_LOGITS_TO_KEEP: dict[type, bool] = {}
+
+
 def forward_logps(
     model,
     input_ids: Tensor,
@@ -161,19 +193,26 @@ def forward_logps(
     """Run a causal LM once and score its completions.
 
     Calls ``model(input_ids=, attention_mask=, position_ids=, use_cache=False)`` with
-    ``position_ids_from_attention_mask`` (so left and right padding give the same result)
-    and returns ``(SequenceLogps, logits [B, T, V])``. The logits are returned because the
-    model has made them anyway and callers want entropy or other token statistics from them;
-    drop the reference (``seq, _ = ...``) when not needed, so they can be freed.
+    ``position_ids_from_attention_mask`` (so left and right padding give the same result).
+    The head runs only on the positions that score a completion token
+    (``logits_to_keep = completion_window``, where the model takes it): the prompt's
+    positions before them make no logits, so a long prompt costs no vocabulary-wide work.
+    Returns ``(SequenceLogps, logits [B, K, V])``, the logits of the last ``K`` positions;
+    drop them (``seq, _ = ...``) when not needed, so they can be freed.
     """
+    T = input_ids.shape[1]
+    keep = completion_window(completion_mask) if takes_logits_to_keep(model) else T
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_attention_mask(attention_mask),
         use_cache=False,
+        **({"logits_to_keep": keep} if keep < T else {}),
     )
     logits = out.logits
-    return sequence_logps(logits, input_ids, completion_mask, chunk_size=chunk_size), logits
+    start = T - logits.shape[1]
+    return sequence_logps(logits, input_ids[:, start:], completion_mask[:, start:],
+                          chunk_size=chunk_size), logits
 
 
 def pack(input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> dict:

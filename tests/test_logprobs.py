@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from preflab.logprobs import (
+    completion_window,
     concatenated_forward,
     forward_logps,
     nll_loss_sum,
@@ -198,10 +199,36 @@ def test_padded_batch_equals_unpadded_sequences(model, side):
     ids, attn, comp = pad_batch(SEQUENCES, side)
     with torch.no_grad():
         seq, logits = forward_logps(model, ids, attn, comp, chunk_size=3)
-    assert logits.shape == (*ids.shape, VOCAB)
+    # the head ran only from the position before the earliest completion token
+    first = min(int(row.nonzero()[0]) for row in comp)
+    assert logits.shape == (ids.shape[0], ids.shape[1] - first + 1, VOCAB)
+    assert completion_window(comp) == ids.shape[1] - first + 1 < ids.shape[1]
     torch.testing.assert_close(seq.sum, want_sum, atol=1e-5, rtol=0)
     torch.testing.assert_close(seq.mean, want_mean, atol=1e-5, rtol=0)
     assert seq.count.tolist() == [len(c) for _, c in SEQUENCES]
+
+
+def test_a_model_without_logits_to_keep_scores_the_same_on_all_positions(model):
+    """A forward that does not take ``logits_to_keep`` gets every position's logits, and the
+    same completion log-probs."""
+    from preflab.logprobs import takes_logits_to_keep
+
+    class Plain(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, position_ids, use_cache):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids, use_cache=use_cache)
+
+    ids, attn, comp = pad_batch(SEQUENCES, "left")
+    assert takes_logits_to_keep(model) and not takes_logits_to_keep(Plain(model))
+    with torch.no_grad():
+        kept, few = forward_logps(model, ids, attn, comp)
+        whole, every = forward_logps(Plain(model), ids, attn, comp)
+    assert every.shape[1] == ids.shape[1] > few.shape[1]
+    torch.testing.assert_close(kept.sum, whole.sum, atol=1e-5, rtol=0)
 
 
 def test_forward_logps_gradients_flow(model):

@@ -26,9 +26,8 @@ from preflab.data import (
     split_train_eval,
 )
 from preflab.logprobs import (
-    nll_loss_sum,
+    forward_logps,
     packed_forward_logps,
-    position_ids_from_attention_mask,
 )
 from preflab.runtime import distributed, memory, session
 from preflab.runtime.metrics import format_metrics
@@ -84,13 +83,8 @@ def forward_nll(model, batch: dict, device: torch.device,
         seq = packed_forward_logps(model, input_ids, attention_mask,
                                    batch["completion_mask"].to(device))
         return -seq.sum.sum(), seq.count.sum()
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_attention_mask(attention_mask),
-        use_cache=False,
-    ).logits
-    return nll_loss_sum(logits, input_ids, batch["completion_mask"].to(device))
+    seq, _ = forward_logps(model, input_ids, attention_mask, batch["completion_mask"].to(device))
+    return -seq.sum.sum(), seq.count.sum()
 
 
 @torch.no_grad()

@@ -21,8 +21,9 @@ with dropout off, and generation holds a KV cache for --rollout-batch-size promp
 A method's total is its peak over the phases of a step, not a sum of its rows:
 
     train      params + grads + optimizer + saved activations + the working memory at the
-               start of backward: the logits' gradient ([B, T, V] in dtype) and two float32
-               chunks of 1024 positions; or, if larger, params + optimizer + a live
+               start of backward: the logits' gradient ([B, T, V] in dtype; at most, since
+               the head runs only from the first completion token) and, for bf16/fp16 logits,
+               one float32 chunk of 1024 positions; or, if larger, params + optimizer + a live
                reference's forward (its logits and one layer's tensors), which runs first,
                before the policy's graph exists (plus the reference's weights in both)
     precompute (dpo precomputed) the policy's and the reference's weights + the reference's
@@ -181,9 +182,11 @@ class _Step:
                                 attention=self.attention)["total"]
 
     def backward_working(self, rows: int) -> int:
-        """The logits' gradient (in dtype) and two float32 chunks, at the start of backward."""
+        """The logits' gradient (in dtype) at the start of backward, which builds each chunk in
+        place; low-precision logits add one float32 chunk."""
         tokens, vocab = rows * self.seq_len, self.arch.vocab
-        return self.b * vocab * tokens + 2 * 4 * vocab * min(LOGP_CHUNK, tokens)
+        chunk = 0 if self.b == 4 else 4 * vocab * min(LOGP_CHUNK, tokens)
+        return self.b * vocab * tokens + chunk
 
     def reference_forward(self, rows: int) -> int:
         """A no-grad forward: its logits, one float32 chunk and one layer's tensors."""

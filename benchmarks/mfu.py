@@ -14,7 +14,10 @@ measured here, in this run:
                      + 4 T d                attention scores and weighted values (PaLM's count,
                                             no discount for the causal mask)
                      + 6 d I]               gate, up and down projections
-                + 2 d V                     the LM head
+                + 2 d V x h                 the LM head, on the fraction h of positions it
+                                            runs on: preflab runs it from the position before
+                                            the first completion token (h = (C + 1) / T for
+                                            a completion of C tokens)
       SFT step = 3 x forward per token      (backward = 2 x forward)
       DPO step = 4 x forward per token      (the policy's forward and backward, and the frozen
                                             reference's forward)
@@ -72,7 +75,7 @@ def matmul_peak(device: str = "cpu", dtype_name: str = "float32",
     return max(found.values()), found
 
 
-def forward_flops_per_token(config, seq_len: float) -> dict[str, float]:
+def forward_flops_per_token(config, seq_len: float, head_fraction: float = 1.0) -> dict[str, float]:
     """The forward pass's FLOPs per token, by part (module docstring)."""
     d = config.hidden_size
     heads = config.num_attention_heads
@@ -82,7 +85,7 @@ def forward_flops_per_token(config, seq_len: float) -> dict[str, float]:
     parts = {"projections": layers * 2 * d * (2 * d + 2 * d_kv),
              "attention": layers * 4 * seq_len * d,
              "mlp": layers * 6 * d * inter,
-             "lm_head": 2 * d * vocab}
+             "lm_head": 2 * d * vocab * head_fraction}
     parts["total"] = sum(parts.values())
     return parts
 
@@ -165,6 +168,8 @@ def main() -> None:
 
         rows = {"sft": (sft_model, sft_data, sft_per_example, sft_len, 3),
                 "dpo": (dpo_model, dpo_data, dpo_per_step, dpo_len, 4)}
+        head = {"sft": (sft_vs_trl.EQUAL_COMPLETION + 2) / sft_len,  # completion + EOS + 1
+                "dpo": (dpo_throughput.COMPLETION_WORDS + 2) / dpo_len}
         results = run_alternating(
             __file__, list(rows), args.repeats,
             lambda name: ["--steps", str(args.steps), "--warmup", str(args.warmup), "--paths",
@@ -173,12 +178,13 @@ def main() -> None:
             lambda name, r: f"{name}: {r['tokens_per_sec']:.0f} tokens/s")
         for name, (_, _, _, seq_len, passes) in rows.items():
             fwd = forward_flops_per_token(transformers.AutoConfig.from_pretrained(rows[name][0]),
-                                          seq_len)
+                                          seq_len, head[name])
             per_token = passes * fwd["total"]
             achieved = results[name]["tokens_per_sec"] * per_token
             split = ", ".join(f"{k} {100 * v / fwd['total']:.0f}%" for k, v in fwd.items()
                               if k != "total")
-            print(f"{name}: {seq_len:.0f} tokens per sequence; {per_token / 1e6:.1f} MFLOP per "
+            print(f"{name}: {seq_len:.0f} tokens per sequence, the head on {100 * head[name]:.0f}% "
+                  f"of them; {per_token / 1e6:.1f} MFLOP per "
                   f"token ({passes} x forward; forward: {split}); "
                   f"{results[name]['tokens_per_sec']:.0f} tokens/s = {achieved / 1e9:.1f} "
                   f"GFLOP/s = MFU {100 * achieved / peak:.1f}% of the measured peak")

@@ -44,6 +44,7 @@ from common import (
 
 BATCH = 8
 MAX_LENGTH = 512
+EQUAL_PROMPT, EQUAL_COMPLETION = 32, 223  # --lengths equal: + EOS = 256 tokens
 WORDS = [f"w{i}" for i in range(8000)]
 
 
@@ -56,7 +57,8 @@ def build(work: Path, n: int, lengths: str) -> tuple[Path, Path, float]:
     rng = random.Random(0)
     lines, tokens = [], 0
     for _ in range(n):
-        p, c = (32, 223) if lengths == "equal" else (long_tailed(rng, 24, 0.8, 4, 128),
+        p, c = (EQUAL_PROMPT, EQUAL_COMPLETION) if lengths == "equal" else (
+            long_tailed(rng, 24, 0.8, 4, 128),
                                                      long_tailed(rng, 60, 0.9, 2, 300))
         tokens += p + c + 1
         lines.append(json.dumps({"prompt": " ".join(rng.choices(WORDS, k=p)),

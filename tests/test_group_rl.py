@@ -437,7 +437,7 @@ for aggregation, method in (("token", "grpo"), ("sequence", "rloo"), ("fixed", "
     run = session.Run(config=cfg, command=method, ctx=ctx, device=torch.device("cpu"),
                       dtype=torch.float32, dir=out)
     roles = SimpleNamespace(trainable=model,
-                            policy_logits=lambda ids, am: _forward_logits(model, ids, am))
+                            policy_logits=lambda ids, am, **kw: _forward_logits(model, ids, am, **kw))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     mod = __import__(f"preflab.algorithms.{method}", fromlist=["METHOD"])

@@ -101,6 +101,24 @@ def test_response_logps_match_a_token_by_token_loop(tiny_model_dir):
                 assert got[row, t].item() == pytest.approx(want.item(), abs=1e-4)
 
 
+def test_the_head_runs_only_on_the_response_window(tiny_model_dir):
+    """``keep_from`` gives the logits of the positions from it to the end: the same numbers as
+    slicing the full logits, computed by the head on those positions alone."""
+    from transformers import AutoModelForCausalLM
+
+    from preflab.rl.roles import _forward_logits
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = torch.tensor([[0, 0, 1, 5, 6, 7, 9, 2], [0, 1, 9, 10, 11, 12, 13, 2]])
+    am = (ids != 0).long()
+    am[1, 0] = 0
+    with torch.no_grad():
+        full = _forward_logits(model, ids, am)
+        window = _forward_logits(model, ids, am, keep_from=3)
+    assert full.shape[1] == 8 and window.shape[1] == 5
+    torch.testing.assert_close(window, full[:, 3:], atol=1e-5, rtol=1e-5)
+
+
 def test_adaptive_kl_controller_follows_ziegler():
     """target 6, horizon 100, 10 responses: KL 9 -> error clipped to 0.2 -> x(1 + 0.02);
     KL 5.7 -> error -0.05 -> x(1 - 0.005). A fixed coefficient never moves."""
@@ -460,7 +478,7 @@ advantages, returns = gae(rewards, old["values"], mask, gamma=1.0, gae_lambda=0.
 advantages = global_whiten(advantages, mask, run)
 trainable = torch.nn.ModuleDict({"policy": policy, "value": value})
 roles = SimpleNamespace(trainable=trainable,
-                        policy_logits=lambda ids, am: _forward_logits(policy, ids, am),
+                        policy_logits=lambda ids, am, **kw: _forward_logits(policy, ids, am, **kw),
                         values=lambda ids, am: token_values(value, ids, am))
 optimizer = torch.optim.AdamW(trainable.parameters(), lr=1e-3)
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)

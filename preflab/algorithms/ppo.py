@@ -153,8 +153,12 @@ def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg
                 # sync_gradients averages over processes: weigh by the global token count, so
                 # N processes make the update of one holding every rollout
                 share = part * world / max(tokens, 1.0)
-                new_logprobs = (live["logprobs"][rows] if live is not None else
-                                response_logps(roles.policy_logits(ids, am), ids, P, cfg.temperature))
+                if live is not None:
+                    new_logprobs = live["logprobs"][rows]
+                else:  # the head runs from the position before the response (keep_from)
+                    logits = roles.policy_logits(ids, am, keep_from=P - 1)
+                    new_logprobs = response_logps(logits, ids[:, P - 1:], 1, cfg.temperature)
+                    del logits
                 pg_loss, pg = ppo_policy_loss(new_logprobs, old["logprobs"][rows], advantages[rows],
                                               m, clip_range=cfg.clip_range)
                 (pg_loss * share).backward()  # before the value pass: adapters may switch

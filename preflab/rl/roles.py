@@ -64,12 +64,18 @@ def _frozen(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def _forward_logits(model, input_ids, attention_mask):
-    from preflab.logprobs import position_ids_from_attention_mask
+def _forward_logits(model, input_ids, attention_mask, keep_from: int = 0):
+    """The logits of positions ``keep_from`` to the end, ``[B, T - keep_from, V]``: the head
+    runs only there when the model takes ``logits_to_keep`` (a rollout's prompt makes none)."""
+    from preflab.logprobs import position_ids_from_attention_mask, takes_logits_to_keep
 
-    return model(input_ids=input_ids, attention_mask=attention_mask,
-                 position_ids=position_ids_from_attention_mask(attention_mask),
-                 use_cache=False).logits
+    keep = input_ids.shape[1] - keep_from
+    extra = ({"logits_to_keep": keep} if 0 < keep < input_ids.shape[1]
+             and takes_logits_to_keep(model) else {})
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_from_attention_mask(attention_mask),
+                   use_cache=False, **extra).logits
+    return logits[:, logits.shape[1] - keep:] if logits.shape[1] > keep else logits
 
 
 def _params_bytes(params: list[torch.nn.Parameter], optimizer, seen: set[int]) -> dict[str, int]:
@@ -118,12 +124,12 @@ class ClassicRoles:
     def generator(self) -> torch.nn.Module:
         return models.unwrap(self.policy)
 
-    def policy_logits(self, input_ids, attention_mask):
-        return _forward_logits(self.policy, input_ids, attention_mask)
+    def policy_logits(self, input_ids, attention_mask, keep_from: int = 0):
+        return _forward_logits(self.policy, input_ids, attention_mask, keep_from)
 
     @torch.no_grad()
-    def reference_logits(self, input_ids, attention_mask):
-        return _forward_logits(self.reference, input_ids, attention_mask)
+    def reference_logits(self, input_ids, attention_mask, keep_from: int = 0):
+        return _forward_logits(self.reference, input_ids, attention_mask, keep_from)
 
     def values(self, input_ids, attention_mask):
         return token_values(self.value, input_ids, attention_mask)
@@ -265,9 +271,9 @@ class SharedRoles:
         self._activate(POLICY_ADAPTER)
         return self.lm
 
-    def policy_logits(self, input_ids, attention_mask):
+    def policy_logits(self, input_ids, attention_mask, keep_from: int = 0):
         self._activate(POLICY_ADAPTER)
-        return _forward_logits(self.lm, input_ids, attention_mask)
+        return _forward_logits(self.lm, input_ids, attention_mask, keep_from)
 
     @contextlib.contextmanager
     def _adapters_off(self):
@@ -278,9 +284,9 @@ class SharedRoles:
             self.restore_grads()
 
     @torch.no_grad()
-    def reference_logits(self, input_ids, attention_mask):
+    def reference_logits(self, input_ids, attention_mask, keep_from: int = 0):
         with self._adapters_off() as lm:
-            return _forward_logits(lm, input_ids, attention_mask)
+            return _forward_logits(lm, input_ids, attention_mask, keep_from)
 
     def values(self, input_ids, attention_mask):
         self._activate("value")

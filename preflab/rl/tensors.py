@@ -197,13 +197,14 @@ def rollout_forward(roles, batch: dict, *, batch_size: int, temperature: float,
         out.update(logprobs=[], entropy=[], **({"values": []} if roles.has_value else {}))
     for rows in micro_batches(torch.arange(len(batch["input_ids"])), batch_size):
         ids, mask = batch["input_ids"][rows].to(device), batch["attention_mask"][rows].to(device)
+        window = ids[:, P - 1:]  # the heads run from the position before the response
         if not reference_only:
-            logits = roles.policy_logits(ids, mask)
-            out["logprobs"].append(response_logps(logits, ids, P, temperature))
-            out["entropy"].append(response_entropy(logits, P, temperature))
+            logits = roles.policy_logits(ids, mask, keep_from=P - 1)
+            out["logprobs"].append(response_logps(logits, window, 1, temperature))
+            out["entropy"].append(response_entropy(logits, 1, temperature))
             del logits
-        ref_logits = roles.reference_logits(ids, mask)
-        out["ref_logprobs"].append(response_logps(ref_logits, ids, P, temperature))
+        ref_logits = roles.reference_logits(ids, mask, keep_from=P - 1)
+        out["ref_logprobs"].append(response_logps(ref_logits, window, 1, temperature))
         del ref_logits
         if "values" in out:
             out["values"].append(response_slice(roles.values(ids, mask), P))
@@ -220,10 +221,10 @@ def live_forward(roles, batch: dict, *, temperature: float, device) -> dict[str,
     update backpropagates through these (``preflab ppo``'s single pass)."""
     P = batch["context_length"]
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    logits = roles.policy_logits(ids, mask)
-    out = {"logprobs": response_logps(logits, ids, P, temperature)}
+    logits = roles.policy_logits(ids, mask, keep_from=P - 1)  # the response's window
+    out = {"logprobs": response_logps(logits, ids[:, P - 1:], 1, temperature)}
     with torch.no_grad():
-        out["entropy"] = response_entropy(logits, P, temperature)
+        out["entropy"] = response_entropy(logits, 1, temperature)
     del logits
     if roles.has_value:
         out["values"] = response_slice(roles.values(ids, mask), P)

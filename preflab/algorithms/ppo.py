@@ -61,10 +61,10 @@ from preflab.rl.tensors import (
     live_forward,
     micro_batches,
     per_token_rewards,
-    response_logps,
     response_slice,
     sampler_logprob_gap,
     sequence_sum,
+    update_logprobs,
 )
 from preflab.runtime import memory, session
 from preflab.runtime.metrics import format_metrics
@@ -153,12 +153,7 @@ def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg
                 # sync_gradients averages over processes: weigh by the global token count, so
                 # N processes make the update of one holding every rollout
                 share = part * world / max(tokens, 1.0)
-                if live is not None:
-                    new_logprobs = live["logprobs"][rows]
-                else:  # the head runs from the position before the response (keep_from)
-                    logits = roles.policy_logits(ids, am, keep_from=P - 1)
-                    new_logprobs = response_logps(logits, ids[:, P - 1:], 1, cfg.temperature)
-                    del logits
+                new_logprobs = update_logprobs(roles, ids, am, P, cfg.temperature, live, rows)
                 pg_loss, pg = ppo_policy_loss(new_logprobs, old["logprobs"][rows], advantages[rows],
                                               m, clip_range=cfg.clip_range)
                 (pg_loss * share).backward()  # before the value pass: adapters may switch

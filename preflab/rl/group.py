@@ -53,9 +53,9 @@ from preflab.rl.loop import (
 from preflab.rl.tensors import (
     live_forward,
     micro_batches,
-    response_logps,
     sampler_logprob_gap,
     sequence_sum,
+    update_logprobs,
 )
 from preflab.runtime import memory, session
 from preflab.runtime.metrics import format_metrics
@@ -144,12 +144,7 @@ def group_update(roles, optimizer, scheduler, batch, old, advantages, cfg, metho
                 ids = batch["input_ids"][rows].to(run.device)
                 am = batch["attention_mask"][rows].to(run.device)
                 part = float(mask[rows].sum()) if by_tokens else float(len(rows))
-                if live is not None:
-                    logprobs = live["logprobs"][rows]
-                else:  # the head runs from the position before the response (keep_from)
-                    logits = roles.policy_logits(ids, am, keep_from=P - 1)
-                    logprobs = response_logps(logits, ids[:, P - 1:], 1, cfg.temperature)
-                    del logits
+                logprobs = update_logprobs(roles, ids, am, P, cfg.temperature, live, rows)
                 loss, stats = clipped_policy_loss(
                     logprobs, old["logprobs"][rows], advantages[rows], mask[rows],
                     clip_range=cfg.clip_range, clip_range_high=cfg.clip_range_high or None,

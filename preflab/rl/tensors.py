@@ -211,6 +211,16 @@ def rollout_forward(roles, batch: dict, *, batch_size: int, temperature: float,
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+def update_logprobs(roles, ids: Tensor, mask: Tensor, context_length: int, temperature: float,
+                    live: dict | None, rows: Tensor) -> Tensor:
+    """The policy's log-probs of the response tokens for an update, with gradients: ``live``'s
+    ``rows`` in a single pass, else a forward pass whose head runs on the response window."""
+    if live is not None:
+        return live["logprobs"][rows]
+    logits = roles.policy_logits(ids, mask, keep_from=context_length - 1)
+    return response_logps(logits, ids[:, context_length - 1:], 1, temperature)
+
+
 def live_forward(roles, batch: dict, *, temperature: float, device) -> dict[str, Tensor]:
     """The policy's (and value's) pass over the whole batch with gradients kept: ``logprobs``
     and ``values`` differentiable, ``entropy`` not, each ``[B, R]``.

@@ -182,6 +182,17 @@ def takes_logits_to_keep(model) -> bool:
 _TAKES_LOGITS_TO_KEEP: dict[type, bool] = {}
 
 
+def lm_logits(model, input_ids: Tensor, attention_mask: Tensor, keep: int) -> Tensor:
+    """A causal LM's logits of at least the last ``keep`` positions, ``[B, K, V]``: exactly
+    those where the model takes ``logits_to_keep`` (its head then runs on them alone), else
+    all ``T``. Positions from ``position_ids_from_attention_mask``; no cache."""
+    extra = ({"logits_to_keep": keep} if 0 < keep < input_ids.shape[1]
+             and takes_logits_to_keep(model) else {})
+    return model(input_ids=input_ids, attention_mask=attention_mask,
+                 position_ids=position_ids_from_attention_mask(attention_mask),
+                 use_cache=False, **extra).logits
+
+
 def forward_logps(
     model,
     input_ids: Tensor,
@@ -200,17 +211,8 @@ def forward_logps(
     Returns ``(SequenceLogps, logits [B, K, V])``, the logits of the last ``K`` positions;
     drop them (``seq, _ = ...``) when not needed, so they can be freed.
     """
-    T = input_ids.shape[1]
-    keep = completion_window(completion_mask) if takes_logits_to_keep(model) else T
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_attention_mask(attention_mask),
-        use_cache=False,
-        **({"logits_to_keep": keep} if keep < T else {}),
-    )
-    logits = out.logits
-    start = T - logits.shape[1]
+    logits = lm_logits(model, input_ids, attention_mask, completion_window(completion_mask))
+    start = input_ids.shape[1] - logits.shape[1]
     return sequence_logps(logits, input_ids[:, start:], completion_mask[:, start:],
                           chunk_size=chunk_size), logits
 

@@ -112,10 +112,13 @@ def test_the_head_runs_only_on_the_response_window(tiny_model_dir):
     ids = torch.tensor([[0, 0, 1, 5, 6, 7, 9, 2], [0, 1, 9, 10, 11, 12, 13, 2]])
     am = (ids != 0).long()
     am[1, 0] = 0
+    seen = []  # the positions the LM head ran on, per call
+    model.lm_head.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
     with torch.no_grad():
         full = _forward_logits(model, ids, am)
         window = _forward_logits(model, ids, am, keep_from=3)
     assert full.shape[1] == 8 and window.shape[1] == 5
+    assert seen == [8, 5]
     torch.testing.assert_close(window, full[:, 3:], atol=1e-5, rtol=1e-5)
 
 

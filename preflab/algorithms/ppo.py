@@ -53,12 +53,12 @@ from preflab.rl.loop import (
     global_whiten,
     open_run,
     reduce_means,
+    single_pass,
     sync_gradients,
 )
 from preflab.rl.roles import MEMORY_MODES
 from preflab.rl.tensors import (
     explained_variance,
-    live_forward,
     micro_batches,
     per_token_rewards,
     response_slice,
@@ -115,20 +115,13 @@ class RunState:
         self.kl_ctl.load_state_dict(state["kl"])
 
 
-def single_pass(cfg: PPOConfig) -> bool:
-    """Whether the update is one pass of one micro-batch over the rollout: its forward pass
-    then runs at the rollout's weights, and stands in for the rollout's policy and value
-    passes (``rl.tensors.live_forward``): two forward passes fewer, the same update."""
-    return cfg.ppo_epochs == 1 and cfg.num_minibatches == 1 and cfg.rollout_batch_size <= cfg.batch_size
-
-
 def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg: PPOConfig,
                run: session.Run, generator: torch.Generator, on_step, *,
                iteration: int = 0, live: dict | None = None) -> dict[str, float]:
     """``--ppo-epochs`` passes over shuffled minibatches; returns the mean update statistics.
 
     ``live``: the differentiable ``logprobs`` and ``values`` of the whole batch in a single
-    pass (``single_pass``), used instead of a new forward pass.
+    pass (``rl.loop.single_pass``), used instead of a new forward pass.
     Each minibatch's loss and gradient norm are checked before its optimizer step
     (``session.optimizer_step``): a non-finite one stops the run, or is skipped."""
     P, mask = batch["context_length"], batch["response_mask"].to(run.device)
@@ -202,12 +195,12 @@ def train(cfg: PPOConfig) -> dict:
     bar = session.progress_bar(run, total=iterations, initial=start, desc="ppo")
     state_dict = dict(optimizer=optimizer, scheduler=scheduler, stream=state)
     record: dict = {}
-    single = single_pass(cfg)
+    single = single_pass(cfg, passes=cfg.ppo_epochs, rows=cfg.rollout_batch_size)
     for it in range(start + 1, iterations + 1):
         seed = cfg.seed * 1_000_003 + it * 7919 + run.ctx.rank
         prompts = [e.prompt for e in stream.next_batch(cfg.rollout_batch_size)]
         rollout = collect_rollout(roles, reward, tokenizer, prompts, cfg, run, iteration=it,
-                                  seed=seed, reference_only=single)
+                                  seed=seed, single=single)
         batch, scores, parts, old, mask = (rollout.batch, rollout.scores, rollout.parts,
                                            rollout.old, rollout.mask)
         ended = batch["ended"]
@@ -215,10 +208,6 @@ def train(cfg: PPOConfig) -> dict:
         timers["generation"] += t_gen
         timers["scoring"] += t_score
         clock = time.perf_counter()
-        live = None
-        if single:  # the update's passes, kept for its backward; their values stand in as old
-            live = live_forward(roles, batch, temperature=cfg.temperature, device=run.device)
-            old.update({k: v.detach() for k, v in live.items()})
         rewards, kl = per_token_rewards(old["logprobs"], old["ref_logprobs"], scores, mask,
                                         kl_coef=kl_ctl.value, kl_estimator=cfg.kl_estimator)
         if cfg.whiten_rewards:
@@ -232,8 +221,7 @@ def train(cfg: PPOConfig) -> dict:
         clock = time.perf_counter()
         generator = torch.Generator().manual_seed(seed)
         update = ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg, run,
-                            generator, measure, iteration=it, live=live)
-        del live
+                            generator, measure, iteration=it, live=rollout.live)
         throughput.add(int(batch["attention_mask"].sum()) * cfg.ppo_epochs)
         timers["training"] += (t_train := time.perf_counter() - clock)
 

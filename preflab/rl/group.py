@@ -48,10 +48,10 @@ from preflab.rl.loop import (
     global_sums,
     open_run,
     reduce_means,
+    single_pass,
     sync_gradients,
 )
 from preflab.rl.tensors import (
-    live_forward,
     micro_batches,
     sampler_logprob_gap,
     sequence_sum,
@@ -105,20 +105,13 @@ class GroupMethod:
     """GRPO: ``kl_coef * k3`` is a loss term; RLOO: the KL is in the reward instead."""
 
 
-def single_pass(cfg: GroupConfig) -> bool:
-    """Whether the update is one pass of one micro-batch over the rollout, whose policy pass
-    then stands in for the rollout's (``rl.tensors.live_forward``)."""
-    return (cfg.num_iterations == 1 and cfg.num_minibatches == 1
-            and cfg.rollout_batch_size * cfg.num_generations <= cfg.batch_size)
-
-
 def group_update(roles, optimizer, scheduler, batch, old, advantages, cfg, method: GroupMethod,
                  run: session.Run, generator: torch.Generator, on_step, *,
                  iteration: int = 0, live: dict | None = None) -> dict[str, float]:
     """``--num-iterations`` passes over shuffled minibatches; returns the mean statistics.
 
     ``live``: the differentiable ``logprobs`` of the whole batch in a single pass
-    (``single_pass``), used instead of a new forward pass.
+    (``rl.loop.single_pass``), used instead of a new forward pass.
 
     Each micro-batch's loss is weighted by its share of the minibatch's tokens (``token``
     aggregation) or completions (``sequence``, ``fixed``) counted over every process, so the
@@ -190,12 +183,12 @@ def train(cfg: GroupConfig, method: GroupMethod) -> dict:
         logger.log(0, evaluate(roles, tokenizer, eval_prompts, reward, gold, cfg))
     bar = session.progress_bar(run, total=iterations, initial=start, desc=method.name)
     record: dict = {}
-    single = single_pass(cfg)
+    single = single_pass(cfg, passes=cfg.num_iterations, rows=cfg.rollout_batch_size * K)
     for it in range(start + 1, iterations + 1):
         seed = cfg.seed * 1_000_003 + it * 7919 + run.ctx.rank
         prompts = [e.prompt for e in stream.next_batch(cfg.rollout_batch_size)]
         rollout = collect_rollout(roles, reward, tokenizer, prompts, cfg, run, iteration=it,
-                                  seed=seed, num_samples=K, reference_only=single)
+                                  seed=seed, num_samples=K, single=single)
         batch, scores, parts, old, mask = (rollout.batch, rollout.scores, rollout.parts,
                                            rollout.old, rollout.mask)
         ended = batch["ended"]
@@ -203,10 +196,6 @@ def train(cfg: GroupConfig, method: GroupMethod) -> dict:
         timers["generation"] += t_gen
         timers["scoring"] += t_score
         clock = time.perf_counter()
-        live = None
-        if single:  # the update's pass, kept for its backward; its log-probs stand in as old
-            live = live_forward(roles, batch, temperature=cfg.temperature, device=run.device)
-            old.update({k: v.detach() for k, v in live.items()})
         advantages = method.advantages(cfg, scores, old, mask, run)
         t_fwd = rollout.seconds["forward"] + time.perf_counter() - clock
         timers["forward"] += t_fwd
@@ -214,8 +203,7 @@ def train(cfg: GroupConfig, method: GroupMethod) -> dict:
         clock = time.perf_counter()
         generator = torch.Generator().manual_seed(seed)
         update = group_update(roles, optimizer, scheduler, batch, old, advantages, cfg, method,
-                              run, generator, measure, iteration=it, live=live)
-        del live
+                              run, generator, measure, iteration=it, live=rollout.live)
         throughput.add(int(batch["attention_mask"].sum()) * cfg.num_iterations)
         timers["training"] += (t_train := time.perf_counter() - clock)
 

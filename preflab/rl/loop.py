@@ -22,7 +22,12 @@ from preflab.evaluation import evaluate_policy
 from preflab.losses import whiten
 from preflab.rewards import check_reward_specs, load_reward
 from preflab.rl.roles import MEMORY_MODES, build_roles
-from preflab.rl.tensors import apply_missing_eos_penalty, rollout_forward, sample_rollout
+from preflab.rl.tensors import (
+    apply_missing_eos_penalty,
+    live_forward,
+    rollout_forward,
+    sample_rollout,
+)
 from preflab.runtime import distributed, session
 from preflab.runtime.metrics import format_metrics
 from preflab.runtime.stream import ExampleStream
@@ -203,15 +208,27 @@ class Rollout:
     mask: torch.Tensor
     seconds: dict
     """``generation``, ``scoring``, ``forward``."""
+    live: dict | None = None
+    """In a single pass: the update's differentiable passes (``rl.tensors.live_forward``),
+    whose detached copies are in ``old``."""
+
+
+def single_pass(cfg: RolloutConfig, *, passes: int, rows: int) -> bool:
+    """Whether the update is one pass (``passes``) of one minibatch in one micro-batch over a
+    rollout of ``rows`` responses. Its forward pass then runs at the weights that sampled, and
+    stands in for the rollout's no-grad policy (and value) passes: the same update, with
+    fewer forward passes."""
+    return passes == 1 and cfg.num_minibatches == 1 and rows <= cfg.batch_size
 
 
 def collect_rollout(roles, reward, tokenizer, prompts: list[str], cfg: RolloutConfig,
                     run: session.Run, *, iteration: int, seed: int,
-                    num_samples: int = 1, reference_only: bool = False) -> Rollout:
+                    num_samples: int = 1, single: bool = False) -> Rollout:
     """Sample ``num_samples`` responses per prompt (prompt-major rows), score them (a NaN
     score, or sampling from NaN probabilities, stops the run naming the iteration), apply
-    the missing-EOS penalty, and run the no-grad passes (``reference_only``: the reference's
-    alone, ``rl.tensors.rollout_forward``)."""
+    the missing-EOS penalty, and run the no-grad passes. ``single`` (``single_pass``): the
+    reference's alone without gradients, the policy's and value's as the update's own
+    (``Rollout.live``), their detached copies in ``old``."""
     clock = time.perf_counter()
     with session.diverged_at(run, f"iteration {iteration} (sampling the rollout)"):
         samples, batch = sample_rollout(
@@ -232,10 +249,14 @@ def collect_rollout(roles, reward, tokenizer, prompts: list[str], cfg: RolloutCo
 
     clock = time.perf_counter()
     old = rollout_forward(roles, batch, batch_size=cfg.batch_size, temperature=cfg.temperature,
-                          device=run.device, reference_only=reference_only)
+                          device=run.device, reference_only=single)
+    live = None
+    if single:  # kept for the update's backward; the detached copies stand in as old
+        live = live_forward(roles, batch, temperature=cfg.temperature, device=run.device)
+        old.update({k: v.detach() for k, v in live.items()})
     return Rollout(samples, batch, scores, parts, old, batch["response_mask"].to(run.device),
                    {"generation": t_gen, "scoring": t_score,
-                    "forward": time.perf_counter() - clock})
+                    "forward": time.perf_counter() - clock}, live)
 
 
 @dataclass

@@ -67,15 +67,10 @@ def _frozen(model: torch.nn.Module) -> torch.nn.Module:
 def _forward_logits(model, input_ids, attention_mask, keep_from: int = 0):
     """The logits of positions ``keep_from`` to the end, ``[B, T - keep_from, V]``: the head
     runs only there when the model takes ``logits_to_keep`` (a rollout's prompt makes none)."""
-    from preflab.logprobs import position_ids_from_attention_mask, takes_logits_to_keep
+    from preflab.logprobs import lm_logits
 
     keep = input_ids.shape[1] - keep_from
-    extra = ({"logits_to_keep": keep} if 0 < keep < input_ids.shape[1]
-             and takes_logits_to_keep(model) else {})
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids_from_attention_mask(attention_mask),
-                   use_cache=False, **extra).logits
-    return logits[:, logits.shape[1] - keep:] if logits.shape[1] > keep else logits
+    return lm_logits(model, input_ids, attention_mask, keep)[:, -keep:]
 
 
 def _params_bytes(params: list[torch.nn.Parameter], optimizer, seen: set[int]) -> dict[str, int]:

@@ -1,8 +1,8 @@
 """Sampling completions from any Hugging Face causal LM: reproducible, and exactly as asked.
 
-``generate`` runs the model in eval mode under ``torch.inference_mode`` with the KV cache,
-pads each batch on the LEFT (the attention mask hides the pads and the model's position ids
-follow the mask), and stops each row at EOS. Prompts are tokenized as the data layer does it
+``generate`` runs the model in eval mode under ``torch.inference_mode`` (``no_grad`` for a
+sharded model) with the KV cache, pads each batch on the LEFT (the attention mask hides the
+pads and the model's position ids follow the mask), and stops each row at EOS. Prompts are tokenized as the data layer does it
 (``tokenizer(prompt, add_special_tokens=True)``), so a policy sees its prompts the way it was
 trained on them.
 
@@ -31,6 +31,10 @@ Each ``Sample`` holds:
   distribution (``softmax(logits / temperature)``, renormalised over the nucleus when
   ``top_p < 1``; the untempered softmax for greedy decoding).
 
+A model sharded with FSDP2 (``--fsdp``) samples in lockstep: every process calls
+``generate`` with the same number of batches, and each keeps stepping until every process's
+batch is done (transformers' ``synced_gpus``), so its samples are those of the whole model.
+
 Reproducibility: the sampler draws from torch's global generator, seeded with ``seed`` inside
 ``torch.random.fork_rng`` so the caller's RNG state is left as it was. The same model,
 prompts and arguments give the same samples; a different ``batch_size`` gives different (but
@@ -46,6 +50,7 @@ from dataclasses import dataclass, field
 import torch
 
 from preflab.errors import ConfigError, DataError
+from preflab.runtime import distributed
 
 
 @dataclass
@@ -211,11 +216,17 @@ def generate(
     device = next(model.parameters()).device
     results: list[list[Sample | None]] = [[None] * num_samples for _ in prompts]
 
+    # a sharded model's every forward pass is collective: each process keeps stepping (on
+    # finished rows) until every process's batch is done, and all run the same batch count
+    synced = distributed.is_sharded(model)
     was_training = model.training
     model.eval()
     devices = [device] if device.type == "cuda" else []
     try:
-        with (torch.random.fork_rng(devices=devices), torch.inference_mode(),
+        # no inference tensors for a sharded model: FSDP2 reuses its gathered weights'
+        # storage in place when training resumes
+        no_grad = torch.no_grad() if synced else torch.inference_mode()
+        with (torch.random.fork_rng(devices=devices), no_grad,
               _isolated_generation_config(model)):
             torch.manual_seed(seed)
             iterator = batches
@@ -237,6 +248,7 @@ def generate(
                     attention_mask=attention_mask.to(device),
                     generation_config=gen_config,
                     logits_processor=LogitsProcessorList([warper]),
+                    synced_gpus=synced,
                 )
                 logprobs = warper.finish(output[:, -1]).tolist()
                 new_tokens = output[:, width:].tolist()

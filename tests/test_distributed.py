@@ -65,7 +65,6 @@ def test_torchrun_two_processes_match_one(fsdp, tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("extra, says", [
     ([], "torchrun"),  # one process has nothing to shard over
     (["--lora-rank", "2"], "--lora-rank"),
-    (["--eval-prompts", "PROMPTS"], "--eval-prompts"),  # sampling a sharded model: not built
 ])
 def test_fsdp_refuses_what_it_cannot_do(extra, says, tiny_model_dir, tmp_path, capsys):
     from preflab.cli import main
@@ -85,7 +84,8 @@ def test_fsdp_refuses_what_it_cannot_do(extra, says, tiny_model_dir, tmp_path, c
     ["--precompute-ref"],  # the reference's log-probs computed once, the copy freed
     ["--lora-rank", "2"],  # the base with the adapter switched off
     ["--loss", "simpo"],  # no reference
-    ["--fsdp", "--eval-fraction", "0.1"],  # the policy sharded (FSDP2), the copy whole
+    # the policy sharded (FSDP2), the copy whole; sampling the sharded policy in lockstep
+    ["--fsdp", "--eval-fraction", "0.1", "--eval-prompts", "PROMPTS"],
     ["--fsdp", "--precompute-ref"],
 ], ids=["copy", "precomputed", "lora-adapters-off", "reference-free", "fsdp-copy",
         "fsdp-precomputed"])
@@ -97,6 +97,11 @@ def test_dpo_torchrun_each_reference_mode_matches_one_process(mode, tiny_model_d
     from tests.test_rm import preference_records, torchrun
 
     data = write_jsonl(tmp_path / "pairs.jsonl", preference_records(32))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl",
+                          [{"prompt": p} for p in ("the movie", "a film was", "this plot")])
+    mode = [str(prompts) if m == "PROMPTS" else m for m in mode]
+    if "--eval-prompts" in mode:
+        mode += ["--eval-max-new-tokens", "8"]
     common = ["--model", str(tiny_model_dir), "--data", str(data), "--max-steps", "3",
               "--learning-rate", "3e-3", "--no-progress", "--max-length", "32",
               "--eval-fraction", "0", *[m for m in mode if m != "--fsdp"]]
@@ -115,6 +120,9 @@ def test_dpo_torchrun_each_reference_mode_matches_one_process(mode, tiny_model_d
         a, b = (json.loads(x) for x in ((tmp_path / d / "metrics.jsonl").read_text()
                                          .splitlines()[-1] for d in ("one", "two")))
         assert a["eval/loss"] == pytest.approx(b["eval/loss"], rel=1e-4)
+    if "--eval-prompts" in mode:  # the sharded policy sampled what the whole one did
+        assert a["eval/distinct_n"] == b["eval/distinct_n"]
+        assert a["eval/kl"] == pytest.approx(b["eval/kl"], rel=1e-3, abs=1e-5)
 
 
 @pytest.mark.parametrize("command, sharded", [("sft", []), ("rm", []), ("dpo", []),
@@ -148,16 +156,6 @@ def test_accelerate_launch_two_processes_match_one(command, sharded, tiny_model_
         torch.testing.assert_close(one[key], two[key], atol=2e-5, rtol=1e-4)
 
 
-def test_online_dpo_refuses_fsdp(tiny_model_dir, tmp_path, capsys):
-    """It inherits DPO's flags but samples while it trains: --fsdp is refused, not ignored."""
-    from preflab.cli import main
-
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "the movie"}] * 4)
-    code = main(["online-dpo", "--model", str(tiny_model_dir), "--data", str(prompts),
-                 "--judge", "m:f", "--output-dir", str(tmp_path / "o"), "--fsdp"])
-    err = capsys.readouterr().err
-    assert code == 2 and "--fsdp" in err and "online-dpo" in err and "Traceback" not in err
-    assert not (tmp_path / "o").exists()
 
 
 def test_a_rank_leaves_through_exit_rank_with_the_commands_status(monkeypatch, capsys):

@@ -165,14 +165,19 @@ def test_a_moving_reference_with_lora_is_refused(tiny_model_dir, files, tmp_path
         assert "--reference moving copies the policy's weights" in capsys.readouterr().err
 
 
-def test_torchrun_two_processes_match_one(tiny_model_dir, files, tmp_path):
+@pytest.mark.parametrize("sharded", [[], ["--fsdp", "--reference", "moving"]],
+                         ids=["ddp", "fsdp-moving"])
+def test_torchrun_two_processes_match_one(sharded, tiny_model_dir, files, tmp_path):
     """Rank 0 samples and judges each round; both processes train on halves of its pairs.
-    2 gloo processes with batch 4 each give the rounds and the weights of 1 with batch 8."""
+    2 gloo processes with batch 4 each give the rounds and the weights of 1 with batch 8.
+    With ``--fsdp`` every process samples the sharded policy in lockstep, and a moving
+    reference copies its gathered weights."""
     from tests.test_rm import torchrun
 
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(args(tiny_model_dir, files, one, "--batch-size", "8")) == 0
-    result = torchrun("online-dpo", args(tiny_model_dir, files, two)[1:])
+    moving = [m for m in sharded if m != "--fsdp"]
+    assert main(args(tiny_model_dir, files, one, "--batch-size", "8", *moving)) == 0
+    result = torchrun("online-dpo", args(tiny_model_dir, files, two, *sharded)[1:])
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((two / "summary.json").read_text())
     assert (summary["world_size"], summary["steps"], summary["steps_per_round"]) == (2, 2, 1)

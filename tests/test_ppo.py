@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -185,9 +186,9 @@ def capture_roles(monkeypatch) -> dict:
     for cls in (roles_module.ClassicRoles, roles_module.SharedRoles):
         original = cls.save_value
 
-        def save_value(self, out_dir, tokenizer, _original=original):
+        def save_value(self, out_dir, tokenizer, run, _original=original):
             captured["values_at_save"] = value_probe(self)
-            return _original(self, out_dir, tokenizer)
+            return _original(self, out_dir, tokenizer, run)
 
         monkeypatch.setattr(cls, "save_value", save_value)
     return captured
@@ -509,3 +510,48 @@ def test_ppo_two_processes_give_the_update_of_one(tiny_model_dir, tmp_path):
     for key, value in a.items():
         torch.testing.assert_close(torch.tensor(b[key]), torch.tensor(value), atol=2e-5,
                                    rtol=1e-4)
+
+
+@pytest.mark.parametrize("command", ["ppo", "rloo", "grpo"])
+def test_fsdp_gives_the_weights_of_replicated_processes(command, tiny_model_dir, ppo_files,
+                                                        tmp_path):
+    """``--fsdp``: the policy (and PPO's value model) sharded over 2 gloo processes, each
+    sampling its own rollouts in lockstep, give the weights of 2 processes holding whole
+    copies (the same rollouts per rank). Each process holds half the policy's bytes. PPO also
+    resumes from its step-1 checkpoint (two sharded models, one optimizer) to the same final
+    weights."""
+    from tests.test_rm import torchrun
+
+    data, rewards_py = ppo_files
+
+    def launch(out: Path, *extra: str) -> None:
+        args = ppo_args(tiny_model_dir, data, out, f"{rewards_py}:positive", "--max-steps", "2",
+                        "--rollout-batch-size", "4", "--eval-fraction", "0.2", *extra)
+        if command != "ppo":  # 2 prompts x 2 completions, and no --ppo-epochs
+            at = args.index("--ppo-epochs")
+            args = [*args[:at], *args[at + 2:], "--num-generations", "2",
+                    "--rollout-batch-size", "2"]
+        result = torchrun(command, args)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    whole, sharded = tmp_path / "whole", tmp_path / "sharded"
+    launch(whole)
+    launch(sharded, "--fsdp", "--save-every", "1")
+    parts = ["model.safetensors", *(["value/model.safetensors"] if command == "ppo" else [])]
+    for part in parts:
+        want, got = (load_file(d / "final" / part) for d in (whole, sharded))
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-4)
+    sizes = [json.loads((d / "summary.json").read_text())["tensor_bytes"]["policy"]["total"]
+             for d in (sharded, whole)]
+    assert sizes[0] < 0.6 * sizes[1]
+    assert metric_rows(sharded)[-1]["eval/kl"] == pytest.approx(metric_rows(whole)[-1]["eval/kl"],
+                                                                 rel=1e-4, abs=1e-6)
+    if command == "ppo":
+        finished = {part: load_file(sharded / "final" / part) for part in parts}
+        shutil.rmtree(sharded / "final")
+        launch(sharded, "--fsdp", "--save-every", "1", "--resume")
+        for part in parts:
+            got = load_file(sharded / "final" / part)
+            for key, want in finished[part].items():
+                torch.testing.assert_close(got[key], want, atol=1e-6, rtol=1e-5)

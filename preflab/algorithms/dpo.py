@@ -75,8 +75,8 @@ class DPOConfig(TrainConfig):
         "attention that honours restarting position ids (transformers' sdpa, eager or flash "
         "attention); checked at the start."
     )
-    fsdp: bool = fsdp_arg("policy", "; the reference stays whole on each process, and "
-                          "--eval-prompts is refused")
+    fsdp: bool = fsdp_arg("policy", "; the reference stays whole on each process, "
+                          "and --eval-prompts samples on every process in lockstep")
     eval_prompts: str = arg(
         "", "Prompts to sample from at evaluation (eval/kl, eval/distinct_n, eval/gold_reward).",
         path="data",
@@ -170,7 +170,8 @@ def evaluate(model, ref, spec, cfg, examples, pad_id, run, *, tokenizer, prompts
                 totals += stats
         totals = distributed.all_reduce_sum(totals, run.ctx)
         out.update(_means(totals, float(len(examples)), prefix="eval/"))
-    if prompts and run.ctx.is_main:
+    # sampling a sharded model is collective: every process samples the same prompts
+    if prompts and (run.ctx.is_main or cfg.fsdp):
         out.update(evaluate_policy(
             models.unwrap(model), tokenizer, prompts,
             rewards={"gold_reward": gold_fn} if gold_fn is not None else None,

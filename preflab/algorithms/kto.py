@@ -82,8 +82,8 @@ class KTOConfig(TrainConfig):
                                 ge=1)
     eval_max_new_tokens: int = arg(48, "Longest sampled completion at evaluation.", ge=1)
     eval_temperature: float = arg(1.0, "Sampling temperature at evaluation (0: greedy).", ge=0)
-    fsdp: bool = fsdp_arg("policy", "; the reference stays whole on each process, and "
-                          "--eval-prompts is refused")
+    fsdp: bool = fsdp_arg("policy", "; the reference stays whole on each process, "
+                          "and --eval-prompts samples on every process in lockstep")
 
     def validate(self) -> None:
         super().validate()
@@ -226,7 +226,8 @@ def evaluate(model, ref: reference.Reference, cfg: KTOConfig, examples, pad_id, 
             kto_step(model, ref, cfg, batch, z0)
         totals = distributed.all_reduce_sum(totals, run.ctx)
         out.update(_means(totals, float(len(examples)), prefix="eval/"))
-    if prompts and run.ctx.is_main:
+    # sampling a sharded model is collective: every process samples the same prompts
+    if prompts and (run.ctx.is_main or cfg.fsdp):
         out.update(evaluate_policy(
             models.unwrap(model), tokenizer, prompts,
             rewards={"gold_reward": gold_fn} if gold_fn is not None else None,

@@ -34,7 +34,6 @@ it stopped: the round's pairs are read back, and a moving reference is read from
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ import torch
 
 from preflab import models, reference
 from preflab.algorithms.dpo import STAT_KEYS, DPOConfig, _means, evaluate, preference_step
-from preflab.config import arg, parse_config
+from preflab.config import arg, fsdp_arg, parse_config
 from preflab.data import (
     PreferenceExample,
     TruncationPolicy,
@@ -79,8 +78,8 @@ class OnlineDPOConfig(DPOConfig):
                                "aside).", ge=1)
     num_samples: int = arg(4, "Completions sampled per prompt; the best and the worst make "
                            "the pair.", ge=2)
-    fsdp: bool = arg(False, "Not built for online-dpo, which samples while it trains (a sharded "
-                     "model would have to generate in lockstep on every process): refused.")
+    fsdp: bool = fsdp_arg("policy", "; the reference stays whole on each process, every "
+                          "process samples each round in lockstep, and rank 0 judges")
     steps_per_round: int = arg(0, "DPO steps on each round's pairs (0: one pass, "
                                "pairs-per-round / global batch, rounded up).", ge=0)
     reference: str = arg("fixed", "fixed: the starting model throughout; moving: the policy "
@@ -91,10 +90,6 @@ class OnlineDPOConfig(DPOConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.fsdp:
-            raise ConfigError("--fsdp is not built for online-dpo: it samples while it trains, "
-                              "and a sharded model would have to generate in lockstep on every "
-                              "process (docs/scaling.md)", field="fsdp")
         if not self.judge:
             raise ConfigError("--judge is required", field="judge")
         if not pairwise(self.judge):
@@ -192,13 +187,23 @@ def make_pairs(prompts: list[str], samples, scores: list[float]) -> tuple[list[d
     return pairs, ties
 
 
-def sample_round(cfg: OnlineDPOConfig, run, model, tokenizer, judge, prompts: list[str],
-                 number: int, folder: Path) -> dict:
-    """Steps 2 to 4 of a round (on the main process): samples.jsonl, pairs.jsonl, round.json."""
-    samples = generate(models.unwrap(model), tokenizer, prompts, num_samples=cfg.num_samples,
-                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                       batch_size=cfg.generation_batch_size, seed=cfg.seed * 1_000_003 + number,
-                       progress=False)
+def sample_round(cfg: OnlineDPOConfig, model, tokenizer, prompts: list[str], number: int) -> list:
+    """Step 2 of a round: the policy's samples (in eval mode), ``result[i][j]`` prompt i's
+    j-th. Collective for a sharded model: every process calls it with the same prompts."""
+    model.eval()
+    try:
+        return generate(models.unwrap(model), tokenizer, prompts, num_samples=cfg.num_samples,
+                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                        batch_size=cfg.generation_batch_size,
+                        seed=cfg.seed * 1_000_003 + number, progress=False)
+    finally:
+        model.train()
+
+
+def judge_round(cfg: OnlineDPOConfig, run, judge, prompts: list[str], samples: list,
+                number: int, folder: Path) -> dict:
+    """Steps 3 and 4 of a round (on the main process): samples.jsonl, pairs.jsonl,
+    round.json."""
     flat_prompts = [p for p, group in zip(prompts, samples) for _ in group]
     flat = [s for group in samples for s in group]
     with session.diverged_at(run, f"round {number} (judging the samples)"):
@@ -247,6 +252,7 @@ def train(cfg: OnlineDPOConfig) -> dict:
     check_dataset(cfg.data, "prompt")
     check_dataset(cfg.eval_prompts, "prompt")
     run = session.start_run(cfg, "online-dpo")
+    session.check_fsdp(cfg, run)
     spec = get_direct_loss(cfg.loss)
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     policy = TruncationPolicy(cfg.max_length, cfg.max_prompt_length or None, cfg.overlong)
@@ -268,7 +274,7 @@ def train(cfg: OnlineDPOConfig) -> dict:
     if run.ctx.is_main:
         print(f"data: {len(prompts_all)} prompts; {data_report.summary()}", flush=True)
 
-    model = session.load_trainable(cfg, run)
+    model = session.shard_if_asked(cfg, run, session.load_trainable(cfg, run))
     model.train()
     session.claim_run_dir(run)
     ref = reference.live(cfg, run, model, needed=spec.needs_reference)
@@ -307,18 +313,22 @@ def train(cfg: OnlineDPOConfig) -> dict:
                 from safetensors.torch import load_model
 
                 load_model(ref_model, str(folder / "reference.safetensors"))
-            else:
-                ref_model.load_state_dict(models.unwrap(model).state_dict())
+            else:  # a sharded policy's weights gathered on every process
+                ref_model.load_state_dict({k: distributed.whole(v) for k, v in
+                                           models.unwrap(model).state_dict().items()})
                 if run.ctx.is_main:
                     from safetensors.torch import save_model
 
                     folder.mkdir(parents=True, exist_ok=True)
                     save_model(ref_model, str(folder / "reference.safetensors"))
-        if not mid_round and run.ctx.is_main and not (folder / "round.json").exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            model.eval()
-            sample_round(cfg, run, model, tokenizer, judge, drawn, number, folder)
-            model.train()
+        # a sharded policy samples on every process (rank 0 writes round.json only after
+        # sampling, which waits for every process: each sees the same file system here)
+        if (not mid_round and (run.ctx.is_main or cfg.fsdp)
+                and not (folder / "round.json").exists()):
+            samples = sample_round(cfg, model, tokenizer, drawn, number)
+            if run.ctx.is_main:
+                folder.mkdir(parents=True, exist_ok=True)
+                judge_round(cfg, run, judge, drawn, samples, number, folder)
         distributed.barrier(run.ctx)
         examples, figures = read_round(folder)
         if run.ctx.is_main and not mid_round:
@@ -336,7 +346,7 @@ def train(cfg: OnlineDPOConfig) -> dict:
                 batch = {k: v.to(run.device) if torch.is_tensor(v) else v
                          for k, v in batch.items()}
                 sync = i == cfg.grad_accum - 1 or not run.ctx.enabled
-                with contextlib.nullcontext() if sync else ddp_model.no_sync():
+                with distributed.gradient_sync(ddp_model, sync):
                     losses, stats = preference_step(ddp_model, ref, spec, cfg, batch, "train")
                     (losses.sum() * run.ctx.world_size / global_batch).backward()
                 step_loss += losses.detach().sum()

@@ -55,6 +55,7 @@ from preflab.rl.loop import (
     reduce_means,
     single_pass,
     sync_gradients,
+    trainable_params,
 )
 from preflab.rl.roles import MEMORY_MODES
 from preflab.rl.tensors import (
@@ -125,7 +126,6 @@ def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg
     Each minibatch's loss and gradient norm are checked before its optimizer step
     (``session.optimizer_step``): a non-finite one stops the run, or is skipped."""
     P, mask = batch["context_length"], batch["response_mask"].to(run.device)
-    params = [p for p in roles.trainable.parameters() if p.requires_grad]
     n_rows = len(mask)
     size = n_rows // cfg.num_minibatches
     keys = ("loss/policy", "loss/value", "policy/approxkl", "policy/clipfrac", "val/clipfrac",
@@ -160,6 +160,7 @@ def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg
                 totals += part / max(local_tokens, 1.0) * torch.tensor(values_now,
                                                                        dtype=torch.float64)
                 minibatch_loss += share * (values_now[0] + cfg.vf_coef * values_now[1])
+            params = trainable_params(roles)  # after the backward passes: see there
             sync_gradients(params, run)
             session.optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm, run=run,
                                    step=f"iteration {iteration}, update {updates + 1}",
@@ -262,8 +263,8 @@ def train(cfg: PPOConfig) -> dict:
 
     final_eval = evaluate(roles, tokenizer, eval_prompts, reward, gold, cfg)
     measure()
-    if run.ctx.is_main:  # before final_model(), which drops the value adapter in shared mode
-        roles.save_value(run.dir / "final" / "value", tokenizer)
+    # before final_model(), which drops the value adapter in shared mode
+    roles.save_value(run.dir / "final" / "value", tokenizer, run)
     return close_run(setup, cfg, logger=logger, throughput=throughput, final_eval=final_eval,
                      final_metrics={k: v for k, v in record.items() if k.startswith("objective/")},
                      extra={"single_pass": single})

@@ -50,6 +50,7 @@ from preflab.rl.loop import (
     reduce_means,
     single_pass,
     sync_gradients,
+    trainable_params,
 )
 from preflab.rl.tensors import (
     micro_batches,
@@ -117,7 +118,6 @@ def group_update(roles, optimizer, scheduler, batch, old, advantages, cfg, metho
     aggregation) or completions (``sequence``, ``fixed``) counted over every process, so the
     averaged gradient is that of the whole minibatch."""
     P, mask = batch["context_length"], batch["response_mask"].to(run.device)
-    params = [p for p in roles.trainable.parameters() if p.requires_grad]
     by_tokens = cfg.loss_aggregation == "token"
     importance = method.importance[cfg.importance_sampling_level]
     kl_coef = cfg.kl_coef if method.kl_in_loss and cfg.kl_coef > 0 else 0.0
@@ -150,6 +150,7 @@ def group_update(roles, optimizer, scheduler, batch, old, advantages, cfg, metho
                 weight = part / max(local_count, 1.0)
                 totals += weight * torch.tensor(values, dtype=torch.float64)
                 minibatch_loss += part / max(count, 1.0) * values[0]
+            params = trainable_params(roles)  # after the backward passes: see there
             sync_gradients(params, run)
             session.optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm, run=run,
                                    step=f"iteration {iteration}, update {updates + 1}",

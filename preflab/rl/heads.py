@@ -102,3 +102,15 @@ class SequenceScorer(torch.nn.Module):
         # a copy, not a view of the head's output: FSDP2 hooks the backward on what a sharded
         # module returns, and warns about views an in-place op could cut off
         return sequence_scores(self.model, input_ids, attention_mask).clone()
+
+
+class TokenValues(torch.nn.Module):
+    """``forward(input_ids, attention_mask) -> [B, T]`` values (``token_values``): the module
+    that FSDP2 shards, so that its forward gathers the body's and the head's weights."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return token_values(self.model, input_ids, attention_mask).clone()  # see SequenceScorer

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from preflab import models
-from preflab.config import TrainConfig, arg
+from preflab.config import TrainConfig, arg, fsdp_arg
 from preflab.data import TruncationPolicy, check_dataset, load_prompt_dataset, split_train_eval
 from preflab.errors import ConfigError
 from preflab.evaluation import evaluate_policy
@@ -75,9 +75,16 @@ class RolloutConfig(TrainConfig):
     eval_max_new_tokens: int = arg(0, "Longest sampled completion at evaluation "
                                    "(0: --response-length).", ge=0)
     eval_temperature: float = arg(1.0, "Sampling temperature at evaluation (0: greedy).", ge=0)
+    fsdp: bool = fsdp_arg("policy", "; ppo shards its value model too (--memory-mode "
+                          "classic). The reference and reward models stay whole on each "
+                          "process, and every process samples in lockstep")
 
     def validate(self) -> None:
         super().validate()
+        if self.fsdp and self.memory_mode == "shared":
+            raise ConfigError("--fsdp shards whole models; --memory-mode shared trains LoRA "
+                              "adapters, small enough to replicate (leave out --fsdp)",
+                              field="fsdp")
         if not self.reward:
             raise ConfigError("--reward is required", field="reward",
                               expected="a reward-model directory or module:function")
@@ -117,11 +124,22 @@ def load_prompts(cfg: RolloutConfig, tokenizer):
     return examples, [e.prompt for e in eval_examples][: cfg.eval_num_prompts], report
 
 
+def trainable_params(roles) -> list[torch.nn.Parameter]:
+    """The parameters an update steps. Read them after the backward passes: a sharded model
+    (``--fsdp``) then holds its shards, while between a forward pass and its backward FSDP2's
+    root module holds the gathered weights in their place."""
+    return [p for p in roles.trainable.parameters() if p.requires_grad]
+
+
 def sync_gradients(params: list[torch.nn.Parameter], run: session.Run) -> None:
-    """Average gradients over processes (every rank updates on its own rollouts)."""
+    """Average gradients over processes (every rank updates on its own rollouts). A sharded
+    parameter's gradient (``--fsdp``) is already the average: FSDP2 reduce-scatters it in
+    the backward pass."""
     if not run.ctx.enabled:
         return
     for p in params:
+        if distributed.is_dtensor(p):
+            continue
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         torch.distributed.all_reduce(p.grad)
@@ -284,6 +302,7 @@ def open_run(cfg: RolloutConfig, command: str, *, critic: bool, note: str = "") 
     for source in (cfg.data, cfg.eval_prompts or cfg.eval_data):
         check_dataset(source, "prompt")
     run = session.start_run(cfg, command)
+    session.check_fsdp(cfg, run)
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     examples, eval_prompts, data_report = load_prompts(cfg, tokenizer)
     if run.ctx.is_main:

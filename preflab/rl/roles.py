@@ -38,13 +38,13 @@ import torch
 from preflab import models, rewards
 from preflab.errors import ConfigError
 from preflab.rl.heads import (
+    TokenValues,
     body_and_head,
     head_outputs,
     new_scalar_head,
     scores_at_last_token,
-    token_values,
 )
-from preflab.runtime import memory, session
+from preflab.runtime import distributed, memory, session
 
 MEMORY_MODES = ("classic", "shared")
 POLICY_ADAPTER = "default"  # the usual name, so final/adapter/ is a plain PEFT adapter
@@ -89,6 +89,8 @@ class ClassicRoles:
         self.policy = session.load_trainable(cfg, run)
         disable_dropout(self.policy)
         self.reference = _frozen(models.load_causal_lm(ref_path, **load))
+        if getattr(cfg, "fsdp", False):  # the reference and reward models stay whole
+            distributed.shard(self.policy)
         self.reward_models = reward_models
         self.value = None
         self.trainable = torch.nn.ModuleDict({"policy": self.policy})
@@ -104,6 +106,9 @@ class ClassicRoles:
                                            dropout=cfg.lora_dropout, target_modules=targets or None,
                                            task_type="SEQ_CLS")
         disable_dropout(self.value)
+        self._values = TokenValues(self.value)
+        if getattr(cfg, "fsdp", False):
+            distributed.shard(self._values)
         self.trainable = torch.nn.ModuleDict({"policy": self.policy, "value": self.value})
 
     @property
@@ -127,7 +132,7 @@ class ClassicRoles:
         return _forward_logits(self.reference, input_ids, attention_mask, keep_from)
 
     def values(self, input_ids, attention_mask):
-        return token_values(self.value, input_ids, attention_mask)
+        return self._values(input_ids, attention_mask)
 
     def with_reference(self, fn: Callable):
         return fn(self.reference)
@@ -135,9 +140,13 @@ class ClassicRoles:
     def final_model(self) -> torch.nn.Module:
         return self.policy
 
-    def save_value(self, out_dir: Path, tokenizer) -> None:
-        """The value model as a sequence-classification model (``final/value/``)."""
-        models.save_model(self.value, tokenizer, out_dir)
+    def save_value(self, out_dir: Path, tokenizer, run: session.Run) -> None:
+        """The value model as a sequence-classification model (``final/value/``), written by
+        rank 0; every process calls it (a sharded model's weights are gathered)."""
+        full = (distributed.full_weights(self.value) if distributed.is_sharded(self.value)
+                else None)
+        if run.ctx.is_main:
+            models.save_model(self.value, tokenizer, out_dir, state_dict=full)
 
     def tensor_bytes(self, optimizer) -> dict[str, dict[str, int]]:
         seen: set[int] = set()
@@ -297,10 +306,12 @@ class SharedRoles:
         with self._adapters_off() as lm:
             return fn(lm)
 
-    def save_value(self, out_dir: Path, tokenizer) -> None:
+    def save_value(self, out_dir: Path, tokenizer, run: session.Run) -> None:
         """The value role as an ordinary sequence-classification model (``final/value/``):
         the base with the value adapter merged in, and the value head as its ``score``, so a
-        later run can start its value model there (``--value-model``)."""
+        later run can start its value model there (``--value-model``). Rank 0 writes it."""
+        if not run.ctx.is_main:
+            return
         import copy
 
         from transformers import AutoModelForSequenceClassification

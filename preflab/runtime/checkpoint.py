@@ -43,12 +43,14 @@ def save_checkpoint(
     optimizers: dict[str, Any],
     extra: dict[str, Any],
     keep: int = 2,
-    gathered: dict[str, tuple[dict, dict | None]] | None = None,
+    gathered: dict[str, dict] | None = None,
+    gathered_optimizer: dict | None = None,
 ) -> Path:
     """Write ``checkpoints/step-{step}`` atomically; keep the newest ``keep`` of them.
 
-    ``gathered`` maps a sharded model's role to its full weights and optimizer state
-    (``distributed.full_state``), written instead of its own tensors (optimizer ``optimizer``).
+    ``gathered`` maps a sharded model's role to its full weights (``distributed.full_weights``),
+    written instead of its own tensors; ``gathered_optimizer`` is the full state of the
+    optimizer named ``optimizer`` over the sharded models (``distributed.full_optimizer_state``).
     """
     gathered = gathered or {}
     root = Path(run_dir) / "checkpoints"
@@ -61,15 +63,14 @@ def save_checkpoint(
     for role, model in models.items():
         if role in gathered:
             trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-            weights = {n: t.contiguous() for n, t in gathered[role][0].items() if n in trainable}
+            weights = {n: t.contiguous() for n, t in gathered[role].items() if n in trainable}
         else:
             weights = trainable_state(model)
         save_file(weights, str(tmp / f"{role}.safetensors"))
     state = {"step": step, **extra}
     state["optimizers"] = {name: opt.state_dict() for name, opt in optimizers.items()}
-    for _, optim in gathered.values():
-        if optim is not None:
-            state["optimizers"]["optimizer"] = optim
+    if gathered_optimizer is not None:
+        state["optimizers"]["optimizer"] = gathered_optimizer
     torch.save(state, tmp / "state.pt")
     _fsync_dir(tmp)
     if final.exists():  # a re-run of the same step after a resume: replace it
@@ -119,7 +120,7 @@ def load_checkpoint(
 
     path = Path(path)
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    sharded = None
+    sharded: dict[str, torch.nn.Module] = {}
     for role, model in models.items():
         weights = load_file(str(path / f"{role}.safetensors"))
         params = dict(model.named_parameters())
@@ -132,14 +133,15 @@ def load_checkpoint(
             )
         if distributed.is_sharded(model):
             distributed.load_full_state(model, weights)
-            sharded = model
+            sharded[role] = model
             continue
         with torch.no_grad():
             for name, tensor in weights.items():
                 params[name].copy_(tensor)
     for name, opt in optimizers.items():
-        if sharded is not None and name == "optimizer":
-            distributed.load_full_state(sharded, {}, opt, state["optimizers"][name])
+        if sharded and name == "optimizer":
+            distributed.load_full_state(distributed.optimizer_owner(sharded), {}, opt,
+                                        state["optimizers"][name])
         else:
             opt.load_state_dict(state["optimizers"][name])
     return state

@@ -87,6 +87,13 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
+def is_dtensor(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a DTensor (a parameter of a sharded model, or its gradient)."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
 def local(tensor: torch.Tensor) -> torch.Tensor:
     """This process's shard of a DTensor; any other tensor as it is."""
     from torch.distributed.tensor import DTensor
@@ -121,26 +128,40 @@ def gradient_sync(model: torch.nn.Module, enabled: bool):
         yield
 
 
-def full_state(model: torch.nn.Module, optimizer=None) -> tuple[dict, dict | None]:
-    """The full (unsharded) model state dict, and the optimizer's keyed by parameter name, on
-    rank 0 (other ranks get empty dicts). Collective: every rank calls it."""
+def full_weights(model: torch.nn.Module) -> dict:
+    """The full (unsharded) model state dict on rank 0 (other ranks get an empty dict).
+    Collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                 cpu_offload=True))
+
+
+def optimizer_owner(sharded: dict[str, torch.nn.Module]) -> torch.nn.Module:
+    """The module through which an optimizer over sharded models is gathered and scattered:
+    the one model, or several (PPO's policy and value) as a ``ModuleDict``, whose parameter
+    names then begin with the role."""
+    if len(sharded) == 1:
+        return next(iter(sharded.values()))
+    return torch.nn.ModuleDict(sharded)
+
+
+def full_optimizer_state(owner: torch.nn.Module, optimizer) -> dict:
+    """The optimizer's full state keyed by ``owner``'s parameter names (``optimizer_owner``),
+    on rank 0. Collective."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
-        get_model_state_dict,
         get_optimizer_state_dict,
     )
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = get_model_state_dict(model, options=options)
-    optim = (get_optimizer_state_dict(model, optimizer, options=options)
-             if optimizer is not None else None)
-    return weights, optim
+    return get_optimizer_state_dict(owner, optimizer, options=StateDictOptions(
+        full_state_dict=True, cpu_offload=True))
 
 
 def load_full_state(model: torch.nn.Module, weights: dict, optimizer=None,
                     optim_state: dict | None = None) -> None:
-    """Scatter full state dicts (as ``full_state`` writes them, read by every rank) into a
-    sharded model and its optimizer."""
+    """Scatter full state dicts (as ``full_weights`` and ``full_optimizer_state`` write them,
+    read by every rank) into a sharded model (or ``optimizer_owner``) and its optimizer."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         set_model_state_dict,

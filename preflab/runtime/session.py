@@ -90,18 +90,13 @@ def load_trainable(cfg: TrainConfig, run: Run):
 
 
 def check_fsdp(cfg, run: Run) -> None:
-    """``--fsdp`` is refused in one process, with LoRA, and with sampled evaluation (generation
-    would have to run in lockstep on every rank); checked before anything is loaded."""
+    """``--fsdp`` is refused in one process and with LoRA; checked before anything is loaded.
+    (A sharded model samples in lockstep on every process: ``generation.generate``.)"""
     if not getattr(cfg, "fsdp", False):
         return
     if cfg.lora_rank:
         raise ConfigError("--fsdp is built for full fine-tuning; with --lora-rank the adapters "
                           "are small enough to replicate (leave out --fsdp)", field="fsdp")
-    if getattr(cfg, "eval_prompts", ""):
-        raise ConfigError("--fsdp does not sample yet (a sharded model generates only in "
-                          "lockstep on every rank): leave out --eval-prompts, and score the "
-                          "final model with `preflab world score` or `preflab sample`",
-                          field="fsdp")
     if not run.ctx.enabled:
         raise ConfigError("--fsdp shards over processes: launch with torchrun --nproc-per-node N "
                           "(or accelerate launch), N >= 2", field="fsdp")
@@ -230,9 +225,11 @@ def save_step(run: Run, step: int, *, models: dict, optimizer, scheduler, stream
         gathered: list = [None] * run.ctx.world_size
         torch.distributed.all_gather_object(gathered, states[0])
         states = gathered
-    # a sharded model's full weights and optimizer state: every rank takes part
-    full = {k: distributed.full_state(m, optimizer) for k, m in models.items()
-            if distributed.is_sharded(m)}
+    # the sharded models' full weights and optimizer state: every rank takes part
+    sharded = {k: m for k, m in models.items() if distributed.is_sharded(m)}
+    full = {k: distributed.full_weights(m) for k, m in sharded.items()}
+    full_optimizer = (distributed.full_optimizer_state(distributed.optimizer_owner(sharded),
+                                                       optimizer) if sharded else None)
     if run.ctx.is_main:
         checkpoint.save_checkpoint(
             run.dir,
@@ -242,6 +239,7 @@ def save_step(run: Run, step: int, *, models: dict, optimizer, scheduler, stream
             extra={"stream": stream.state_dict(), "rng": states, "elapsed_s": run.elapsed()},
             keep=run.config.save_total_limit,
             gathered=full,
+            gathered_optimizer=full_optimizer,
         )
     distributed.barrier(run.ctx)
 
@@ -457,7 +455,7 @@ def finish_run(
                                f"written. Last good checkpoint: {last_checkpoint(run)}")
     if run.skipped_steps:
         summary["skipped_nonfinite_steps"] = run.skipped_steps
-    full_weights = distributed.full_state(model)[0] if distributed.is_sharded(model) else None
+    full_weights = distributed.full_weights(model) if distributed.is_sharded(model) else None
     if run.ctx.is_main:
         card = rundir.model_card(
             command=run.command,

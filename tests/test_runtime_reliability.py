@@ -115,3 +115,36 @@ def test_plain_progress_prints_a_line_every_tenth():
         bar.update(1)
     assert [x.split(" (")[0] for x in resumed.getvalue().splitlines()] == [
         "dpo: 80%", "dpo: 90%", "dpo: 100%"]
+
+
+def test_adamw_moments_allocated_up_front_give_the_lazy_update():
+    """``build_optimizer`` allocates AdamW's moments before any step (a compact heap); the
+    first steps then give the parameters and state a lazily initialised AdamW gives, bit for
+    bit."""
+    import torch
+
+    from preflab.runtime.optim import build_optimizer
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5),
+                                   torch.nn.Linear(5, 1))
+
+    ours, lazy = model(), model()
+    optimizer = build_optimizer(ours, learning_rate=1e-2, weight_decay=0.1)
+    assert all(torch.equal(optimizer.state[p]["exp_avg"], torch.zeros_like(p))
+               for p in ours.parameters())
+    groups = [{"params": [p for p in lazy.parameters() if p.ndim >= 2], "weight_decay": 0.1},
+              {"params": [p for p in lazy.parameters() if p.ndim < 2], "weight_decay": 0.0}]
+    reference = torch.optim.AdamW(groups, lr=1e-2)
+    assert not reference.state
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    for net, opt in ((ours, optimizer), (lazy, reference)):
+        for _ in range(3):
+            net(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for a, b in zip(ours.parameters(), lazy.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(optimizer.state.values(), reference.state.values()):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

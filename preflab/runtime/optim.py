@@ -26,7 +26,26 @@ def build_optimizer(
     groups = [g for g in groups if g["params"]]
     if not groups:
         raise ValueError("the model has no trainable parameters")
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+    allocate_state(optimizer)
+    return optimizer
+
+
+def allocate_state(optimizer: torch.optim.AdamW) -> None:
+    """Allocate AdamW's moments now, as its first step would (zeros, step 0), before any
+    activation exists. Left to the first step, each moment lands in a hole that the step's
+    freed activations left in the heap, and the next steps' activations fit around them
+    worse: at 20M parameters on CPU that cost about 110 MiB of peak RSS (docs/performance.md).
+    The update is unchanged: the first step finds the state it would have made."""
+    scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if not optimizer.state[p]:
+                optimizer.state[p] = {
+                    "step": torch.tensor(0.0, dtype=scalar),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
 
 
 def lr_lambda(kind: str, warmup_steps: int, total_steps: int):

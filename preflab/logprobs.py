@@ -28,11 +28,12 @@ class _ChunkedTokenLogps(torch.autograd.Function):
     """``log_softmax(logits[:, :-1].float())`` gathered at ``targets``, chunk by chunk.
 
     Saves the input logits and one float32 log-normaliser per position; backward gives
-    ``d/dlogits = g * (onehot(target) - softmax(logits))`` in the dtype of ``logits``.
+    ``d/dlogits = g * (onehot(target) - softmax(logits))`` in the dtype of ``logits``: in a
+    new tensor, or (``overwrite``) written over the saved logits, chunk by chunk.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, steps: int) -> Tensor:
+    def forward(ctx, logits: Tensor, targets: Tensor, steps: int, overwrite: bool) -> Tensor:
         B, T1 = targets.shape
         out = torch.empty(B, T1, dtype=torch.float32, device=logits.device)
         lse = torch.empty_like(out)
@@ -43,7 +44,7 @@ class _ChunkedTokenLogps(torch.autograd.Function):
             picked = chunk.gather(-1, targets[:, s:e, None]).squeeze(-1)
             out[:, s:e] = picked - lse[:, s:e]
         ctx.save_for_backward(logits, targets, lse)
-        ctx.steps = steps
+        ctx.steps, ctx.overwrite = steps, overwrite
         return out
 
     @staticmethod
@@ -51,7 +52,8 @@ class _ChunkedTokenLogps(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         logits, targets, lse = ctx.saved_tensors
         T1 = targets.shape[1]
-        grad = torch.empty_like(logits)
+        # each chunk's gradient is built from that chunk's logits alone, so it can replace them
+        grad = logits if ctx.overwrite else torch.empty_like(logits)
         grad[:, T1:].zero_()  # the last position predicts nothing
         grad_out = grad_out.float()
         in_place = logits.dtype == torch.float32
@@ -68,11 +70,12 @@ class _ChunkedTokenLogps(torch.autograd.Function):
             if not in_place:
                 grad[:, s:e] = work
                 del work
-        return grad, None, None
+        return grad, None, None, None
 
 
 def token_logps(
-    logits: Tensor, input_ids: Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+    logits: Tensor, input_ids: Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+    overwrite_logits: bool = False,
 ) -> Tensor:
     """Per-token log-probs of the observed next tokens, ``[B, T-1]`` float32.
 
@@ -80,6 +83,12 @@ def token_logps(
     ``log softmax(logits[:, t])[input_ids[:, t+1]]``. The positions are processed in chunks
     of about ``chunk_size`` (batch, position) pairs, so no float32 copy of the whole logits
     tensor is made, in forward or backward. Differentiable with respect to ``logits``.
+
+    ``overwrite_logits``: backward writes the gradient over ``logits`` instead of into a new
+    tensor, so its peak holds one ``[B, T, V]`` tensor, not two. Only for logits that
+    nothing else reads once backward has run (the forward passes here that make them and
+    keep them to themselves); another autograd node that saved them fails loudly, since
+    the write bumps their version.
     """
     if logits.dim() != 3 or input_ids.shape != logits.shape[:2]:
         raise ValueError(
@@ -90,7 +99,7 @@ def token_logps(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     targets = input_ids[:, 1:].long()
     steps = max(1, chunk_size // max(1, logits.shape[0]))  # positions along T per chunk
-    return _ChunkedTokenLogps.apply(logits, targets, steps)
+    return _ChunkedTokenLogps.apply(logits, targets, steps, overwrite_logits)
 
 
 @dataclass
@@ -111,14 +120,17 @@ def sequence_logps(
     completion_mask: Tensor,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    overwrite_logits: bool = False,
 ) -> SequenceLogps:
     """Sum and mean log-prob of the completion tokens of each sequence.
 
     ``completion_mask`` ``[B, T]`` (bool or 0/1) marks the tokens to score; ``mask[:, 0]`` is
     ignored because token 0 has no prediction. Masked positions contribute exactly 0 (not
-    ``0 * x``), so garbage logits at padding cannot leak in as NaN.
+    ``0 * x``), so garbage logits at padding cannot leak in as NaN. ``overwrite_logits``: as
+    in ``token_logps``.
     """
-    logps = token_logps(logits, input_ids, chunk_size=chunk_size)
+    logps = token_logps(logits, input_ids, chunk_size=chunk_size,
+                        overwrite_logits=overwrite_logits)
     mask = completion_mask[:, 1:].to(torch.bool)
     total = torch.where(mask, logps, torch.zeros_like(logps)).sum(-1)
     count = mask.sum(-1)
@@ -200,7 +212,8 @@ def forward_logps(
     completion_mask: Tensor,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> tuple[SequenceLogps, Tensor]:
+    keep_logits: bool = True,
+) -> tuple[SequenceLogps, Tensor | None]:
     """Run a causal LM once and score its completions.
 
     Calls ``model(input_ids=, attention_mask=, position_ids=, use_cache=False)`` with
@@ -209,12 +222,15 @@ def forward_logps(
     (``logits_to_keep = completion_window``, where the model takes it): the prompt's
     positions before them make no logits, so a long prompt costs no vocabulary-wide work.
     Returns ``(SequenceLogps, logits [B, K, V])``, the logits of the last ``K`` positions;
-    drop them (``seq, _ = ...``) when not needed, so they can be freed.
+    drop them (``seq, _ = ...``) when not needed, so they can be freed. ``keep_logits=False``
+    (training): the logits stay private (None is returned in their place), and backward
+    writes their gradient over them (``token_logps``'s ``overwrite_logits``).
     """
     logits = lm_logits(model, input_ids, attention_mask, completion_window(completion_mask))
     start = input_ids.shape[1] - logits.shape[1]
-    return sequence_logps(logits, input_ids[:, start:], completion_mask[:, start:],
-                          chunk_size=chunk_size), logits
+    seq = sequence_logps(logits, input_ids[:, start:], completion_mask[:, start:],
+                         chunk_size=chunk_size, overwrite_logits=not keep_logits)
+    return seq, (logits if keep_logits else None)
 
 
 def pack(input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> dict:
@@ -272,9 +288,11 @@ def pack(input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> 
 
 
 def packed_sequence_logps(logits: Tensor, packed: dict, *,
-                          chunk_size: int = DEFAULT_CHUNK_SIZE) -> SequenceLogps:
+                          chunk_size: int = DEFAULT_CHUNK_SIZE,
+                          overwrite_logits: bool = False) -> SequenceLogps:
     """``sequence_logps`` for packed rows (``pack``): per original row, ``[rows]``."""
-    logps = token_logps(logits, packed["input_ids"], chunk_size=chunk_size)  # [bins, cap-1]
+    logps = token_logps(logits, packed["input_ids"], chunk_size=chunk_size,
+                        overwrite_logits=overwrite_logits)  # [bins, cap-1]
     mask = packed["completion_mask"][:, 1:]
     row_of = packed["row_of"][:, 1:].clamp(min=0)  # the fill is never scored
     values = torch.where(mask, logps, torch.zeros_like(logps)).reshape(-1)
@@ -294,8 +312,8 @@ def packed_forward_logps(model, input_ids: Tensor, attention_mask: Tensor,
     honours packed positions (``check_packing`` tests that)."""
     packed = pack(input_ids, attention_mask, completion_mask)
     logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"],
-                   use_cache=False).logits
-    return packed_sequence_logps(logits, packed, chunk_size=chunk_size)
+                   use_cache=False).logits  # private: backward writes their gradient over them
+    return packed_sequence_logps(logits, packed, chunk_size=chunk_size, overwrite_logits=True)
 
 
 @torch.no_grad()
@@ -350,5 +368,6 @@ def concatenated_forward(
                                    batch["completion_mask"], chunk_size=chunk_size)
     else:
         seq, _ = forward_logps(model, batch["input_ids"], batch["attention_mask"],
-                               batch["completion_mask"], chunk_size=chunk_size)
+                               batch["completion_mask"], chunk_size=chunk_size,
+                               keep_logits=False)
     return _rows(seq, slice(0, n)), _rows(seq, slice(n, 2 * n))

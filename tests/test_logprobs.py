@@ -118,6 +118,64 @@ def test_backward_allocates_only_the_gradient_for_float32_logits():
     torch.testing.assert_close(logits.grad, naive.grad)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_overwriting_the_logits_gives_the_same_gradients_with_one_tensor_fewer(dtype):
+    """``overwrite_logits``: backward writes the gradient over the head's output instead of
+    into a new ``[B, T, V]`` tensor; the head's and the hidden states' gradients are those
+    of the ordinary backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class Sizes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0]
+                      if isinstance(a, torch.Tensor)}
+            self.sizes += [t.untyped_storage().nbytes() for t in tree_flatten(out)[0]
+                           if isinstance(t, torch.Tensor)
+                           and t.untyped_storage().data_ptr() not in inputs]
+            return out
+
+    g = torch.Generator().manual_seed(0)
+    B, T, H, V = 4, 17, 8, 64
+    ids = torch.randint(0, V, (B, T), generator=g)
+    hidden0 = torch.randn(B, T, H, generator=g, dtype=dtype)
+    weight0 = torch.randn(V, H, generator=g, dtype=dtype)
+    weights = torch.randn(B, T - 1, generator=g)
+    grads, outs = {}, {}
+    for overwrite in (False, True):
+        hidden = hidden0.clone().requires_grad_()
+        weight = weight0.clone().requires_grad_()
+        logits = hidden @ weight.T
+        out = token_logps(logits, ids, chunk_size=8, overwrite_logits=overwrite)
+        whole = logits.untyped_storage().nbytes()
+        del logits
+        with Sizes() as seen:
+            (out * weights).sum().backward()
+        assert (whole in seen.sizes) is not overwrite  # no new tensor of the logits' size
+        grads[overwrite], outs[overwrite] = (hidden.grad, weight.grad), out
+    torch.testing.assert_close(outs[True], outs[False])
+    for a, b in zip(grads[True], grads[False]):
+        assert torch.equal(a, b)
+
+
+def test_overwritten_logits_that_another_op_saved_fail_loudly():
+    """Logits that another autograd node kept for its backward are not silently clobbered:
+    the write bumps their version, and that node's backward refuses them."""
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 5, 4, generator=g, requires_grad=True)
+    logits = hidden @ torch.randn(4, 9, generator=g)
+    kept = logits.square().sum()  # saves the logits; its backward runs after token_logps'
+    loss = token_logps(logits, torch.randint(0, 9, (2, 5), generator=g),
+                       overwrite_logits=True).sum() + kept
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 def test_sequence_logps_masks_and_shift(random_batch):
     """completion_mask[:, 0] is ignored; mask[:, t] selects token_logps[:, t - 1]."""
     logits, ids = random_batch

@@ -118,7 +118,7 @@ def mismatched(examples: list[UnpairedExample], partner: list[int], indices: lis
 
 def _seq(model, batch: dict) -> torch.Tensor:
     seq, _ = forward_logps(model, batch["input_ids"], batch["attention_mask"],
-                           batch["completion_mask"])
+                           batch["completion_mask"], keep_logits=False)
     return seq.sum
 
 

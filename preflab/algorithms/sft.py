@@ -83,7 +83,8 @@ def forward_nll(model, batch: dict, device: torch.device,
         seq = packed_forward_logps(model, input_ids, attention_mask,
                                    batch["completion_mask"].to(device))
         return -seq.sum.sum(), seq.count.sum()
-    seq, _ = forward_logps(model, input_ids, attention_mask, batch["completion_mask"].to(device))
+    seq, _ = forward_logps(model, input_ids, attention_mask, batch["completion_mask"].to(device),
+                           keep_logits=False)
     return -seq.sum.sum(), seq.count.sum()
 
 

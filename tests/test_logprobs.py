@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from preflab.logprobs import (
     completion_window,
@@ -80,34 +82,34 @@ def test_bf16_logits_path(random_batch):
     torch.testing.assert_close(low.grad.float(), ref.grad, atol=1e-2, rtol=1e-2)
 
 
+class NewStorages(TorchDispatchMode):
+    """Records the byte size of every storage an op creates (not one it was given)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0]
+                  if isinstance(a, torch.Tensor)}
+        self.sizes += [t.untyped_storage().nbytes() for t in tree_flatten(out)[0]
+                       if isinstance(t, torch.Tensor)
+                       and t.untyped_storage().data_ptr() not in inputs]
+        return out
+
+
 def test_backward_allocates_only_the_gradient_for_float32_logits():
     """Backward builds each chunk's gradient in place in the logits' gradient: no other tensor
     of a chunk's size (``[B, chunk, V]`` float32) is allocated, so its peak is the logits and
     their gradient (a 20M-parameter DPO step held about 125 MiB of chunk temporaries before)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
-
-    class Allocations(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.sizes = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            inputs = {a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0]
-                      if isinstance(a, torch.Tensor)}
-            self.sizes += [t.untyped_storage().nbytes() for t in tree_flatten(out)[0]
-                           if isinstance(t, torch.Tensor)
-                           and t.untyped_storage().data_ptr() not in inputs]
-            return out
-
     g = torch.Generator().manual_seed(0)
     B, T, V, chunk = 4, 33, 64, 32  # 8 positions per chunk, 4 chunks
     logits = torch.randn(B, T, V, generator=g).requires_grad_()
     ids = torch.randint(0, V, (B, T), generator=g)
     out = token_logps(logits, ids, chunk_size=chunk)
     weights = torch.randn(out.shape, generator=g)
-    with Allocations() as seen:
+    with NewStorages() as seen:
         (out * weights).sum().backward()
     chunk_bytes = B * (chunk // B) * V * 4
     whole = B * T * V * 4
@@ -123,23 +125,6 @@ def test_overwriting_the_logits_gives_the_same_gradients_with_one_tensor_fewer(d
     """``overwrite_logits``: backward writes the gradient over the head's output instead of
     into a new ``[B, T, V]`` tensor; the head's and the hidden states' gradients are those
     of the ordinary backward."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
-
-    class Sizes(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.sizes = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            inputs = {a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0]
-                      if isinstance(a, torch.Tensor)}
-            self.sizes += [t.untyped_storage().nbytes() for t in tree_flatten(out)[0]
-                           if isinstance(t, torch.Tensor)
-                           and t.untyped_storage().data_ptr() not in inputs]
-            return out
-
     g = torch.Generator().manual_seed(0)
     B, T, H, V = 4, 17, 8, 64
     ids = torch.randint(0, V, (B, T), generator=g)
@@ -154,7 +139,7 @@ def test_overwriting_the_logits_gives_the_same_gradients_with_one_tensor_fewer(d
         out = token_logps(logits, ids, chunk_size=8, overwrite_logits=overwrite)
         whole = logits.untyped_storage().nbytes()
         del logits
-        with Sizes() as seen:
+        with NewStorages() as seen:
             (out * weights).sum().backward()
         assert (whole in seen.sizes) is not overwrite  # no new tensor of the logits' size
         grads[overwrite], outs[overwrite] = (hidden.grad, weight.grad), out

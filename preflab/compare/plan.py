@@ -21,9 +21,11 @@ with dropout off, and generation holds a KV cache for --rollout-batch-size promp
 A method's total is its peak over the phases of a step, not a sum of its rows:
 
     train      params + grads + optimizer + saved activations + the working memory at the
-               start of backward: the logits' gradient ([B, T, V] in dtype; at most, since
-               the head runs only from the first completion token) and, for bf16/fp16 logits,
-               one float32 chunk of 1024 positions; or, if larger, params + optimizer + a live
+               start of backward: for bf16/fp16 logits one float32 chunk of 1024 positions
+               (the logits' gradient is written over the logits, which are counted among the
+               saved activations; PPO's policy pass adds the gradient, [B, T, V] in dtype, at
+               most, since the head runs only from the response); or, if larger, params +
+               optimizer + a live
                reference's forward (its logits and one layer's tensors), which runs first,
                before the policy's graph exists (plus the reference's weights in both)
     precompute (dpo precomputed) the policy's and the reference's weights + the reference's
@@ -181,12 +183,13 @@ class _Step:
                                 gradient_checkpointing=self.gc, dropout=dropout,
                                 attention=self.attention)["total"]
 
-    def backward_working(self, rows: int) -> int:
-        """The logits' gradient (in dtype) at the start of backward, which builds each chunk in
-        place; low-precision logits add one float32 chunk."""
+    def backward_working(self, rows: int, *, over_logits: bool) -> int:
+        """The start of backward, which builds each chunk's gradient in place: one float32
+        chunk for low-precision logits, and the logits' gradient (in dtype) unless it is
+        written over the logits (``over_logits``: the training passes of sft, dpo, kto)."""
         tokens, vocab = rows * self.seq_len, self.arch.vocab
         chunk = 0 if self.b == 4 else 4 * vocab * min(LOGP_CHUNK, tokens)
-        return self.b * vocab * tokens + chunk
+        return (0 if over_logits else self.b * vocab * tokens) + chunk
 
     def reference_forward(self, rows: int) -> int:
         """A no-grad forward: its logits, one float32 chunk and one layer's tensors."""
@@ -218,7 +221,7 @@ def _method(step: _Step, name: str, B: int) -> dict | None:
         return _ppo(step, name, B)
     rows = B if name == "sft" else 2 * B  # the others: chosen and rejected in one forward
     policy = step.lm(True)
-    saved, working = step.saved(rows, "lm"), step.backward_working(rows)
+    saved, working = step.saved(rows, "lm"), step.backward_working(rows, over_logits=True)
     roles = {"policy": _acting(policy, saved, working)}
     held = policy["params"] + policy["grads"] + policy["optimizer"] + saved
     phases = {"train": held + working}
@@ -246,7 +249,8 @@ def _ppo(step: _Step, name: str, B: int) -> dict:
                  "reward": _role(a + head), "reference": _role()}
     policy_saved = step.saved(B, "lm", dropout=False)
     value_saved = step.saved(B, "scalar", dropout=False)
-    roles["policy"] = _acting(roles["policy"], policy_saved, step.backward_working(B))
+    roles["policy"] = _acting(roles["policy"], policy_saved,
+                              step.backward_working(B, over_logits=False))
     roles["value"] = _acting(roles["value"], value_saved)
     roles["generation"] = _acting(_role(), 0, step.generation())
     params, grads, optimizer = (sum(r[k] for r in roles.values())

@@ -6,6 +6,11 @@ a frozen reference copy. Each runs in a fresh process so its peak RSS is its own
 counts the real (unpadded) prompt+completion tokens of chosen and rejected over steady-state
 steps (warm-up steps are not timed for either).
 
+``--gradient-checkpointing off|on`` (default off) sets it on BOTH sides (``defaults``: each
+side's own), so they keep the same
+activations: TRL's ``DPOConfig`` turns it on by default, preflab and transformers leave it
+off. (Until 2026-11-28 this script left TRL at its default, on, against preflab's, off.)
+
 ``--lengths equal``: every sequence the same length, so padding cannot favour either.
 ``--lengths variable``: prompt and completion lengths long-tailed, as real preference data
 is: log-normal, prompt median 24 words (sigma 0.8, 4 to 128), completion median 40 words
@@ -16,7 +21,7 @@ with ``--padding-free`` (a third row).
 TRL is needed only here:  pip install 'preflab[bench]'   (or: pip install trl)
 
     python benchmarks/dpo_throughput.py [--steps 10] [--warmup 2] [--size small|20m|60m]
-        [--lengths equal|variable] [--loss sigmoid|ipo]
+        [--lengths equal|variable] [--loss sigmoid|ipo] [--gradient-checkpointing off|on|defaults]
 """
 
 from __future__ import annotations
@@ -80,14 +85,16 @@ def build(work: Path, size: str, n_pairs: int, lengths: str = "equal") -> tuple[
 
 
 def worker_preflab(model_dir: str, data: str, out: str, steps: int, warmup: int,
-                   per_step: float, padding_free: bool = False, loss: str = "sigmoid") -> dict:
+                   per_step: float, padding_free: bool = False, loss: str = "sigmoid",
+                   checkpointing: bool = False) -> dict:
     from preflab.algorithms import dpo
 
     dpo.main(["--model", model_dir, "--data", data, "--output-dir", out, "--max-steps", str(steps),
               "--batch-size", str(BATCH), "--eval-fraction", "0", "--max-length", "512",
               "--learning-rate", "1e-6", "--warmup-ratio", "0", "--beta", "0.1", "--loss", loss,
               "--log-every", "1", "--no-progress", "--overwrite",
-              *(["--padding-free"] if padding_free else [])])
+              *(["--padding-free"] if padding_free else []),
+              *(["--gradient-checkpointing"] if checkpointing else [])])
     seconds, _, rows = preflab_seconds(out, warmup)
     return {"tokens_per_sec": per_step * (steps - warmup) / seconds,
             "peak_rss_bytes": json.loads(Path(out, "summary.json").read_text())["peak_rss_bytes"],
@@ -95,7 +102,7 @@ def worker_preflab(model_dir: str, data: str, out: str, steps: int, warmup: int,
 
 
 def worker_trl(model_dir: str, data: str, out: str, steps: int, warmup: int,
-               per_step: float, loss: str = "sigmoid") -> dict:
+               per_step: float, loss: str = "sigmoid", checkpointing: bool = False) -> dict:
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
@@ -109,7 +116,8 @@ def worker_trl(model_dir: str, data: str, out: str, steps: int, warmup: int,
                      learning_rate=1e-6, beta=0.1, loss_type=[loss], max_length=512,
                      logging_steps=1, save_strategy="no", report_to=[], lr_scheduler_type="cosine",
                      warmup_steps=0, use_cpu=True, dataloader_num_workers=0, seed=0,
-                     disable_tqdm=True, bf16=False, fp16=False)
+                     disable_tqdm=True, bf16=False, fp16=False,
+                     gradient_checkpointing=checkpointing)
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[clock])
     start = time.perf_counter()
@@ -131,6 +139,9 @@ def main() -> None:
                         help="runs of each, alternating; the best of each is reported (less noise)")
     parser.add_argument("--lengths", choices=("equal", "variable"), default="equal")
     parser.add_argument("--loss", choices=("sigmoid", "ipo"), default="sigmoid")
+    parser.add_argument("--gradient-checkpointing", choices=("off", "on", "defaults"),
+                        default="off", help="off or on for both sides; defaults: each side's "
+                        "own (TRL's DPOConfig: on, preflab: off)")
     parser.add_argument("--worker", choices=("preflab", "preflab-packed", "trl"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--paths", nargs=3, help=argparse.SUPPRESS)
@@ -138,11 +149,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         common = (*args.paths, args.steps, args.warmup, args.per_step)
+        mode = args.gradient_checkpointing
         if args.worker == "trl":
-            result = worker_trl(*common, loss=args.loss)
+            result = worker_trl(*common, loss=args.loss, checkpointing=mode != "off")
         else:
             result = worker_preflab(*common, padding_free=args.worker == "preflab-packed",
-                                    loss=args.loss)
+                                    loss=args.loss, checkpointing=mode == "on")
         print("RESULT " + json.dumps(result))
         return
     trl = require_trl()
@@ -159,7 +171,8 @@ def main() -> None:
                  f"variable lengths, {per_step / (2 * BATCH):.0f} real tokens per sequence on average")
         print(f"model: Llama, {n_params / 1e6:.1f}M parameters; {BATCH} pairs per step, {shape}; "
               f"{args.loss} loss, beta 0.1, reference = frozen copy; {args.steps} steps "
-              f"({args.warmup} warm-up, not timed)")
+              f"({args.warmup} warm-up, not timed); gradient checkpointing: "
+              f"{args.gradient_checkpointing}")
         print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
               f"trl {trl.__version__}, {torch.get_num_threads()} threads")
         names = ("trl", "preflab") + (("preflab-packed",) if args.lengths == "variable" else ())
@@ -167,7 +180,8 @@ def main() -> None:
             __file__, names, args.repeats,
             lambda name: ["--steps", str(args.steps), "--warmup", str(args.warmup), "--paths",
                           str(model_dir), str(data), str(work / f"run-{name}"),
-                          "--per-step", str(per_step), "--loss", args.loss],
+                          "--per-step", str(per_step), "--loss", args.loss,
+                          "--gradient-checkpointing", args.gradient_checkpointing],
             lambda name, r: (f"{name:15s} {r['tokens_per_sec']:9.0f} tokens/s   peak RSS "
                              f"{r['peak_rss_bytes'] / 2**20:7.0f} MiB   first-step loss "
                              f"{r['first_loss']:.4f}"))

@@ -14,12 +14,18 @@ Rows: TRL's default settings (padded batches); TRL with ``packing=True`` (its BF
 rows of ``--max-length`` tokens, padding-free, 8 rows per step); preflab; preflab
 ``--padding-free`` (the 8 examples of a step packed into as few rows as fit).
 
+``--gradient-checkpointing off|on`` (default off) sets it on BOTH sides (``defaults``: each
+side's own): TRL's ``SFTConfig``
+turns it on by default, preflab and transformers leave it off. (Until 2026-11-28 this script
+left TRL at its default, on, against preflab's, off.)
+
 ``--lengths variable``: log-normal prompt (median 24, sigma 0.8, 4 to 128) and completion
 (median 60, sigma 0.9, 2 to 300) lengths; ``equal``: every sequence 256 tokens.
 
 TRL is needed only here:  pip install 'preflab[bench]'   (or: pip install trl)
 
     python benchmarks/sft_vs_trl.py [--steps 20] [--warmup 3] [--lengths variable|equal]
+        [--gradient-checkpointing off|on|defaults]
 """
 
 from __future__ import annotations
@@ -68,19 +74,22 @@ def build(work: Path, n: int, lengths: str) -> tuple[Path, Path, float]:
     return model_dir, data, tokens / n
 
 
-def worker_preflab(model_dir, data, out, steps, warmup, per_example, padding_free=False) -> dict:
+def worker_preflab(model_dir, data, out, steps, warmup, per_example, checkpointing,
+                   padding_free=False) -> dict:
     from preflab.algorithms import sft
 
     sft.main(["--model", model_dir, "--data", data, "--output-dir", out, "--max-steps", str(steps),
               "--batch-size", str(BATCH), "--eval-fraction", "0", "--max-length", str(MAX_LENGTH),
               "--learning-rate", "1e-4", "--log-every", "1", "--no-progress", "--overwrite",
-              *(["--padding-free"] if padding_free else [])])
+              *(["--padding-free"] if padding_free else []),
+              *(["--gradient-checkpointing"] if checkpointing else [])])
     seconds, _, _ = preflab_seconds(out, warmup)
     return {"tokens_per_sec": per_example * BATCH * (steps - warmup) / seconds,
             "peak_rss_bytes": json.loads(Path(out, "summary.json").read_text())["peak_rss_bytes"]}
 
 
-def worker_trl(model_dir, data, out, steps, warmup, per_example, packing=False) -> dict:
+def worker_trl(model_dir, data, out, steps, warmup, per_example, checkpointing,
+               packing=False) -> dict:
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -93,7 +102,8 @@ def worker_trl(model_dir, data, out, steps, warmup, per_example, packing=False) 
     args = SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=BATCH,
                      learning_rate=1e-4, max_length=MAX_LENGTH, packing=packing,
                      logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
-                     dataloader_num_workers=0, seed=0, disable_tqdm=True, bf16=False, fp16=False)
+                     dataloader_num_workers=0, seed=0, disable_tqdm=True, bf16=False, fp16=False,
+                     gradient_checkpointing=checkpointing)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[clock])
     start = time.perf_counter()
@@ -119,12 +129,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--lengths", choices=("equal", "variable"), default="variable")
+    parser.add_argument("--gradient-checkpointing", choices=("off", "on", "defaults"),
+                        default="off", help="off or on for both sides; defaults: each side's "
+                        "own (TRL's SFTConfig: on, preflab: off)")
     parser.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--paths", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--per-example", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = WORKERS[args.worker](*args.paths, args.steps, args.warmup, args.per_example)
+        mode = args.gradient_checkpointing  # TRL's side checkpoints unless "off"
+        result = WORKERS[args.worker](*args.paths, args.steps, args.warmup, args.per_example,
+                                      mode != "off" if args.worker.startswith("trl")
+                                      else mode == "on")
         print("RESULT " + json.dumps(result))
         return
     trl = require_trl()
@@ -137,14 +153,16 @@ def main() -> None:
         model_dir, data, per_example = build(work, BATCH * args.steps * 8, args.lengths)
         print(f"model: Llama, 20.3M parameters; {args.lengths} lengths, {per_example:.0f} real "
               f"tokens per example on average; batch {BATCH}; {args.steps} steps "
-              f"({args.warmup} warm-up, not timed)")
+              f"({args.warmup} warm-up, not timed); gradient checkpointing: "
+              f"{args.gradient_checkpointing}")
         print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
               f"trl {trl.__version__}, {torch.get_num_threads()} threads")
         results = run_alternating(
             __file__, tuple(WORKERS), args.repeats,
             lambda name: ["--steps", str(args.steps), "--warmup", str(args.warmup), "--paths",
                           str(model_dir), str(data), str(work / f"run-{name}"),
-                          "--per-example", str(per_example)],
+                          "--per-example", str(per_example),
+                          "--gradient-checkpointing", args.gradient_checkpointing],
             lambda name, r: (f"{name:22s} {r['tokens_per_sec']:8.0f} tokens/s   peak RSS "
                              f"{r['peak_rss_bytes'] / 2**20:6.0f} MiB"))
         for name in ("preflab", "preflab-padding-free"):

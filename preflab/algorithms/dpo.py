@@ -170,8 +170,7 @@ def evaluate(model, ref, spec, cfg, examples, pad_id, run, *, tokenizer, prompts
                 totals += stats
         totals = distributed.all_reduce_sum(totals, run.ctx)
         out.update(_means(totals, float(len(examples)), prefix="eval/"))
-    # sampling a sharded model is collective: every process samples the same prompts
-    if prompts and (run.ctx.is_main or cfg.fsdp):
+    if prompts and session.samples_here(cfg, run):
         out.update(evaluate_policy(
             models.unwrap(model), tokenizer, prompts,
             rewards={"gold_reward": gold_fn} if gold_fn is not None else None,

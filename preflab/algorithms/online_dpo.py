@@ -323,7 +323,7 @@ def train(cfg: OnlineDPOConfig) -> dict:
                     save_model(ref_model, str(folder / "reference.safetensors"))
         # a sharded policy samples on every process (rank 0 writes round.json only after
         # sampling, which waits for every process: each sees the same file system here)
-        if (not mid_round and (run.ctx.is_main or cfg.fsdp)
+        if (not mid_round and session.samples_here(cfg, run)
                 and not (folder / "round.json").exists()):
             samples = sample_round(cfg, model, tokenizer, drawn, number)
             if run.ctx.is_main:

@@ -102,6 +102,12 @@ def check_fsdp(cfg, run: Run) -> None:
                           "(or accelerate launch), N >= 2", field="fsdp")
 
 
+def samples_here(cfg, run: Run) -> bool:
+    """Whether this process samples from the trained model: rank 0 alone, or every process
+    when the model is sharded (``--fsdp``: sampling it is collective, in lockstep)."""
+    return run.ctx.is_main or bool(getattr(cfg, "fsdp", False))
+
+
 def shard_if_asked(cfg, run: Run, model: torch.nn.Module) -> torch.nn.Module:
     """``--fsdp``: shard the trained model over the processes (``distributed.shard``)."""
     if not getattr(cfg, "fsdp", False):

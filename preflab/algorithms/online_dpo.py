@@ -42,7 +42,6 @@ from pathlib import Path
 import torch
 
 from preflab import models, reference
-from preflab.algorithms.dpo import STAT_KEYS, DPOConfig, _means, evaluate, preference_step
 from preflab.config import arg, fsdp_arg, parse_config
 from preflab.data import (
     PreferenceExample,
@@ -53,6 +52,7 @@ from preflab.data import (
     write_jsonl,
 )
 from preflab.data.writers import write_text
+from preflab.direct import STAT_KEYS, DirectConfig, evaluate, means, preference_step
 from preflab.errors import ConfigError
 from preflab.generation import generate
 from preflab.losses import get_direct_loss
@@ -65,7 +65,7 @@ REFERENCES = ("fixed", "moving")
 
 
 @dataclass
-class OnlineDPOConfig(DPOConfig):
+class OnlineDPOConfig(DirectConfig):
     """``preflab online-dpo``: DPO's flags, plus the rounds of sampling and judging."""
 
     judge: str = arg("", "What ranks the sampled completions: a reward spec (a reward-model "
@@ -362,7 +362,7 @@ def train(cfg: OnlineDPOConfig) -> dict:
             if step % cfg.log_every == 0 or step == steps or step == first + 1:
                 reduced = distributed.all_reduce_sum(torch.cat([totals, torch.tensor(
                     [float(counted)], dtype=torch.float64)]), run.ctx)
-                record = _means(reduced[:-1], reduced[-1].item())
+                record = means(reduced[:-1], reduced[-1].item())
                 record.update(session.run_metrics(run, scheduler, throughput, pair_stream,
                                                   grad_norm))
                 record.update(figures)

@@ -1,0 +1,168 @@
+"""The direct-preference step that ``preflab dpo`` and ``preflab online-dpo`` share: the flags
+(``DirectConfig``), one concatenated batch's per-example losses and logged figures
+(``preference_step``), and the held-out evaluation (``evaluate``).
+
+The loss comes from the registry in ``preflab.losses``, which also says whether log-probs
+are summed or averaged over tokens and whether an SFT term is added; the reference's
+log-probs come from wherever ``preflab.reference`` holds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from preflab import models, reference
+from preflab.config import TrainConfig, arg, fsdp_arg
+from preflab.data import collate_preference
+from preflab.errors import ConfigError
+from preflab.evaluation import evaluate_policy
+from preflab.logprobs import concatenated_forward
+from preflab.losses import DIRECT_LOSSES, compute_direct_loss, get_direct_loss
+from preflab.losses.registry import check_direct_loss_args
+from preflab.rewards import check_reward_specs
+from preflab.runtime import distributed, session
+
+STAT_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+             "rewards/accuracies", "logps/chosen", "logps/rejected")
+
+
+@dataclass
+class DirectConfig(TrainConfig):
+    """The shared training flags plus the direct-preference ones (``preflab dpo`` and
+    ``preflab online-dpo``)."""
+
+    learning_rate: float = arg(1e-6, "Peak learning rate of AdamW (the DPO paper used 1e-6).",
+                               gt=0)
+    warmup_ratio: float = arg(0.1, "Warm-up as a fraction of the total steps.", ge=0, lt=1)
+    loss: str = arg("sigmoid", "The direct-preference loss.", choices=tuple(DIRECT_LOSSES))
+    beta: float = arg(
+        0.1, "beta: strength of the KL tie to the reference (ORPO: weight of the odds-ratio term).",
+        gt=0,
+    )
+    label_smoothing: float = arg(
+        0.0, "Assumed label-flip rate eps for --loss cdpo and robust.", ge=0, lt=0.5
+    )
+    gamma: float = arg(0.5, "SimPO's target reward margin gamma (used by --loss simpo only).",
+                       ge=0)
+    ref_model: str = arg(
+        "", "Reference model (default: --model). With LoRA and no --ref-model, the reference "
+        "is the base with adapters off.", path="model"
+    )
+    precompute_ref: bool = arg(
+        False, "Compute reference log-probs once before training, cache them and free the "
+        "reference (one model in memory)."
+    )
+    padding_free: bool = arg(
+        False, "Pack each micro-batch's chosen and rejected sequences into as few rows as fit "
+        "(no row longer than the longest sequence), positions restarting per sequence: "
+        "little compute on padding (policy and live reference). Needs an "
+        "attention that honours restarting position ids (transformers' sdpa, eager or flash "
+        "attention); checked at the start."
+    )
+    fsdp: bool = fsdp_arg("policy", "; the reference stays whole on each process, "
+                          "and --eval-prompts samples on every process in lockstep")
+    eval_prompts: str = arg(
+        "", "Prompts to sample from at evaluation (eval/kl, eval/distinct_n, eval/gold_reward).",
+        path="data",
+    )
+    gold_reward: str = arg(
+        "", "Evaluation-only reward: module:function, file.py:function, a reward-model "
+        "directory, or a weighted sum ('a:0.7,b:0.3'); logged as eval/gold_reward, never "
+        "trained on. A function runs as Python code with your rights (file.py: that file), also "
+        "when a shared --config names it: see docs/security.md."
+    )
+    eval_num_prompts: int = arg(64, "How many --eval-prompts to sample from at each evaluation.",
+                                ge=1)
+    eval_max_new_tokens: int = arg(48, "Longest sampled completion at evaluation.", ge=1)
+    eval_temperature: float = arg(1.0, "Sampling temperature at evaluation (0: greedy).", ge=0)
+
+    def validate(self) -> None:
+        super().validate()
+        spec = get_direct_loss(self.loss)
+        check_direct_loss_args(spec, beta=self.beta, label_smoothing=self.label_smoothing,
+                               gamma=self.gamma if spec.uses_gamma else 0.0)
+        if self.precompute_ref and not spec.needs_reference:
+            raise ConfigError(f"--precompute-ref: --loss {self.loss} uses no reference model",
+                              field="precompute_ref")
+        if self.gold_reward and not self.eval_prompts:
+            raise ConfigError("--gold-reward needs --eval-prompts to sample from",
+                              field="gold_reward")
+        if self.gold_reward:
+            check_reward_specs(self.gold_reward, flag="--gold-reward")
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def preference_step(model, ref: reference.Reference, spec, cfg: DirectConfig, batch: dict, split: str):
+    """Per-example losses and the figures to log, for one concatenated batch.
+
+    The reference runs first: its forward pass's transient tensors (logits, a layer's
+    activations) then never coexist with the policy's graph, which is held until backward."""
+    pick = (lambda s: s.sum) if spec.logps == "sum" else (lambda s: s.mean)
+    ref_chosen = ref_rejected = None
+    if spec.needs_reference:
+        rc, rr = ref.logps(batch, split=split)
+        ref_chosen, ref_rejected = pick(rc), pick(rr)
+    chosen, rejected = concatenated_forward(model, batch, padding_free=cfg.padding_free)
+    if ref_chosen is not None:
+        ref_chosen = ref_chosen.to(chosen.sum.device)
+        ref_rejected = ref_rejected.to(chosen.sum.device)
+    out = compute_direct_loss(
+        spec,
+        policy_chosen_logps=pick(chosen),
+        policy_rejected_logps=pick(rejected),
+        ref_chosen_logps=ref_chosen,
+        ref_rejected_logps=ref_rejected,
+        beta=cfg.beta,
+        label_smoothing=cfg.label_smoothing,
+        gamma=cfg.gamma if spec.uses_gamma else 0.0,
+    )
+    losses = out.losses
+    if spec.adds_sft_term:  # ORPO: mean token NLL of the chosen completion
+        losses = losses - chosen.mean
+    stats = torch.stack([
+        losses.detach(), out.chosen_rewards, out.rejected_rewards,
+        out.chosen_rewards - out.rejected_rewards,
+        (out.chosen_rewards > out.rejected_rewards).float(),
+        chosen.sum.detach(), rejected.sum.detach(),
+    ]).double().sum(dim=1).cpu()  # sums over the batch, in STAT_KEYS order
+    return losses, stats
+
+
+def means(totals: torch.Tensor, count: float, prefix: str = "") -> dict[str, float]:
+    return {prefix + k: (totals[i] / max(count, 1.0)).item() for i, k in enumerate(STAT_KEYS)}
+
+
+@torch.no_grad()
+def evaluate(model, ref, spec, cfg, examples, pad_id, run, *, tokenizer, prompts, gold_fn) -> dict:
+    """Held-out preference figures, plus sampled figures when --eval-prompts is given."""
+    out: dict[str, float] = {}
+    model.eval()
+    if examples:
+        size = cfg.eval_batch_size or cfg.batch_size
+        mine = list(range(run.ctx.rank, len(examples), run.ctx.world_size))
+        starts = distributed.even_starts(len(mine), size, run.ctx, even=cfg.fsdp)
+        totals = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
+        for start in starts:
+            idx = mine[start : start + size] if start is not None else (mine or [0])[:1]
+            batch = collate_preference([examples[i] for i in idx], pad_id)
+            batch["index"] = torch.tensor(idx)
+            stats = preference_step(model, ref, spec, cfg, to_device(batch, run.device), "eval")[1]
+            if start is not None:
+                totals += stats
+        totals = distributed.all_reduce_sum(totals, run.ctx)
+        out.update(means(totals, float(len(examples)), prefix="eval/"))
+    if prompts and session.samples_here(cfg, run):
+        out.update(evaluate_policy(
+            models.unwrap(model), tokenizer, prompts,
+            rewards={"gold_reward": gold_fn} if gold_fn is not None else None,
+            reference=ref.sequence_logps_fn(), max_new_tokens=cfg.eval_max_new_tokens,
+            temperature=cfg.eval_temperature, batch_size=max(cfg.eval_batch_size, 32),
+            seed=cfg.seed,
+        ).metrics)
+    model.train()
+    return out

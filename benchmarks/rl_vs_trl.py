@@ -15,13 +15,17 @@ of completions of the same length from the same prompts and takes one optimizer 
 - One pass over each batch (PPO: ``--ppo-epochs 1``, one minibatch; TRL and preflab RLOO and
   GRPO: ``num_iterations 1``, one optimizer step per generation).
 
+``--gradient-checkpointing off|on`` (default off) sets it on BOTH sides (``defaults``: each
+side's own): TRL's ``RLOOConfig`` and ``GRPOConfig`` turn it on by default, preflab leaves it
+off. (Until 2026-11-29 this script left each side at its default.)
+
 Samples per second count completions over the steps after ``--warmup``; each side runs in a
 fresh process (peak RSS is its own), alternating, best of ``--repeats``.
 
 TRL is needed only here:  pip install 'preflab[bench]'   (or: pip install trl)
 
     python benchmarks/rl_vs_trl.py [--steps 8] [--warmup 2] [--size small|20m] [--prompts 8]
-        [--generations 4] [--length 64]
+        [--generations 4] [--length 64] [--gradient-checkpointing off|on|defaults]
 """
 
 from __future__ import annotations
@@ -83,13 +87,15 @@ def build(work: Path, size: str, n_prompts: int, generations: int) -> tuple[Path
 
 
 def worker_preflab(command: str, model: str, reward: str, prompts: str, repeated: str, out: str,
-                   steps: int, warmup: int, n_prompts: int, k: int, length: int) -> dict:
+                   steps: int, warmup: int, n_prompts: int, k: int, length: int,
+                   checkpointing: bool) -> dict:
     from preflab.cli import main
 
     common = ["--model", model, "--reward", reward, "--output-dir", out, "--max-steps",
               str(steps), "--learning-rate", str(LR), "--kl-coef", str(KL), "--response-length",
               str(length), "--log-every", "1", "--no-progress", "--overwrite",
-              "--missing-eos-penalty", "0", "--warmup-ratio", "0", "--max-length", "512"]
+              "--missing-eos-penalty", "0", "--warmup-ratio", "0", "--max-length", "512",
+              *(["--gradient-checkpointing"] if checkpointing else [])]
     if command == "ppo":
         args = ["ppo", "--data", repeated, *common, "--rollout-batch-size", str(n_prompts * k),
                 "--num-minibatches", "1", "--batch-size", str(n_prompts * k), "--ppo-epochs", "1"]
@@ -109,7 +115,8 @@ def worker_preflab(command: str, model: str, reward: str, prompts: str, repeated
 
 
 def worker_trl(command: str, model: str, reward: str, prompts: str, repeated: str, out: str,
-               steps: int, warmup: int, n_prompts: int, k: int, length: int) -> dict:
+               steps: int, warmup: int, n_prompts: int, k: int, length: int,
+               checkpointing: bool) -> dict:
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -130,7 +137,7 @@ def worker_trl(command: str, model: str, reward: str, prompts: str, repeated: st
                   learning_rate=LR, beta=KL, logging_steps=1, save_strategy="no", report_to=[],
                   use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True,
                   bf16=False, fp16=False, temperature=1.0, lr_scheduler_type="cosine",
-                  warmup_steps=0)
+                  warmup_steps=0, gradient_checkpointing=checkpointing)
     trainer = Trainer(model=policy, reward_funcs=reward, args=args, train_dataset=dataset,
                       processing_class=tokenizer, callbacks=[clock])
     start = time.perf_counter()
@@ -157,6 +164,9 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=4, help="completions per prompt")
     parser.add_argument("--length", type=int, default=64, help="completion tokens")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--gradient-checkpointing", choices=("off", "on", "defaults"),
+                        default="off", help="off or on for both sides; defaults: each side's "
+                        "own (TRL's RLOOConfig and GRPOConfig: on, preflab: off)")
     parser.add_argument("--only", default=",".join(NAMES), help="comma-separated sides to run")
     parser.add_argument("--worker", choices=NAMES, help=argparse.SUPPRESS)
     parser.add_argument("--paths", nargs=5, help=argparse.SUPPRESS)
@@ -165,7 +175,9 @@ def main() -> None:
     if args.worker:
         side, _, command = args.worker.partition("-")
         fn = worker_preflab if side == "preflab" else worker_trl
-        result = fn(command if side == "preflab" else args.worker, *args.paths, *shape)
+        mode = args.gradient_checkpointing
+        result = fn(command if side == "preflab" else args.worker, *args.paths, *shape,
+                    checkpointing=mode == "on" if side == "preflab" else mode != "off")
         print("RESULT " + json.dumps(result))
         return
     trl = require_trl()
@@ -182,15 +194,17 @@ def main() -> None:
         print(f"policy: Llama, {n_params / 1e6:.1f}M parameters; reward model and reference of "
               f"the same size; {args.prompts} prompts x {args.generations} completions of "
               f"{args.length} tokens per step ({PROMPT_WORDS}-token prompts), one optimizer "
-              f"step each; {args.steps} steps ({args.warmup} warm-up, not timed)")
+              f"step each; {args.steps} steps ({args.warmup} warm-up, not timed); gradient "
+              f"checkpointing: {args.gradient_checkpointing}")
         print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
               f"trl {trl.__version__}, {torch.get_num_threads()} threads")
         results = run_alternating(
             __file__, names, args.repeats,
             lambda name: ["--steps", str(args.steps), "--warmup", str(args.warmup), "--prompts",
                           str(args.prompts), "--generations", str(args.generations), "--length",
-                          str(args.length), "--paths", *map(str, paths[:2]), str(paths[2]),
-                          str(paths[3]), str(work / f"run-{name}")],
+                          str(args.length), "--gradient-checkpointing",
+                          args.gradient_checkpointing, "--paths", *map(str, paths[:2]),
+                          str(paths[2]), str(paths[3]), str(work / f"run-{name}")],
             lambda name, r: (f"{name:13s} {r['samples_per_sec']:7.2f} samples/s   peak RSS "
                              f"{r['peak_rss_bytes'] / 2**20:6.0f} MiB   mean length "
                              f"{r['mean_length']:.1f}"), key="samples_per_sec")

@@ -96,13 +96,13 @@ def test_llama2_7b_activations_by_hand():
     Checkpointing keeps each layer's input (bH = 8,192) and recomputes one layer:
     1024 x (32 x 8,192 + 188,552 + 96,777 + 520). The working memory at the start of backward is
     one float32 chunk 4 V 1024 = 131,072,000: the backward writes the logits' gradient over the
-    logits, chunk by chunk (float32 logits need no chunk at all); PPO's policy pass, which
-    keeps its logits, adds the gradient b V T = 65,536,000."""
+    logits, chunk by chunk (float32 logits need no chunk at all), and so does PPO's policy
+    pass (its entropy is read before the log-probs)."""
     plan = plan_memory(LLAMA2_7B, dtype="bfloat16", seq_len=1024, batch_size=1)
     parts = plan["methods"]["sft"]["roles"]["policy"]["activation_parts"]
     assert parts == {"saved": 1024 * (32 * 188_552 + 96_777 + 520), "working": 131_072_000}
     ppo = plan["methods"]["ppo-classic"]["roles"]["policy"]["activation_parts"]["working"]
-    assert ppo == 65_536_000 + 131_072_000
+    assert ppo == 131_072_000
     fp32 = plan_memory(LLAMA2_7B, dtype="float32", seq_len=1024, batch_size=1)
     assert fp32["methods"]["sft"]["roles"]["policy"]["activation_parts"]["working"] == 0
     ckpt = plan_memory(LLAMA2_7B, dtype="bfloat16", seq_len=1024, batch_size=1,

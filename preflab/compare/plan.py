@@ -183,13 +183,12 @@ class _Step:
                                 gradient_checkpointing=self.gc, dropout=dropout,
                                 attention=self.attention)["total"]
 
-    def backward_working(self, rows: int, *, over_logits: bool) -> int:
-        """The start of backward, which builds each chunk's gradient in place: one float32
-        chunk for low-precision logits, and the logits' gradient (in dtype) unless it is
-        written over the logits (``over_logits``: the training passes of sft, dpo, kto)."""
+    def backward_working(self, rows: int) -> int:
+        """The start of backward: one float32 chunk for low-precision logits. Every training
+        pass (sft, dpo, kto, and the policy's in ppo, rloo and grpo) writes the logits'
+        gradient over the logits, chunk by chunk (``logprobs.token_logps``)."""
         tokens, vocab = rows * self.seq_len, self.arch.vocab
-        chunk = 0 if self.b == 4 else 4 * vocab * min(LOGP_CHUNK, tokens)
-        return (0 if over_logits else self.b * vocab * tokens) + chunk
+        return 0 if self.b == 4 else 4 * vocab * min(LOGP_CHUNK, tokens)
 
     def reference_forward(self, rows: int) -> int:
         """A no-grad forward: its logits, one float32 chunk and one layer's tensors."""
@@ -221,7 +220,7 @@ def _method(step: _Step, name: str, B: int) -> dict | None:
         return _ppo(step, name, B)
     rows = B if name == "sft" else 2 * B  # the others: chosen and rejected in one forward
     policy = step.lm(True)
-    saved, working = step.saved(rows, "lm"), step.backward_working(rows, over_logits=True)
+    saved, working = step.saved(rows, "lm"), step.backward_working(rows)
     roles = {"policy": _acting(policy, saved, working)}
     held = policy["params"] + policy["grads"] + policy["optimizer"] + saved
     phases = {"train": held + working}
@@ -250,7 +249,7 @@ def _ppo(step: _Step, name: str, B: int) -> dict:
     policy_saved = step.saved(B, "lm", dropout=False)
     value_saved = step.saved(B, "scalar", dropout=False)
     roles["policy"] = _acting(roles["policy"], policy_saved,
-                              step.backward_working(B, over_logits=False))
+                              step.backward_working(B))
     roles["value"] = _acting(roles["value"], value_saved)
     roles["generation"] = _acting(_role(), 0, step.generation())
     params, grads, optimizer = (sum(r[k] for r in roles.values())

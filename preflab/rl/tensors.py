@@ -89,16 +89,19 @@ def response_slice(per_position: Tensor, context_length: int) -> Tensor:
 
 
 def response_logps(logits: Tensor, input_ids: Tensor, context_length: int,
-                   temperature: float = 1.0) -> Tensor:
+                   temperature: float = 1.0, *, overwrite_logits: bool = False) -> Tensor:
     """Log-probs of the response tokens under ``logits / temperature``, ``[B, R]`` float32.
 
     Dividing by the sampling temperature scores each token under the distribution it was
     drawn from (Huang et al. 2024). Differentiable; no float32 copy of the whole logits.
+    ``overwrite_logits`` (``logprobs.token_logps``): backward writes the gradient over the
+    logits, for a training pass that reads them for nothing else afterwards.
     """
     window = logits[:, context_length - 1 :]
     if temperature != 1.0:
         window = window / temperature
-    return token_logps(window, input_ids[:, context_length - 1 :])
+    return token_logps(window, input_ids[:, context_length - 1 :],
+                       overwrite_logits=overwrite_logits)
 
 
 @torch.no_grad()
@@ -218,7 +221,8 @@ def update_logprobs(roles, ids: Tensor, mask: Tensor, context_length: int, tempe
     if live is not None:
         return live["logprobs"][rows]
     logits = roles.policy_logits(ids, mask, keep_from=context_length - 1)
-    return response_logps(logits, ids[:, context_length - 1:], 1, temperature)
+    return response_logps(logits, ids[:, context_length - 1:], 1, temperature,
+                          overwrite_logits=True)
 
 
 def live_forward(roles, batch: dict, *, temperature: float, device) -> dict[str, Tensor]:
@@ -232,9 +236,10 @@ def live_forward(roles, batch: dict, *, temperature: float, device) -> dict[str,
     P = batch["context_length"]
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     logits = roles.policy_logits(ids, mask, keep_from=P - 1)  # the response's window
-    out = {"logprobs": response_logps(logits, ids[:, P - 1:], 1, temperature)}
-    with torch.no_grad():
-        out["entropy"] = response_entropy(logits, 1, temperature)
+    # the entropy first: backward then writes the logits' gradient over them
+    out = {"entropy": response_entropy(logits, 1, temperature)}
+    out["logprobs"] = response_logps(logits, ids[:, P - 1:], 1, temperature,
+                                     overwrite_logits=True)
     del logits
     if roles.has_value:
         out["values"] = response_slice(roles.values(ids, mask), P)

@@ -11,10 +11,11 @@ carry a ``generation_config.json`` (``repetition_penalty``, ``suppress_tokens``,
 ``min_new_tokens``, ``no_repeat_ngram_size``, ``top_k``, ...). Transformers fills every
 setting a caller leaves unset from that file, so a policy-gradient method would sample from
 one distribution and score its tokens under another. Here the model's own generation config
-is set aside for the call (``_isolated_generation_config``); transformers is asked for plain
-sampling at temperature 1 with no processors, and preflab applies the temperature and the
-nucleus (top-p) truncation itself, in ``_SamplingWarper``, which also records the
-log-probability of every sampled token under the exact distribution it was drawn from.
+is set aside for the call (``_isolated_generation_config``); transformers is asked for greedy
+steps with no processors of its own, and preflab applies the temperature and the nucleus
+(top-p) truncation and draws each token itself, in ``_SamplingWarper`` (``draw``: inversion
+of the cumulative distribution, one uniform per row), which also records the log-probability
+of every drawn token under the exact distribution it was drawn from.
 
 Each ``Sample`` holds:
 
@@ -105,37 +106,47 @@ def nucleus_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-class _SamplingWarper:
-    """The last logits processor: temperature, nucleus, and a record of each token's log-prob.
+def draw(log_probs: torch.Tensor) -> torch.Tensor:
+    """One token per row from ``exp(log_probs)`` ``[B, V]``, by inversion: a uniform draw per
+    row, scaled to the row's total mass, looked up in the cumulative sum (float64, so the
+    sum over a large vocabulary stays exact to about 1e-13). A token of probability 0 (outside
+    the nucleus) is never drawn. One uniform per row from torch's generator, where
+    ``torch.multinomial`` draws one exponential per vocabulary entry: the same distribution
+    at a fraction of the cost (``docs/performance.md``)."""
+    cdf = log_probs.double().exp().cumsum(dim=-1)
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, dtype=torch.float64, device=cdf.device) * total
+    u = torch.minimum(u, total * (1 - 2**-52))  # strictly below the total: some entry exceeds it
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
 
-    Transformers calls it once per step with the ids so far and the next-token logits. The
-    token drawn at step k is only known at step k + 1 (it is the last column of the ids then),
-    so each call gathers the previous step's log-prob, and ``finish`` gathers the last one.
+
+class _SamplingWarper:
+    """The last logits processor, and the sampler: temperature, nucleus, the draw, and a record
+    of each drawn token's log-prob.
+
+    Transformers calls it once per step with the ids so far and the next-token logits. It
+    draws the token itself (``draw``, or the argmax for greedy decoding) and returns scores
+    that are -inf everywhere but there, so transformers' greedy step (the config says
+    ``do_sample=False``) takes exactly that token.
     """
 
     def __init__(self, temperature: float, top_p: float) -> None:
         self.temperature, self.top_p = temperature, top_p
         self.steps: list[torch.Tensor] = []
-        self._previous: torch.Tensor | None = None  # log-softmax of the last step, [B, V]
-
-    def _collect(self, tokens: torch.Tensor) -> None:
-        if self._previous is not None:
-            self.steps.append(self._previous.gather(-1, tokens[:, None]).squeeze(-1))
-            self._previous = None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.steps or self._previous is not None:
-            self._collect(input_ids[:, -1])
         if self.temperature > 0:
             scores = nucleus_filter(scores / self.temperature, self.top_p)
-        self._previous = torch.log_softmax(scores.float(), dim=-1)
-        return scores
+        log_probs = torch.log_softmax(scores.float(), dim=-1)
+        tokens = draw(log_probs) if self.temperature > 0 else scores.argmax(dim=-1)
+        self.steps.append(log_probs.gather(-1, tokens[:, None]).squeeze(-1))
+        chosen = torch.full_like(scores, float("-inf"))
+        return chosen.scatter_(-1, tokens[:, None], 0.0)
 
-    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
+    def finish(self) -> torch.Tensor:
         """Per-step log-probs of the drawn tokens, ``[B, steps]``."""
-        self._collect(last_tokens)
         if not self.steps:
-            return torch.zeros(len(last_tokens), 0)
+            return torch.zeros(0, 0)
         return torch.stack(self.steps, dim=1).float().cpu()
 
 
@@ -160,9 +171,10 @@ def _isolated_generation_config(model):
             m.generation_config = config
 
 
-def generation_config(*, max_new_tokens: int, sampling: bool, pad_token_id: int,
-                      eos_token_id: int | None, bos_token_id: int | None):
-    """Every setting that shapes the next-token distribution, set to "off" explicitly.
+def generation_config(*, max_new_tokens: int, pad_token_id: int, eos_token_id: int | None,
+                      bos_token_id: int | None):
+    """Every setting that shapes the next-token distribution, set to "off" explicitly, and
+    greedy steps: ``_SamplingWarper`` has already drawn the token and left it the only one.
 
     With the model's own config set aside this is already the library default; stating it
     keeps the sampler honest against a future default that changes.
@@ -170,7 +182,7 @@ def generation_config(*, max_new_tokens: int, sampling: bool, pad_token_id: int,
     from transformers import GenerationConfig
 
     return GenerationConfig(
-        do_sample=sampling, num_beams=1, temperature=1.0, top_k=0, top_p=1.0, min_p=None,
+        do_sample=False, num_beams=1, temperature=1.0, top_k=0, top_p=1.0, min_p=None,
         typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0,
         no_repeat_ngram_size=0, min_new_tokens=0, max_new_tokens=max_new_tokens,
         suppress_tokens=None, begin_suppress_tokens=None, bad_words_ids=None,
@@ -205,7 +217,7 @@ def generate(
         pad_id = eos_id if eos_id is not None else 0
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     prompt_texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in encoded]
-    gen_config = generation_config(max_new_tokens=max_new_tokens, sampling=temperature > 0,
+    gen_config = generation_config(max_new_tokens=max_new_tokens,
                                    pad_token_id=pad_id, eos_token_id=eos_id,
                                    bos_token_id=tokenizer.bos_token_id)
     jobs = [(i, j) for i in range(len(prompts)) for j in range(num_samples)]
@@ -250,7 +262,7 @@ def generate(
                     logits_processor=LogitsProcessorList([warper]),
                     synced_gpus=synced,
                 )
-                logprobs = warper.finish(output[:, -1]).tolist()
+                logprobs = warper.finish().tolist()
                 new_tokens = output[:, width:].tolist()
                 for (i, j), ids, lps in zip(batch, new_tokens, logprobs):
                     results[i][j] = _make_sample(

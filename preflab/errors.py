@@ -70,3 +70,9 @@ class TrainingDiverged(PreflabError):
 
 class NonFiniteReward(PreflabError):
     """A reward function returned NaN or an infinity."""
+
+
+class NonFiniteProbabilities(PreflabError):
+    """A model's next-token probabilities hold NaN or an infinity, so nothing can be sampled."""
+
+    exit_code = 1

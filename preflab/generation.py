@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from preflab.errors import ConfigError, DataError
+from preflab.errors import ConfigError, DataError, NonFiniteProbabilities
 from preflab.runtime import distributed
 
 
@@ -138,6 +138,11 @@ class _SamplingWarper:
         if self.temperature > 0:
             scores = nucleus_filter(scores / self.temperature, self.top_p)
         log_probs = torch.log_softmax(scores.float(), dim=-1)
+        if torch.isnan(log_probs).any():  # NaN or +inf logits, or no token left at all
+            raise NonFiniteProbabilities(
+                f"the model's next-token probabilities hold NaN or inf at generated token "
+                f"{len(self.steps) + 1}, so nothing can be sampled (its weights or inputs hold "
+                f"NaN or inf)")
         tokens = draw(log_probs) if self.temperature > 0 else scores.argmax(dim=-1)
         self.steps.append(log_probs.gather(-1, tokens[:, None]).squeeze(-1))
         chosen = torch.full_like(scores, float("-inf"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, NonFiniteProbabilities
 from preflab.generation import Sample, _make_sample, draw, generate
 from preflab.tiny import build_random_causal_lm
 
@@ -137,3 +137,17 @@ def test_draw_follows_the_distribution_and_never_takes_a_zero_probability_token(
     torch.manual_seed(1)
     halves = draw(torch.log(torch.tensor([[2.0, 2.0]])).expand(n, 2))
     assert abs(halves.double().mean().item() - 0.5) < 5 * (0.25 / n) ** 0.5
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_nan_probabilities_are_an_error_not_a_token(tiny_tokenizer, temperature):
+    """A model whose logits hold NaN: sampling and greedy decoding both refuse to pick a token
+    (``rl.loop`` reports it as the run diverging), instead of drawing an arbitrary one."""
+    tok = tiny_tokenizer
+    broken = build_random_causal_lm("llama", len(tok), pad_token_id=tok.pad_token_id,
+                                    bos_token_id=tok.bos_token_id,
+                                    eos_token_id=tok.eos_token_id, seed=2)
+    with torch.no_grad():
+        broken.get_output_embeddings().weight[5].fill_(float("nan"))
+    with pytest.raises(NonFiniteProbabilities, match="generated token 1"):
+        generate(broken, tok, PROMPTS[:2], temperature=temperature, max_new_tokens=4)

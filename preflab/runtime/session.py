@@ -23,7 +23,13 @@ import torch
 from preflab import models
 from preflab.config import TrainConfig, check_paths
 from preflab.data.tokenize import forget_checked
-from preflab.errors import ConfigError, NonFiniteReward, ResumeError, TrainingDiverged
+from preflab.errors import (
+    ConfigError,
+    NonFiniteProbabilities,
+    NonFiniteReward,
+    ResumeError,
+    TrainingDiverged,
+)
 from preflab.runtime import checkpoint, distributed, memory, rng, rundir, signals
 from preflab.runtime.metrics import MetricLogger, format_metrics
 from preflab.runtime.optim import build_optimizer, build_scheduler, warmup_steps_for
@@ -334,10 +340,6 @@ def require_finite(run: Run, where: str, *, local: bool = False, **figures) -> N
                                f"{last_checkpoint(run)}")
 
 
-# torch's multinomial sampling refuses a distribution that holds NaN or inf with this message
-NONFINITE_PROBS = "probability tensor contains either `inf`, `nan` or element < 0"
-
-
 @contextlib.contextmanager
 def diverged_at(run: Run, where: str):
     """Report sampling from NaN probabilities, or a reward function's NaN, as the run diverging
@@ -347,9 +349,7 @@ def diverged_at(run: Run, where: str):
     except NonFiniteReward as exc:
         raise TrainingDiverged(f"the run diverged at {where}: {exc.message}; final/ is not "
                                f"written. Last good checkpoint: {last_checkpoint(run)}") from None
-    except RuntimeError as exc:
-        if NONFINITE_PROBS not in str(exc):
-            raise
+    except NonFiniteProbabilities:
         raise TrainingDiverged(
             f"the run diverged at {where}: the policy's next-token probabilities hold NaN or "
             f"inf, so nothing can be sampled; final/ is not written. Last good checkpoint: "

@@ -116,3 +116,17 @@ def test_spikes_by_hand():
     assert criteria._spikes(steady + [1.0 + 5 * sd]) == 1
     assert criteria._spikes(steady + [1.0 + 3 * sd]) == 0
     assert criteria._spikes([1.0] * 5) == 0
+
+
+def test_hyperparameters_count_each_commands_own_flags():
+    """By hand. dpo: beta, loss, label_smoothing, gamma (4). rm: margin, center_rewards_coef
+    (2). ppo: the rollout's kl_coef, clip_range, num_minibatches, rollout_batch_size,
+    response_length, temperature, missing_eos_penalty, penalize_missing_eos, and its own
+    ppo_epochs, gamma, gae_lambda, vf_coef, clip_range_value, whiten_rewards, kl_estimator,
+    adaptive_kl, target_kl, kl_horizon (18): PPOConfig's, not only the RolloutConfig it builds
+    on and imports. --fsdp and --padding-free change how a run executes, not what it computes,
+    and are not counted."""
+    assert criteria._knobs("dpo")[0] == 4
+    assert criteria._knobs("rm")[0] == 2
+    assert criteria._knobs("ppo")[0] == 18
+    assert {"fsdp", "padding_free"} <= criteria.NOT_HYPERPARAMETERS

@@ -35,6 +35,8 @@ NOT_HYPERPARAMETERS = {
     "ref_model", "value_model", "reward", "memory_mode", "generation_batch_size", "precompute_ref",
     "max_length", "max_prompt_length", "overlong", "lora_target_modules", "lora_dropout",
     "top_p",  # PPO refuses anything but 1.0 (its training passes score the full softmax)
+    # how a run executes, not what it computes: the same losses and weights either way
+    "fsdp", "padding_free",
 }
 TIE = 0.005
 
@@ -366,8 +368,9 @@ def _knobs(command: str) -> tuple[int, int]:
     import importlib
 
     mod = importlib.import_module(module)
-    cls = next(v for k, v in vars(mod).items() if k.endswith("Config") and v is not TrainConfig
-               and isinstance(v, type) and issubclass(v, TrainConfig))
+    # the command's own config, defined in its module (not one it imports to build on)
+    cls = next(v for v in vars(mod).values() if isinstance(v, type)
+               and issubclass(v, TrainConfig) and v.__module__ == mod.__name__)
     shared = {x.name for x in dataclass_fields(TrainConfig)} - NOT_HYPERPARAMETERS
     own = {x.name for x in dataclass_fields(cls)} - NOT_HYPERPARAMETERS
     return len(own - shared), len(own)

@@ -187,7 +187,7 @@ def generation_config(*, max_new_tokens: int, pad_token_id: int, eos_token_id: i
     from transformers import GenerationConfig
 
     return GenerationConfig(
-        do_sample=False, num_beams=1, temperature=1.0, top_k=0, top_p=1.0, min_p=None,
+        do_sample=False, num_beams=1, temperature=1.0, top_k=None, top_p=1.0, min_p=None,
         typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0,
         no_repeat_ngram_size=0, min_new_tokens=0, max_new_tokens=max_new_tokens,
         suppress_tokens=None, begin_suppress_tokens=None, bad_words_ids=None,

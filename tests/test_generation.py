@@ -151,3 +151,19 @@ def test_nan_probabilities_are_an_error_not_a_token(tiny_tokenizer, temperature)
         broken.get_output_embeddings().weight[5].fill_(float("nan"))
     with pytest.raises(NonFiniteProbabilities, match="generated token 1"):
         generate(broken, tok, PROMPTS[:2], temperature=temperature, max_new_tokens=4)
+
+
+def test_sampling_and_greedy_decoding_leave_no_transformers_warning(tiny_model_dir):
+    """The greedy steps that take the warper's token are asked for with no sampling flag
+    transformers would call invalid (it logs "generation flags are not valid" once per
+    process otherwise): run in a fresh process, so the once-only warning cannot hide."""
+    import subprocess
+    import sys
+
+    code = ("from preflab import models; from preflab.generation import generate\n"
+            f"m = models.load_causal_lm({str(tiny_model_dir)!r})\n"
+            f"t = models.load_tokenizer({str(tiny_model_dir)!r})\n"
+            "generate(m, t, ['the movie'], max_new_tokens=3)\n"
+            "generate(m, t, ['the movie'], max_new_tokens=3, temperature=0)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "not valid" not in out.stderr and "warn" not in out.stderr.lower(), out.stderr

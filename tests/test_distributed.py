@@ -125,14 +125,18 @@ def test_dpo_torchrun_each_reference_mode_matches_one_process(mode, tiny_model_d
         assert a["eval/kl"] == pytest.approx(b["eval/kl"], rel=1e-3, abs=1e-5)
 
 
-@pytest.mark.parametrize("command, sharded", [("sft", []), ("rm", []), ("dpo", []),
-                                              ("sft", ["--fsdp"])],
-                         ids=["sft", "rm", "dpo", "sft-fsdp"])
-def test_accelerate_launch_two_processes_match_one(command, sharded, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("command, sharded, mode", [
+    ("sft", [], []), ("rm", [], []), ("dpo", [], []), ("sft", ["--fsdp"], []),
+    ("dpo", [], ["--precompute-ref"]), ("dpo", [], ["--lora-rank", "2"]),
+    ("dpo", [], ["--loss", "simpo"]),
+], ids=["sft", "rm", "dpo-copy", "sft-fsdp", "dpo-precomputed", "dpo-lora-adapters-off",
+        "dpo-reference-free"])
+def test_accelerate_launch_two_processes_match_one(command, sharded, mode, tiny_model_dir,
+                                                   tmp_path):
     """``accelerate launch --multi_gpu --num_processes 2`` on a CPU machine starts 2 gloo
     processes (``--cpu`` would silently start one): the run records world size 2, and its
-    weights equal 1 process with the whole batch; with preflab's ``--fsdp`` too. (ppo:
-    ``test_ppo.py``.)"""
+    weights equal 1 process with the whole batch; with preflab's ``--fsdp`` too, and for dpo
+    wherever its reference lives. (ppo: ``test_ppo.py``.)"""
     from preflab.algorithms import dpo, rm
     from tests.test_rm import accelerate_launch, preference_records
 
@@ -142,7 +146,7 @@ def test_accelerate_launch_two_processes_match_one(command, sharded, tiny_model_
         data = write_jsonl(tmp_path / "pairs.jsonl", preference_records(32))
     common = ["--model", str(tiny_model_dir), "--data", str(data), "--max-steps", "3",
               "--learning-rate", "3e-3", "--no-progress", "--max-length", "32",
-              "--eval-fraction", "0"]
+              "--eval-fraction", "0", *mode]
     module = {"sft": sft, "rm": rm, "dpo": dpo}[command]
     assert module.main(common + ["--output-dir", str(tmp_path / "one"), "--batch-size", "8"]) == 0
     result = accelerate_launch(command, [*common, *sharded, "--output-dir", str(tmp_path / "two"),

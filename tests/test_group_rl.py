@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from preflab.algorithms import grpo, rloo
 from preflab.losses import clipped_policy_loss, group_advantages, normalize, rloo_advantages
 from tests.sft_data import write_jsonl
-from tests.test_ppo import REWARD_FILE
+from tests.test_ppo import REWARD_FILE, assert_same_update, moved
 
 # --- advantages -----------------------------------------------------------------------------------
 
@@ -317,13 +317,13 @@ def test_single_pass_gives_the_update_of_separate_passes(module, mode, tiny_mode
     assert flags == [True, False]
     name = "final/adapter/adapter_model.safetensors" if mode else "final/model.safetensors"
     a, b = (load_file(runs[k] / name) for k in ("single", "separate"))
-    for key in a:  # AdamW at lr 3e-3 turns float rounding in near-zero gradients into ~2e-5
-        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-4)
+    assert_same_update(a, b, lr=3e-3, steps=3, atol=1e-4)
     rows = {k: [r for r in rows_of(v) if "loss" in r] for k, v in runs.items()}
     for key in ("kl", "entropy", "loss", "advantages/std"):
         assert [r[key] for r in rows["single"]] == pytest.approx(
             [r[key] for r in rows["separate"]], abs=1e-5, rel=1e-4), key
-    assert rows["single"][-1]["kl"] > 0  # the policy moved: a real comparison
+    # the policy moved (a real comparison); an adapter's B matrices start at zero
+    assert moved(a, None if mode else load_file(tiny_model_dir / "model.safetensors"))
 
 
 def test_shared_mode_holds_one_base(tiny_model_dir, prompt_files, tmp_path, monkeypatch):

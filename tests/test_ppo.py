@@ -169,6 +169,28 @@ def ppo_args(model, data, out, reward, *extra) -> list[str]:
             "--eval-fraction", "0.2", *extra]
 
 
+def assert_same_update(a: dict, b: dict, *, lr: float, steps: int, atol: float = 2e-5) -> None:
+    """Two runs that differ only in float rounding (the order of sums) took the same updates.
+    AdamW's early steps are close to lr x sign(gradient): where rounding flips the sign of a
+    gradient near zero, an element moves by up to 2 lr per step. Such elements are rare; every
+    tensor's others agree to ``atol``."""
+    assert a.keys() == b.keys()
+    for key in a:
+        diff = (a[key].double() - b[key].double()).abs()
+        off = diff > atol + 1e-4 * b[key].double().abs()
+        assert off.double().mean() <= 0.005 and diff.max() <= 2 * lr * steps, (
+            key, int(off.sum()), off.numel(), float(diff.max()))
+
+
+def moved(final: dict, start: dict | None = None) -> bool:
+    """Whether training changed the weights from ``start``; without it, ``final`` is a LoRA
+    adapter, whose B matrices start at zero."""
+    if start is None:
+        start = {k: torch.zeros_like(t) for k, t in final.items() if "lora_B" in k}
+        assert start, "no lora_B weights"
+    return any(not torch.equal(final[k], t) for k, t in start.items())
+
+
 def capture_roles(monkeypatch) -> dict:
     """Wrap build_roles to keep the roles and a copy of every parameter at the start."""
     captured: dict = {}
@@ -344,15 +366,15 @@ def test_single_pass_gives_the_update_of_separate_passes(mode, tiny_model_dir, p
              "final/model.safetensors" if not mode else "final/adapter/adapter_model.safetensors"]
     for name in names:
         a, b = (load_file(runs[k] / name) for k in ("single", "separate"))
-        assert a.keys() == b.keys()
-        for key in a:
-            torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4)
+        assert_same_update(a, b, lr=3e-3, steps=3)
     rows = {k: [r for r in metric_rows(v) if "loss" in r] for k, v in runs.items()}
     for key in ("objective/kl", "objective/entropy", "loss/policy", "loss/value",
                 "val/explained_variance", "policy/approxkl"):
         assert [r[key] for r in rows["single"]] == pytest.approx([r[key] for r in rows["separate"]],
                                                                  abs=1e-5, rel=1e-4), key
-    assert rows["single"][-1]["objective/kl"] > 0  # the policy moved: a real comparison
+    # the policy moved (a real comparison); an adapter's B matrices start at zero
+    start = None if mode else load_file(tiny_model_dir / "model.safetensors")
+    assert moved(load_file(runs["single"] / names[1]), start)
 
 
 def test_top_p_below_one_is_refused_for_training(tiny_model_dir, ppo_files, tmp_path):

@@ -106,17 +106,21 @@ def nucleus_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def draw(log_probs: torch.Tensor) -> torch.Tensor:
+def draw(log_probs: torch.Tensor, *, dtype: torch.dtype | None = None) -> torch.Tensor:
     """One token per row from ``exp(log_probs)`` ``[B, V]``, by inversion: a uniform draw per
-    row, scaled to the row's total mass, looked up in the cumulative sum (float64, so the
-    sum over a large vocabulary stays exact to about 1e-13). A token of probability 0 (outside
-    the nucleus) is never drawn. One uniform per row from torch's generator, where
-    ``torch.multinomial`` draws one exponential per vocabulary entry: the same distribution
-    at a fraction of the cost (``docs/performance.md``)."""
-    cdf = log_probs.double().exp().cumsum(dim=-1)
+    row, scaled to the row's total mass, looked up in the cumulative sum. The sum is in
+    ``dtype``: float64 by default, exact to about 1e-13 over a large vocabulary; float32 on
+    Apple's MPS, which has no float64 (about 1e-7 of the mass per entry). A token of
+    probability 0 (outside the nucleus) is never drawn. One uniform per row from torch's
+    generator, where ``torch.multinomial`` draws one exponential per vocabulary entry: the
+    same distribution at a fraction of the cost (``docs/performance.md``)."""
+    if dtype is None:
+        dtype = torch.float32 if log_probs.device.type == "mps" else torch.float64
+    cdf = log_probs.to(dtype).exp().cumsum(dim=-1)
     total = cdf[:, -1:]
-    u = torch.rand(total.shape, dtype=torch.float64, device=cdf.device) * total
-    u = torch.minimum(u, total * (1 - 2**-52))  # strictly below the total: some entry exceeds it
+    u = torch.rand(total.shape, dtype=dtype, device=cdf.device) * total
+    # strictly below the total, so some entry of the cumulative sum exceeds it
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, u, right=True).squeeze(-1)
 
 

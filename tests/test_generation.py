@@ -119,23 +119,24 @@ def test_batches_group_prompts_of_like_length(model, tiny_tokenizer, monkeypatch
                                   max_new_tokens=6)[0][0]
 
 
-def test_draw_follows_the_distribution_and_never_takes_a_zero_probability_token():
+@pytest.mark.parametrize("dtype", [None, torch.float32], ids=["float64", "float32-as-on-mps"])
+def test_draw_follows_the_distribution_and_never_takes_a_zero_probability_token(dtype):
     """200,000 draws from (0.5, 0.3, 0.15, 0.05, 0): each frequency within 5 binomial standard
     deviations (at most 0.0056), the last token never; a row with all its mass on one token
     (the others -inf, as outside a nucleus) always gives that token."""
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0], dtype=torch.float64)
     n = 200_000
     torch.manual_seed(0)
-    tokens = draw(probs.log().float().expand(n, 5))
+    tokens = draw(probs.log().float().expand(n, 5), dtype=dtype)
     freq = torch.bincount(tokens, minlength=5).double() / n
     assert (freq - probs).abs().max() < 5 * (0.25 / n) ** 0.5
     assert freq[4] == 0
     one = torch.full((1000, 7), float("-inf"))
     one[:, 6] = 0.0
-    assert draw(one).eq(6).all()
+    assert draw(one, dtype=dtype).eq(6).all()
     # unnormalised log-probs are drawn in proportion (the mass is rescaled per row)
     torch.manual_seed(1)
-    halves = draw(torch.log(torch.tensor([[2.0, 2.0]])).expand(n, 2))
+    halves = draw(torch.log(torch.tensor([[2.0, 2.0]])).expand(n, 2), dtype=dtype)
     assert abs(halves.double().mean().item() - 0.5) < 5 * (0.25 / n) ** 0.5
 
 

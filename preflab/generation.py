@@ -152,10 +152,10 @@ class _SamplingWarper:
         chosen = torch.full_like(scores, float("-inf"))
         return chosen.scatter_(-1, tokens[:, None], 0.0)
 
-    def finish(self) -> torch.Tensor:
-        """Per-step log-probs of the drawn tokens, ``[B, steps]``."""
+    def finish(self, rows: int) -> torch.Tensor:
+        """Per-step log-probs of the drawn tokens, ``[rows, steps]``."""
         if not self.steps:
-            return torch.zeros(0, 0)
+            return torch.zeros(rows, 0)
         return torch.stack(self.steps, dim=1).float().cpu()
 
 
@@ -271,7 +271,7 @@ def generate(
                     logits_processor=LogitsProcessorList([warper]),
                     synced_gpus=synced,
                 )
-                logprobs = warper.finish().tolist()
+                logprobs = warper.finish(len(batch)).tolist()
                 new_tokens = output[:, width:].tolist()
                 for (i, j), ids, lps in zip(batch, new_tokens, logprobs):
                     results[i][j] = _make_sample(

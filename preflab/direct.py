@@ -14,14 +14,13 @@ from dataclasses import dataclass
 import torch
 
 from preflab import models, reference
-from preflab.config import TrainConfig, arg, fsdp_arg
+from preflab.config import arg, fsdp_arg
 from preflab.data import collate_preference
 from preflab.errors import ConfigError
-from preflab.evaluation import evaluate_policy
+from preflab.evaluation import SampledEvalConfig, evaluate_policy
 from preflab.logprobs import concatenated_forward
 from preflab.losses import DIRECT_LOSSES, compute_direct_loss, get_direct_loss
 from preflab.losses.registry import check_direct_loss_args
-from preflab.rewards import check_reward_specs
 from preflab.runtime import distributed, session
 
 STAT_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
@@ -29,7 +28,7 @@ STAT_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
 
 
 @dataclass
-class DirectConfig(TrainConfig):
+class DirectConfig(SampledEvalConfig):
     """The shared training flags plus the direct-preference ones (``preflab dpo`` and
     ``preflab online-dpo``)."""
 
@@ -63,20 +62,6 @@ class DirectConfig(TrainConfig):
     )
     fsdp: bool = fsdp_arg("policy", "; the reference stays whole on each process, "
                           "and --eval-prompts samples on every process in lockstep")
-    eval_prompts: str = arg(
-        "", "Prompts to sample from at evaluation (eval/kl, eval/distinct_n, eval/gold_reward).",
-        path="data",
-    )
-    gold_reward: str = arg(
-        "", "Evaluation-only reward: module:function, file.py:function, a reward-model "
-        "directory, or a weighted sum ('a:0.7,b:0.3'); logged as eval/gold_reward, never "
-        "trained on. A function runs as Python code with your rights (file.py: that file), also "
-        "when a shared --config names it: see docs/security.md."
-    )
-    eval_num_prompts: int = arg(64, "How many --eval-prompts to sample from at each evaluation.",
-                                ge=1)
-    eval_max_new_tokens: int = arg(48, "Longest sampled completion at evaluation.", ge=1)
-    eval_temperature: float = arg(1.0, "Sampling temperature at evaluation (0: greedy).", ge=0)
 
     def validate(self) -> None:
         super().validate()
@@ -86,11 +71,6 @@ class DirectConfig(TrainConfig):
         if self.precompute_ref and not spec.needs_reference:
             raise ConfigError(f"--precompute-ref: --loss {self.loss} uses no reference model",
                               field="precompute_ref")
-        if self.gold_reward and not self.eval_prompts:
-            raise ConfigError("--gold-reward needs --eval-prompts to sample from",
-                              field="gold_reward")
-        if self.gold_reward:
-            check_reward_specs(self.gold_reward, flag="--gold-reward")
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -36,12 +36,43 @@ from dataclasses import dataclass, field
 
 import torch
 
+from preflab.config import TrainConfig, arg
 from preflab.data import SFTExample, collate_sft
+from preflab.errors import ConfigError
 from preflab.generation import Sample, generate
 from preflab.logprobs import forward_logps
 from preflab.metrics.best_of_n import kl_bound
 from preflab.metrics.diversity import distinct_n, diversity_report
-from preflab.rewards import RewardFn, score
+from preflab.rewards import RewardFn, check_reward_specs, score
+
+
+@dataclass
+class SampledEvalConfig(TrainConfig):
+    """The flags of a trainer on fixed data (dpo, online-dpo, kto) that also samples its policy
+    at evaluation: ``--eval-prompts``, ``--gold-reward`` and how to sample."""
+
+    eval_prompts: str = arg(
+        "", "Prompts to sample from at evaluation (eval/kl, eval/distinct_n, eval/gold_reward).",
+        path="data",
+    )
+    gold_reward: str = arg(
+        "", "Evaluation-only reward: module:function, file.py:function, a reward-model "
+        "directory, or a weighted sum ('a:0.7,b:0.3'); logged as eval/gold_reward, never "
+        "trained on. A function runs as Python code with your rights (file.py: that file), also "
+        "when a shared --config names it: see docs/security.md."
+    )
+    eval_num_prompts: int = arg(64, "How many --eval-prompts to sample from at each evaluation.",
+                                ge=1)
+    eval_max_new_tokens: int = arg(48, "Longest sampled completion at evaluation.", ge=1)
+    eval_temperature: float = arg(1.0, "Sampling temperature at evaluation (0: greedy).", ge=0)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.gold_reward and not self.eval_prompts:
+            raise ConfigError("--gold-reward needs --eval-prompts to sample from",
+                              field="gold_reward")
+        if self.gold_reward:
+            check_reward_specs(self.gold_reward, flag="--gold-reward")
 
 
 @dataclass

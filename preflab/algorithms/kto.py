@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from preflab import models, reference
-from preflab.config import TrainConfig, arg, fsdp_arg, parse_config
+from preflab.config import arg, fsdp_arg, parse_config
 from preflab.data import (
     TruncationPolicy,
     UnpairedExample,
@@ -39,11 +39,9 @@ from preflab.data import (
     load_unpaired_dataset,
     split_train_eval,
 )
-from preflab.errors import ConfigError
-from preflab.evaluation import evaluate_policy
+from preflab.evaluation import SampledEvalConfig, evaluate_policy
 from preflab.logprobs import forward_logps
 from preflab.losses import kto_loss
-from preflab.rewards import check_reward_specs
 from preflab.runtime import distributed, memory, session
 from preflab.runtime.metrics import format_metrics
 from preflab.runtime.stream import ExampleStream
@@ -56,7 +54,7 @@ RECOMMENDED_RATIO = (1.0, 4 / 3)  # w_D n_D / (w_U n_U), Ethayarajh et al. 2024,
 
 
 @dataclass
-class KTOConfig(TrainConfig):
+class KTOConfig(SampledEvalConfig):
     """``preflab kto``: the shared training flags plus KTO's."""
 
     learning_rate: float = arg(1e-6, "Peak learning rate of AdamW (the KTO paper's 5e-7 to "
@@ -69,29 +67,8 @@ class KTOConfig(TrainConfig):
         "", "Reference model (default: --model). With LoRA and no --ref-model, the reference "
         "is the base with adapters off.", path="model"
     )
-    eval_prompts: str = arg(
-        "", "Prompts to sample from at evaluation (eval/kl, eval/distinct_n, eval/gold_reward).",
-        path="data",
-    )
-    gold_reward: str = arg(
-        "", "Evaluation-only reward (as for preflab dpo); logged as eval/gold_reward, never "
-        "trained on. A function runs as Python code with your rights (file.py: that file), also "
-        "when a shared --config names it: see docs/security.md."
-    )
-    eval_num_prompts: int = arg(64, "How many --eval-prompts to sample from at each evaluation.",
-                                ge=1)
-    eval_max_new_tokens: int = arg(48, "Longest sampled completion at evaluation.", ge=1)
-    eval_temperature: float = arg(1.0, "Sampling temperature at evaluation (0: greedy).", ge=0)
     fsdp: bool = fsdp_arg("policy", "; the reference stays whole on each process, "
                           "and --eval-prompts samples on every process in lockstep")
-
-    def validate(self) -> None:
-        super().validate()
-        if self.gold_reward and not self.eval_prompts:
-            raise ConfigError("--gold-reward needs --eval-prompts to sample from",
-                              field="gold_reward")
-        if self.gold_reward:
-            check_reward_specs(self.gold_reward, flag="--gold-reward")
 
 
 def partners(n: int, seed: int) -> list[int]:

@@ -52,7 +52,14 @@ from preflab.data import (
     write_jsonl,
 )
 from preflab.data.writers import write_text
-from preflab.direct import STAT_KEYS, DirectConfig, evaluate, means, preference_step
+from preflab.direct import (
+    STAT_KEYS,
+    DirectConfig,
+    evaluate,
+    means,
+    preference_step,
+    to_device,
+)
 from preflab.errors import ConfigError
 from preflab.generation import generate
 from preflab.losses import get_direct_loss
@@ -342,9 +349,8 @@ def train(cfg: OnlineDPOConfig) -> dict:
             step_loss = torch.zeros((), device=run.device)
             for i in range(cfg.grad_accum):
                 idx = pair_stream.next_batch(cfg.batch_size)
-                batch = collate_preference([examples[j] for j in idx], pad_id)
-                batch = {k: v.to(run.device) if torch.is_tensor(v) else v
-                         for k, v in batch.items()}
+                batch = to_device(collate_preference([examples[j] for j in idx], pad_id),
+                                  run.device)
                 sync = i == cfg.grad_accum - 1 or not run.ctx.enabled
                 with distributed.gradient_sync(ddp_model, sync):
                     losses, stats = preference_step(ddp_model, ref, spec, cfg, batch, "train")

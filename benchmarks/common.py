@@ -81,3 +81,18 @@ def preflab_seconds(out: str | Path, warmup: int) -> tuple[float, int, list[dict
     steps = [r for r in rows if "lr" in r and "elapsed_s" in r]  # training rows
     start = next(r["elapsed_s"] for r in steps if r["step"] == warmup) if warmup else 0.0
     return steps[-1]["elapsed_s"] - start, steps[-1]["step"], steps
+
+
+def add_checkpointing_flag(parser, peer_config: str) -> None:
+    """``--gradient-checkpointing off|on|defaults`` (default off): off or on sets it on BOTH
+    sides, so they keep the same activations; ``defaults`` leaves each side at its own (TRL's
+    ``peer_config``: on; preflab and transformers: off)."""
+    parser.add_argument("--gradient-checkpointing", choices=("off", "on", "defaults"),
+                        default="off", help="off or on for both sides; defaults: each side's "
+                        f"own (TRL's {peer_config}: on, preflab: off)")
+
+
+def checkpoints(mode: str, side: str) -> bool:
+    """Whether ``side`` (``"trl"`` or ``"preflab"``) checkpoints under ``mode`` (the flag above):
+    TRL unless "off", since checkpointing is its default; preflab only when "on"."""
+    return mode != "off" if side == "trl" else mode == "on"

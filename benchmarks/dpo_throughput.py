@@ -36,6 +36,8 @@ from pathlib import Path
 
 from common import (
     LLAMA_20M,
+    add_checkpointing_flag,
+    checkpoints,
     long_tailed,
     preflab_seconds,
     require_trl,
@@ -139,9 +141,7 @@ def main() -> None:
                         help="runs of each, alternating; the best of each is reported (less noise)")
     parser.add_argument("--lengths", choices=("equal", "variable"), default="equal")
     parser.add_argument("--loss", choices=("sigmoid", "ipo"), default="sigmoid")
-    parser.add_argument("--gradient-checkpointing", choices=("off", "on", "defaults"),
-                        default="off", help="off or on for both sides; defaults: each side's "
-                        "own (TRL's DPOConfig: on, preflab: off)")
+    add_checkpointing_flag(parser, "DPOConfig")
     parser.add_argument("--worker", choices=("preflab", "preflab-packed", "trl"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--paths", nargs=3, help=argparse.SUPPRESS)
@@ -151,10 +151,10 @@ def main() -> None:
         common = (*args.paths, args.steps, args.warmup, args.per_step)
         mode = args.gradient_checkpointing
         if args.worker == "trl":
-            result = worker_trl(*common, loss=args.loss, checkpointing=mode != "off")
+            result = worker_trl(*common, loss=args.loss, checkpointing=checkpoints(mode, "trl"))
         else:
             result = worker_preflab(*common, padding_free=args.worker == "preflab-packed",
-                                    loss=args.loss, checkpointing=mode == "on")
+                                    loss=args.loss, checkpointing=checkpoints(mode, "preflab"))
         print("RESULT " + json.dumps(result))
         return
     trl = require_trl()

@@ -41,6 +41,8 @@ from pathlib import Path
 
 from common import (
     LLAMA_20M,
+    add_checkpointing_flag,
+    checkpoints,
     preflab_seconds,
     require_trl,
     run_alternating,
@@ -164,9 +166,7 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=4, help="completions per prompt")
     parser.add_argument("--length", type=int, default=64, help="completion tokens")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--gradient-checkpointing", choices=("off", "on", "defaults"),
-                        default="off", help="off or on for both sides; defaults: each side's "
-                        "own (TRL's RLOOConfig and GRPOConfig: on, preflab: off)")
+    add_checkpointing_flag(parser, "RLOOConfig and GRPOConfig")
     parser.add_argument("--only", default=",".join(NAMES), help="comma-separated sides to run")
     parser.add_argument("--worker", choices=NAMES, help=argparse.SUPPRESS)
     parser.add_argument("--paths", nargs=5, help=argparse.SUPPRESS)
@@ -175,9 +175,8 @@ def main() -> None:
     if args.worker:
         side, _, command = args.worker.partition("-")
         fn = worker_preflab if side == "preflab" else worker_trl
-        mode = args.gradient_checkpointing
         result = fn(command if side == "preflab" else args.worker, *args.paths, *shape,
-                    checkpointing=mode == "on" if side == "preflab" else mode != "off")
+                    checkpointing=checkpoints(args.gradient_checkpointing, side))
         print("RESULT " + json.dumps(result))
         return
     trl = require_trl()

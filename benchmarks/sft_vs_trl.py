@@ -40,6 +40,8 @@ from pathlib import Path
 
 from common import (
     LLAMA_20M,
+    add_checkpointing_flag,
+    checkpoints,
     long_tailed,
     preflab_seconds,
     require_trl,
@@ -129,18 +131,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--lengths", choices=("equal", "variable"), default="variable")
-    parser.add_argument("--gradient-checkpointing", choices=("off", "on", "defaults"),
-                        default="off", help="off or on for both sides; defaults: each side's "
-                        "own (TRL's SFTConfig: on, preflab: off)")
+    add_checkpointing_flag(parser, "SFTConfig")
     parser.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--paths", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--per-example", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        mode = args.gradient_checkpointing  # TRL's side checkpoints unless "off"
+        side = "trl" if args.worker.startswith("trl") else "preflab"
         result = WORKERS[args.worker](*args.paths, args.steps, args.warmup, args.per_example,
-                                      mode != "off" if args.worker.startswith("trl")
-                                      else mode == "on")
+                                      checkpoints(args.gradient_checkpointing, side))
         print("RESULT " + json.dumps(result))
         return
     trl = require_trl()

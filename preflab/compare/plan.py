@@ -22,16 +22,16 @@ A method's total is its peak over the phases of a step, not a sum of its rows:
 
     train      params + grads + optimizer + saved activations + the working memory at the
                start of backward: for bf16/fp16 logits one float32 chunk of 1024 positions
-               (the logits' gradient is written over the logits, which are counted among the
-               saved activations; PPO's policy pass adds the gradient, [B, T, V] in dtype, at
-               most, since the head runs only from the response); or, if larger, params +
-               optimizer + a live
-               reference's forward (its logits and one layer's tensors), which runs first,
-               before the policy's graph exists (plus the reference's weights in both)
+               (every training pass, PPO's policy pass included, writes the logits' gradient
+               over the logits, which are counted among the saved activations); or, if
+               larger, params + optimizer + a live reference's forward (its logits and one
+               layer's tensors), which runs first, before the policy's graph exists (plus the
+               reference's weights in both)
     precompute (dpo precomputed) the policy's and the reference's weights + the reference's
                forward; the reference is freed before training
     update     (ppo) params + grads + optimizer + the larger of the policy's and the value's
-               training forward (one after the other, dropout off)
+               training forward (one after the other, dropout off; ppo's single pass, one
+               epoch of one minibatch in one micro-batch, holds both: not counted)
     generation (ppo) params + optimizer + KV cache 2 L n_kv hd b x rollout x seq-len + the
                widest layer of the prompt's prefill + one sampling step's logits (an estimate);
                gradients are freed by then
@@ -248,8 +248,7 @@ def _ppo(step: _Step, name: str, B: int) -> dict:
                  "reward": _role(a + head), "reference": _role()}
     policy_saved = step.saved(B, "lm", dropout=False)
     value_saved = step.saved(B, "scalar", dropout=False)
-    roles["policy"] = _acting(roles["policy"], policy_saved,
-                              step.backward_working(B))
+    roles["policy"] = _acting(roles["policy"], policy_saved, step.backward_working(B))
     roles["value"] = _acting(roles["value"], value_saved)
     roles["generation"] = _acting(_role(), 0, step.generation())
     params, grads, optimizer = (sum(r[k] for r in roles.values())

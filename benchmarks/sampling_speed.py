@@ -44,10 +44,7 @@ def main() -> None:
     rng = random.Random(0)
     prompts = [" ".join(rng.choices(words, k=args.prompt_tokens)) for _ in range(args.rows)]
     with tempfile.TemporaryDirectory() as tmp:
-        path = save_tiny_model(tmp, words, arch="llama", hidden_size=LLAMA_20M["hidden_size"],
-                               num_layers=LLAMA_20M["num_layers"],
-                               num_heads=LLAMA_20M["num_heads"],
-                               intermediate_size=LLAMA_20M["intermediate_size"], max_positions=512)
+        path = save_tiny_model(tmp, words, arch="llama", **LLAMA_20M, max_positions=512)
         model = AutoModelForCausalLM.from_pretrained(path).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"

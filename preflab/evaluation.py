@@ -38,6 +38,7 @@ import torch
 
 from preflab.config import TrainConfig, arg
 from preflab.data import SFTExample, collate_sft
+from preflab.data.chat import prompt_ids_for
 from preflab.errors import ConfigError
 from preflab.generation import Sample, generate
 from preflab.logprobs import forward_logps
@@ -109,7 +110,8 @@ def sample_logps(model, tokenizer, samples: Sequence[Sample], *, batch_size: int
     device = next(model.parameters()).device
     examples = []
     for s in samples:
-        prompt_ids = list(s.prompt_ids) or list(tokenizer(s.prompt, add_special_tokens=True)["input_ids"])
+        # the ids it was sampled from; else the prompt's own (a chat prompt's, not re-encoded)
+        prompt_ids = list(s.prompt_ids) or prompt_ids_for(tokenizer, s.prompt)
         ids = prompt_ids + list(s.completion_ids)
         mask = [0] * len(prompt_ids) + [1] * len(s.completion_ids)
         examples.append(SFTExample(input_ids=ids, completion_mask=mask))

@@ -4,7 +4,10 @@
 sharded model) with the KV cache, pads each batch on the LEFT (the attention mask hides the
 pads and the model's position ids follow the mask), and stops each row at EOS. Prompts are tokenized as the data layer does it
 (``tokenizer(prompt, add_special_tokens=True)``), so a policy sees its prompts the way it was
-trained on them.
+trained on them; a prompt from the data layer (``PromptExample.prompt``, a
+``preflab.data.chat.PromptText``) brings its own ids, so a chat prompt rendered by the
+template is fed exactly as the loader tokenized it (never encoded again, which would put a
+second BOS before the template's own) and a truncated prompt stays truncated.
 
 **The distribution is the one the caller names, and nothing else.** A model directory may
 carry a ``generation_config.json`` (``repetition_penalty``, ``suppress_tokens``,
@@ -50,6 +53,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from preflab.data.chat import prompt_ids_for, tokenizer_key
 from preflab.errors import ConfigError, DataError, NonFiniteProbabilities
 from preflab.runtime import distributed
 
@@ -64,9 +68,12 @@ class Sample:
     logprobs: list[float] = field(default_factory=list, compare=False)
 
 
-def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    """A prompt's ids as ``generate`` feeds them: with special tokens; BOS alone if empty."""
-    ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+def encode_prompt(tokenizer, prompt: str, key: tuple | None = None) -> list[int]:
+    """A prompt's ids as ``generate`` feeds them; BOS alone if empty. A text is encoded with
+    special tokens; a ``PromptText`` from the data layer (a rendered chat prompt, or a
+    truncated one) gives its own ids (``preflab.data.chat.prompt_ids_for``; ``key`` is the
+    tokenizer's ``tokenizer_key``, computed once for many prompts)."""
+    ids = prompt_ids_for(tokenizer, prompt, key)
     if ids:
         return ids
     if tokenizer.bos_token_id is None:
@@ -224,7 +231,8 @@ def generate(
     eos_id = tokenizer.eos_token_id
     if pad_id is None:
         pad_id = eos_id if eos_id is not None else 0
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    key = tokenizer_key(tokenizer)
+    encoded = [encode_prompt(tokenizer, p, key) for p in prompts]
     prompt_texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in encoded]
     gen_config = generation_config(max_new_tokens=max_new_tokens,
                                    pad_token_id=pad_id, eos_token_id=eos_id,

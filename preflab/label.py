@@ -5,7 +5,8 @@
     preflab dpo --model runs/sft/final --data pairs.jsonl --output-dir runs/dpo
 
 ``--in`` is a samples file (``{"prompt", "completions": [...]}`` per record, as ``preflab
-sample`` writes). Of each prompt's completions, the empty ones and repeats are set aside;
+sample`` writes; a chat prompt is a list of messages, with ``prompt_text``, the text its
+chat template rendered for the model). Of each prompt's completions, the empty ones and repeats are set aside;
 the rest are compared in pairs by the judge (``preflab.judges``: ``P(a better)``), and
 ``--pairing`` says which pairs are compared and which are written:
 
@@ -23,6 +24,14 @@ preference format ``preflab dpo`` and ``preflab rm`` read. With ``--kto`` each c
 completion is written as ``{"prompt", "completion", "label", "win_rate"}``: desirable when
 its win rate is above 1/2, undesirable below, left out at exactly 1/2 (``preflab kto``).
 
+Chat prompts: the judge reads ``prompt_text``, the text the policy was sampled from (what
+PPO's reward functions read as the prompt), and the records written are conversational
+(TRL's format): ``{"prompt": [messages], "chosen": [{"role": "assistant", "content": ...}],
+"rejected": [...]}``, and ``"completion": [{"role": "assistant", ...}]`` with ``--kto``. The
+trainers render them with the same chat template, so they train on the prompt ids the
+samples came from. Text and chat prompts may be mixed; each record keeps its own kind.
+``--export-human`` takes text prompts only.
+
 Every answer goes to the judge cache (``--cache``, by default ``<out>.judge-cache.sqlite``)
 when its batch is answered: a run stopped by SIGTERM or Ctrl-C (exit 143 or 130), killed, or
 failed on an endpoint is run again with the same command, and asks only what is left.
@@ -38,6 +47,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from preflab.data.formats import check_prompt_messages
 from preflab.data.readers import read_records
 from preflab.data.writers import write_jsonl, write_text
 from preflab.errors import ConfigError, DataError
@@ -52,13 +62,26 @@ from preflab.sample import check_new_file
 
 
 def read_samples(path: str) -> tuple[list[Group], dict]:
-    """The samples file's prompts with their usable completions, and what was set aside."""
+    """The samples file's prompts with their usable completions, and what was set aside.
+
+    A chat prompt (a list of messages) comes with ``prompt_text``, the text the sampled model
+    saw (its chat template's rendering): that is what the judge reads, as PPO's reward
+    functions read ``PromptExample.prompt``, and the messages stay for the pairs written."""
     groups, empty, repeated = [], 0, 0
     for record in read_records(path):
         prompt, completions = record.data.get("prompt"), record.data.get("completions")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise DataError("each record needs a non-empty text prompt", path=record.path,
-                            line=record.line, field="prompt",
+        messages = None
+        if isinstance(prompt, list):
+            check_prompt_messages(record, "prompt", prompt)
+            messages, prompt = prompt, record.data.get("prompt_text")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise DataError("a chat prompt (a list of messages) needs its rendered text",
+                                path=record.path, line=record.line, field="prompt_text",
+                                expected="the prompt as the sampled model's chat template "
+                                         "renders it, as `preflab sample` writes it")
+        elif not isinstance(prompt, str) or not prompt.strip():
+            raise DataError("each record needs a non-empty text prompt or a list of messages",
+                            path=record.path, line=record.line, field="prompt",
                             expected="a record {prompt, completions} as `preflab sample` "
                                      "writes")
         if not isinstance(completions, list) or not all(isinstance(c, str) for c in completions):
@@ -69,7 +92,7 @@ def read_samples(path: str) -> tuple[list[Group], dict]:
         empty += len(completions) - len(usable)
         distinct = list(dict.fromkeys(usable))
         repeated += len(usable) - len(distinct)
-        groups.append(Group(prompt, distinct))
+        groups.append(Group(prompt, distinct, messages))
     return groups, {"prompts": len(groups), "empty": empty, "repeated": repeated,
                     "completions": sum(len(g.completions) for g in groups)}
 
@@ -272,6 +295,15 @@ def run_label(args, options: JudgeOptions) -> dict:
     groups, counts = read_samples(args.input)
     pairing = PAIRINGS[args.pairing]
     todo = comparisons(groups, pairing)
+    chat = sum(g.messages is not None for g in groups)
+    if chat and args.export_human:
+        # People's label files hold text prompts, and a pair made from the rendered text
+        # would train on it encoded again: not the prompt ids the policy was sampled from.
+        raise ConfigError(f"--export-human writes text prompts for people, and {chat} of the "
+                          f"{len(groups)} prompts of {args.input} are chat prompts (lists of "
+                          "messages)", field="export_human",
+                          expected="a judge (--judge) for chat prompts, or samples of text "
+                                   "prompts")
     if not todo:
         raise DataError("no prompt has two distinct, non-empty completions, so there is "
                         "nothing to compare", path=args.input,

@@ -5,6 +5,17 @@
 The samples file holds one JSON record per prompt, in the prompt file's order::
 
     {"prompt": "...", "completions": ["...", "...", "...", "..."]}
+    {"prompt": [{"role": "user", "content": "..."}], "prompt_text": "<rendered>",
+     "completions": ["...", "...", "...", "..."]}
+
+``prompt`` is the prompt as the prompt file gives it: a text, or a list of messages (a chat
+prompt). A chat prompt is rendered with the sampled model's chat template, generation
+prompt on (``preflab.data.chat.tokenize_prompt``, the rendering every trainer uses), and
+the model samples from exactly the ids the trainers' data loaders make of it; its record
+also holds ``prompt_text``, that rendered text, which ``preflab label`` gives the judge
+(as PPO gives its reward functions). Keeping the messages lets ``preflab label`` write
+conversational pairs, which train on the same prompt ids. Text and chat prompts may be
+mixed in one file; each is tokenized by its own rule.
 
 Completions come from ``preflab.generation.generate`` (the model's own generation_config is
 set aside: the temperature, nucleus and length are the flags', and nothing else), and read
@@ -12,8 +23,12 @@ as the text the completion adds to the prompt (``prompt + completion`` is one te
 completion may be empty (EOS at once) or repeat another; the file keeps every sample, and
 ``preflab label`` skips those when it makes pairs.
 
-Prompts are the text ``prompt`` field of each record of any data file preflab reads
-(prompt-only, preference, prompt-completion records ...). Sampling runs in chunks of about
+Prompts are the ``prompt`` field of each record of any data file preflab reads
+(prompt-only, preference, prompt-completion records ...): a non-empty text, or a list of
+messages ending with a user message; a ``messages`` record gives the messages before its
+last assistant reply (``preflab.data.chat.read_prompts``). A model whose tokenizer has no
+chat template cannot sample chat prompts: that is one error, naming the first one's file,
+line and field, before the model loads. Sampling runs in chunks of about
 ``--batch-size`` sequences; chunk ``k`` is seeded from ``--seed`` and ``k``, so the same
 model, prompts and flags give the same file. The file is written at the end, at once (a
 temp file, then a rename); an existing one is refused without ``--overwrite``. SIGTERM or
@@ -29,7 +44,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from preflab.config import arg, check_output_dir, check_paths, parse_config
-from preflab.data.readers import read_text_prompts
+from preflab.data.chat import (
+    PromptText,
+    SourcePrompt,
+    read_prompts,
+    tokenize_prompt,
+    tokenizer_key,
+)
 from preflab.errors import ConfigError
 from preflab.runtime import signals
 from preflab.runtime.progress import progress_bar
@@ -41,13 +62,15 @@ SAMPLE_SUFFIXES = (".jsonl", ".ndjson")
 class SampleConfig:
     """``preflab sample``: the policy, the prompts, how many completions, where to write."""
 
-    model: str = arg("", "Policy to sample from: a local Hugging Face directory or a hub id.",
+    model: str = arg("", "Policy to sample from: a local Hugging Face directory, a .gguf file "
+                     "or a hub id.",
                      path="model")
     prompts: str = arg("", "Prompt file (.jsonl, .json, .csv, .parquet) or a directory of them; "
-                       "each record's text `prompt` field is used.", path="data")
+                       "each record's `prompt` (a text or a list of messages) is used, or a "
+                       "`messages` record's messages before its last reply.", path="data")
     n: int = arg(4, "Completions per prompt (K).", ge=1, le=10_000)
     out: str = arg("", "Samples file to write (.jsonl): one record {prompt, completions} per "
-                   "prompt.")
+                   "prompt (and prompt_text, the rendered text, for a chat prompt).")
     max_prompts: int = arg(0, "Use only the first N prompts; 0: all.", ge=0)
     temperature: float = arg(1.0, "Sampling temperature; 0 is greedy (then the K completions "
                              "of a prompt are identical).", ge=0)
@@ -96,14 +119,35 @@ def chunk_seed(seed: int, chunk: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{chunk}".encode()).digest()[:4], "big")
 
 
+def model_prompts(tokenizer, sources: list[SourcePrompt]) -> list[PromptText]:
+    """Each prompt's text and ids for ``tokenizer``: a text as it is, a list of messages
+    rendered with its chat template (``tokenize_prompt``); ``DataError`` names the record."""
+    key = tokenizer_key(tokenizer)
+    out = []
+    for source in sources:
+        ids, text = tokenize_prompt(tokenizer, source.prompt, path=source.record.path,
+                                    line=source.record.line, field=source.field)
+        out.append(PromptText(text, ids, source.prompt, key))
+    return out
+
+
+def samples_record(prompt: PromptText, completions: list[str]) -> dict:
+    """A samples file record: the prompt as given, its rendered text when it is a chat
+    prompt, and the completions."""
+    if isinstance(prompt.source, list):
+        return {"prompt": prompt.source, "prompt_text": str(prompt), "completions": completions}
+    return {"prompt": str(prompt), "completions": completions}
+
+
 def sample(cfg: SampleConfig) -> dict:
     """Sample ``cfg.n`` completions per prompt and write ``cfg.out``; return counts."""
     from preflab import generation, models
     from preflab.data.writers import write_jsonl
 
-    prompts = read_text_prompts(cfg.prompts, cfg.max_prompts)
+    sources = read_prompts(cfg.prompts, cfg.max_prompts)
     device = models.resolve_device(cfg.device)
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    prompts = model_prompts(tokenizer, sources)  # before the model: a missing template fails fast
     model = models.load_causal_lm(cfg.model, dtype=models.resolve_dtype(cfg.dtype, device),
                                   device=device, allow_pickle=cfg.allow_pickle,
                                   trust_remote_code=cfg.trust_remote_code)
@@ -123,7 +167,7 @@ def sample(cfg: SampleConfig) -> dict:
                                          max_new_tokens=cfg.max_new_tokens,
                                          temperature=cfg.temperature, top_p=cfg.top_p,
                                          batch_size=cfg.batch_size, seed=chunk_seed(cfg.seed, k))
-            records += [{"prompt": p, "completions": [s.completion for s in group]}
+            records += [samples_record(p, [s.completion for s in group])
                         for p, group in zip(chunk, groups)]
             bar.update(len(chunk))
     finally:

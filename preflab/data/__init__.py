@@ -2,6 +2,7 @@
 
     readers    read_records(source) -> [Record(data, path, line)]   files, directories, hub names
     formats    RecordKind, detect_kind, validate                    which format, and is it sound
+    chat       render_chat_prompt, tokenize_prompt                  a list of messages -> text -> ids
     tokenize   load_{sft,preference,unpaired,prompt}_dataset        token ids under a TruncationPolicy
     collate    collate_{sft,preference,unpaired,prompts}            padded tensors for a batch
 
@@ -9,6 +10,7 @@ Every problem a user's data can have is a ``preflab.errors.DataError`` naming th
 line and the field.
 """
 
+from preflab.data.chat import PromptText, render_chat_prompt, tokenize_prompt
 from preflab.data.collate import (
     collate_preference,
     collate_prompts,
@@ -39,6 +41,7 @@ __all__ = [
     "write_jsonl",
     "PreferenceExample",
     "PromptExample",
+    "PromptText",
     "Record",
     "RecordKind",
     "SFTExample",
@@ -57,7 +60,9 @@ __all__ = [
     "load_unpaired_dataset",
     "pad_sequences",
     "read_records",
+    "render_chat_prompt",
     "resolve_kind",
     "split_train_eval",
+    "tokenize_prompt",
     "validate",
 ]

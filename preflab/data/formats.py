@@ -244,6 +244,12 @@ def _check_pair(record: Record, completion: str) -> None:
         _check_text(record, completion)
 
 
+def check_prompt_messages(record: Record, field: str, messages: Any) -> None:
+    """Check that ``messages`` (``record``'s ``field``, or its start) is a prompt: a list of
+    well-formed messages in turn order that ends with a user message; raise ``DataError``."""
+    _check_conversation(record, [(field, messages)], prompt_only=True)
+
+
 def _check_conversation(record: Record, parts: list[tuple[str, Any]], *,
                         prompt_only: bool = False) -> None:
     """Check message shapes and turn order across ``parts`` read as one conversation.

@@ -7,7 +7,8 @@ Rules (the same for every loader, so SFT, DPO, KTO and PPO see a prompt identica
   EOS (where the tokenizer has one and the completion does not already end with it).
 - A conversational prompt (a list of messages) is rendered with the tokenizer's chat template
   and ``add_generation_prompt=True``, then tokenized with ``add_special_tokens=False`` (the
-  template writes any BOS itself). Its completion is the rendering of prompt + completion
+  template writes any BOS itself): ``preflab.data.chat.tokenize_prompt``, the one rendering
+  every command uses (a tokenizer with no template is a ``DataError`` naming the record). Its completion is the rendering of prompt + completion
   messages, tokenized, minus the prompt's tokens, plus EOS. The rendered prompt must be a
   prefix of the rendered conversation, or the reply cannot be told apart from the prompt:
   that is a ``DataError``. (Where the texts agree but the tokenizer merged across the
@@ -30,7 +31,8 @@ Rules (the same for every loader, so SFT, DPO, KTO and PPO see a prompt identica
   (the chosen completion) and an undesirable one (the rejected), with the same prompt.
 - Prompt data takes the prompt of any record that has one (a ``messages`` record: the
   messages before its last assistant reply); ``PromptExample.prompt`` is the rendered prompt
-  text before truncation, for reward functions and judges.
+  text before truncation, for reward functions and judges. It is a ``PromptText`` that
+  carries the (truncated) ids, and ``preflab.generation.generate`` samples from those ids.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from preflab.data.chat import PromptText, render_chat_prompt, tokenize_prompt, tokenizer_key
 from preflab.data.formats import (
     RecordKind,
     is_identical_pair,
@@ -50,7 +53,7 @@ from preflab.data.formats import (
     resolve_kind,
     validate,
 )
-from preflab.data.readers import Record, excerpt, read_records
+from preflab.data.readers import Record, read_records
 from preflab.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -93,7 +96,8 @@ class UnpairedExample:
 
 @dataclass
 class PromptExample:
-    """A prompt to generate from; ``prompt`` is its rendered text (before truncation)."""
+    """A prompt to generate from; ``prompt`` is its rendered text (before truncation), a
+    ``preflab.data.chat.PromptText`` that carries ``prompt_ids`` to ``generate``."""
 
     prompt_ids: list[int]
     prompt: str
@@ -166,35 +170,23 @@ class _Encoder:
             ids = [*ids, self.eos]
         return ids
 
-    def render(self, record: Record, messages: list, *, generation_prompt: bool) -> str:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise DataError(
-                "the model's tokenizer has no chat template, so records holding lists of "
-                "messages cannot be turned into text", path=record.path, line=record.line,
-                expected="a chat or instruct model whose tokenizer has a chat_template, or "
-                         "records whose prompt and completion are plain strings")
-        try:
-            return self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=generation_prompt)
-        except Exception as e:  # the template's own checks raise (jinja) errors of its choosing
-            # An excerpt: a template may put the record's text into its error message.
-            reason = excerpt(" ".join(str(e).split()) or type(e).__name__, limit=80)
-            raise DataError(f"the tokenizer's chat template failed on this record: {reason}",
-                            path=record.path, line=record.line) from None
+    def render(self, record: Record, messages: list, *, generation_prompt: bool,
+               field: str | None = None) -> str:
+        return render_chat_prompt(self.tokenizer, messages, generation_prompt=generation_prompt,
+                                  path=record.path, line=record.line, field=field)
 
-    def prompt(self, record: Record, prompt: Any) -> tuple[list[int], str]:
-        """The prompt's ids (untruncated) and its text."""
-        if isinstance(prompt, list):
-            text = self.render(record, prompt, generation_prompt=True)
-            return self.ids(text, special=False), text
-        return self.ids(prompt, special=True), prompt
+    def prompt(self, record: Record, prompt: Any,
+               field: str | None = None) -> tuple[list[int], str]:
+        """The prompt's ids (untruncated) and its text (``preflab.data.chat.tokenize_prompt``)."""
+        return tokenize_prompt(self.tokenizer, prompt, path=record.path, line=record.line,
+                               field=field)
 
     def completion(self, record: Record, prompt: Any, prompt_text: str,
                    prompt_ids: list[int], completion: Any, field: str) -> list[int]:
         """The completion's ids plus EOS (untruncated); see the module docstring."""
         if not isinstance(completion, list):
             return self.with_eos(self.ids(completion, special=False))
-        full = self.render(record, prompt + completion, generation_prompt=False)
+        full = self.render(record, prompt + completion, generation_prompt=False, field=field)
         if not full.startswith(prompt_text):
             raise DataError(
                 "the tokenizer's chat template renders the prompt (with its generation prompt) "
@@ -235,7 +227,7 @@ class _Encoder:
     def pair(self, record: Record, prompt: Any, completions: Sequence[Any],
              field: str) -> tuple[list[int], list[list[int]]] | None:
         """A prompt and its completions, tokenized and truncated; None when skipped."""
-        prompt_ids, text = self.prompt(record, prompt)
+        prompt_ids, text = self.prompt(record, prompt, field)
         names = ["chosen", "rejected"] if len(completions) == 2 else ["completion"]
         if "messages" in record.data:
             names = ["messages"]
@@ -406,10 +398,16 @@ def load_prompt_dataset(source: str, tokenizer: PreTrainedTokenizerBase,
             prompt = preference_parts(record, kind)[0]
         else:
             prompt = record.data["prompt"]
-        ids, text = enc.prompt(record, prompt)
-        fitted = enc.fit_prompt(record, ids, _prompt_field(record))
-        return [] if fitted is None else [PromptExample(fitted, text)]
+        field = _prompt_field(record)
+        ids, text = enc.prompt(record, prompt, field)
+        fitted = enc.fit_prompt(record, ids, field)
+        if fitted is None:
+            return []
+        # The text carries the fitted ids: generate samples from them, not from the text
+        # encoded again (a second BOS before a chat template's own; the cut undone).
+        return [PromptExample(fitted, PromptText(text, fitted, prompt, key))]
 
+    key = tokenizer_key(tokenizer)
     return _load(source, split, PROMPT_KINDS, "a prompt dataset", tokenizer, policy, build)
 
 

@@ -13,10 +13,23 @@ from dataclasses import dataclass
 
 @dataclass
 class Group:
-    """One prompt and its distinct, non-empty completions, in file order."""
+    """One prompt and its distinct, non-empty completions, in file order. ``prompt`` is the
+    text judges read; for a chat prompt, the rendered text the policy saw, and ``messages``
+    the prompt as the user gave it (the records written keep it: ``make_outputs``)."""
 
     prompt: str
     completions: list[str]
+    messages: list | None = None
+
+    def prompt_field(self):
+        """The prompt as written to pairs: the messages of a chat prompt, else the text."""
+        return self.prompt if self.messages is None else self.messages
+
+    def completion_field(self, i: int):
+        """Completion ``i`` as written: for a chat prompt an assistant message list (TRL's
+        conversational format), else the text."""
+        text = self.completions[i]
+        return text if self.messages is None else [{"role": "assistant", "content": text}]
 
 
 @dataclass(frozen=True)
@@ -80,10 +93,12 @@ def win_rates(todo, probabilities) -> dict[int, dict[int, float]]:
 
 def make_outputs(groups, todo, probabilities, pairing: Pairing, *, kto: bool) -> list[dict]:
     """Records to write: per prompt, the pairs ``pairing.select`` keeps (chosen first, with
-    ``p_chosen``), or with ``kto`` each compared completion labelled by its win rate."""
+    ``p_chosen``), or with ``kto`` each compared completion labelled by its win rate. A chat
+    prompt's records are conversational: ``{"prompt": [messages], "chosen": [{"role":
+    "assistant", "content": ...}], ...}`` (``completion`` likewise with ``kto``)."""
     wins = win_rates(todo, probabilities)
     if kto:
-        return [{"prompt": groups[g].prompt, "completion": groups[g].completions[i],
+        return [{"prompt": groups[g].prompt_field(), "completion": groups[g].completion_field(i),
                  "label": rate > 0.5, "win_rate": round(rate, 6)}
                 for g in sorted(wins) for i, rate in sorted(wins[g].items()) if rate != 0.5]
     judged: dict[int, dict[tuple[int, int], float]] = defaultdict(dict)
@@ -92,8 +107,9 @@ def make_outputs(groups, todo, probabilities, pairing: Pairing, *, kto: bool) ->
     out = []
     for g in sorted(judged):
         for i, j in pairing.select(wins[g], judged[g]):
-            out.append({"prompt": groups[g].prompt, "chosen": groups[g].completions[i],
-                        "rejected": groups[g].completions[j],
+            out.append({"prompt": groups[g].prompt_field(),
+                        "chosen": groups[g].completion_field(i),
+                        "rejected": groups[g].completion_field(j),
                         "p_chosen": round(oriented(judged[g], i, j), 6)})
     return out
 

@@ -47,7 +47,8 @@ MADE_BY_BON = ("samples.jsonl", "results.json", "report.md", "bon.png", "metrics
 class BonConfig:
     """``preflab bon``: best-of-n sampling with a reward model or function."""
 
-    model: str = arg("", "The model to sample from (a local directory or a hub id).",
+    model: str = arg("", "The model to sample from (a local directory, a .gguf file or a hub "
+                     "id).",
                       path="model")
     prompts: str = arg("", "Prompts: any data file with a prompt (JSONL, JSON, CSV, Parquet).",
                        path="data")

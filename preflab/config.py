@@ -125,7 +125,8 @@ def fsdp_arg(role: str, note: str = "") -> Any:
 class TrainConfig:
     """Flags every training command shares (DESIGN.md, contract: CLI)."""
 
-    model: str = arg("", "Model to start from: a local Hugging Face directory or a hub id.",
+    model: str = arg("", "Model to start from: a local Hugging Face directory, a .gguf file "
+                     "(dequantized to --dtype) or a hub id.",
                      path="model")
     data: str = arg(
         "",

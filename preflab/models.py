@@ -4,6 +4,12 @@ Safe by default: pickle-based weight files (``.bin``, ``.pt``, ``.pth``, ``.ckpt
 code when loaded, so they are refused unless ``allow_pickle=True``; a model's own Python
 code runs only with ``trust_remote_code=True``. A model that is neither on disk nor reachable
 fails in seconds (``check_model_source``), not after a minute of download retries.
+
+A model may also be one GGUF file (llama.cpp's format), given as ``model.gguf`` or as a
+directory that holds exactly one ``.gguf`` and no ``config.json`` (``gguf_location``).
+transformers reads its config, tokenizer and chat template from the file and dequantizes the
+weights to the asked dtype; the loaded model is then an ordinary one (``_from_gguf`` drops
+the marker that would stop ``save_pretrained``), so a run's ``final/`` is safetensors.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from preflab.config import looks_like_local_path
 from preflab.errors import ConfigError, ModelLoadError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+GGUF_SUFFIX = ".gguf"
+GGUF_INSTALL = ("reading a .gguf model needs the `gguf` package, which is not installed; "
+                "install it with `pip install 'preflab[gguf]'` (or `pip install gguf`)")
 # The tokenizer classes that mean "the generic fast tokenizer from tokenizer.json". Loading
 # these through AutoTokenizer can pick a model-specific slow class instead (transformers v5
 # maps by model type), which re-tokenizes differently; load them as what they are.
@@ -65,6 +74,52 @@ def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
+def gguf_location(path: str, *, flag: str | None = "--model") -> tuple[str, str] | None:
+    """``(directory, file name)`` when ``path`` means a GGUF model: a ``.gguf`` file, or a
+    directory with no ``config.json`` that holds exactly one ``.gguf``. None otherwise (a
+    Hugging Face directory or a hub id). A directory holding several is a ModelLoadError."""
+    local = Path(os.path.expanduser(path))
+    if local.is_file() and local.suffix.lower() == GGUF_SUFFIX:
+        return str(local.parent), local.name
+    if not local.is_dir() or (local / "config.json").is_file():
+        return None
+    found = sorted(p.name for p in local.iterdir()
+                   if p.is_file() and p.suffix.lower() == GGUF_SUFFIX)
+    if len(found) > 1:
+        raise ModelLoadError(f"{flag + ': ' if flag else ''}the directory holds {len(found)} "
+                             f".gguf files ({', '.join(found)}) and no config.json",
+                             path=path, field=flag.lstrip("-").replace("-", "_") if flag else None,
+                             expected="one of them as the path, e.g. "
+                                      f"{Path(path) / found[0]}")
+    return (str(local), found[0]) if found else None
+
+
+def _need_gguf(path: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(GGUF_INSTALL, path=path)
+
+
+def _dequantized(gguf_file: str) -> dict:
+    """``from_pretrained`` arguments that ask for dense weights: with the ``kernels`` package,
+    transformers would keep a quantized file's weights packed in blocks, which cannot train."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # a transformers that always dequantizes
+        return {}
+    return {"quantization_config": GgufConfig(gguf_file=gguf_file, dequantize=True)}
+
+
+def _from_gguf(model):
+    """A model loaded from GGUF carries transformers' GGUF "quantizer", although its weights
+    were dequantized on load; it would make ``save_pretrained`` refuse the model. Drop it."""
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    return model
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto``: bfloat16 where the GPU supports it, float32 otherwise (CPU, MPS, old GPUs)."""
     if name == "auto":
@@ -99,13 +154,18 @@ def check_model_source(path: str, *, flag: str | None = "--model", network: bool
     said = f"{flag}: " if flag else ""
     local = Path(os.path.expanduser(path))
     if local.exists():
-        if not local.is_dir():
+        if not local.is_dir() and local.suffix.lower() != GGUF_SUFFIX:
             raise ModelLoadError(f"{said}a file, not a model directory", path=path, field=field,
-                                 expected="a Hugging Face model directory (with config.json)")
+                                 expected="a Hugging Face model directory (with config.json) "
+                                          "or a .gguf file")
+        if gguf_location(str(local), flag=flag) is not None:  # several .gguf files: an error
+            _need_gguf(path)
         return
     if looks_like_local_path(path):
-        raise ModelLoadError(f"{said}no such directory", path=path, field=field,
-                             expected="a local model directory, or a hub id such as org/name")
+        what = "file" if path.lower().endswith(GGUF_SUFFIX) else "directory"
+        raise ModelLoadError(f"{said}no such {what}", path=path, field=field,
+                             expected="a local model directory, a .gguf file, or a hub id "
+                                      "such as org/name")
     if not network or _in_hub_cache(path):
         return
     hint = (f"give a local model directory, or download it where the hub can be reached "
@@ -216,15 +276,20 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     path = os.path.expanduser(path)
     check_model_source(path, flag=None)
     quiet_transformers()
+    gguf = gguf_location(path, flag=None)
     try:
-        cls: Any = AutoTokenizer
-        config_file = Path(path) / "tokenizer_config.json"
-        if config_file.is_file():
-            declared = json.loads(config_file.read_text()).get("tokenizer_class")
-            if declared in GENERIC_TOKENIZER_CLASSES:
-                cls = PreTrainedTokenizerFast
-        tokenizer = cls.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                        local_files_only=_cache_only(path))
+        if gguf is not None:
+            _need_gguf(path)
+            tokenizer = AutoTokenizer.from_pretrained(gguf[0], gguf_file=gguf[1])
+        else:
+            cls: Any = AutoTokenizer
+            config_file = Path(path) / "tokenizer_config.json"
+            if config_file.is_file():
+                declared = json.loads(config_file.read_text()).get("tokenizer_class")
+                if declared in GENERIC_TOKENIZER_CLASSES:
+                    cls = PreTrainedTokenizerFast
+            tokenizer = cls.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                            local_files_only=_cache_only(path))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not load a tokenizer: {_first_line(exc)}", path=path) from None
     if tokenizer.pad_token_id is None:
@@ -240,6 +305,15 @@ def _from_pretrained(auto_cls, path: str, *, what: str, dtype: torch.dtype, allo
     path = os.path.expanduser(path)
     check_model_source(path, flag=None)
     quiet_transformers()
+    gguf = gguf_location(path, flag=None)
+    if gguf is not None:
+        _need_gguf(path)
+        try:
+            return _from_gguf(auto_cls.from_pretrained(gguf[0], gguf_file=gguf[1], dtype=dtype,
+                                                       **_dequantized(gguf[1]), **kwargs))
+        except (OSError, ValueError, KeyError) as exc:  # KeyError: an architecture it lacks
+            raise ModelLoadError(f"could not load {what} from the GGUF file: "
+                                 f"{_first_line(exc)}", path=path) from None
     if _is_local(path):
         check_local_weights(Path(path), allow_pickle)
     if _cache_only(path):  # transformers 5 does not pass local_files_only on to its adapter check

@@ -84,8 +84,8 @@ PRECISION = (
 class PlanConfig:
     """``preflab plan``: the model, the GPU and the shape of a training step."""
 
-    model: str = arg("", "A model directory, its config.json, or a hub id: only config.json "
-                     "is read, never weights.")
+    model: str = arg("", "A model directory, its config.json, a .gguf file or a hub id: only "
+                     "the config (a GGUF file's metadata) is read, never weights.")
     gpu_memory: str = arg("80GB", "Memory of one GPU: 80GB, 80GiB, 80G, '24 GB' or bytes. GB "
                           "and G mean GiB (2^30 bytes), as GPU vendors quote memory.")
     dtype: str = arg("bfloat16", "Weights dtype; auto = bfloat16 (preflab's choice on a GPU "

@@ -125,8 +125,14 @@ class Arch:
 
 
 def read_config(model: str) -> dict:
-    """``config.json`` of a local directory, a path to the file, or a hub id (never weights)."""
+    """``config.json`` of a local directory, a path to the file, or a hub id (never weights);
+    for a GGUF model, the config transformers reads from the file's metadata."""
+    from preflab.models import gguf_location
+
     path = Path(model).expanduser()
+    gguf = gguf_location(model)
+    if gguf is not None:
+        return _gguf_config(model, *gguf)
     looks_local = path.exists() or model.startswith(("/", ".", "~")) or model.count("/") > 1
     if looks_local:
         if path.is_dir():
@@ -146,6 +152,19 @@ def read_config(model: str) -> dict:
     if not isinstance(config, dict):
         raise ConfigError("the model config is not a JSON object", path=str(path))
     return config
+
+
+def _gguf_config(model: str, directory: str, name: str) -> dict:
+    from transformers import AutoConfig
+
+    from preflab.models import _need_gguf
+
+    _need_gguf(model)
+    try:
+        return AutoConfig.from_pretrained(directory, gguf_file=name).to_dict()
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"cannot read the model config from the GGUF file: {exc}",
+                          path=model) from None
 
 
 def _download_config(repo_id: str) -> Path:

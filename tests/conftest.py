@@ -37,14 +37,13 @@ TINY = {
                    "eval_every": 2, "eval_num_prompts": 4},
     "rm-lora": {"max_steps": 3, "batch_size": 4},
     "ppo": {"max_steps": 2, "rollout_batch_size": 4, "num_minibatches": 2, "batch_size": 4,
-            "eval_every": 1, "eval_num_prompts": 4, "response_length": 8},
+            "eval_every": 1, "eval_num_prompts": 4},
     "ppo-shared": {"max_steps": 2, "rollout_batch_size": 4, "num_minibatches": 2,
-                   "batch_size": 4, "eval_every": 1, "eval_num_prompts": 4,
-                   "response_length": 8},
+                   "batch_size": 4, "eval_every": 1, "eval_num_prompts": 4},
     "rloo": {"max_steps": 2, "rollout_batch_size": 2, "num_generations": 2, "num_minibatches": 2,
-             "batch_size": 4, "eval_every": 1, "eval_num_prompts": 4, "response_length": 8},
+             "batch_size": 4, "eval_every": 1, "eval_num_prompts": 4},
     "grpo": {"max_steps": 2, "rollout_batch_size": 2, "num_generations": 2, "num_minibatches": 2,
-             "batch_size": 4, "eval_every": 1, "eval_num_prompts": 4, "response_length": 8},
+             "batch_size": 4, "eval_every": 1, "eval_num_prompts": 4},
 }
 
 
@@ -54,7 +53,9 @@ def tiny_config(path: Path, **changes) -> Path:
     hyper = {k: dict(v) for k, v in TINY.items()}
     for section, values in changes.items():
         hyper[section].update(values)
+    # max_new_tokens: every sampled length at once (RL rollouts, online DPO, evaluation)
     path.write_text(yaml.safe_dump({"pair_prompts": 24, "eval_prompts": 8, "eval_samples": 2,
+                                    "max_new_tokens": 8,
                                     "jobs": 2, "progress": False, "hyperparameters": hyper}))
     return path
 

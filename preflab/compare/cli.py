@@ -83,9 +83,31 @@ def check_inputs(cfg: CompareConfig) -> None:
     for flag, path in (("--pairs", cfg.pairs), ("--prompts", cfg.prompts)):
         if not Path(path).exists():
             raise ConfigError(f"{flag}: no such file", path=path)
-    if Path(cfg.model).exists() and not (Path(cfg.model) / "config.json").is_file():
-        raise ConfigError("--model is not a Hugging Face model directory (no config.json)",
-                          path=cfg.model)
+    from preflab.models import gguf_location
+
+    if Path(cfg.model).exists() and gguf_location(cfg.model) is None \
+            and not (Path(cfg.model) / "config.json").is_file():
+        raise ConfigError("--model is not a Hugging Face model directory (no config.json) nor "
+                          "a .gguf file", path=cfg.model)
+
+
+def time_scale(cfg: CompareConfig) -> tuple[float, str]:
+    """How much longer than the preset's priors this comparison's jobs should take: the compared
+    model's parameters over the preset's ``prior_params``; with a sentence saying so."""
+    from preflab.compare.plan_arch import parse_arch, read_config
+    from preflab.errors import PreflabError
+
+    preset = cfg.preset_settings()
+    if cfg.mode == "world":
+        return 1.0, "the built-in world's model"
+    try:
+        params = parse_arch(read_config(cfg.model)).lm_params()
+    except PreflabError as exc:  # an architecture plan cannot count: the priors as they are
+        return 1.0, f"unscaled (cannot count the model's parameters: {exc})"
+    scale = params / preset.prior_params
+    return scale, (f"{params / 1e6:,.1f}M parameters, {scale:.3g}x the "
+                   f"{preset.prior_params / 1e6:,.1f}M the {cfg.preset} preset's times were "
+                   "measured at")
 
 
 def _processes(launcher: str) -> int:
@@ -153,9 +175,11 @@ def run(cfg: CompareConfig) -> tuple[dict | None, list[str]]:
     root = check_output_dir(cfg)
     check_inputs(cfg)
     design = build(cfg)
+    scale, scale_note = time_scale(cfg)
     harness = Harness(root, design.jobs, parallel=cfg.parallel_runs(), launcher=cfg.launcher,
                       time_budget_s=cfg.time_budget, fresh=cfg.fresh,
-                      threads_per_job=cfg.threads, cores=_cpus(), progress=cfg.progress)
+                      threads_per_job=cfg.threads, cores=_cpus(), progress=cfg.progress,
+                      prior_seconds=cfg.preset_settings().prior_seconds, time_scale=scale)
     if cfg.dry_run:
         harness.dry_run()
         return None, []
@@ -163,8 +187,10 @@ def run(cfg: CompareConfig) -> tuple[dict | None, list[str]]:
         remove_paths(root, MADE_BY_COMPARE)
     root.mkdir(parents=True, exist_ok=True)
     design.save()
+    expected = sum(harness.prior(job.kind) for job in design.jobs.values()) / harness.parallel
     print(f"preflab compare: {len(design.jobs)} jobs ({cfg.preset} preset, "
-          f"{'world ' + cfg.world if cfg.world else 'your data'}) -> {root}", flush=True)
+          f"{'world ' + cfg.world if cfg.world else 'your data'}) -> {root}; expected "
+          f"{expected / 60:.0f} min ({scale_note})", flush=True)
     records = harness.run()
     results = finalize(root, cfg)
     return results, [k for k, r in records.items() if r.status != "done"]

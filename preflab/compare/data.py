@@ -2,12 +2,15 @@
 
     python -m preflab.compare.data subset --pairs IN --share 1/16 --out OUT
     python -m preflab.compare.data split --data IN --share 0.2 --seed 0 --keep OUT --held-out OUT
+    python -m preflab.compare.data convert --model MODEL.gguf --out DIR
 
 ``subset`` keeps the pairs of the first ``share`` of the prompts (in file order, every pair of a
 kept prompt), so a smaller set is a prefix of a larger one and each has whole prompts.
 ``split`` holds out ``share`` of the records, grouped by prompt so that no prompt is on both
 sides: compare uses it to keep a judge's pairs and the evaluation prompts away from every
 compared run. Records are copied as they are (any fields); files are written atomically.
+``convert`` writes a GGUF model once as a Hugging Face directory (dequantized, float32), so
+that the compared runs load safetensors in a second instead of each dequantizing the file.
 """
 
 from __future__ import annotations
@@ -84,13 +87,36 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", required=True, help="file for the rest")
     p.add_argument("--held-out", required=True, help="file for the held-out records")
+    c = sub.add_parser("convert", help="a GGUF model as a Hugging Face directory")
+    c.add_argument("--model", required=True, help="a .gguf file, or a directory holding one")
+    c.add_argument("--out", required=True, help="the directory to write (must not exist)")
     return parser
+
+
+def convert(model: str, out: str) -> Path:
+    """``model`` (GGUF) written as a Hugging Face directory at ``out``, atomically: a temp
+    directory beside it, renamed when complete."""
+    import shutil
+
+    from preflab import models
+
+    target = Path(out)
+    if target.exists():
+        raise ConfigError("exists", path=out, expected="a new directory")
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = models.load_tokenizer(model)
+    models.save_model(models.load_causal_lm(model), tokenizer, tmp)
+    tmp.rename(target)
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "subset":
+        if args.command == "convert":
+            print(f"{args.model} -> {convert(args.model, args.out)} (safetensors, float32)")
+        elif args.command == "subset":
             records = read_jsonl(args.pairs)
             kept = subset(records, parse_share(args.share))
             write_jsonl(args.out, kept)

@@ -85,7 +85,7 @@ def _hyper(cfg: CompareConfig, preset: Preset) -> dict[str, dict]:
     base = WORLD_HYPER if cfg.mode == "world" else USER_HYPER
     out = {}
     for section, values in base.items():
-        merged = {**COMMON, **values}
+        merged = {**COMMON, **values, **preset.hyper.get(section, {})}
         if preset.steps_scale != 1 and "max_steps" in merged:
             merged["max_steps"] = max(1, round(merged["max_steps"] * preset.steps_scale))
         merged.update(cfg.hyperparameters.get(section, {}))
@@ -104,6 +104,8 @@ def _placeholders(args: tuple[str, ...]) -> list[str]:
 
 def build(cfg: CompareConfig) -> Design:
     """The jobs and runs of a comparison (nothing runs here)."""
+    from preflab.models import gguf_location
+
     root = Path(cfg.output_dir).resolve()
     runs_dir, data_dir, scores_dir = root / "runs", root / "data", root / "scores"
     preset = cfg.preset_settings()
@@ -116,6 +118,7 @@ def build(cfg: CompareConfig) -> Design:
         jobs[key] = Job(key, [str(w) for w in words], done, list(after), kind, meta)
 
     score_flags: list[str] = []
+    convert: list[str] = []  # the job that writes a GGUF model as a model directory
     pair_files: dict[str, str] = {}
     pair_jobs: dict[str, str] = {}  # share -> the job that writes its pairs
     data_after: list[str] = []
@@ -158,9 +161,14 @@ def build(cfg: CompareConfig) -> Design:
     else:
         max_length = cfg.max_length or 512
         sft = cfg.model
+        if gguf_location(cfg.model) is not None:  # dequantized once, not in every run
+            base = data_dir / "model"
+            add("convert", ["-m", "preflab.compare.data", "convert", "--model",
+                            Path(cfg.model).resolve(), "--out", base], base, "convert")
+            sft, convert = str(base), ["convert"]
         pairs, judge_pairs = data_dir / "pairs.jsonl", data_dir / "pairs-judge.jsonl"
         add("split-pairs", ["-m", "preflab.compare.data", "split", "--data", cfg.pairs,
-                            "--share", cfg.judge_share, "--keep", pairs, "--held-out",
+                            "--share", preset.judge_share or cfg.judge_share, "--keep", pairs, "--held-out",
                             judge_pairs], judge_pairs, "data")
         prompts, eval_prompts = data_dir / "prompts-train.jsonl", data_dir / "prompts-eval.jsonl"
         add("split-prompts", ["-m", "preflab.compare.data", "split", "--data", cfg.prompts,
@@ -169,14 +177,14 @@ def build(cfg: CompareConfig) -> Design:
         judge = runs_dir / "judge-rm"
         add("judge-rm", ["rm", "--model", sft, "--data", judge_pairs, "--output-dir", judge,
                          "--max-length", max_length, *_flags(hyper["rm"])],
-            judge / "summary.json", "rm", after=["split-pairs"], overwrite="--overwrite",
+            judge / "summary.json", "rm", after=["split-pairs", *convert], overwrite="--overwrite",
             resume="--resume", output=str(judge))
         gold = cfg.gold_reward or str(judge)
         score_flags = ["--reward", f"judge_reward={judge}", "--pairs", judge_pairs,
                        "--max-length", max_length]
         if cfg.gold_reward:
             score_flags += ["--reward", f"gold_reward={cfg.gold_reward}"]
-        data_after = ["split-pairs", "split-prompts", "judge-rm"]
+        data_after = ["split-pairs", "split-prompts", "judge-rm", *convert]
         design.inputs = {"model": cfg.model, "pairs": cfg.pairs, "prompts": cfg.prompts}
     pair_files["all"] = str(pairs)
     need_shares = set(preset.shares) | ({HACK_SHARE} if preset.hacking else set())
@@ -187,7 +195,8 @@ def build(cfg: CompareConfig) -> Design:
                   "--out", out], out, "data", after=data_after[:1])
         pair_files[share], pair_jobs[share] = str(out), key
 
-    max_new_tokens = cfg.max_new_tokens or (48 if cfg.mode == "world" else 128)
+    max_new_tokens = (cfg.max_new_tokens or preset.max_new_tokens
+                      or (48 if cfg.mode == "world" else 128))
     inputs = Inputs(sft=sft, pairs=pair_files, prompts=str(prompts),
                     eval_prompts=str(eval_prompts), gold=gold, max_length=max_length,
                     max_new_tokens=max_new_tokens)
@@ -198,7 +207,7 @@ def build(cfg: CompareConfig) -> Design:
                          pair_prompts=preset.pair_prompts if cfg.mode == "world" else None,
                          launcher=cfg.launcher, hyperparameters=hyper,
                          pareto_weights=cfg.pareto() if cfg.mode == "world" else [])
-    sft_after = ["sft"] if cfg.mode == "world" else []
+    sft_after = ["sft"] if cfg.mode == "world" else convert
 
     def score_job(key: str, policy: str, after: list[str], extra: list[str] = ()) -> str:
         out = scores_dir / f"{key}.json"
@@ -209,7 +218,7 @@ def build(cfg: CompareConfig) -> Design:
             "score", after=after)
         return f"score-{key}"
 
-    design.sft_score = score_job("sft", sft, sft_after + data_after[1:])
+    design.sft_score = score_job("sft", sft, list(dict.fromkeys(sft_after + data_after[1:])))
 
     def add_run(method_name: str, experiment: str, variant: Variant) -> None:
         method = get_method(method_name)

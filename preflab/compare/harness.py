@@ -10,8 +10,9 @@ the peak RSS of the process (``os.wait4``), the exit code and the last lines of 
 - A job whose output is already complete and whose recorded command is the same is reused,
   with the figures recorded when it ran (so a second ``make demo`` reports the first run's
   timings); ``fresh=True`` redoes everything.
-- A job that runs past ``time_budget_s`` is stopped (SIGTERM, then SIGKILL) and recorded
-  as timed out; a failed job is recorded and shown, and only the jobs that need it are
+- A job that runs past its time budget is stopped (SIGTERM, then SIGKILL) and recorded
+  as timed out (``time_budget_s``; 0: ``BUDGET_FACTOR`` times the job's expected time, at
+  least ``MIN_BUDGET_S``); a failed job is recorded and shown, and only the jobs that need it are
   skipped.
 - ``dry_run`` prints every command, in an order that respects the dependencies, so they can
   be sent to a scheduler instead.
@@ -35,10 +36,13 @@ from pathlib import Path
 from preflab.runtime.signals import Interrupted, requested_signal
 
 # Seconds a job of each command takes with the built-in world's settings on 2 CPU cores; the
-# ETA uses these until jobs of the same command have finished in this session.
+# ETA uses these until jobs of the same command have finished in this session. A preset may
+# bring its own (measured for the model size it was made for); either is scaled by the
+# compared model's parameters over that size (``time_scale``).
 PRIOR_SECONDS = {"world": 10, "sft": 130, "pairs": 25, "relabel": 4, "data": 3, "dpo": 65,
                  "rm": 40, "ppo": 55, "kto": 75, "online-dpo": 200, "rloo": 65, "grpo": 80,
                  "score": 10}
+MIN_BUDGET_S, BUDGET_FACTOR = 3600.0, 5.0
 TRAINING_COMMANDS = ("sft", "rm", "dpo", "ppo", "kto", "online-dpo", "rloo", "grpo")
 
 
@@ -131,8 +135,10 @@ class Harness:
     def __init__(self, root: Path, jobs: dict[str, Job], *, parallel: int = 1,
                  launcher: str = "", time_budget_s: float = 0, fresh: bool = False,
                  threads_per_job: int = 0, cores: int = 0, progress: bool = True,
-                 on_finish: Callable[[str, JobRecord], None] | None = None) -> None:
+                 on_finish: Callable[[str, JobRecord], None] | None = None,
+                 prior_seconds: dict[str, float] | None = None, time_scale: float = 1.0) -> None:
         self.root, self.jobs = root, jobs
+        self.prior_seconds, self.time_scale = prior_seconds or PRIOR_SECONDS, time_scale
         self.parallel = max(1, parallel)
         self.launcher, self.time_budget_s, self.fresh = launcher, time_budget_s, fresh
         self.threads_per_job = threads_per_job
@@ -248,7 +254,7 @@ class Harness:
         except ChildProcessError:
             pid, status, usage = proc.pid, 0, None
         if pid == 0:
-            if not (self.time_budget_s and elapsed > self.time_budget_s):
+            if elapsed <= self.budget(key):
                 return False
             self._stop(proc)
             timed_out = True
@@ -276,7 +282,7 @@ class Harness:
             peak_rss_bytes=int(usage.ru_maxrss * 1024) if usage else 0,
             log=str(log_path.relative_to(self.root)), finished_at=time.time(), threads=threads)
         if record.status == "timeout":
-            record.error = f"stopped after the time budget of {self.time_budget_s:.0f} s"
+            record.error = f"stopped after the time budget of {self.budget(key):.0f} s"
         elif record.status == "failed":
             record.error = _last_lines(log_path) or f"exit code {code}"
         self._finish(key, record)
@@ -306,11 +312,21 @@ class Harness:
         width = len(str(len(self.jobs)))
         return f"{len(self.records):>{width}}/{len(self.jobs)}"
 
+    def prior(self, kind: str) -> float:
+        """Expected seconds of a job of ``kind`` before any has run: the prior, scaled."""
+        return self.prior_seconds.get(kind, PRIOR_SECONDS.get(kind, 30)) * self.time_scale
+
+    def budget(self, key: str) -> float:
+        """Seconds job ``key`` may run before it is stopped."""
+        if self.time_budget_s > 0:
+            return self.time_budget_s
+        return max(MIN_BUDGET_S, BUDGET_FACTOR * self.prior(self.jobs[key].kind))
+
     def _estimate(self, key: str) -> float:
         kind = self.jobs[key].kind
         same = [r.wall_s for k, r in self.records.items()
                 if self.jobs[k].kind == kind and r.status == "done" and not r.reused]
-        return sum(same) / len(same) if same else PRIOR_SECONDS.get(kind, 30)
+        return sum(same) / len(same) if same else self.prior(kind)
 
     def _clear(self) -> None:
         if self.tty:

@@ -82,7 +82,8 @@ class Inputs:
     max_length: int = 512
     eval_num_prompts: int = 64
     max_new_tokens: int = 48
-    """Longest completion sampled at evaluation."""
+    """Longest completion sampled: at evaluation, and by every method that samples in training
+    (the RL methods' ``--response-length``, online DPO's ``--max-new-tokens``)."""
 
 
 @dataclass(frozen=True)
@@ -226,10 +227,12 @@ def _rlhf(name: str, rm_section: str, ppo_section: str, extra_rm: dict, extra_pp
     def build(inputs: Inputs, hp: dict, variant: Variant) -> list[Stage]:
         rm = _reward_model(inputs, hp, variant, rm_section, extra_rm)
         rm_key = rm.key
+        # One length: the RL method samples its rollouts at the length every policy is scored
+        # at (compare's --max-new-tokens), so none is judged on lengths it never produced.
         ppo_values = {"model": inputs.sft, "data": inputs.prompts, "reward": f"@{rm_key}",
                       "seed": variant.seed, "max_length": inputs.max_length,
                       **_eval_flags(inputs), **_scaled(hp.get(ppo_section, {}), variant, "kl_coef"),
-                      **extra_ppo}
+                      "response_length": inputs.max_new_tokens, **extra_ppo}
         after = [rm_key]
         if variant.continue_from:  # the same road, continued with the new reward model
             ppo_values.update(model=f"@{variant.continue_from}/final", ref_model=inputs.sft)

@@ -5,6 +5,12 @@ The presets say which experiments run (``preflab.compare.design`` turns them int
     quick      each main method once, short runs of two more kept for their memory figures
     standard   every method; 3 seeds of DPO and PPO; fewer pairs; a changed objective; hacking
     full       standard, 3 seeds of every method, and the hyperparameter sensitivity grid
+    real-cpu   a real pretrained model of about 100M parameters on a CPU, your data: DPO, the
+               RLHF road (reward model, then PPO) and GRPO, one seed each, short runs
+               (``REAL_CPU_HYPER``), within an hour on 2 cores for SmolLM2-135M
+
+Expected times (the progress line's ETA, and the default time budget of each run) come from a
+preset's priors, measured at one model size, scaled by the compared model's parameters.
 """
 
 from __future__ import annotations
@@ -68,6 +74,25 @@ USER_HYPER: dict[str, dict] = {
     "rloo": {"eval_every": 20}, "grpo": {"eval_every": 20}, "bon": {"n": "1,2,4,8,16"},
 }
 COMMON = {"log_every": 10, "progress": False}
+# A real pretrained model (sized on SmolLM2-135M-Instruct, 2 CPU cores) from its own checkpoint:
+# every method is short, so the learning rates are above the papers' (the DPO paper's 1e-6 is
+# for batch 64 over thousands of steps); full fine-tuning, as the article compares it.
+REAL_CPU_HYPER: dict[str, dict] = {
+    "dpo": {"learning_rate": 5e-6, "beta": 0.1, "batch_size": 4, "grad_accum": 2,
+            "max_steps": 40, "warmup_ratio": 0.1, "eval_every": 0},
+    "rm": {"learning_rate": 1e-5, "num_epochs": 1, "batch_size": 8, "warmup_ratio": 0.05,
+           "eval_fraction": 0.1},
+    "ppo": {"learning_rate": 3e-6, "kl_coef": 0.05, "rollout_batch_size": 16,
+            "num_minibatches": 2, "batch_size": 8, "ppo_epochs": 2, "max_steps": 12,
+            "eval_every": 0},
+    "grpo": {"learning_rate": 3e-6, "kl_coef": 0.05, "rollout_batch_size": 4,
+             "num_generations": 4, "num_iterations": 1, "num_minibatches": 2, "batch_size": 8,
+             "max_steps": 12, "eval_every": 0},
+}
+# The lengths every sampling method and the evaluation share (--max-new-tokens); set per stage,
+# one method would be scored at lengths it never produced.
+LENGTH_KEYS = ("response_length", "max_new_tokens", "eval_max_new_tokens")
+WORLD_PARAMS = 1_100_000  # the built-in world's model, which PRIOR_SECONDS were measured on
 
 
 @dataclass(frozen=True)
@@ -85,6 +110,15 @@ class Preset:
     eval_prompts: int = 128
     eval_samples: int = 4
     steps_scale: float = 1.0
+    hyper: dict = dataclasses.field(default_factory=dict)
+    """Flags per stage over the mode's defaults (WORLD_HYPER or USER_HYPER)."""
+    judge_share: float = 0.0
+    """Your data: share of the pairs for the judge reward model (0: --judge-share's default)."""
+    max_new_tokens: int = 0
+    """Longest sampled completion (0: the mode's default)."""
+    prior_seconds: dict | None = None
+    """Seconds per job kind at ``prior_params`` parameters (None: harness.PRIOR_SECONDS)."""
+    prior_params: int = WORLD_PARAMS
 
 
 ALL_METHODS = ("dpo", "ipo", "simpo", "dpo-precomputed", "ppo", "ppo-shared")
@@ -98,6 +132,10 @@ PRESETS = {
                        shares=SHARES, flexibility=True, hacking=True),
     "full": Preset(methods=ALL_METHODS, seeds=3, seed_methods=ALL_METHODS, shares=SHARES,
                    sensitivity_methods=("dpo", "ppo"), flexibility=True, hacking=True),
+    "real-cpu": Preset(methods=("dpo", "ppo", "grpo"), eval_prompts=32, eval_samples=2,
+                       max_new_tokens=64, hyper=REAL_CPU_HYPER, prior_params=134_515_008,
+                       prior_seconds={"data": 5, "convert": 40, "rm": 300, "dpo": 480,
+                                      "ppo": 600, "grpo": 480, "score": 120}),
 }
 
 
@@ -109,7 +147,8 @@ class CompareConfig:
                           "report.md, report.html.", path="output")
     world: str = arg("", "Built-in world directory; built there when it holds none. Give this, "
                      "or --model, --pairs and --prompts for your own data.")
-    model: str = arg("", "Your SFT checkpoint: every compared method starts from it.",
+    model: str = arg("", "Your SFT checkpoint (a model directory, a .gguf file or a hub id): "
+                     "every compared method starts from it.",
                      path="model")
     pairs: str = arg("", "Your preference pairs (prompt, chosen, rejected).", path="data")
     prompts: str = arg("", "Your prompts (unlabelled: PPO trains on them; a share is held out "
@@ -121,7 +160,9 @@ class CompareConfig:
     preset: str = arg("standard", "How much to run: quick (one seed, the main methods, ~8 min "
                       "on 2 CPU cores for the world), standard (3 seeds of DPO and PPO, every "
                       "method, sample efficiency, flexibility, reward hacking), full (standard, "
-                      "3 seeds of every method, and the hyperparameter sensitivity grid).",
+                      "3 seeds of every method, and the hyperparameter sensitivity grid), "
+                      "real-cpu (your data on a real ~100M model on a CPU: DPO, reward model "
+                      "then PPO, and GRPO, one seed each, short runs).",
                       choices=tuple(PRESETS))
     methods: str = arg("", "Comma-separated methods (default: the preset's). Known: "
                        + ", ".join(ALL_METHODS + EXTRA_METHODS) + ".")
@@ -132,8 +173,9 @@ class CompareConfig:
                        "that can run at once (a run that runs alone gets them all).", ge=0)
     launcher: str = arg("", "Prefix for every training command, e.g. 'torchrun "
                         "--nproc-per-node 8' or 'accelerate launch'.")
-    time_budget: float = arg(3600.0, "Seconds one run may take before it is stopped and recorded "
-                             "as timed out.", gt=0)
+    time_budget: float = arg(0.0, "Seconds one run may take before it is stopped and recorded "
+                             "as timed out; 0: five times the run's expected time (the preset's "
+                             "prior, scaled by the model's parameters), at least an hour.", ge=0)
     fresh: bool = arg(False, "Run everything again instead of reusing finished runs.")
     dry_run: bool = arg(False, "Print every command (in dependency order) and run nothing.")
     gpu_memory: str = arg("", "Your GPU memory (e.g. 80GB): the recommendation checks which "
@@ -161,8 +203,10 @@ class CompareConfig:
     kl_blowup: float = arg(10.0, "eval/kl above this many nats counts as a KL blow-up.", gt=0)
     max_length: int = arg(0, "Longest sequence in tokens (0: 64 on the world, 512 otherwise).",
                           ge=2, also=(0,))
-    max_new_tokens: int = arg(0, "Longest completion sampled when a policy is evaluated (0: 48 on "
-                              "the world, 128 otherwise).", ge=0)
+    max_new_tokens: int = arg(0, "Longest completion sampled: by the RL methods and online DPO "
+                              "in training, and when every policy is evaluated, so each is "
+                              "scored at the lengths it was trained to produce (0: the "
+                              "preset's; 48 on the world, 128 otherwise).", ge=0)
     progress: bool = arg(True, "Show the live progress line.")
     hyperparameters: dict = arg({}, "YAML only: flags per stage, e.g. {dpo: {beta: 0.1}, "
                                 "ppo: {kl_coef: 0.02}}; sections: " + ", ".join(WORLD_HYPER) + ".")
@@ -212,6 +256,13 @@ class CompareConfig:
             if section not in sections or not isinstance(values, dict):
                 raise ConfigError(f"hyperparameters: unknown section {section!r}",
                                   field="hyperparameters", expected=", ".join(sorted(sections)))
+            for key in LENGTH_KEYS:
+                if key in values:
+                    raise ConfigError(f"hyperparameters: {section}: {key} would score one method "
+                                      "at other lengths than it sampled in training",
+                                      field="hyperparameters",
+                                      expected="--max-new-tokens, which sets every sampled "
+                                               "length at once")
 
     def pareto(self) -> list[float]:
         """The harmlessness weights of the several-objectives sweep (empty: none)."""

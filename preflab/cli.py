@@ -37,7 +37,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("preflab.compare.report", "render a comparison's report again from its "
                "results.json"),
     "plan": ("preflab.compare.plan", "GPU memory per method and role, from a model's config.json alone"),
+    "reviews": ("preflab.reviews", "a real model's task: review prompts, VADER sentiment as the gold "
+                "reward, pairs from the model's own samples (the DPO paper's experiment)"),
     "demo": ("preflab.demo", "RLHF and DPO on the built-in task, measured and reported, offline, in minutes"),
+    "export": ("preflab.export", "write a model directory as one GGUF file (f32, f16 or q8_0) "
+               "for llama.cpp, Ollama and LM Studio"),
 }
 
 USAGE = """usage: preflab <command> [flags]    (preflab <command> --help for its flags)

@@ -199,7 +199,7 @@ def build(cfg: CompareConfig) -> Design:
                       or (48 if cfg.mode == "world" else 128))
     inputs = Inputs(sft=sft, pairs=pair_files, prompts=str(prompts),
                     eval_prompts=str(eval_prompts), gold=gold, max_length=max_length,
-                    max_new_tokens=max_new_tokens)
+                    eval_num_prompts=min(64, preset.eval_prompts), max_new_tokens=max_new_tokens)
     design.inputs.update(sft=sft, pairs=pair_files, prompts=str(prompts),
                          eval_prompts=str(eval_prompts), max_length=max_length,
                          harmlessness_weight=cfg.harmlessness_weight, kl_blowup=cfg.kl_blowup,

@@ -82,10 +82,10 @@ REAL_CPU_HYPER: dict[str, dict] = {
             "max_steps": 40, "warmup_ratio": 0.1, "eval_every": 0},
     "rm": {"learning_rate": 1e-5, "num_epochs": 1, "batch_size": 8, "warmup_ratio": 0.05,
            "eval_fraction": 0.1},
-    "ppo": {"learning_rate": 3e-6, "kl_coef": 0.05, "rollout_batch_size": 16,
-            "num_minibatches": 2, "batch_size": 8, "ppo_epochs": 2, "max_steps": 12,
+    "ppo": {"learning_rate": 1e-5, "kl_coef": 0.05, "rollout_batch_size": 16,
+            "num_minibatches": 2, "batch_size": 8, "ppo_epochs": 1, "max_steps": 12,
             "eval_every": 0},
-    "grpo": {"learning_rate": 3e-6, "kl_coef": 0.05, "rollout_batch_size": 4,
+    "grpo": {"learning_rate": 1e-5, "kl_coef": 0.05, "rollout_batch_size": 4,
              "num_generations": 4, "num_iterations": 1, "num_minibatches": 2, "batch_size": 8,
              "max_steps": 12, "eval_every": 0},
 }
@@ -134,8 +134,10 @@ PRESETS = {
                    sensitivity_methods=("dpo", "ppo"), flexibility=True, hacking=True),
     "real-cpu": Preset(methods=("dpo", "ppo", "grpo"), eval_prompts=32, eval_samples=2,
                        max_new_tokens=64, hyper=REAL_CPU_HYPER, prior_params=134_515_008,
-                       prior_seconds={"data": 5, "convert": 40, "rm": 300, "dpo": 480,
-                                      "ppo": 600, "grpo": 480, "score": 120}),
+                       # estimated from one DPO step (15 s for 8 pairs) and one generate
+                       # call (12 s for 32 x 64 tokens) at 135M on 2 cores
+                       prior_seconds={"data": 5, "convert": 40, "rm": 300, "dpo": 600,
+                                      "ppo": 500, "grpo": 330, "score": 60}),
 }
 
 

@@ -44,13 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from preflab.config import arg, check_output_dir, check_paths, parse_config
-from preflab.data.chat import (
-    PromptText,
-    SourcePrompt,
-    read_prompts,
-    tokenize_prompt,
-    tokenizer_key,
-)
+from preflab.data.chat import PromptText, model_prompts, read_prompts
 from preflab.errors import ConfigError
 from preflab.runtime import signals
 from preflab.runtime.progress import progress_bar
@@ -117,18 +111,6 @@ def check_new_file(path: str, name: str, overwrite: bool, *,
 def chunk_seed(seed: int, chunk: int) -> int:
     """The seed of chunk ``chunk``: independent streams for every chunk of every seed."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{chunk}".encode()).digest()[:4], "big")
-
-
-def model_prompts(tokenizer, sources: list[SourcePrompt]) -> list[PromptText]:
-    """Each prompt's text and ids for ``tokenizer``: a text as it is, a list of messages
-    rendered with its chat template (``tokenize_prompt``); ``DataError`` names the record."""
-    key = tokenizer_key(tokenizer)
-    out = []
-    for source in sources:
-        ids, text = tokenize_prompt(tokenizer, source.prompt, path=source.record.path,
-                                    line=source.record.line, field=source.field)
-        out.append(PromptText(text, ids, source.prompt, key))
-    return out
 
 
 def samples_record(prompt: PromptText, completions: list[str]) -> dict:

@@ -188,3 +188,23 @@ def test_reviews_build_writes_conversational_pairs_the_loaders_read(tmp_path, ca
     # a second build into the same directory is refused, not silently overwritten
     assert main(["reviews", "build", "--model", str(model), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_compare_scores_a_policy_on_chat_prompts(tiny_model_dir, tmp_path):
+    """Own-data mode: the held-out prompts may be chat messages; the score job renders them
+    with the policy's chat template, as the trainers do."""
+    from preflab.compare.score import main as score
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [
+        {"prompt": [{"role": "user", "content": f"the {n} was"}]} for n in ("movie", "film")]
+        + [{"prompt": "the plot was"}])
+    out = tmp_path / "s.json"
+    assert score(["--policy", str(tiny_model_dir), "--reference", str(tiny_model_dir),
+                  "--prompts", str(prompts), "--out", str(out), "--samples", "2",
+                  "--max-new-tokens", "4", "--num-prompts", "3"]) == 0
+    result = json.loads(out.read_text())
+    assert result["prompts"] == 3
+    shown = [e["prompt"] for e in result["examples"]]
+    assert shown[0] == "<|user|> the movie was <|end|> <|assistant|> "  # the template's text
+    assert shown[2] == "the plot was"
+    assert result["metrics"]["eval/kl"] == pytest.approx(0.0, abs=1e-6)  # policy = reference

@@ -57,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def score(args) -> dict:
     from preflab import models, rewards
+    from preflab.data.chat import model_prompts, read_prompts
     from preflab.evaluation import evaluate_policy, preference_accuracy
-    from preflab.world.cli import read_prompts, world_rewards
+    from preflab.world.cli import world_rewards
 
     started = time.perf_counter()
     device = models.resolve_device(args.device)
@@ -87,7 +88,9 @@ def score(args) -> dict:
             raise ConfigError("--best-of needs --proxy", field="proxy")
         proxy_reward = rewards.load_reward(args.proxy, flag="--proxy", device=device, dtype=dtype)
         proxy = lambda p, c, **kw: proxy_reward(p, c, **kw)[0]  # noqa: E731
-    prompts = read_prompts(args.prompts, args.num_prompts)
+    # text or chat prompts, rendered as every trainer renders them (preflab.data.chat)
+    prompts = model_prompts(tokenizer, read_prompts(args.prompts, args.num_prompts,
+                                                    allow_empty=True))
     evaluation = evaluate_policy(
         policy, tokenizer, prompts, rewards=named,
         reference=(lambda fn: fn(reference)) if reference is not None else None,

@@ -122,12 +122,14 @@ class SourcePrompt:
         return isinstance(self.prompt, list)
 
 
-def read_prompts(source: str, max_prompts: int = 0) -> list[SourcePrompt]:
+def read_prompts(source: str, max_prompts: int = 0, *,
+                 allow_empty: bool = False) -> list[SourcePrompt]:
     """The prompt of each record of ``source`` (all, or the first ``max_prompts``), as given.
 
     A record's ``prompt`` field is a non-empty text or a list of messages that ends with a
     user message; without one, a ``messages`` record gives the messages before its last
-    assistant reply (all of them when it ends with a user message). Text and message prompts
+    assistant reply (all of them when it ends with a user message). ``allow_empty`` takes an
+    empty text prompt too (generation then starts from BOS), as prompt-only records may be. Text and message prompts
     may be mixed: each is tokenized by its own rule (``tokenize_prompt``). ``DataError``
     names the file, line and field of a record with no usable prompt.
     """
@@ -145,7 +147,7 @@ def read_prompts(source: str, max_prompts: int = 0) -> list[SourcePrompt]:
                 prompt = messages[:-1]
         if isinstance(prompt, list):
             check_prompt_messages(record, field, prompt)
-        elif not isinstance(prompt, str) or not prompt.strip():
+        elif not isinstance(prompt, str) or not (allow_empty or prompt.strip()):
             shown = ("missing" if prompt is None else "empty" if isinstance(prompt, str)
                      else f"a {type(prompt).__name__}")
             raise DataError(f"the prompt is {shown}", path=record.path, line=record.line,
@@ -156,3 +158,15 @@ def read_prompts(source: str, max_prompts: int = 0) -> list[SourcePrompt]:
         if max_prompts and len(prompts) >= max_prompts:
             break
     return prompts
+
+
+def model_prompts(tokenizer, sources: Sequence[SourcePrompt]) -> list[PromptText]:
+    """Each prompt's text and ids for ``tokenizer``: a text as it is, a list of messages
+    rendered with its chat template (``tokenize_prompt``); ``DataError`` names the record."""
+    key = tokenizer_key(tokenizer)
+    out = []
+    for source in sources:
+        ids, text = tokenize_prompt(tokenizer, source.prompt, path=source.record.path,
+                                    line=source.record.line, field=source.field)
+        out.append(PromptText(text, ids, source.prompt, key))
+    return out

@@ -14,6 +14,8 @@ the marker that would stop ``save_pretrained``), so a run's ``final/`` is safete
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 from pathlib import Path
@@ -109,6 +111,25 @@ def _dequantized(gguf_file: str) -> dict:
     except ImportError:  # a transformers that always dequantizes
         return {}
     return {"quantization_config": GgufConfig(gguf_file=gguf_file, dequantize=True)}
+
+
+@contextlib.contextmanager
+def _no_gguf_bar():
+    """transformers' GGUF reader draws its own tqdm bar per load, which its progress-bar switch
+    (``quiet_transformers``) does not reach: switch that one off while a file loads."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as reader
+    except ImportError:
+        reader = None
+    bar = getattr(reader, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    reader.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        reader.tqdm = bar
 
 
 def _from_gguf(model):
@@ -309,8 +330,9 @@ def _from_pretrained(auto_cls, path: str, *, what: str, dtype: torch.dtype, allo
     if gguf is not None:
         _need_gguf(path)
         try:
-            return _from_gguf(auto_cls.from_pretrained(gguf[0], gguf_file=gguf[1], dtype=dtype,
-                                                       **_dequantized(gguf[1]), **kwargs))
+            with _no_gguf_bar():
+                return _from_gguf(auto_cls.from_pretrained(
+                    gguf[0], gguf_file=gguf[1], dtype=dtype, **_dequantized(gguf[1]), **kwargs))
         except (OSError, ValueError, KeyError) as exc:  # KeyError: an architecture it lacks
             raise ModelLoadError(f"could not load {what} from the GGUF file: "
                                  f"{_first_line(exc)}", path=path) from None

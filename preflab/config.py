@@ -123,7 +123,7 @@ def fsdp_arg(role: str, note: str = "") -> Any:
 
 @dataclass
 class TrainConfig:
-    """Flags every training command shares (DESIGN.md, contract: CLI)."""
+    """Flags every training command shares (docs/architecture.md, contract: CLI)."""
 
     model: str = arg("", "Model to start from: a local Hugging Face directory, a .gguf file "
                      "(dequantized to --dtype) or a hub id.",

@@ -6,7 +6,7 @@ says) and returns a tuple whose first element is the per-example loss ``[B]``. R
 (usually ``.mean()``) in the trainer. Implicit rewards come back detached: they are for
 logging (``rewards/chosen``, ``rewards/rejected``), never for gradients.
 
-Notation (REFERENCES.md): for a pair (y_w, y_l)
+Notation (docs/architecture.md, contract: losses): for a pair (y_w, y_l)
 
     h = [log pi(y_w) - log pi_ref(y_w)] - [log pi(y_l) - log pi_ref(y_l)]
 

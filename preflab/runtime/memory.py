@@ -1,4 +1,4 @@
-"""Memory figures (DESIGN.md, contract: memory figures).
+"""Memory figures (docs/architecture.md, contract: memory figures).
 
 ``peak_rss_bytes`` is the process's high-water resident set (each compared run is its own
 process, so the figure is its own). ``role_tensor_bytes`` counts the bytes a model role

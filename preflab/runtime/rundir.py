@@ -1,4 +1,4 @@
-"""The run directory (DESIGN.md, contract: run directory).
+"""The run directory (docs/architecture.md, contract: run directory).
 
     config.yaml    resolved config + preflab version + git commit
     metrics.jsonl  one JSON object per logged step (runtime.metrics)

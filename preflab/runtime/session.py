@@ -484,7 +484,8 @@ def finish_run(
 
 
 def run_metrics(run: Run, scheduler, throughput: Throughput, stream, grad_norm) -> dict[str, Any]:
-    """The figures every trainer logs about the run itself (DESIGN.md, contract: metric names)."""
+    """The figures every trainer logs about the run itself (docs/architecture.md, contract:
+    metric names)."""
     record = {
         "lr": scheduler.get_last_lr()[0],
         "tokens_per_sec": throughput.rate() * run.ctx.world_size,

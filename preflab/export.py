@@ -230,7 +230,7 @@ def _pre_tokenizer_name(pre: dict | None) -> str | None:
     head = steps[:-1]
     if last.get("use_regex", True):  # ByteLevel splits with GPT-2's regex itself
         if not head:
-            return "gpt2"
+            return "gpt-2"  # llama.cpp spells GPT-2's pre-tokenizer with a hyphen
         if (len(head) == 1 and head[0].get("type") == "Digits"
                 and head[0].get("individual_digits")):
             return "smollm"  # each digit alone, then GPT-2's regex (llama.cpp's smollm)

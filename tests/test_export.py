@@ -234,7 +234,7 @@ def test_token_types_and_special_ids_in_the_file(tmp_path, tokenizer):
         field = reader.fields[key]
         return field.contents()
 
-    assert value("tokenizer.ggml.model") == "gpt2" and value("tokenizer.ggml.pre") == "gpt2"
+    assert value("tokenizer.ggml.model") == "gpt2" and value("tokenizer.ggml.pre") == "gpt-2"
     tokens, types = value("tokenizer.ggml.tokens"), value("tokenizer.ggml.token_type")
     assert len(tokens) == len(types) == len(tokenizer) == value("llama.vocab_size")
     kinds = dict(zip(tokens, types))

@@ -134,10 +134,10 @@ PRESETS = {
                    sensitivity_methods=("dpo", "ppo"), flexibility=True, hacking=True),
     "real-cpu": Preset(methods=("dpo", "ppo", "grpo"), eval_prompts=32, eval_samples=2,
                        max_new_tokens=64, hyper=REAL_CPU_HYPER, prior_params=134_515_008,
-                       # estimated from one DPO step (15 s for 8 pairs) and one generate
-                       # call (12 s for 32 x 64 tokens) at 135M on 2 cores
-                       prior_seconds={"data": 5, "convert": 40, "rm": 300, "dpo": 600,
-                                      "ppo": 500, "grpo": 330, "score": 60}),
+                       # measured by `make demo-real` on SmolLM2-135M, 2 cores, two runs at a
+                       # time on one thread each (docs/real-model.md)
+                       prior_seconds={"data": 2, "convert": 22, "rm": 454, "dpo": 807,
+                                      "ppo": 627, "grpo": 457, "score": 165}),
 }
 
 

@@ -168,7 +168,7 @@ def build(cfg: CompareConfig) -> Design:
             sft, convert = str(base), ["convert"]
         pairs, judge_pairs = data_dir / "pairs.jsonl", data_dir / "pairs-judge.jsonl"
         add("split-pairs", ["-m", "preflab.compare.data", "split", "--data", cfg.pairs,
-                            "--share", preset.judge_share or cfg.judge_share, "--keep", pairs, "--held-out",
+                            "--share", cfg.judge_share, "--keep", pairs, "--held-out",
                             judge_pairs], judge_pairs, "data")
         prompts, eval_prompts = data_dir / "prompts-train.jsonl", data_dir / "prompts-eval.jsonl"
         add("split-prompts", ["-m", "preflab.compare.data", "split", "--data", cfg.prompts,

@@ -112,8 +112,6 @@ class Preset:
     steps_scale: float = 1.0
     hyper: dict = dataclasses.field(default_factory=dict)
     """Flags per stage over the mode's defaults (WORLD_HYPER or USER_HYPER)."""
-    judge_share: float = 0.0
-    """Your data: share of the pairs for the judge reward model (0: --judge-share's default)."""
     max_new_tokens: int = 0
     """Longest sampled completion (0: the mode's default)."""
     prior_seconds: dict | None = None

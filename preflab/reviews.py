@@ -13,7 +13,8 @@ KL for each method. Here the same experiment runs on any chat model that a user 
   no one here wrote and no compared model ever sees (``gold_reward``).
 - **Preference pairs** come from the model's own samples (two per prompt), labelled by
   simulated people: a Bradley-Terry draw on the gold score, ``P(a preferred) =
-  sigmoid((gold_a - gold_b) / temperature)``, as the built-in world's annotators label. The
+  sigmoid((gold_a - gold_b) / temperature)``, drawn by the built-in world's annotators
+  (``preflab.world.annotators.Annotator``, on the gold score alone). The
   pairs are in the conversational preference format (prompt messages; chosen and rejected as
   assistant messages).
 - The instruct model itself plays the SFT checkpoint: every compared method starts from it.
@@ -30,7 +31,6 @@ simulated labels agree with gold. ``make demo-real`` runs all of it on SmolLM2-1
 from __future__ import annotations
 
 import json
-import math
 import random
 import sys
 from collections.abc import Sequence
@@ -39,6 +39,7 @@ from pathlib import Path
 
 from preflab.config import arg, check_output_dir, parse_config
 from preflab.errors import ConfigError
+from preflab.world.annotators import Annotator, agreement
 
 VADER_INSTALL = ("the reviews task's gold reward is VADER's sentiment score; install it with "
                  "`pip install 'preflab[real]'` (or `pip install vaderSentiment`)")
@@ -155,20 +156,10 @@ def gold_reward(prompts: Sequence, completions: Sequence[str], **kwargs) -> list
     return [float(analyzer.polarity_scores(c)["compound"]) for c in completions]
 
 
-def sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
-
-
-def label_pair(a: str, b: str, gold_a: float, gold_b: float, *, temperature: float,
-               rng: random.Random) -> tuple[str, str, float, float]:
-    """A simulated person's choice: ``(chosen, rejected, chosen_gold, rejected_gold)``, ``a``
-    preferred with probability ``sigmoid((gold_a - gold_b) / temperature)`` (temperature 0:
-    the higher gold wins, a tie by a fair coin)."""
-    diff = gold_a - gold_b
-    p = (0.5 if diff == 0 else float(diff > 0)) if temperature == 0 else sigmoid(diff / temperature)
-    if rng.random() < p:
-        return a, b, gold_a, gold_b
-    return b, a, gold_b, gold_a
+def annotators(temperature: float, seed: int) -> Annotator:
+    """The simulated people: the built-in world's Bradley-Terry annotators, on the gold score
+    alone (no length bias, no careless flips)."""
+    return Annotator(gold_reward, temperature=temperature, seed=seed)
 
 
 @dataclass
@@ -214,7 +205,7 @@ class ReviewsConfig:
 def build(cfg: ReviewsConfig) -> dict:
     """Sample the pairs' completions, score and label them, write the task; its summary."""
     from preflab import generation, models
-    from preflab.data import TruncationPolicy, load_prompt_dataset
+    from preflab.data.chat import PromptText, tokenize_prompt, tokenizer_key
     from preflab.data.writers import write_jsonl
     from preflab.runtime.progress import progress_bar
 
@@ -225,15 +216,13 @@ def build(cfg: ReviewsConfig) -> dict:
     pair_prompts = prompts[: cfg.pair_prompts]
     rl_prompts = prompts[cfg.pair_prompts : cfg.pair_prompts + cfg.rl_prompts]
     write_jsonl(out / "prompts.jsonl", [{"prompt": p} for p in rl_prompts])
-    staged = out / "pair-prompts.jsonl"
-    write_jsonl(staged, [{"prompt": p} for p in pair_prompts])
 
     device = models.resolve_device(cfg.device)
     tokenizer = models.load_tokenizer(cfg.model)
     model = models.load_causal_lm(cfg.model, device=device)
-    examples, _ = load_prompt_dataset(str(staged), tokenizer, TruncationPolicy(max_length=512))
-    staged.unlink()
-    texts = [e.prompt for e in examples]
+    key = tokenizer_key(tokenizer)  # rendered as every trainer renders them; sampled from the ids
+    texts = [PromptText(text, ids, messages, key)
+             for messages in pair_prompts for ids, text in [tokenize_prompt(tokenizer, messages)]]
     per_call = max(1, cfg.batch_size // 2)
     bar = progress_bar(total=len(texts), desc="sample", enabled=cfg.progress, unit="prompts")
     groups = []
@@ -245,9 +234,8 @@ def build(cfg: ReviewsConfig) -> dict:
         bar.update(len(texts[k:k + per_call]))
     bar.close()
 
-    rng = random.Random(cfg.seed)
-    samples, pairs = [], []
-    agree = decided = 0
+    people = annotators(cfg.temperature, cfg.seed)
+    samples, pairs, labels = [], [], []
     golds: list[float] = []
     for messages, group in zip(pair_prompts, groups):
         completions = [s.completion.strip() for s in group]
@@ -257,21 +245,18 @@ def build(cfg: ReviewsConfig) -> dict:
         a, b = completions
         if not a or not b or a == b:
             continue  # no preference between identical or empty reviews
-        chosen, rejected, g_c, g_r = label_pair(a, b, *scores, temperature=cfg.temperature,
-                                                rng=rng)
-        if g_c != g_r:
-            decided += 1
-            agree += g_c > g_r
+        label = people.label_pair(messages, a, b, *scores)
+        labels.append(label)
         pairs.append({"prompt": messages,
-                      "chosen": [{"role": "assistant", "content": chosen}],
-                      "rejected": [{"role": "assistant", "content": rejected}],
-                      "chosen_gold": g_c, "rejected_gold": g_r})
+                      "chosen": [{"role": "assistant", "content": label.chosen}],
+                      "rejected": [{"role": "assistant", "content": label.rejected}],
+                      "chosen_gold": label.chosen_gold, "rejected_gold": label.rejected_gold})
     write_jsonl(out / "samples.jsonl", samples)
     write_jsonl(out / "pairs.jsonl", pairs)
     summary = {"task": "reviews", "config": asdict(cfg), "pairs": len(pairs),
                "pair_prompts": len(pair_prompts), "rl_prompts": len(rl_prompts),
                "mean_gold": sum(golds) / len(golds) if golds else 0.0,
-               "labels_agreeing_with_gold": agree / decided if decided else None,
+               "labels_agreeing_with_gold": agreement(labels)[0],
                "gold_reward": "preflab.reviews:gold_reward"}
     (out / "task.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return summary
@@ -294,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["review_prompts", "gold_reward", "label_pair", "build", "ReviewsConfig"]
+__all__ = ["review_prompts", "gold_reward", "annotators", "build", "ReviewsConfig"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,7 +4,6 @@ the reviews task (the DPO paper's controlled-sentiment experiment on a user's ch
 from __future__ import annotations
 
 import json
-import random
 import shlex
 
 import pytest
@@ -147,22 +146,24 @@ def test_gold_reward_is_vaders_compound_score():
 
 
 def test_simulated_people_prefer_by_a_bradley_terry_draw_on_gold():
-    from preflab.reviews import label_pair, sigmoid
+    from preflab.reviews import annotators
+    from preflab.world.annotators import sigmoid
 
-    rng = random.Random(0)
-    n, gold_a, gold_b, temperature = 20_000, 0.3, 0.1, 0.1
-    wins = sum(label_pair("a", "b", gold_a, gold_b, temperature=temperature, rng=rng)[0] == "a"
-               for _ in range(n))
-    p = sigmoid((gold_a - gold_b) / temperature)  # 0.881
+    people = annotators(temperature=0.1, seed=0)
+    n, gold_a, gold_b = 20_000, 0.3, 0.1
+    wins = sum(people.label_pair("p", "a", "b", gold_a, gold_b).chosen == "a" for _ in range(n))
+    p = sigmoid((gold_a - gold_b) / 0.1)  # 0.881
     assert abs(wins / n - p) < 5 * (p * (1 - p) / n) ** 0.5
-    chosen, rejected, g_c, g_r = label_pair("a", "b", 0.1, 0.5, temperature=0, rng=rng)
+    label = annotators(temperature=0, seed=0).label_pair("p", "a", "b", 0.1, 0.5)
+    chosen, rejected, g_c, g_r = label.chosen, label.rejected, label.chosen_gold, label.rejected_gold
     assert (chosen, rejected, g_c, g_r) == ("b", "a", 0.5, 0.1)  # deterministic at 0
+    assert annotators(0.1, 0).flip_rate == 0 and annotators(0.1, 0).length_bias == 0
 
 
 def test_reviews_build_writes_conversational_pairs_the_loaders_read(tmp_path, capsys):
     from preflab import models
     from preflab.data import TruncationPolicy, load_preference_dataset
-    from preflab.reviews import WORDINGS, review_prompts
+    from preflab.reviews import gold_reward, review_prompts
     from preflab.tiny import save_tiny_model
 
     words = sorted({w for p in review_prompts() for w in p[0]["content"].split()}
@@ -184,7 +185,10 @@ def test_reviews_build_writes_conversational_pairs_the_loaders_read(tmp_path, ca
     examples, _ = load_preference_dataset(str(out / "pairs.jsonl"), tokenizer,
                                           TruncationPolicy(max_length=128))
     assert len(examples) == len(pairs)
-    assert len(WORDINGS) >= 8
+    for pair in pairs:  # each side's gold is VADER's score of that side's text
+        sides = [pair["chosen"][0]["content"], pair["rejected"][0]["content"]]
+        assert gold_reward([pair["prompt"]] * 2, sides) == [pair["chosen_gold"],
+                                                            pair["rejected_gold"]]
     # a second build into the same directory is refused, not silently overwritten
     assert main(["reviews", "build", "--model", str(model), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err

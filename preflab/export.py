@@ -34,8 +34,6 @@ from preflab.runtime.progress import progress_bar
 from preflab.sample import check_new_file
 
 TYPES = ("f32", "f16", "q8_0")
-GGUF_INSTALL = ("writing a GGUF file needs the `gguf` package, which is not installed; install "
-                "it with `pip install 'preflab[gguf]'` (or `pip install gguf`)")
 # config.model_type -> llama.cpp architecture. Mistral is llama.cpp's llama (as in llama.cpp's
 # own converter); transformers reads the file back as a llama, which computes the same.
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
@@ -76,11 +74,9 @@ class ExportConfig:
 
 
 def _import_gguf():
-    try:
-        import gguf
-    except ImportError:
-        raise ConfigError(GGUF_INSTALL) from None
-    return gguf
+    from preflab.models import import_gguf
+
+    return import_gguf()
 
 
 # --- the model: config and tensors ---------------------------------------------------------------

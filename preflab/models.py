@@ -28,8 +28,8 @@ from preflab.errors import ConfigError, ModelLoadError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 GGUF_SUFFIX = ".gguf"
-GGUF_INSTALL = ("reading a .gguf model needs the `gguf` package, which is not installed; "
-                "install it with `pip install 'preflab[gguf]'` (or `pip install gguf`)")
+GGUF_INSTALL = ("reading or writing a .gguf model needs the `gguf` package, which is not "
+                "installed; install it with `pip install 'preflab[gguf]'` (or `pip install gguf`)")
 # The tokenizer classes that mean "the generic fast tokenizer from tokenizer.json". Loading
 # these through AutoTokenizer can pick a model-specific slow class instead (transformers v5
 # maps by model type), which re-tokenizes differently; load them as what they are.
@@ -96,11 +96,14 @@ def gguf_location(path: str, *, flag: str | None = "--model") -> tuple[str, str]
     return (str(local), found[0]) if found else None
 
 
-def _need_gguf(path: str) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("gguf") is None:
-        raise ModelLoadError(GGUF_INSTALL, path=path)
+def import_gguf(path: str | None = None):
+    """The ``gguf`` package (transformers reads .gguf files with it, ``preflab export`` writes
+    them), or a ModelLoadError that names the extra to install."""
+    try:
+        import gguf
+    except ImportError:
+        raise ModelLoadError(GGUF_INSTALL, path=path) from None
+    return gguf
 
 
 def _dequantized(gguf_file: str) -> dict:
@@ -180,7 +183,7 @@ def check_model_source(path: str, *, flag: str | None = "--model", network: bool
                                  expected="a Hugging Face model directory (with config.json) "
                                           "or a .gguf file")
         if gguf_location(str(local), flag=flag) is not None:  # several .gguf files: an error
-            _need_gguf(path)
+            import_gguf(path)
         return
     if looks_like_local_path(path):
         what = "file" if path.lower().endswith(GGUF_SUFFIX) else "directory"
@@ -300,7 +303,7 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     gguf = gguf_location(path, flag=None)
     try:
         if gguf is not None:
-            _need_gguf(path)
+            import_gguf(path)
             tokenizer = AutoTokenizer.from_pretrained(gguf[0], gguf_file=gguf[1])
         else:
             cls: Any = AutoTokenizer
@@ -328,7 +331,7 @@ def _from_pretrained(auto_cls, path: str, *, what: str, dtype: torch.dtype, allo
     quiet_transformers()
     gguf = gguf_location(path, flag=None)
     if gguf is not None:
-        _need_gguf(path)
+        import_gguf(path)
         try:
             with _no_gguf_bar():
                 return _from_gguf(auto_cls.from_pretrained(

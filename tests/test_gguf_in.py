@@ -94,11 +94,9 @@ def test_sample_and_plan_take_a_gguf_model(gguf_model, tmp_path, capsys):
 
 def test_without_the_gguf_package_one_paragraph_names_the_extra(gguf_model, tmp_path,
                                                                 monkeypatch, capsys):
-    import importlib.util
+    import sys
 
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "gguf" else find_spec(name, *a))
+    monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` raises ImportError
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "the movie"}])
     assert main(["sample", "--model", str(gguf_model[0]), "--prompts", str(prompts), "--out",
                  str(tmp_path / "s.jsonl")]) == 2

@@ -157,9 +157,9 @@ def read_config(model: str) -> dict:
 def _gguf_config(model: str, directory: str, name: str) -> dict:
     from transformers import AutoConfig
 
-    from preflab.models import _need_gguf
+    from preflab.models import import_gguf
 
-    _need_gguf(model)
+    import_gguf(model)
     try:
         return AutoConfig.from_pretrained(directory, gguf_file=name).to_dict()
     except (OSError, ValueError, KeyError) as exc:

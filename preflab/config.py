@@ -560,6 +560,24 @@ def check_output_dir(value: str, name: str) -> None:
                           path=value, field=name, expected="a directory you can write to")
 
 
+
+def check_new_file(path: str, name: str, overwrite: bool, *,
+                   suffixes: tuple[str, ...] | None = None, what: str | None = None) -> None:
+    """An output file: the right kind of name, a writable place, and new (or --overwrite).
+    ``what`` names the file in messages (default: its flag, from ``name``)."""
+    flag = what or "--" + name.replace("_", "-")
+    target = Path(path).expanduser()
+    if suffixes and target.suffix.lower() not in suffixes:
+        raise ConfigError(f"{flag} must name a {' or '.join(suffixes)} file", path=path,
+                          field=name)
+    if target.is_dir():
+        raise ConfigError(f"{flag} is a directory", path=path, field=name,
+                          expected="a file name")
+    if target.exists() and not overwrite:
+        raise ConfigError(f"{flag} exists", path=path, field=name,
+                          expected="a new file name, or --overwrite to replace it")
+    check_output_dir(str(target.parent), name)
+
 def _filesystem_type(path: Path) -> str | None:
     """The type of the filesystem that holds ``path`` (from /proc/self/mounts; None elsewhere)."""
     try:

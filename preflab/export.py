@@ -28,10 +28,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from preflab.config import arg, parse_config
+from preflab.config import arg, check_new_file, parse_config
 from preflab.errors import ConfigError, ModelLoadError
 from preflab.runtime.progress import progress_bar
-from preflab.sample import check_new_file
 
 TYPES = ("f32", "f16", "q8_0")
 # config.model_type -> llama.cpp architecture. Mistral is llama.cpp's llama (as in llama.cpp's

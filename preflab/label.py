@@ -47,6 +47,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from preflab.config import check_new_file
 from preflab.data.formats import check_prompt_messages
 from preflab.data.readers import read_records
 from preflab.data.writers import write_jsonl, write_text
@@ -58,7 +59,6 @@ from preflab.judges.pairing import PAIRINGS, Group, agreement, comparisons, make
 from preflab.judges.template import DEFAULT_TEMPLATE, parse_answers, read_template
 from preflab.runtime import signals
 from preflab.runtime.progress import progress_bar
-from preflab.sample import check_new_file
 
 
 def read_samples(path: str) -> tuple[list[Group], dict]:

@@ -41,9 +41,8 @@ import hashlib
 import signal
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-from preflab.config import arg, check_output_dir, check_paths, parse_config
+from preflab.config import arg, check_new_file, check_paths, parse_config
 from preflab.data.chat import PromptText, model_prompts, read_prompts
 from preflab.errors import ConfigError
 from preflab.runtime import signals
@@ -88,24 +87,6 @@ class SampleConfig:
             if not getattr(self, name):
                 raise ConfigError(f"--{name} is required", field=name)
         check_new_file(self.out, "out", self.overwrite, suffixes=SAMPLE_SUFFIXES)
-
-
-def check_new_file(path: str, name: str, overwrite: bool, *,
-                   suffixes: tuple[str, ...] | None = None, what: str | None = None) -> None:
-    """An output file: the right kind of name, a writable place, and new (or --overwrite).
-    ``what`` names the file in messages (default: its flag, from ``name``)."""
-    flag = what or "--" + name.replace("_", "-")
-    target = Path(path).expanduser()
-    if suffixes and target.suffix.lower() not in suffixes:
-        raise ConfigError(f"{flag} must name a {' or '.join(suffixes)} file", path=path,
-                          field=name)
-    if target.is_dir():
-        raise ConfigError(f"{flag} is a directory", path=path, field=name,
-                          expected="a file name")
-    if target.exists() and not overwrite:
-        raise ConfigError(f"{flag} exists", path=path, field=name,
-                          expected="a new file name, or --overwrite to replace it")
-    check_output_dir(str(target.parent), name)
 
 
 def chunk_seed(seed: int, chunk: int) -> int:

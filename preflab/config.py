@@ -125,6 +125,15 @@ def fsdp_arg(role: str, note: str = "") -> Any:
 class TrainConfig:
     """Flags every training command shares (docs/architecture.md, contract: CLI)."""
 
+    REPLACED = {  # not a field (no annotation)
+        "dtype": "--dtype is replaced by --precision on training commands: --dtype float32 is "
+                 "--precision fp32, and --dtype bfloat16 (bf16 weights updated in place, no "
+                 "float32 master copy) is --precision bf16-true; --precision bf16-mixed keeps "
+                 "float32 master weights and computes in bf16 (the default on a GPU), "
+                 "fp16-mixed adds loss scaling (docs/precision.md)",
+    }
+    """Settings that are gone, with what replaces them: named when given as a flag or a key."""
+
     model: str = arg("", "Model to start from: a local Hugging Face directory, a .gguf file "
                      "(dequantized to --dtype) or a hub id.",
                      path="model")
@@ -177,10 +186,18 @@ class TrainConfig:
     lora_target_modules: str = arg(
         "", "Comma-separated module names to adapt; empty finds every linear layer in the blocks."
     )
-    dtype: str = arg(
+    precision: str = arg(
         "auto",
-        "Weights dtype; auto = bfloat16 on GPUs that support it, else float32.",
-        choices=("auto", "float32", "bfloat16", "float16"),
+        "Numeric precision: fp32; bf16-mixed / fp16-mixed (float32 master weights and AdamW "
+        "state, bf16 / fp16 autocast, frozen roles in bf16 / fp16; fp16 adds loss scaling); "
+        "bf16-true (everything in bf16, updates below ~1/256 of a weight are lost). auto = "
+        "bf16-mixed on a GPU (fp16-mixed without bf16), fp32 elsewhere (docs/precision.md).",
+        choices=("auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-true"),
+    )
+    attn_implementation: str = arg(
+        "auto", "Attention kernel of every model the run loads, passed to transformers; auto "
+        "is transformers' choice (sdpa where the model has it).",
+        choices=("auto", "sdpa", "eager", "flash_attention_2"),
     )
     device: str = arg("auto", "Device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
     gradient_checkpointing: bool = arg(False, "Recompute activations in backward to save memory.")
@@ -231,6 +248,16 @@ class TrainConfig:
                 )
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other", field="resume")
+        if self.attn_implementation == "flash_attention_2" and not _installed("flash_attn"):
+            raise ConfigError("--attn-implementation flash_attention_2 needs the flash-attn "
+                              "package (pip install flash-attn) and a CUDA GPU; sdpa needs "
+                              "neither", field="attn_implementation")
+
+
+def _installed(package: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(package) is not None
 
 
 def flag(name: str) -> str:
@@ -265,6 +292,16 @@ def _choices(f: dataclasses.Field) -> tuple[str, ...] | None:
 NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.I)
 
 
+REPLACED_DEST = "replaced:"
+
+
+def replaced(cls: type, name: str, where: dict[str, Any] | None = None) -> None:
+    """Raise the ConfigError that says what replaced ``name``, if it is a replaced setting."""
+    message = getattr(cls, "REPLACED", {}).get(name)
+    if message:
+        raise ConfigError(message, field=name, **(where or {}))
+
+
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
     """An argparse parser with one flag per field; defaults are shown but SUPPRESSed.
 
@@ -281,6 +318,8 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
     parser.add_argument(
         "--config", metavar="FILE.yaml", help="Read settings from a YAML file; flags override it."
     )
+    for name in getattr(cls, "REPLACED", {}):
+        parser.add_argument(f"--{flag(name)}", dest=REPLACED_DEST + name, help=argparse.SUPPRESS)
     for f in fields(cls):
         kind = _field_type(cls, f)
         if kind in (dict, list):
@@ -428,6 +467,7 @@ def _read_yaml_config(cls: type, path: str) -> tuple[dict[str, Any], dict[str, d
         key = str(raw_key).replace("-", "_")
         where = {"path": path, "line": lines.get(str(raw_key))}
         if key not in known:
+            replaced(cls, key, where)
             raise ConfigError(
                 "unknown setting",
                 field=str(raw_key),
@@ -474,6 +514,8 @@ def parse_config(cls: type, argv: list[str] | None, *, prog: str, description: s
         if isinstance(value, str) and not _encodable(value):  # from a caller's "\ud800"
             raise ConfigError(f"--{flag(name)} {_shown(value)} holds a lone surrogate, which "
                               "is not a character", field=name, expected="valid Unicode text")
+    for name in [n for n in ns if n.startswith(REPLACED_DEST)]:
+        replaced(cls, name[len(REPLACED_DEST):])
     values: dict[str, Any] = {}
     origins: dict[str, dict[str, Any]] = {}
     config_path = ns.pop("config", None)
@@ -506,6 +548,8 @@ def config_from_dict(cls: type, values: dict[str, Any]):
     """Build and validate ``cls`` from Python values (for library callers and the demo)."""
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
+    for name in unknown:
+        replaced(cls, name)
     if unknown:
         raise ConfigError(f"unknown settings {unknown}", expected=f"fields of {cls.__name__}")
     cfg = cls(**{k: _coerce(cls, known[k], v, {}) for k, v in values.items()})

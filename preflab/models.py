@@ -324,9 +324,12 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
 
 
 def _from_pretrained(auto_cls, path: str, *, what: str, dtype: torch.dtype, allow_pickle: bool,
-                     trust_remote_code: bool, **kwargs):
-    """The one safe loading path: pickle check, safetensors only, errors as ModelLoadError."""
+                     trust_remote_code: bool, attn_implementation: str = "auto", **kwargs):
+    """The one safe loading path: pickle check, safetensors only, errors as ModelLoadError.
+    ``attn_implementation``: transformers' attention kernel; ``auto`` leaves its choice."""
     path = os.path.expanduser(path)
+    if attn_implementation != "auto":
+        kwargs["attn_implementation"] = attn_implementation
     check_model_source(path, flag=None)
     quiet_transformers()
     gguf = gguf_location(path, flag=None)
@@ -364,12 +367,14 @@ def load_causal_lm(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     gradient_checkpointing: bool = False,
+    attn_implementation: str = "auto",
 ):
     """Any causal LM from a local directory or a hub id, in ``dtype`` on ``device``."""
     from transformers import AutoModelForCausalLM
 
     model = _from_pretrained(AutoModelForCausalLM, path, what="the model", dtype=dtype,
-                             allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+                             allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                             attn_implementation=attn_implementation)
     model.to(device)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -385,6 +390,7 @@ def load_sequence_classifier(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     pad_token_id: int | None = None,
+    attn_implementation: str = "auto",
 ):
     """``AutoModelForSequenceClassification`` with one label, from a reward model or any causal LM.
 
@@ -402,7 +408,7 @@ def load_sequence_classifier(
         model = _from_pretrained(AutoModelForSequenceClassification, path,
                                  what="a sequence-classification model", dtype=dtype,
                                  allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                                 num_labels=1)
+                                 attn_implementation=attn_implementation, num_labels=1)
     finally:
         hf_logging.set_verbosity(verbosity)
     if pad_token_id is not None:

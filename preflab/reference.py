@@ -23,7 +23,7 @@ import torch
 
 from preflab import models
 from preflab.logprobs import SequenceLogps, concatenated_forward, forward_logps
-from preflab.runtime import memory
+from preflab.runtime import memory, session
 
 MODES = ("copy", "adapter-off", "precomputed", "none")
 
@@ -47,9 +47,7 @@ def live(cfg, run, policy: torch.nn.Module, *, needed: bool = True) -> Reference
     packed = bool(getattr(cfg, "padding_free", False))
     if cfg.lora_rank > 0 and not cfg.ref_model:
         return Reference("adapter-off", policy=policy, padding_free=packed)
-    model = models.load_causal_lm(cfg.ref_model or cfg.model, dtype=run.dtype, device=run.device,
-                                  allow_pickle=cfg.allow_pickle,
-                                  trust_remote_code=cfg.trust_remote_code)
+    model = models.load_causal_lm(cfg.ref_model or cfg.model, **session.load_options(cfg, run))
     model.eval().requires_grad_(False)
     return Reference("copy", model=model, padding_free=packed)
 

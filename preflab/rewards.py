@@ -169,7 +169,8 @@ class RewardModel:
     @classmethod
     def from_pretrained(cls, path: str, *, device="cpu", dtype=None, batch_size: int = 16,
                         max_length: int | None = None, allow_pickle: bool = False,
-                        trust_remote_code: bool = False) -> RewardModel:
+                        trust_remote_code: bool = False,
+                        attn_implementation: str = "auto") -> RewardModel:
         import functools
 
         import torch
@@ -182,6 +183,7 @@ class RewardModel:
         model = load_sequence_classifier(
             path, dtype=dtype or torch.float32, device=device, allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code, pad_token_id=tokenizer.pad_token_id,
+            attn_implementation=attn_implementation,
         )
         model.eval().requires_grad_(False)
         max_length = max_length or getattr(model.config, "max_position_embeddings", None)
@@ -291,6 +293,7 @@ def load_reward(
     batch_size: int = 16,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    attn_implementation: str = "auto",
     overrides: dict[str, RewardFn] | None = None,
 ) -> CombinedReward:
     """A ``CombinedReward`` from ``--reward`` text; ``overrides`` maps a spec to a ready function
@@ -306,7 +309,8 @@ def load_reward(
         elif is_reward_model_dir(spec):
             fn = RewardModel.from_pretrained(
                 reward_model_path(spec), device=device, dtype=dtype, batch_size=batch_size,
-                allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+                allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                attn_implementation=attn_implementation)
             kind = "model"
         else:
             fn, kind = load_reward_function(spec, flag=flag), "function"

@@ -16,8 +16,8 @@ def parse(argv):
 
 
 def test_defaults_and_flags():
-    cfg = parse(BASE + ["--lora-rank", "8", "--no-completion-only", "--dtype", "bfloat16"])
-    assert cfg.lora_rank == 8 and cfg.completion_only is False and cfg.dtype == "bfloat16"
+    cfg = parse(BASE + ["--lora-rank", "8", "--no-completion-only", "--precision", "bf16-true"])
+    assert cfg.lora_rank == 8 and cfg.completion_only is False and cfg.precision == "bf16-true"
     assert cfg.learning_rate == 2e-4  # the SFT default overrides the shared one
 
 
@@ -33,7 +33,8 @@ def test_yaml_then_flags_override(tmp_path):
     [
         ("model: m\nseeed: 3\n", 2, "seeed"),
         ("model: m\nseed: three\n", 2, "seed"),
-        ("model: m\ndtype: float64\n", 2, "dtype"),
+        ("model: m\nprecision: float64\n", 2, "precision"),
+        ("model: m\ndtype: bfloat16\n", 2, "dtype"),  # replaced: the error says by what
     ],
 )
 def test_yaml_errors_name_line_and_field(tmp_path, text, line, field):
@@ -43,6 +44,17 @@ def test_yaml_errors_name_line_and_field(tmp_path, text, line, field):
         parse(BASE + ["--config", str(path)])
     assert err.value.line == line and err.value.field == field
     assert str(path) in str(err.value) and f"line {line}" in str(err.value)
+
+
+def test_the_replaced_dtype_flag_says_what_replaces_it(tmp_path):
+    for argv in (BASE + ["--dtype", "bfloat16"], BASE + ["--dtype=float32"]):
+        with pytest.raises(ConfigError, match="replaced by --precision") as err:
+            parse(argv)
+        assert err.value.field == "dtype" and "bf16-true" in str(err.value)
+    path = tmp_path / "c.yaml"
+    path.write_text("model: m\ndtype: bfloat16\n")
+    with pytest.raises(ConfigError, match="bf16-mixed keeps float32 master weights"):
+        parse(BASE + ["--config", str(path)])
 
 
 def test_bad_yaml_syntax(tmp_path):

@@ -411,6 +411,7 @@ from preflab.rl.group import group_update
 from preflab.rl.roles import _forward_logits
 from preflab.rl.tensors import pack_rollout, response_logps
 from preflab.runtime import distributed, session
+from preflab.runtime.precision import MODES
 
 model_dir, out = sys.argv[1], Path(sys.argv[2])
 ctx = distributed.setup("cpu")
@@ -435,7 +436,7 @@ for aggregation, method in (("token", "grpo"), ("sequence", "rloo"), ("fixed", "
                           clip_range=0.2, clip_range_high=0.0, response_length=6,
                           temperature=1.0, max_grad_norm=1.0, nonfinite="stop")
     run = session.Run(config=cfg, command=method, ctx=ctx, device=torch.device("cpu"),
-                      dtype=torch.float32, dir=out)
+                      precision=MODES["fp32"], dir=out)
     roles = SimpleNamespace(trainable=model,
                             policy_logits=lambda ids, am, **kw: _forward_logits(model, ids, am, **kw))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)

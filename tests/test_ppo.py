@@ -471,6 +471,7 @@ from preflab.rl.loop import global_whiten
 from preflab.rl.roles import _forward_logits
 from preflab.rl.tensors import pack_rollout, per_token_rewards, response_logps, response_slice
 from preflab.runtime import distributed, session
+from preflab.runtime.precision import MODES
 
 model_dir, out = sys.argv[1], Path(sys.argv[2])
 ctx = distributed.setup("cpu")
@@ -496,7 +497,7 @@ cfg = SimpleNamespace(ppo_epochs=2, num_minibatches=1, batch_size=2, clip_range=
                       clip_range_value=0.2, vf_coef=0.1, temperature=1.0, max_grad_norm=1.0,
                       nonfinite="stop")
 run = session.Run(config=cfg, command="ppo", ctx=ctx, device=torch.device("cpu"),
-                  dtype=torch.float32, dir=out)
+                  precision=MODES["fp32"], dir=out)
 rewards, _ = per_token_rewards(old["logprobs"], old["ref_logprobs"], scores[rows], mask,
                                kl_coef=0.05)
 rewards = global_whiten(rewards, mask, run, shift_mean=False)

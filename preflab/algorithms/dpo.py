@@ -76,6 +76,7 @@ def build_reference(cfg: DPOConfig, spec, run, model, tokenizer, train_examples,
     return reference.Reference("precomputed", cache=cache)
 
 
+@session.trainer
 def train(cfg: DPOConfig) -> dict:
     check_dataset(cfg.data, "preference")
     check_dataset(cfg.eval_data, "preference")
@@ -140,7 +141,7 @@ def train(cfg: DPOConfig) -> dict:
             with distributed.gradient_sync(ddp_model, sync):
                 losses, stats = preference_step(ddp_model, ref, spec, cfg, to_device(batch, run.device), "train")
                 # DDP averages over ranks; scale so the update is the mean over the global batch.
-                (losses.sum() * run.ctx.world_size / global_batch).backward()
+                session.backward(run, losses.sum() * run.ctx.world_size / global_batch)
             step_loss += losses.detach().sum()
             totals += stats
             counted += len(idx)

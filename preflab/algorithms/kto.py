@@ -215,6 +215,7 @@ def evaluate(model, ref: reference.Reference, cfg: KTOConfig, examples, pad_id, 
     return out
 
 
+@session.trainer
 def train(cfg: KTOConfig) -> dict:
     check_dataset(cfg.data, "unpaired")
     check_dataset(cfg.eval_data, "unpaired")
@@ -283,7 +284,7 @@ def train(cfg: KTOConfig) -> dict:
             with distributed.gradient_sync(ddp_model, sync):
                 losses, sums = kto_step(ddp_model, ref, cfg, batch, z0)
                 # DDP averages over ranks; scale so the update is the mean over the global batch.
-                (losses.sum() * run.ctx.world_size / global_batch).backward()
+                session.backward(run, losses.sum() * run.ctx.world_size / global_batch)
             step_loss += losses.detach().sum()
             totals += sums
             counted += len(losses)

@@ -255,6 +255,7 @@ def read_round(folder: Path) -> tuple[list[PreferenceExample], dict]:
     return examples, json.loads((folder / "round.json").read_text())
 
 
+@session.trainer
 def train(cfg: OnlineDPOConfig) -> dict:
     check_dataset(cfg.data, "prompt")
     check_dataset(cfg.eval_prompts, "prompt")
@@ -275,9 +276,10 @@ def train(cfg: OnlineDPOConfig) -> dict:
                                  allow_pickle=cfg.allow_pickle,
                                  trust_remote_code=cfg.trust_remote_code)), cfg.num_samples)
     else:
-        judge = load_reward(cfg.judge, flag="--judge", device=run.device, dtype=run.dtype,
-                            allow_pickle=cfg.allow_pickle,
-                            trust_remote_code=cfg.trust_remote_code)
+        judge = load_reward(cfg.judge, flag="--judge", device=run.device,
+                            dtype=run.precision.frozen, allow_pickle=cfg.allow_pickle,
+                            trust_remote_code=cfg.trust_remote_code,
+                            attn_implementation=cfg.attn_implementation)
     if run.ctx.is_main:
         print(f"data: {len(prompts_all)} prompts; {data_report.summary()}", flush=True)
 
@@ -354,7 +356,7 @@ def train(cfg: OnlineDPOConfig) -> dict:
                 sync = i == cfg.grad_accum - 1 or not run.ctx.enabled
                 with distributed.gradient_sync(ddp_model, sync):
                     losses, stats = preference_step(ddp_model, ref, spec, cfg, batch, "train")
-                    (losses.sum() * run.ctx.world_size / global_batch).backward()
+                    session.backward(run, losses.sum() * run.ctx.world_size / global_batch)
                 step_loss += losses.detach().sum()
                 totals += stats
                 counted += len(idx)

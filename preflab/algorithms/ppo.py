@@ -149,12 +149,12 @@ def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg
                 new_logprobs = update_logprobs(roles, ids, am, P, cfg.temperature, live, rows)
                 pg_loss, pg = ppo_policy_loss(new_logprobs, old["logprobs"][rows], advantages[rows],
                                               m, clip_range=cfg.clip_range)
-                (pg_loss * share).backward()  # before the value pass: adapters may switch
+                session.backward(run, pg_loss * share)  # before the value pass: adapters may switch
                 values = (live["values"][rows] if live is not None else
                           response_slice(roles.values(ids, am), P))
                 vf_loss, vf = ppo_value_loss(values, old["values"][rows], returns[rows], m,
                                              clip_range_value=cfg.clip_range_value)
-                (cfg.vf_coef * vf_loss * share).backward()
+                session.backward(run, cfg.vf_coef * vf_loss * share)
                 stats = (pg_loss, vf_loss, pg["approxkl"], pg["clipfrac"], vf["clipfrac"], pg["ratio"])
                 values_now = [s.item() for s in stats]  # one host sync for all six
                 totals += part / max(local_tokens, 1.0) * torch.tensor(values_now,
@@ -171,6 +171,7 @@ def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg
     return {k: (totals[i] / updates).item() for i, k in enumerate(keys)}
 
 
+@session.trainer
 def train(cfg: PPOConfig) -> dict:
     setup = open_run(cfg, "ppo", critic=True)
     run, tokenizer, roles, reward, gold = (setup.run, setup.tokenizer, setup.roles, setup.reward,

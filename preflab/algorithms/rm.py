@@ -37,7 +37,7 @@ from preflab.data import (
 )
 from preflab.losses import reward_model_loss
 from preflab.rl.heads import SequenceScorer
-from preflab.runtime import distributed, memory, session
+from preflab.runtime import distributed, memory, precision, session
 from preflab.runtime.metrics import format_metrics
 from preflab.runtime.stream import ExampleStream
 
@@ -75,8 +75,8 @@ def load_data(cfg: RMConfig, tokenizer):
 def load_reward_model(cfg: RMConfig, run: session.Run, pad_token_id: int):
     """The classifier to train: all weights, or LoRA adapters plus the (trainable) head."""
     model = models.load_sequence_classifier(
-        cfg.model, dtype=run.dtype, device=run.device, allow_pickle=cfg.allow_pickle,
-        trust_remote_code=cfg.trust_remote_code, pad_token_id=pad_token_id,
+        cfg.model, **session.load_options(cfg, run, trained=True, lora=cfg.lora_rank > 0),
+        pad_token_id=pad_token_id,
     )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -87,6 +87,8 @@ def load_reward_model(cfg: RMConfig, run: session.Run, pad_token_id: int):
                                   task_type="SEQ_CLS")  # PEFT keeps the `score` head trainable
         if cfg.gradient_checkpointing:
             model.enable_input_require_grads()
+    precision.upcast_trained(model, run.precision)
+    session.warn_if_updates_round_away(cfg, run, model)
     return model
 
 
@@ -126,6 +128,7 @@ def evaluate(scorer, examples, cfg: RMConfig, pad_id: int, run: session.Run) -> 
             "eval/rejected": mean["rewards/rejected"]}
 
 
+@session.trainer
 def train(cfg: RMConfig) -> dict:
     check_dataset(cfg.data, "preference")
     check_dataset(cfg.eval_data, "preference")
@@ -167,7 +170,7 @@ def train(cfg: RMConfig) -> dict:
             sync = i == cfg.grad_accum - 1 or not run.ctx.enabled
             with distributed.gradient_sync(ddp_scorer, sync):
                 losses, stats = pair_step(ddp_scorer, batch, cfg, run.device)
-                (losses.sum() * run.ctx.world_size / global_pairs).backward()
+                session.backward(run, losses.sum() * run.ctx.world_size / global_pairs)
             step_loss += losses.detach().sum()
             running += torch.cat([stats, torch.tensor([float(batch["batch_size"])],
                                                       dtype=torch.float64)])

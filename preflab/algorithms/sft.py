@@ -110,6 +110,7 @@ def evaluate(model, examples, cfg: SFTConfig, pad_id: int, run: session.Run) -> 
     return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0))}
 
 
+@session.trainer
 def train(cfg: SFTConfig) -> dict:
     check_dataset(cfg.data, "sft")
     check_dataset(cfg.eval_data, "sft")
@@ -156,7 +157,7 @@ def train(cfg: SFTConfig) -> dict:
             sync = i == len(micro_batches) - 1 or not run.ctx.enabled
             with distributed.gradient_sync(ddp_model, sync):
                 loss_sum, _ = forward_nll(ddp_model, batch, run.device, cfg.padding_free)
-                (loss_sum * run.ctx.world_size / max(global_tokens, 1.0)).backward()
+                session.backward(run, loss_sum * run.ctx.world_size / max(global_tokens, 1.0))
             running_loss[0] += loss_sum.detach().float()
             step_loss += loss_sum.detach().float()
             throughput.add(int(batch["attention_mask"].sum()))

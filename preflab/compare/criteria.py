@@ -30,7 +30,8 @@ ARTICLE = {
 NOT_HYPERPARAMETERS = {
     "model", "data", "output_dir", "eval_data", "eval_fraction", "seed", "log_every", "eval_every",
     "eval_batch_size", "save_every", "save_total_limit", "resume", "overwrite", "report_to",
-    "progress", "allow_pickle", "trust_remote_code", "device", "dtype", "gradient_checkpointing",
+    "progress", "allow_pickle", "trust_remote_code", "device", "precision", "attn_implementation",
+    "gradient_checkpointing",
     "eval_prompts", "gold_reward", "eval_num_prompts", "eval_max_new_tokens", "eval_temperature",
     "ref_model", "value_model", "reward", "memory_mode", "generation_batch_size", "precompute_ref",
     "max_length", "max_prompt_length", "overlong", "lora_target_modules", "lora_dropout",

@@ -145,7 +145,7 @@ def group_update(roles, optimizer, scheduler, batch, old, advantages, cfg, metho
                     max_length=cfg.response_length,
                     ref_logprobs=old["ref_logprobs"][rows] if kl_coef else None, kl_coef=kl_coef)
                 # sync_gradients divides by the world size: scale so the sum is the global mean
-                (loss * (part * world / max(count, 1.0))).backward()
+                session.backward(run, loss * (part * world / max(count, 1.0)))
                 values = [v.item() for v in (loss, *(stats[k] for k in keys[1:]))]
                 weight = part / max(local_count, 1.0)
                 totals += weight * torch.tensor(values, dtype=torch.float64)
@@ -161,6 +161,7 @@ def group_update(roles, optimizer, scheduler, batch, old, advantages, cfg, metho
     return {k: (totals[i] / updates).item() for i, k in enumerate(keys)}
 
 
+@session.trainer
 def train(cfg: GroupConfig, method: GroupMethod) -> dict:
     K = cfg.num_generations
     setup = open_run(cfg, method.name, critic=False,

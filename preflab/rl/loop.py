@@ -309,8 +309,8 @@ def open_run(cfg: RolloutConfig, command: str, *, critic: bool, note: str = "") 
         print(f"data: {len(examples)} train / {len(eval_prompts)} eval prompts; "
               f"{data_report.summary()}{note}", flush=True)
     roles, reward = build_roles(cfg, run, tokenizer, critic=critic)
-    gold = (load_reward(cfg.gold_reward, flag="--gold-reward", device=run.device, dtype=run.dtype)
-            if cfg.gold_reward else None)
+    gold = (load_reward(cfg.gold_reward, flag="--gold-reward", device=run.device,
+                        dtype=run.precision.frozen) if cfg.gold_reward else None)
     iterations = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(
         cfg.num_epochs * len(examples) / (cfg.rollout_batch_size * run.ctx.world_size)))
     roles.restore_grads()

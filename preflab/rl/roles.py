@@ -44,7 +44,7 @@ from preflab.rl.heads import (
     new_scalar_head,
     scores_at_last_token,
 )
-from preflab.runtime import distributed, memory, session
+from preflab.runtime import distributed, memory, precision, session
 
 MEMORY_MODES = ("classic", "shared")
 POLICY_ADAPTER = "default"  # the usual name, so final/adapter/ is a plain PEFT adapter
@@ -84,11 +84,10 @@ class ClassicRoles:
 
     def __init__(self, cfg, run: session.Run, *, ref_path: str, value_path: str | None,
                  pad_token_id: int, reward_models: list[torch.nn.Module]) -> None:
-        load = dict(dtype=run.dtype, device=run.device, allow_pickle=cfg.allow_pickle,
-                    trust_remote_code=cfg.trust_remote_code)
         self.policy = session.load_trainable(cfg, run)
         disable_dropout(self.policy)
-        self.reference = _frozen(models.load_causal_lm(ref_path, **load))
+        self.reference = _frozen(models.load_causal_lm(ref_path,
+                                                       **session.load_options(cfg, run)))
         if getattr(cfg, "fsdp", False):  # the reference and reward models stay whole
             distributed.shard(self.policy)
         self.reward_models = reward_models
@@ -96,7 +95,9 @@ class ClassicRoles:
         self.trainable = torch.nn.ModuleDict({"policy": self.policy})
         if value_path is None:  # critic-free: three roles
             return
-        self.value = models.load_sequence_classifier(value_path, pad_token_id=pad_token_id, **load)
+        self.value = models.load_sequence_classifier(
+            value_path, pad_token_id=pad_token_id,
+            **session.load_options(cfg, run, trained=True, lora=cfg.lora_rank > 0))
         if cfg.gradient_checkpointing:
             self.value.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -106,6 +107,7 @@ class ClassicRoles:
                                            dropout=cfg.lora_dropout, target_modules=targets or None,
                                            task_type="SEQ_CLS")
         disable_dropout(self.value)
+        precision.upcast_trained(self.value, run.precision)
         self._values = TokenValues(self.value)
         if getattr(cfg, "fsdp", False):
             distributed.shard(self._values)
@@ -192,11 +194,12 @@ class SharedRoles:
         self.lm = self.peft.get_base_model()  # the causal LM with LoRA layers injected
         self.body = self.lm.base_model  # the transformer body, LoRA layers included
         hidden = self.lm.config.get_text_config().hidden_size
-        dtype, device = run.dtype, run.device
+        dtype, device = run.precision.trained, run.device  # the value head trains
         self.reward_head: torch.nn.Linear | None = None
         value_config = self.peft.peft_config[POLICY_ADAPTER]
         if reward_adapter is not None:
-            value_config = self._load_reward_adapter(reward_adapter, hidden, dtype, device)
+            value_config = self._load_reward_adapter(reward_adapter, hidden,
+                                                     run.precision.frozen, device)
         self.value_head: torch.nn.Linear | None = None
         if critic:
             self.peft.add_adapter("value", LoraConfig(**{**value_config.to_dict(),
@@ -219,6 +222,7 @@ class SharedRoles:
         } | {id(p) for m in heads.values() for p in m.parameters()}
         self._active = ""
         self._activate(POLICY_ADAPTER)
+        precision.upcast_trained(self.trainable, run.precision)  # the value adapter too
 
     def _load_reward_adapter(self, adapter_dir: Path, hidden: int, dtype, device):
         from peft import LoraConfig
@@ -381,8 +385,10 @@ def build_roles(cfg, run: session.Run, tokenizer, *, critic: bool = True):
     LoRA adapter on ``cfg.model`` becomes the ``reward`` adapter; any other reward model is
     held as a separate frozen model, with a printed note.
     """
-    load = dict(device=run.device, dtype=run.dtype, batch_size=cfg.eval_batch_size or cfg.batch_size,
-                allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+    load = dict(device=run.device, dtype=run.precision.frozen,
+                batch_size=cfg.eval_batch_size or cfg.batch_size, allow_pickle=cfg.allow_pickle,
+                trust_remote_code=cfg.trust_remote_code,
+                attn_implementation=cfg.attn_implementation)
     model_specs = [s for s, _ in rewards.parse_reward_specs(cfg.reward)
                    if rewards.is_reward_model_dir(s)]
     value_model = getattr(cfg, "value_model", "")

@@ -1,6 +1,6 @@
 """The start and end of every training run, shared so each algorithm file holds only its loop.
 
-``start_run`` resolves the process group, device, dtype, run directory and seed;
+``start_run`` resolves the process group, device, precision, run directory and seed;
 ``load_trainable`` loads the policy (full or LoRA); ``build_optimization`` the optimizer and
 schedule; ``maybe_resume`` restores a checkpoint; ``finish_run`` writes ``final/``,
 ``summary.json`` and the model card. The loop in between belongs to the algorithm.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -30,7 +31,7 @@ from preflab.errors import (
     ResumeError,
     TrainingDiverged,
 )
-from preflab.runtime import checkpoint, distributed, memory, rng, rundir, signals
+from preflab.runtime import checkpoint, distributed, memory, precision, rng, rundir, signals
 from preflab.runtime.metrics import MetricLogger, format_metrics
 from preflab.runtime.optim import build_optimizer, build_scheduler, warmup_steps_for
 
@@ -43,8 +44,10 @@ class Run:
     command: str
     ctx: distributed.DistContext
     device: torch.device
-    dtype: torch.dtype
+    precision: precision.Precision
     dir: Path
+    scaler: torch.amp.GradScaler | None = None
+    """fp16-mixed's loss scaler (``backward``, ``optimizer_step``); None otherwise."""
     started: float = field(default_factory=time.perf_counter)
     claimed: bool = False
     """``--overwrite``: the old run has been removed (``claim_run_dir``)."""
@@ -52,9 +55,24 @@ class Run:
     """``--resume`` found no checkpoint: the run starts again from step 0 in its directory."""
     skipped_steps: int = 0
     """Optimizer steps skipped for a non-finite loss or gradient (``--nonfinite skip``)."""
+    overflow_steps: int = 0
+    """fp16-mixed: optimizer steps the loss scaler skipped, their scaled gradients overflowing."""
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
+
+
+def trainer(train: Callable) -> Callable:
+    """Mark a command's ``train(cfg, ...)``: it runs under ``cfg.precision``'s autocast, so
+    every forward pass of the run (training, rollouts, evaluation) computes in the precision's
+    compute dtype; ``backward`` steps out of it."""
+
+    @functools.wraps(train)
+    def run_in_precision(cfg, *args, **kwargs):
+        with precision.scope(cfg.precision, cfg.device):
+            return train(cfg, *args, **kwargs)
+
+    return run_in_precision
 
 
 def start_run(cfg: TrainConfig, command: str) -> Run:
@@ -62,23 +80,48 @@ def start_run(cfg: TrainConfig, command: str) -> Run:
     device = models.resolve_device(cfg.device)
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
-    dtype = models.resolve_dtype(cfg.dtype, device)
+    mode = precision.resolve(cfg.precision, device)
+    if mode.scaled and getattr(cfg, "fsdp", False):
+        raise ConfigError("--precision fp16-mixed does not shard: its loss scaler is not "
+                          "built for FSDP here; use bf16-mixed with --fsdp", field="precision")
     run_dir = rundir.prepare_run_dir(
         cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, is_main=ctx.is_main
     )
     distributed.barrier(ctx)
     rng.seed_everything(cfg.seed)
-    return Run(config=cfg, command=command, ctx=ctx, device=device, dtype=dtype, dir=run_dir)
+    return Run(config=cfg, command=command, ctx=ctx, device=device, precision=mode, dir=run_dir,
+               scaler=mode.scaler(device.type))
+
+
+def load_options(cfg: TrainConfig, run: Run, *, trained: bool = False, lora: bool = False) -> dict:
+    """``models.load_*`` settings for a role of this run: frozen roles in the precision's frozen
+    dtype, trained ones in its trained dtype (a LoRA model's base is frozen)."""
+    dtype = run.precision.load_dtype(lora) if trained else run.precision.frozen
+    return dict(dtype=dtype, device=run.device, allow_pickle=cfg.allow_pickle,
+                trust_remote_code=cfg.trust_remote_code,
+                attn_implementation=cfg.attn_implementation)
+
+
+def warn_if_updates_round_away(cfg: TrainConfig, run: Run, model: torch.nn.Module) -> None:
+    """bf16-true: warn when an update of the learning rate's size cannot move most of the
+    trained weights (``precision.unmoved_fraction``)."""
+    if run.precision.trained != torch.bfloat16 or not run.ctx.is_main:
+        return
+    trained = [p for p in model.parameters() if p.requires_grad and p.dtype == torch.bfloat16]
+    share = precision.unmoved_fraction(trained, cfg.learning_rate)
+    if share > precision.UNMOVED_WARNING:
+        print(f"warning: --precision bf16-true at --learning-rate {cfg.learning_rate:g}: an "
+              f"update of that size leaves {share:.0%} of the trained weights where they are "
+              "(bfloat16 keeps 8 significant bits); --precision bf16-mixed keeps float32 "
+              "master weights (docs/precision.md)",
+              file=sys.stderr, flush=True)
 
 
 def load_trainable(cfg: TrainConfig, run: Run):
     """The model to train: full weights, or LoRA adapters on a frozen base."""
     model = models.load_causal_lm(
         cfg.model,
-        dtype=run.dtype,
-        device=run.device,
-        allow_pickle=cfg.allow_pickle,
-        trust_remote_code=cfg.trust_remote_code,
+        **load_options(cfg, run, trained=True, lora=cfg.lora_rank > 0),
         gradient_checkpointing=cfg.gradient_checkpointing,
     )
     if cfg.lora_rank > 0:
@@ -92,6 +135,8 @@ def load_trainable(cfg: TrainConfig, run: Run):
         )
         if cfg.gradient_checkpointing:
             model.enable_input_require_grads()
+    precision.upcast_trained(model, run.precision)
+    warn_if_updates_round_away(cfg, run, model)
     return model
 
 
@@ -148,7 +193,7 @@ def sampled_evaluation(cfg, run: Run, tokenizer, policy) -> tuple[list[str], Any
     gold_fn = None
     if cfg.gold_reward:
         gold = load_reward(cfg.gold_reward, flag="--gold-reward", device=run.device,
-                           dtype=run.dtype, allow_pickle=cfg.allow_pickle,
+                           dtype=run.precision.frozen, allow_pickle=cfg.allow_pickle,
                            trust_remote_code=cfg.trust_remote_code)
         gold_fn = lambda p, c, **kw: gold(p, c, **kw)[0]  # noqa: E731
     return prompts, gold_fn
@@ -208,7 +253,7 @@ def maybe_resume(
         return 0
     path = found[-1]
     state = checkpoint.load_checkpoint(
-        path, models=models, optimizers={"optimizer": optimizer, "scheduler": scheduler}
+        path, models=models, optimizers=_stateful(run, optimizer, scheduler)
     )
     stream.load_state_dict(state["stream"])
     rng.set_rng_state_bytes(state["rng"][min(run.ctx.rank, len(state["rng"]) - 1)])
@@ -247,13 +292,19 @@ def save_step(run: Run, step: int, *, models: dict, optimizer, scheduler, stream
             run.dir,
             step,
             models={k: models_unwrap(m) for k, m in models.items()},
-            optimizers={"optimizer": optimizer, "scheduler": scheduler},
+            optimizers=_stateful(run, optimizer, scheduler),
             extra={"stream": stream.state_dict(), "rng": states, "elapsed_s": run.elapsed()},
             keep=run.config.save_total_limit,
             gathered=full,
             gathered_optimizer=full_optimizer,
         )
     distributed.barrier(run.ctx)
+
+
+def _stateful(run: Run, optimizer, scheduler) -> dict:
+    """What a checkpoint restores beside the weights: optimizer, schedule, loss scaler."""
+    return {"optimizer": optimizer, "scheduler": scheduler,
+            **({"scaler": run.scaler} if run.scaler is not None else {})}
 
 
 def models_unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -320,7 +371,7 @@ def check_finite(run: Run, step: int | str, **figures) -> bool:
         f"the run diverged at {where}: {_shown(figures)} (not finite"
         f"{' on some process' if run.ctx.enabled else ''}); it stopped before applying that "
         f"update, and writes no final/. Last good checkpoint: {last_checkpoint(run)}. Lower "
-        "--learning-rate, use --dtype float32, or pass --nonfinite skip to skip such steps")
+        "--learning-rate, use --precision fp32, or pass --nonfinite skip to skip such steps")
 
 
 def _first_value(v) -> float:
@@ -353,7 +404,16 @@ def diverged_at(run: Run, where: str):
         raise TrainingDiverged(
             f"the run diverged at {where}: the policy's next-token probabilities hold NaN or "
             f"inf, so nothing can be sampled; final/ is not written. Last good checkpoint: "
-            f"{last_checkpoint(run)}. Lower --learning-rate, or use --dtype float32") from None
+            f"{last_checkpoint(run)}. Lower --learning-rate, or use --precision fp32") from None
+
+
+def backward(run: Run, loss: torch.Tensor) -> None:
+    """``loss.backward()`` outside the forward's autocast (``trainer``), the loss scaled first
+    under fp16-mixed."""
+    if run.scaler is not None:
+        loss = run.scaler.scale(loss)
+    with torch.autocast(run.device.type, enabled=False):
+        loss.backward()
 
 
 def optimizer_step(model: torch.nn.Module | list, optimizer, scheduler, max_grad_norm: float, *,
@@ -362,20 +422,39 @@ def optimizer_step(model: torch.nn.Module | list, optimizer, scheduler, max_grad
 
     The gradient norm is measured on every step, and with ``run`` given the loss and the norm
     are checked before the update (``check_finite``): a non-finite step is never applied.
+    Under fp16-mixed the gradients are unscaled first, and a step whose gradients overflowed
+    (a finite loss, a non-finite norm) is the loss scaler's to skip: it is counted in
+    ``run.overflow_steps`` and the scale shrinks; it is not a divergence.
     Gradients are left in place so the caller can measure memory before zeroing them.
     """
     params = [p for p in (model.parameters() if isinstance(model, torch.nn.Module) else model)
               if p.grad is not None]
+    scaler = run.scaler if run is not None else None
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     if max_grad_norm > 0:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     else:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     grad_norm = distributed.whole(grad_norm)  # sharded (FSDP2) gradients: the norm of all
+    if scaler is not None and not _any_nonfinite(run, {"loss": loss}):
+        if _any_nonfinite(run, {"grad_norm": grad_norm}):
+            run.overflow_steps += 1
+        scaler.step(optimizer)  # skips the update when the unscaled gradients hold inf/NaN
+        scaler.update()
+        scheduler.step()
+        return grad_norm
     if run is not None and not check_finite(run, step, loss=loss, grad_norm=grad_norm):
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()  # the schedule counts steps taken or skipped alike
+        if scaler is not None:
+            scaler.update()
         return grad_norm
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     scheduler.step()
     return grad_norm
 
@@ -447,6 +526,7 @@ def finish_run(
     summary = {
         "command": run.command,
         "world_size": run.ctx.world_size,
+        "precision": run.precision.name,
         **(extra or {}),
         "steps": steps,
         "wall_s": round(run.elapsed(), 3),
@@ -461,6 +541,9 @@ def finish_run(
                                f"written. Last good checkpoint: {last_checkpoint(run)}")
     if run.skipped_steps:
         summary["skipped_nonfinite_steps"] = run.skipped_steps
+    if run.scaler is not None:
+        summary["amp"] = {"loss_scale": run.scaler.get_scale(),
+                          "overflow_steps": run.overflow_steps}
     full_weights = distributed.full_weights(model) if distributed.is_sharded(model) else None
     if run.ctx.is_main:
         card = rundir.model_card(
@@ -497,6 +580,9 @@ def run_metrics(run: Run, scheduler, throughput: Throughput, stream, grad_norm) 
         record["grad_norm"] = float(grad_norm)
     if run.skipped_steps:
         record["nonfinite/skipped_steps"] = run.skipped_steps
+    if run.scaler is not None:
+        record["amp/loss_scale"] = run.scaler.get_scale()
+        record["amp/overflow_steps"] = run.overflow_steps
     return record
 
 

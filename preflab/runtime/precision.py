@@ -1,0 +1,128 @@
+"""The numeric precision of a training run (``--precision``; docs/precision.md).
+
+Which dtype each kind of tensor is held in, and what the matrix products compute in:
+
+    mode        trained weights, gradients, AdamW state   compute           frozen roles
+    fp32        float32                                   float32           float32
+    bf16-mixed  float32 (the master weights)              bfloat16 autocast bfloat16
+    fp16-mixed  float32 (the master weights)              float16 autocast  float16
+    bf16-true   bfloat16                                  bfloat16          bfloat16
+
+The names are Lightning's. ``auto`` is ``bf16-mixed`` on a GPU that supports bfloat16,
+``fp16-mixed`` on one that does not, and ``fp32`` elsewhere. Frozen roles (a reference, a
+reward model, a judge, a LoRA model's base) never update, so holding them in the compute
+dtype loses nothing the autocast would not round away anyway. ``fp16-mixed`` scales the
+loss (a ``torch.amp.GradScaler``): a step whose scaled gradients overflow is skipped and
+counted, and the scale halves, then grows back after ``GROWTH_INTERVAL`` good steps.
+
+``bf16-true`` updates bfloat16 weights in place. bfloat16 keeps 8 significant bits, so an
+update smaller than half the spacing between a weight and its neighbours (1/512 to 1/256 of
+the weight) rounds away; ``unmoved_fraction`` says how many weights an update of the
+learning rate's size leaves where they are, and the trainers warn when that is most.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed", "bf16-true")
+GROWTH_INTERVAL = 2000  # good steps before the loss scale doubles (torch's and Lightning's)
+UNMOVED_WARNING = 0.5  # warn when an update of size lr leaves more than this share unmoved
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str
+    trained: torch.dtype
+    """Trained weights, their gradients and AdamW's moments."""
+    compute: torch.dtype
+    """What matrix products run in: autocast's dtype when it differs from ``trained``."""
+    frozen: torch.dtype
+    """Roles that never update: reference, reward and judge models, a LoRA model's base."""
+
+    @property
+    def mixed(self) -> bool:
+        return self.compute != self.trained
+
+    @property
+    def scaled(self) -> bool:
+        return self.compute == torch.float16 and self.mixed
+
+    def autocast(self, device_type: str):
+        """Autocast to the compute dtype for a mixed mode; a no-op context otherwise.
+
+        Without autocast's weight cache: it keeps each weight's cast until the outermost
+        autocast context exits, and a trainer's context spans every step, so the next forward
+        would compute with the weights from before the optimizer updated them in place."""
+        if not self.mixed:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=self.compute, cache_enabled=False)
+
+    def scaler(self, device_type: str) -> torch.amp.GradScaler | None:
+        """The dynamic loss scaler of ``fp16-mixed``; None for the others."""
+        if not self.scaled:
+            return None
+        return torch.amp.GradScaler(device_type, growth_interval=GROWTH_INTERVAL)
+
+    def load_dtype(self, lora: bool) -> torch.dtype:
+        """The dtype a trained model loads in: a LoRA model's base is frozen."""
+        return self.frozen if lora else self.trained
+
+
+MODES = {
+    "fp32": Precision("fp32", torch.float32, torch.float32, torch.float32),
+    "bf16-mixed": Precision("bf16-mixed", torch.float32, torch.bfloat16, torch.bfloat16),
+    "fp16-mixed": Precision("fp16-mixed", torch.float32, torch.float16, torch.float16),
+    "bf16-true": Precision("bf16-true", torch.bfloat16, torch.bfloat16, torch.bfloat16),
+}
+
+
+def resolve(name: str, device: torch.device) -> Precision:
+    """``--precision`` on ``device``: ``auto`` is bf16-mixed on a GPU with bfloat16,
+    fp16-mixed on an older GPU, fp32 on a CPU or Apple's GPU."""
+    if name == "auto":
+        if device.type != "cuda":
+            name = "fp32"
+        else:
+            name = "bf16-mixed" if torch.cuda.is_bf16_supported() else "fp16-mixed"
+    return MODES[name]
+
+
+@contextlib.contextmanager
+def scope(name: str, device: str):
+    """Run a trainer's forward passes under the precision's autocast (``session.trainer``);
+    ``session.backward`` steps out of it for the backward pass, as torch advises."""
+    from preflab.models import resolve_device
+
+    where = resolve_device(device)
+    with resolve(name, where).autocast(where.type):
+        yield
+
+
+def upcast_trained(model: torch.nn.Module, precision: Precision) -> None:
+    """Mixed modes: hold every parameter that trains in float32 (the master weights), whatever
+    the frozen rest is in: LoRA adapters, a trained copy of a head. Other modes keep what
+    they loaded (bf16-true: PEFT's float32 adapters beside a bfloat16 head copy)."""
+    if not precision.mixed:
+        return
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != precision.trained:
+            p.data = p.data.to(precision.trained)
+
+
+def unmoved_fraction(params, step: float, dtype: torch.dtype = torch.bfloat16) -> float:
+    """The share of the weights in ``params`` that adding ``step`` leaves unchanged in
+    ``dtype``: those more than about 256 (bfloat16) times ``step`` in size. An AdamW update
+    is at most about the learning rate per weight, so at ``step = lr`` this is the least
+    share of the weights that a step cannot move."""
+    unmoved = total = 0
+    for p in params:
+        flat = p.detach().reshape(-1)
+        for start in range(0, flat.numel(), 1 << 22):  # bounded working memory
+            w = flat[start:start + (1 << 22)].to(dtype)
+            unmoved += int(((w.float() + step).to(dtype) == w).sum())
+            total += w.numel()
+    return unmoved / max(total, 1)

@@ -57,7 +57,7 @@ def test_llama2_7b_parameters_and_bytes_per_role_by_hand():
         return {role: (r["params"], r["grads"], r["optimizer"])
                 for role, r in plan["methods"][method]["roles"].items()}
 
-    full = plan_memory(LLAMA2_7B, dtype="bfloat16", seq_len=1024, batch_size=1)
+    full = plan_memory(LLAMA2_7B, precision="bf16-true", seq_len=1024, batch_size=1)
     assert full["model"]["parameters"] == P
     assert bytes_of(full, "sft") == {"policy": (2 * P, 2 * P, 4 * P)}  # AdamW: 2 moments
     assert bytes_of(full, "rm") == {"reward": (2 * S, 2 * S, 4 * S)}
@@ -71,7 +71,7 @@ def test_llama2_7b_parameters_and_bytes_per_role_by_hand():
     assert "--lora-rank" in full["methods"]["ppo-shared"]["why"]
     assert not full["methods"]["dpo-adapter-off"]["applicable"]
 
-    lora = plan_memory(LLAMA2_7B, dtype="bfloat16", lora_rank=16, seq_len=1024, batch_size=1)
+    lora = plan_memory(LLAMA2_7B, precision="bf16-true", lora_rank=16, seq_len=1024, batch_size=1)
     head = 2 * 4096  # the score head in bf16
     assert lora["model"]["lora_parameters"] == A
     assert bytes_of(lora, "sft") == {"policy": (2 * P + 4 * A, 4 * A, 8 * A)}
@@ -98,22 +98,22 @@ def test_llama2_7b_activations_by_hand():
     one float32 chunk 4 V 1024 = 131,072,000: the backward writes the logits' gradient over the
     logits, chunk by chunk (float32 logits need no chunk at all), and so does PPO's policy
     pass (its entropy is read before the log-probs)."""
-    plan = plan_memory(LLAMA2_7B, dtype="bfloat16", seq_len=1024, batch_size=1)
+    plan = plan_memory(LLAMA2_7B, precision="bf16-true", seq_len=1024, batch_size=1)
     parts = plan["methods"]["sft"]["roles"]["policy"]["activation_parts"]
     assert parts == {"saved": 1024 * (32 * 188_552 + 96_777 + 520), "working": 131_072_000}
     ppo = plan["methods"]["ppo-classic"]["roles"]["policy"]["activation_parts"]["working"]
     assert ppo == 131_072_000
-    fp32 = plan_memory(LLAMA2_7B, dtype="float32", seq_len=1024, batch_size=1)
+    fp32 = plan_memory(LLAMA2_7B, precision="fp32", seq_len=1024, batch_size=1)
     assert fp32["methods"]["sft"]["roles"]["policy"]["activation_parts"]["working"] == 0
-    ckpt = plan_memory(LLAMA2_7B, dtype="bfloat16", seq_len=1024, batch_size=1,
+    ckpt = plan_memory(LLAMA2_7B, precision="bf16-true", seq_len=1024, batch_size=1,
                        gradient_checkpointing=True)
     saved = ckpt["methods"]["sft"]["roles"]["policy"]["activation_parts"]["saved"]
     assert saved == 1024 * (32 * 8_192 + 188_552 + 96_777 + 520)
     # the micro-batch that fits is the largest whose train phase is under the budget
-    fit = plan_memory(LLAMA2_7B, dtype="bfloat16", seq_len=1024, batch_size=4, gpu_memory=80 * GIB)
+    fit = plan_memory(LLAMA2_7B, precision="bf16-true", seq_len=1024, batch_size=4, gpu_memory=80 * GIB)
     sft = fit["methods"]["sft"]
     assert sft["fits"] and sft["max_micro_batch"] >= 4
-    more = plan_memory(LLAMA2_7B, dtype="bfloat16", seq_len=1024, gpu_memory=80 * GIB,
+    more = plan_memory(LLAMA2_7B, precision="bf16-true", seq_len=1024, gpu_memory=80 * GIB,
                        batch_size=sft["max_micro_batch"] + 1)["methods"]["sft"]
     assert more["peak"] > 80 * GIB and not more["fits"]
 
@@ -192,41 +192,56 @@ def check_roles(measured: dict, plan: dict, method: str) -> None:
             assert planned[role][part] == pytest.approx(figures[part], rel=0.05), (role, part)
 
 
-def test_sft_full_and_lora_match_the_run(tiny, tmp_path):
+# Every precision: the mixed modes hold float32 master weights (and adapters, and a trained
+# head copy) beside frozen roles in bf16/fp16; bf16-true holds everything but the adapters
+# in bf16. CPU autocast runs them all.
+PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed", "bf16-true")
+
+
+def common_at(mode: str, model: Path, data: Path, out: Path) -> list[str]:
+    return common(model, data, out) + ["--precision", mode]
+
+
+@pytest.mark.parametrize("mode", PRECISIONS)
+def test_sft_full_and_lora_match_the_run(tiny, tmp_path, mode):
     data = write_jsonl(tmp_path / "sft.jsonl", sft_records(16))
     for arch, rank in (("llama", 0), ("gpt_neox", 4), ("gpt2", 4)):
         out = tmp_path / f"{arch}-{rank}"
-        measured = run(sft, common(tiny(arch), data, out) + ["--lora-rank", str(rank)])
-        plan = plan_memory(read_config(str(tiny(arch))), dtype="float32", lora_rank=rank)
+        measured = run(sft, common_at(mode, tiny(arch), data, out) + ["--lora-rank", str(rank)])
+        plan = plan_memory(read_config(str(tiny(arch))), precision=mode, lora_rank=rank)
         check_roles(measured, plan, "sft")
 
 
-def test_dpo_and_rm_match_the_run(tiny, tmp_path):
+@pytest.mark.parametrize("mode", PRECISIONS)
+def test_dpo_and_rm_match_the_run(tiny, tmp_path, mode):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", pair_records(16))
     model = tiny("qwen2")
     config = read_config(str(model))
-    full = plan_memory(config, dtype="float32")
-    lora = plan_memory(config, dtype="float32", lora_rank=4)
-    check_roles(run(dpo, common(model, pairs, tmp_path / "copy")), full, "dpo-copy")
-    check_roles(run(dpo, common(model, pairs, tmp_path / "off") + ["--lora-rank", "4"]),
+    full = plan_memory(config, precision=mode)
+    lora = plan_memory(config, precision=mode, lora_rank=4)
+    check_roles(run(dpo, common_at(mode, model, pairs, tmp_path / "copy")), full, "dpo-copy")
+    check_roles(run(dpo, common_at(mode, model, pairs, tmp_path / "off") + ["--lora-rank", "4"]),
                 lora, "dpo-adapter-off")
-    check_roles(run(rm, common(model, pairs, tmp_path / "rm")), full, "rm")
+    check_roles(run(rm, common_at(mode, model, pairs, tmp_path / "rm")), full, "rm")
+    check_roles(run(rm, common_at(mode, model, pairs, tmp_path / "rm-lora")
+                    + ["--lora-rank", "4"]), lora, "rm")
 
 
-def test_ppo_classic_and_shared_match_the_run(tiny, tmp_path):
+@pytest.mark.parametrize("mode", PRECISIONS)
+def test_ppo_classic_and_shared_match_the_run(tiny, tmp_path, mode):
     model = tiny("llama")
     config = read_config(str(model))
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"{d} {n} was"} for d in
                           ("the", "a") for n in ("movie", "film", "plot", "story")])
-    classic = run(ppo, common(model, prompts, tmp_path / "classic") + ppo_flags(model))
+    classic = run(ppo, common_at(mode, model, prompts, tmp_path / "classic") + ppo_flags(model))
     assert set(classic) == {"policy", "value", "reward", "reference"}
-    check_roles(classic, plan_memory(config, dtype="float32"), "ppo-classic")
+    check_roles(classic, plan_memory(config, precision=mode), "ppo-classic")
 
     pairs = write_jsonl(tmp_path / "pairs.jsonl", preference_records(16))
-    run(rm, common(model, pairs, tmp_path / "rm") + ["--lora-rank", "2"])  # a reward adapter
-    shared = run(ppo, common(model, prompts, tmp_path / "shared") + ppo_flags(tmp_path / "rm")
-                 + ["--memory-mode", "shared", "--lora-rank", "2"])
-    check_roles(shared, plan_memory(config, dtype="float32", lora_rank=2), "ppo-shared")
+    run(rm, common_at(mode, model, pairs, tmp_path / "rm") + ["--lora-rank", "2"])
+    shared = run(ppo, common_at(mode, model, prompts, tmp_path / "shared")
+                 + ppo_flags(tmp_path / "rm") + ["--memory-mode", "shared", "--lora-rank", "2"])
+    check_roles(shared, plan_memory(config, precision=mode, lora_rank=2), "ppo-shared")
 
 
 def saved_tensor_bytes(model: torch.nn.Module, loss_fn) -> int:
@@ -305,7 +320,7 @@ def test_activations_match_what_autograd_keeps(tiny, case):
             model, ids, mask, batch["completion_mask"])[0].sum.sum()
     measured = saved_tensor_bytes(model, loss_fn)
 
-    plan = plan_memory(read_config(path), dtype="float32", lora_rank=rank, seq_len=T,
+    plan = plan_memory(read_config(path), precision="fp32", lora_rank=rank, seq_len=T,
                        batch_size=B, attention=attention)
     planned = plan["methods"][method]["roles"][role]["activation_parts"]["saved"]
     assert planned == pytest.approx(measured, rel=0.10)

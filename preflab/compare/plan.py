@@ -1,6 +1,6 @@
 """``preflab plan``: GPU memory per method and role, from a model's ``config.json`` alone.
 
-    preflab plan --model CONFIG_DIR_OR_ID [--gpu-memory 80GB] [--lora-rank 16] [--dtype bfloat16]
+    preflab plan --model CONFIG_DIR_OR_ID [--gpu-memory 80GB] [--lora-rank 16] [--precision P]
                  [--seq-len 1024 --batch-size 4] [--gradient-checkpointing]
 
 For each method (sft, rm, dpo with each way of holding the reference, simpo/orpo, ppo classic
@@ -9,10 +9,14 @@ of parameters, gradients, AdamW state and activations, says whether the method's
 ``--gpu-memory``, and finds the largest micro-batch that does. ``plan_memory`` is the same
 as a library call, for the compare report.
 
-How preflab trains, which is what the planner counts (``PRECISION``): weights in ``--dtype``;
-gradients and AdamW's two moments (``torch.optim.AdamW``) in each parameter's dtype, no float32
-master copy; LoRA adapters in float32 (PEFT's ``autocast_adapter_dtype`` upcasts them under a
-bf16/fp16 base), so their gradients and moments are float32 too. Reward and value models are
+How preflab trains, which is what the planner counts (``PRECISION``, per ``--precision``, as
+``preflab.runtime.precision`` holds them): trained weights, their gradients and AdamW's two
+moments (``torch.optim.AdamW``) in the trained dtype (float32 for fp32 and the mixed modes,
+where they are the master weights; bfloat16 for bf16-true); frozen roles (reference, reward,
+a LoRA model's base) in the frozen dtype; LoRA adapters, and a trained copy of a head, in
+float32 under the mixed modes (bf16-true keeps the head copy in bfloat16, and PEFT's
+``autocast_adapter_dtype`` keeps the adapters in float32); activations in the compute dtype
+(autocast's bf16/fp16 under the mixed modes). Reward and value models are
 the body plus a scalar head ``H -> 1`` (no LM head); with LoRA, PEFT keeps the original head
 and a trained copy. DPO, RM, SimPO and ORPO put chosen and rejected through the model in one
 forward (2 x batch rows); PPO's forwards take --batch-size rows of --seq-len (prompt + response)
@@ -60,7 +64,8 @@ from preflab.compare.plan_arch import (
 from preflab.config import arg, parse_config
 from preflab.errors import ConfigError
 
-DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+PRECISION_BYTES = {  # (trained, frozen, compute): bytes per element (runtime.precision.MODES)
+    "fp32": (4, 4, 4), "bf16-mixed": (4, 2, 2), "fp16-mixed": (4, 2, 2), "bf16-true": (2, 2, 2)}
 UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 LOGP_CHUNK = 1024  # (batch, position) pairs preflab.logprobs upcasts at once
 METHODS = {
@@ -72,24 +77,41 @@ NEEDS_LORA = {
     "dpo-adapter-off": "needs --lora-rank > 0 (the reference is the LoRA base, adapters off)",
     "ppo-shared": "needs --lora-rank > 0 (the roles are LoRA adapters on one frozen base)",
 }
-PRECISION = (
-    "weights in {dtype}; gradients and AdamW's two moments in each parameter's dtype, no "
-    "float32 master copy; LoRA adapters (and so their gradients and moments) in float32, as "
-    "PEFT upcasts them; activations in {dtype}, except RMSNorm's float32 input, SDPA's float32 "
-    "log-sum-exp and PEFT's float32 copy of each adapter's input; logits kept once in {dtype} "
-    "(preflab.logprobs upcasts 1024 positions at a time)")
+PRECISION = {
+    "fp32": "everything in float32: trained weights, gradients, AdamW's two moments, frozen "
+            "roles, activations",
+    "bf16-mixed": "float32 master weights, gradients and AdamW's two moments for what trains "
+                  "(LoRA adapters and a trained head copy too); frozen roles (reference, reward, "
+                  "a LoRA base) in bfloat16; matrix products under bf16 autocast, activations "
+                  "counted in bfloat16 (the float32 residual stream beside them is not); "
+                  "logits kept once in bfloat16 (preflab.logprobs upcasts 1024 positions at a "
+                  "time)",
+    "fp16-mixed": "as bf16-mixed with float16 for bfloat16, and a dynamic loss scaler (a few "
+                  "bytes)",
+    "bf16-true": "weights, gradients and AdamW's two moments in bfloat16, no float32 master "
+                 "copy (updates below ~1/256 of a weight are lost); LoRA adapters (and so their "
+                 "gradients and moments) in float32, as PEFT upcasts them; activations in "
+                 "bfloat16; logits kept once in bfloat16",
+}
+PRECISIONS = ("auto", *PRECISION_BYTES)
 
 
 @dataclass
 class PlanConfig:
     """``preflab plan``: the model, the GPU and the shape of a training step."""
 
+    REPLACED = {  # not a field (no annotation)
+        "dtype": "--dtype is replaced by --precision, as on the training commands: float32 is "
+                 "fp32, bfloat16 (no float32 master copy) is bf16-true; bf16-mixed, the "
+                 "default, counts float32 master weights and AdamW state (docs/precision.md)"}
+
     model: str = arg("", "A model directory, its config.json, a .gguf file or a hub id: only "
                      "the config (a GGUF file's metadata) is read, never weights.")
     gpu_memory: str = arg("80GB", "Memory of one GPU: 80GB, 80GiB, 80G, '24 GB' or bytes. GB "
                           "and G mean GiB (2^30 bytes), as GPU vendors quote memory.")
-    dtype: str = arg("bfloat16", "Weights dtype; auto = bfloat16 (preflab's choice on a GPU "
-                     "that supports it).", choices=("auto", "bfloat16", "float16", "float32"))
+    precision: str = arg("bf16-mixed", "How training holds each tensor, as the training "
+                         "commands' --precision: fp32, bf16-mixed, fp16-mixed, bf16-true; auto "
+                         "= bf16-mixed (preflab's choice on a GPU).", choices=PRECISIONS)
     lora_rank: int = arg(0, "LoRA rank; 0 plans full fine-tuning.")
     lora_target_modules: str = arg("", "Comma-separated layers to adapt; empty: every linear "
                                    "layer in the blocks (preflab's default).")
@@ -147,6 +169,11 @@ class _Step:
 
     arch: Arch
     b: int
+    """Bytes per element of the compute dtype: activations, logits, the KV cache."""
+    trained: int
+    """Bytes per element of trained weights, their gradients and AdamW moments."""
+    frozen: int
+    """Bytes per element of frozen weights: reference, reward, a LoRA base."""
     rank: int
     targets: list[str] | None
     seq_len: int
@@ -158,24 +185,32 @@ class _Step:
     def adapters(self) -> int:
         return self.arch.lora_params(self.rank, self.targets) if self.rank else 0
 
+    def head_copy(self) -> int:
+        """Bytes per element of a LoRA model's trained head copy: float32 under the mixed
+        modes (``precision.upcast_trained``), the base's dtype under bf16-true."""
+        return self.trained if self.trained == 4 else self.frozen
+
     def lm(self, trained: bool) -> dict:
         """A causal LM: trained in full, trained as LoRA on a frozen base, or frozen."""
-        p, a = self.b * self.arch.lm_params(), 4 * self.adapters()
+        n, a = self.arch.lm_params(), 4 * self.adapters()
         if not trained:
-            return _role(p)
+            return _role(self.frozen * n)
         if self.rank:
-            return _role(p + a, a, 2 * a)
+            return _role(self.frozen * n + a, a, 2 * a)
+        p = self.trained * n
         return _role(p, p, 2 * p)
 
     def scorer(self, trained: bool) -> dict:
         """A reward/value model: body + H -> 1 head; LoRA keeps the head and a trained copy."""
-        body, head = self.b * self.arch.body_params(), self.b * self.arch.score_params()
+        n, h = self.arch.body_params() + self.arch.score_params(), self.arch.score_params()
         a = 4 * self.adapters()
         if not trained:
-            return _role(body + head)
+            return _role(self.frozen * n)
         if self.rank:
-            return _role(body + 2 * head + a, a + head, 2 * (a + head))
-        return _role(body + head, body + head, 2 * (body + head))
+            copy = self.head_copy() * h
+            return _role(self.frozen * n + copy + a, a + copy, 2 * (a + copy))
+        p = self.trained * n
+        return _role(p, p, 2 * p)
 
     def saved(self, rows: int, head: str, *, dropout: bool = True) -> int:
         return activation_bytes(self.arch, b=self.b, rows=rows, seq_len=self.seq_len, head=head,
@@ -243,9 +278,10 @@ def _ppo(step: _Step, name: str, B: int) -> dict:
         roles = {"policy": step.lm(True), "value": step.scorer(True),
                  "reward": step.scorer(False), "reference": step.lm(False)}
     else:  # one frozen base (counted under policy) with policy, value and reward adapters
-        a, head = 4 * step.adapters(), step.b * step.arch.score_params()
-        roles = {"policy": step.lm(True), "value": _role(a + head, a + head, 2 * (a + head)),
-                 "reward": _role(a + head), "reference": _role()}
+        a, h = 4 * step.adapters(), step.arch.score_params()
+        value = a + step.trained * h  # a new head, trained
+        roles = {"policy": step.lm(True), "value": _role(value, value, 2 * value),
+                 "reward": _role(a + step.frozen * h), "reference": _role()}
     policy_saved = step.saved(B, "lm", dropout=False)
     value_saved = step.saved(B, "scalar", dropout=False)
     roles["policy"] = _acting(roles["policy"], policy_saved, step.backward_working(B))
@@ -293,7 +329,7 @@ def _fitting(step: _Step, name: str, budget: int, batch_size: int) -> dict[str, 
     return out
 
 
-def plan_memory(config: dict, *, dtype: str = "bfloat16", lora_rank: int = 0,
+def plan_memory(config: dict, *, precision: str = "bf16-mixed", lora_rank: int = 0,
                 lora_target_modules: list[str] | None = None, seq_len: int = 1024,
                 batch_size: int = 4, gradient_checkpointing: bool = False,
                 gpu_memory: int | None = None, attention: str = "sdpa",
@@ -306,9 +342,11 @@ def plan_memory(config: dict, *, dtype: str = "bfloat16", lora_rank: int = 0,
     (PPO: also ``max_rollout_batch``, the largest rollout whose generation phase fits).
     """
     arch = parse_arch(config)
-    dtype = "bfloat16" if dtype == "auto" else dtype
-    step = _Step(arch, DTYPE_BYTES[dtype], lora_rank, lora_target_modules or None, seq_len,
-                 gradient_checkpointing, attention, rollout_batch_size, response_length)
+    precision = "bf16-mixed" if precision == "auto" else precision
+    trained, frozen, compute = PRECISION_BYTES[precision]
+    step = _Step(arch, compute, trained, frozen, lora_rank, lora_target_modules or None,
+                 seq_len, gradient_checkpointing, attention, rollout_batch_size,
+                 response_length)
     methods: dict[str, dict] = {}
     for name, label in METHODS.items():
         figures = _method(step, name, batch_size)
@@ -327,13 +365,15 @@ def plan_memory(config: dict, *, dtype: str = "bfloat16", lora_rank: int = 0,
                   "body_parameters": arch.body_params(), "layers": arch.layers,
                   "hidden_size": arch.hidden, "vocab_size": arch.vocab,
                   "lora_parameters": step.adapters()},
-        "settings": {"dtype": dtype, "bytes_per_element": step.b, "lora_rank": lora_rank,
+        "settings": {"precision": precision,
+                     "bytes_per_element": {"trained": trained, "frozen": frozen,
+                                           "compute": compute}, "lora_rank": lora_rank,
                      "lora_target_modules": [lin.name for lin in arch.lora_targets(step.targets)]
                      if lora_rank else [], "seq_len": seq_len, "batch_size": batch_size,
                      "gradient_checkpointing": gradient_checkpointing, "attention": attention,
                      "rollout_batch_size": rollout_batch_size, "response_length": response_length,
                      "gpu_memory_bytes": gpu_memory},
-        "precision": PRECISION.format(dtype=dtype),
+        "precision": PRECISION[precision],
         "methods": methods,
     }
 
@@ -363,7 +403,7 @@ def render(plan: dict, *, model: str) -> str:
         f"preflab plan: {model} ({m['model_type']}, {m['parameters']:,} parameters, "
         f"{m['layers']} layers, hidden {m['hidden_size']}, vocabulary {m['vocab_size']:,})",
         *textwrap.wrap(
-            f"settings: {s['dtype']}, {lora}; seq-len {s['seq_len']}, micro-batch "
+            f"settings: {s['precision']}, {lora}; seq-len {s['seq_len']}, micro-batch "
             f"{s['batch_size']}, gradient checkpointing {checkpointing}, attention "
             f"{s['attention']}; PPO rollout {s['rollout_batch_size']} prompts", 100,
             subsequent_indent="  ", break_on_hyphens=False),
@@ -405,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(PlanConfig, argv, prog="preflab plan", description=__doc__)
     gpu = parse_memory(cfg.gpu_memory)
     targets = [t.strip() for t in cfg.lora_target_modules.split(",") if t.strip()]
-    plan = plan_memory(read_config(cfg.model), dtype=cfg.dtype, lora_rank=cfg.lora_rank,
+    plan = plan_memory(read_config(cfg.model), precision=cfg.precision, lora_rank=cfg.lora_rank,
                        lora_target_modules=targets, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
                        gradient_checkpointing=cfg.gradient_checkpointing, gpu_memory=gpu,
                        attention=cfg.attention, rollout_batch_size=cfg.rollout_batch_size,

@@ -149,7 +149,7 @@ def _fits(results: dict) -> dict[str, bool] | None:
         section = {"dpo-precomputed": "dpo", "ppo": "ppo", "ppo-shared": "ppo-shared"}.get(
             method, method)
         h = hyper.get(section, {})
-        plan = plan_memory(config, dtype="bfloat16", lora_rank=int(h.get("lora_rank", 0)),
+        plan = plan_memory(config, precision="bf16-mixed", lora_rank=int(h.get("lora_rank", 0)),
                            seq_len=seq_len, batch_size=int(h.get("batch_size", 8)),
                            gpu_memory=memory)
         entry = plan["methods"].get(plan_name, {})

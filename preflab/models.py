@@ -515,18 +515,16 @@ def save_model(model: torch.nn.Module, tokenizer, out_dir: str | Path, *, card: 
     """Write a loadable model directory (safetensors + tokenizer + README.md card).
 
     For a LoRA model, ``out_dir`` gets the merged full model (so ``from_pretrained`` loads
-    it like any other) and ``out_dir/adapter`` the adapter alone. ``state_dict``: the weights
-    to write instead of the model's own (a sharded model's, gathered).
+    it like any other), merged one layer at a time into a CPU copy (``merged_state_dict``: no
+    second base model in device memory), and ``out_dir/adapter`` the adapter alone. ``state_dict``:
+    the weights to write instead of the model's own (a sharded model's, gathered).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = unwrap(model)
     if is_peft_model(model):
         model.save_pretrained(out / "adapter")
-        import copy
-
-        merged = copy.deepcopy(model).merge_and_unload()
-        merged.save_pretrained(out)
+        model.get_base_model().save_pretrained(out, state_dict=merged_state_dict(model))
     elif state_dict is not None:
         model.save_pretrained(out, state_dict=state_dict)
     else:
@@ -535,3 +533,62 @@ def save_model(model: torch.nn.Module, tokenizer, out_dir: str | Path, *, card: 
     if card:
         (out / "README.md").write_text(card, encoding="utf-8")
     return out
+
+
+def merged_state_dict(peft_model, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
+    """The weights of ``peft_model`` with its LoRA adapter merged in, on the CPU, under the
+    plain model's names: what ``merge_and_unload().state_dict()`` gives, without the copy of
+    the whole model that merging needs (on a GPU, a second base model at the end of training).
+
+    Each adapted weight is built on the model's device, base + delta, and moved to the CPU at
+    once, so one layer's delta at a time takes device memory; the other tensors are copied
+    to the CPU as they are (on a CPU model they are the model's own). The model is left as
+    it was. ``adapter_name``: the adapter to merge (None: each layer's active ones); a module
+    in ``modules_to_save`` gives that adapter's trained copy. Tied weights stay one tensor.
+    """
+    from peft.tuners.lora import Embedding, Linear
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
+
+    model = peft_model.get_base_model()  # the model with the LoRA layers in it
+    on_cpu: dict[int, torch.Tensor] = {}  # id(tensor on the device) -> its CPU copy
+    keep: dict[str, str] = {}  # a wrapping module's "name." -> the part under it to keep
+    for name, module in model.named_modules():
+        if isinstance(module, (Linear, Embedding)):
+            adapters = [adapter_name] if adapter_name else module.active_adapters
+            adapters = [a for a in adapters if a not in module.merged_adapters
+                        and (a in module.lora_A or a in module.lora_embedding_A)]
+            if any(a in module.lora_variant or module.lora_bias[a] for a in adapters):
+                raise ValueError(f"{name}: only plain LoRA merges here (no DoRA or lora_bias)")
+            weight = module.get_base_layer().weight
+            if adapters:  # a tied weight gets the merged tensor under every name
+                on_cpu[id(weight)] = _merged_weight(module, weight, adapters)
+            keep[name + "."] = "base_layer."
+        elif isinstance(module, ModulesToSaveWrapper):
+            trained = adapter_name or next(iter(module.active_adapters), None)
+            keep[name + "."] = (f"modules_to_save.{trained}." if trained in module.modules_to_save
+                                else "original_module.")
+        elif isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
+            raise ValueError(f"{name}: cannot merge a {type(module).__name__} here")
+    state = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        owner = next((o for o in keep if key.startswith(o)), None)
+        if owner is not None:
+            rest = key[len(owner):]
+            if not rest.startswith(keep[owner]):
+                continue  # lora_A, lora_B, or a copy that another adapter trained
+            key = owner + rest[len(keep[owner]):]
+        if id(tensor) not in on_cpu:
+            on_cpu[id(tensor)] = tensor.detach().to("cpu")
+        state[key] = on_cpu[id(tensor)]
+    return state
+
+
+@torch.no_grad()
+def _merged_weight(layer, weight: torch.Tensor, adapters: list[str]) -> torch.Tensor:
+    """``weight`` + each adapter's delta, rounded to ``weight``'s dtype after each (as PEFT's
+    in-place merge does), then on the CPU."""
+    merged = weight
+    for name in adapters:
+        merged = (merged + layer.get_delta_weight(name)).to(weight.dtype)  # fan_in_fan_out done
+    return merged.to("cpu")

@@ -320,13 +320,13 @@ class SharedRoles:
 
         from transformers import AutoModelForSequenceClassification
 
-        merged = copy.deepcopy(self.peft).merge_and_unload(adapter_names=["value"])
-        config = copy.deepcopy(merged.config)
+        merged = models.merged_state_dict(self.peft, "value")  # on the CPU, like ``value``
+        config = copy.deepcopy(self.lm.config)
         config.num_labels, config.pad_token_id = 1, tokenizer.pad_token_id
         config.architectures = None
-        value = AutoModelForSequenceClassification.from_config(config, dtype=merged.dtype)
-        prefix = merged.base_model_prefix + "."
-        state = {k: v for k, v in merged.state_dict().items() if k.startswith(prefix)}
+        value = AutoModelForSequenceClassification.from_config(config, dtype=self.lm.dtype)
+        prefix = self.lm.base_model_prefix + "."
+        state = {k: v for k, v in merged.items() if k.startswith(prefix)}
         _, head = body_and_head(value)
         state[next(n for n, m in value.named_modules() if m is head) + ".weight"] = (
             self.value_head.weight.detach().reshape(head.weight.shape))

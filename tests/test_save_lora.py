@@ -212,12 +212,14 @@ def test_shared_value_export_is_unchanged(tiny_model_dir, tiny_tokenizer, tmp_pa
     model untouched (the policy adapter active again)."""
     from preflab.rl import roles as roles_module
     from preflab.runtime import session
+    from preflab.runtime.precision import MODES
 
     cfg = SimpleNamespace(model=str(tiny_model_dir), allow_pickle=False, trust_remote_code=False,
                           gradient_checkpointing=False, lora_rank=2, lora_alpha=0.0,
-                          lora_dropout=0.0, lora_target_modules="", seed=0)
+                          lora_dropout=0.0, lora_target_modules="", seed=0, learning_rate=1e-5,
+                          attn_implementation="auto")
     run = session.Run(config=cfg, command="ppo", ctx=SimpleNamespace(is_main=True),
-                      device=torch.device("cpu"), dtype=torch.float32, dir=tmp_path)
+                      device=torch.device("cpu"), precision=MODES["fp32"], dir=tmp_path)
     roles = roles_module.SharedRoles(cfg, run, reward_adapter=None, value_from_reward=False,
                                      reward_models=[])
     generator = torch.Generator().manual_seed(1)

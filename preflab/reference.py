@@ -47,8 +47,7 @@ def live(cfg, run, policy: torch.nn.Module, *, needed: bool = True) -> Reference
     packed = bool(getattr(cfg, "padding_free", False))
     if cfg.lora_rank > 0 and not cfg.ref_model:
         return Reference("adapter-off", policy=policy, padding_free=packed)
-    model = models.load_causal_lm(cfg.ref_model or cfg.model, **session.load_options(cfg, run))
-    model.eval().requires_grad_(False)
+    model = session.load_reference(cfg, run, cfg.ref_model or cfg.model)
     return Reference("copy", model=model, padding_free=packed)
 
 

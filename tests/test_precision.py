@@ -224,6 +224,80 @@ def test_resume_under_mixed_precision_is_exact(llama, pairs, tmp_path, monkeypat
         assert scale_log(stopped) == scale_log(whole)
 
 
+def test_the_reference_computes_as_the_policy_does_at_step_0(llama, pairs, tmp_path):
+    """Held as the policy's weights are (float32 under bf16-mixed), the reference gives the
+    policy's log-probs at step 0: DPO's first loss is log 2 exactly, as under fp32."""
+    out = tmp_path / "run"
+    assert dpo.main(dpo_args(llama, pairs, out, "bf16-mixed", "--max-steps", "1",
+                             "--log-every", "1")) == 0
+    first = next(m for m in metrics(out) if "loss" in m)
+    assert first["loss"] == pytest.approx(0.6931472, abs=1e-6)
+    tensors = json.loads((out / "summary.json").read_text())["tensor_bytes"]
+    assert tensors["reference"]["params"] == tensors["policy"]["params"]  # both float32
+
+
+@pytest.fixture(scope="module")
+def tied_llama(llama, tmp_path_factory) -> Path:
+    """The tiny Llama with every weight moved onto a bfloat16 tie (halfway between two bf16
+    values), as 8% of SmolLM2-135M's dequantized Q4_1 weights are."""
+    from safetensors.torch import save_file
+
+    out = tmp_path_factory.mktemp("tied") / "llama"
+    import shutil
+
+    shutil.copytree(llama, out)
+    weights = load_file(str(out / "model.safetensors"))
+    ties = {}
+    for name, w in weights.items():
+        low = w.to(torch.bfloat16).float()
+        up = torch.nextafter(low.to(torch.bfloat16), torch.tensor(float("inf"),
+                             dtype=torch.bfloat16)).float()
+        ties[name] = ((low + up) / 2).contiguous()
+    save_file(ties, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def test_weights_on_bf16_ties_do_not_jump_at_the_first_update(tied_llama, pairs, tmp_path,
+                                                               monkeypatch, capsys):
+    """At lr 1e-6 a step moves a weight by about 1e-6. Left on a tie, every weight whose
+    rounding the update tips moves a whole bf16 step as the forward sees it (about 1e-4 here,
+    100 times the step; on SmolLM2-135M's Q4_1 weights the DPO loss fell from 0.69 to 0.04 in
+    two steps at lr 1e-6, where fp32's reached 0.62). Moved off the ties at the start, the
+    losses follow fp32's, and only weights small enough that the step exceeds half their bf16
+    spacing change their bf16 value. Measured here: 2.9% of the weights after 2 steps; left
+    on the ties, 49%."""
+    flags = ("--max-steps", "2", "--learning-rate", "1e-6", "--log-every", "1")
+    start = {k: v.to(torch.bfloat16) for k, v in
+             load_file(str(tied_llama / "model.safetensors")).items()}
+
+    def run(mode, name):
+        out = tmp_path / name
+        assert dpo.main(dpo_args(tied_llama, pairs, out, mode, *flags)) == 0
+        final = load_file(str(out / "final" / "model.safetensors"))
+        tipped = sum(int((final[k].to(torch.bfloat16) != start[k]).sum()) for k in final)
+        total = sum(v.numel() for v in final.values())
+        return [m["loss"] for m in metrics(out) if "loss" in m], tipped / total
+
+    fp32, _ = run("fp32", "fp32")
+    mixed, tipped = run("bf16-mixed", "mixed")
+    assert "100.0% of the trained weights lay exactly halfway" in capsys.readouterr().out
+    assert tipped < 0.1 and max(abs(a - b) for a, b in zip(mixed, fp32)) < 0.005
+    assert mixed[0] == pytest.approx(0.6931472, abs=1e-6)  # the reference moved as the policy
+    monkeypatch.setattr(precision, "snap_ties", lambda weights, compute: 0)
+    _, tipped_on_ties = run("bf16-mixed", "on-ties")
+    assert tipped_on_ties > 0.3  # what moving them prevents: the check can fail
+
+
+def test_snap_ties_moves_only_the_ties_to_the_value_a_cast_gives():
+    w = torch.tensor([1.0, 1.0 + 2**-8, 1.0 + 3 * 2**-8, 1.0 + 2**-9, -(1.0 + 2**-8)])
+    # bf16 spacing at 1 is 2^-7: 1 + 2^-8 and 1 + 3 x 2^-8 are ties, 1 + 2^-9 is not
+    cast = w.to(torch.bfloat16).float()
+    moved = precision.snap_ties(w, torch.bfloat16)
+    assert moved == 3 and torch.equal(w, torch.where(torch.tensor([0, 1, 1, 0, 1]).bool(),
+                                                     cast, w))
+    assert w[3] == 1.0 + 2**-9  # not a tie: left alone
+
+
 def test_unmoved_fraction_counts_the_weights_an_update_cannot_move():
     w = torch.tensor([1.0, 1.0e-3, 300.0, -2.0])
     # bfloat16 spacing at 1.0 is 2^-7; half of it rounds away: 1e-3 moves 1e-3 (its own size)

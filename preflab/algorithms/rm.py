@@ -37,7 +37,7 @@ from preflab.data import (
 )
 from preflab.losses import reward_model_loss
 from preflab.rl.heads import SequenceScorer
-from preflab.runtime import distributed, memory, precision, session
+from preflab.runtime import distributed, memory, session
 from preflab.runtime.metrics import format_metrics
 from preflab.runtime.stream import ExampleStream
 
@@ -75,7 +75,7 @@ def load_data(cfg: RMConfig, tokenizer):
 def load_reward_model(cfg: RMConfig, run: session.Run, pad_token_id: int):
     """The classifier to train: all weights, or LoRA adapters plus the (trainable) head."""
     model = models.load_sequence_classifier(
-        cfg.model, **session.load_options(cfg, run, trained=True, lora=cfg.lora_rank > 0),
+        cfg.model, **session.load_options(cfg, run, as_policy=True),
         pad_token_id=pad_token_id,
     )
     if cfg.gradient_checkpointing:
@@ -87,8 +87,7 @@ def load_reward_model(cfg: RMConfig, run: session.Run, pad_token_id: int):
                                   task_type="SEQ_CLS")  # PEFT keeps the `score` head trainable
         if cfg.gradient_checkpointing:
             model.enable_input_require_grads()
-    precision.upcast_trained(model, run.precision)
-    session.warn_if_updates_round_away(cfg, run, model)
+    session.prepare_trained(cfg, run, model)
     return model
 
 

@@ -13,7 +13,8 @@ How preflab trains, which is what the planner counts (``PRECISION``, per ``--pre
 ``preflab.runtime.precision`` holds them): trained weights, their gradients and AdamW's two
 moments (``torch.optim.AdamW``) in the trained dtype (float32 for fp32 and the mixed modes,
 where they are the master weights; bfloat16 for bf16-true); frozen roles (reference, reward,
-a LoRA model's base) in the frozen dtype; LoRA adapters, and a trained copy of a head, in
+a LoRA model's base) in the frozen dtype, but a reference copy as the policy's weights are;
+LoRA adapters, and a trained copy of a head, in
 float32 under the mixed modes (bf16-true keeps the head copy in bfloat16, and PEFT's
 ``autocast_adapter_dtype`` keeps the adapters in float32); activations in the compute dtype
 (autocast's bf16/fp16 under the mixed modes). Reward and value models are
@@ -81,8 +82,8 @@ PRECISION = {
     "fp32": "everything in float32: trained weights, gradients, AdamW's two moments, frozen "
             "roles, activations",
     "bf16-mixed": "float32 master weights, gradients and AdamW's two moments for what trains "
-                  "(LoRA adapters and a trained head copy too); frozen roles (reference, reward, "
-                  "a LoRA base) in bfloat16; matrix products under bf16 autocast, activations "
+                  "(LoRA adapters and a trained head copy too), and a reference copy as the "
+                  "policy's weights; frozen roles (reward, a LoRA base) in bfloat16; matrix products under bf16 autocast, activations "
                   "counted in bfloat16 (the float32 residual stream beside them is not); "
                   "logits kept once in bfloat16 (preflab.logprobs upcasts 1024 positions at a "
                   "time)",
@@ -187,7 +188,7 @@ class _Step:
 
     def head_copy(self) -> int:
         """Bytes per element of a LoRA model's trained head copy: float32 under the mixed
-        modes (``precision.upcast_trained``), the base's dtype under bf16-true."""
+        modes (``precision.prepare_trained``), the base's dtype under bf16-true."""
         return self.trained if self.trained == 4 else self.frozen
 
     def lm(self, trained: bool) -> dict:
@@ -199,6 +200,11 @@ class _Step:
             return _role(self.frozen * n + a, a, 2 * a)
         p = self.trained * n
         return _role(p, p, 2 * p)
+
+    def reference(self) -> int:
+        """Bytes of a reference copy: held as the policy's weights are (trained dtype, or the
+        frozen dtype of a LoRA base), so at step 0 the two compute the same."""
+        return (self.frozen if self.rank else self.trained) * self.arch.lm_params()
 
     def scorer(self, trained: bool) -> dict:
         """A reward/value model: body + H -> 1 head; LoRA keeps the head and a trained copy."""
@@ -260,13 +266,13 @@ def _method(step: _Step, name: str, B: int) -> dict | None:
     held = policy["params"] + policy["grads"] + policy["optimizer"] + saved
     phases = {"train": held + working}
     if name in ("dpo-copy", "dpo-adapter-off"):  # pi_ref runs first, before the policy's graph
-        ref_params = step.lm(False)["params"] if name == "dpo-copy" else 0
+        ref_params = step.reference() if name == "dpo-copy" else 0
         ref = step.reference_forward(rows)
         roles["reference"] = _acting(_role(ref_params), 0, ref)
         phases["train"] = ref_params + max(held + working,
                                            policy["params"] + policy["optimizer"] + ref)
     if name == "dpo-precomputed":  # one pass before training, then the reference is freed
-        ref_params = 0 if step.rank else step.lm(False)["params"]  # LoRA: adapters off
+        ref_params = 0 if step.rank else step.reference()  # LoRA: adapters off
         roles["reference"] = _role()
         phases["precompute"] = policy["params"] + ref_params + step.reference_forward(rows)
     return {"roles": roles, "phases": phases}
@@ -276,7 +282,7 @@ def _ppo(step: _Step, name: str, B: int) -> dict:
     """Generation, then policy and value updates one after the other (dropout off)."""
     if name == "ppo-classic":
         roles = {"policy": step.lm(True), "value": step.scorer(True),
-                 "reward": step.scorer(False), "reference": step.lm(False)}
+                 "reward": step.scorer(False), "reference": _role(step.reference())}
     else:  # one frozen base (counted under policy) with policy, value and reward adapters
         a, h = 4 * step.adapters(), step.arch.score_params()
         value = a + step.trained * h  # a new head, trained

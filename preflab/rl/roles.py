@@ -86,8 +86,7 @@ class ClassicRoles:
                  pad_token_id: int, reward_models: list[torch.nn.Module]) -> None:
         self.policy = session.load_trainable(cfg, run)
         disable_dropout(self.policy)
-        self.reference = _frozen(models.load_causal_lm(ref_path,
-                                                       **session.load_options(cfg, run)))
+        self.reference = _frozen(session.load_reference(cfg, run, ref_path))
         if getattr(cfg, "fsdp", False):  # the reference and reward models stay whole
             distributed.shard(self.policy)
         self.reward_models = reward_models
@@ -97,7 +96,7 @@ class ClassicRoles:
             return
         self.value = models.load_sequence_classifier(
             value_path, pad_token_id=pad_token_id,
-            **session.load_options(cfg, run, trained=True, lora=cfg.lora_rank > 0))
+            **session.load_options(cfg, run, as_policy=True))
         if cfg.gradient_checkpointing:
             self.value.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -107,7 +106,7 @@ class ClassicRoles:
                                            dropout=cfg.lora_dropout, target_modules=targets or None,
                                            task_type="SEQ_CLS")
         disable_dropout(self.value)
-        precision.upcast_trained(self.value, run.precision)
+        precision.prepare_trained(self.value, run.precision)
         self._values = TokenValues(self.value)
         if getattr(cfg, "fsdp", False):
             distributed.shard(self._values)
@@ -222,7 +221,7 @@ class SharedRoles:
         } | {id(p) for m in heads.values() for p in m.parameters()}
         self._active = ""
         self._activate(POLICY_ADAPTER)
-        precision.upcast_trained(self.trainable, run.precision)  # the value adapter too
+        precision.prepare_trained(self.trainable, run.precision)  # the value adapter too
 
     def _load_reward_adapter(self, adapter_dir: Path, hidden: int, dtype, device):
         from peft import LoraConfig

@@ -9,9 +9,17 @@ Which dtype each kind of tensor is held in, and what the matrix products compute
     bf16-true   bfloat16                                  bfloat16          bfloat16
 
 The names are Lightning's. ``auto`` is ``bf16-mixed`` on a GPU that supports bfloat16,
-``fp16-mixed`` on one that does not, and ``fp32`` elsewhere. Frozen roles (a reference, a
-reward model, a judge, a LoRA model's base) never update, so holding them in the compute
-dtype loses nothing the autocast would not round away anyway. ``fp16-mixed`` scales the
+``fp16-mixed`` on one that does not, and ``fp32`` elsewhere. Frozen roles (a reward model, a
+judge, a LoRA model's base) never update, so holding them in the compute dtype loses nothing
+the autocast would not round away anyway. The reference is held as the policy's weights are
+(``policy_dtype``): at step 0 the two must compute the same, and a float32 policy under
+autocast keeps its residual stream and norms in float32 where a bf16 copy would not.
+
+Under the mixed modes a trained weight that lies exactly halfway between two values of the
+compute dtype (as 8% of a Q4_1 GGUF model's dequantized weights do) starts at the value the
+forward rounds it to (``prepare_trained``). Left on the tie, the first update of any size in
+one direction would tip its rounding and move it, as the forward sees it, by a whole step of
+the compute dtype: a coherent jump hundreds of times the learning rate. ``fp16-mixed`` scales the
 loss (a ``torch.amp.GradScaler``): a step whose scaled gradients overflow is skipped and
 counted, and the scale halves, then grows back after ``GROWTH_INTERVAL`` good steps.
 
@@ -67,8 +75,9 @@ class Precision:
             return None
         return torch.amp.GradScaler(device_type, growth_interval=GROWTH_INTERVAL)
 
-    def load_dtype(self, lora: bool) -> torch.dtype:
-        """The dtype a trained model loads in: a LoRA model's base is frozen."""
+    def policy_dtype(self, lora: bool) -> torch.dtype:
+        """The dtype the policy's weights load in (a LoRA model's base is frozen), and so the
+        reference's."""
         return self.frozen if lora else self.trained
 
 
@@ -102,15 +111,40 @@ def scope(name: str, device: str):
         yield
 
 
-def upcast_trained(model: torch.nn.Module, precision: Precision) -> None:
+def prepare_trained(model: torch.nn.Module, precision: Precision) -> tuple[int, int]:
     """Mixed modes: hold every parameter that trains in float32 (the master weights), whatever
-    the frozen rest is in: LoRA adapters, a trained copy of a head. Other modes keep what
-    they loaded (bf16-true: PEFT's float32 adapters beside a bfloat16 head copy)."""
+    the frozen rest is in (LoRA adapters, a trained copy of a head), and move each weight that
+    lies on a tie of the compute dtype to the value the forward rounds it to
+    (``snap_ties``). Other modes keep what they loaded (bf16-true: PEFT's float32 adapters
+    beside a bfloat16 head copy). Returns (weights moved off a tie, trained weights)."""
     if not precision.mixed:
-        return
+        return 0, 0
+    moved = total = 0
     for p in model.parameters():
-        if p.requires_grad and p.dtype != precision.trained:
+        if not p.requires_grad:
+            continue
+        if p.dtype != precision.trained:
             p.data = p.data.to(precision.trained)
+        moved += snap_ties(p.data, precision.compute)
+        total += p.numel()
+    return moved, total
+
+
+@torch.no_grad()
+def snap_ties(weights: torch.Tensor, compute: torch.dtype) -> int:
+    """Set each element of ``weights`` that lies exactly halfway between two ``compute`` values
+    to the one a cast rounds it to (half to even); return how many there were. ``r`` is the
+    cast's value; a tie's mirror image ``2w - r`` is the other neighbour, equally far."""
+    moved = 0
+    for chunk in weights.view(-1).split(1 << 22):  # bounded working memory
+        r = chunk.to(compute).to(chunk.dtype)
+        other = (2 * chunk - r).to(compute).to(chunk.dtype)
+        tie = (other != r) & ((chunk - other).abs() == (chunk - r).abs())
+        n = int(tie.sum())
+        if n:
+            chunk.copy_(torch.where(tie, r, chunk))
+            moved += n
+    return moved
 
 
 def unmoved_fraction(params, step: float, dtype: torch.dtype = torch.bfloat16) -> float:

@@ -93,10 +93,12 @@ def start_run(cfg: TrainConfig, command: str) -> Run:
                scaler=mode.scaler(device.type))
 
 
-def load_options(cfg: TrainConfig, run: Run, *, trained: bool = False, lora: bool = False) -> dict:
-    """``models.load_*`` settings for a role of this run: frozen roles in the precision's frozen
-    dtype, trained ones in its trained dtype (a LoRA model's base is frozen)."""
-    dtype = run.precision.load_dtype(lora) if trained else run.precision.frozen
+def load_options(cfg: TrainConfig, run: Run, *, as_policy: bool = False) -> dict:
+    """``models.load_*`` settings for a role of this run: ``as_policy`` (the trained models and
+    the reference, which must compute as the policy does at step 0) in the dtype the policy's
+    weights are in; the other frozen roles in the precision's frozen dtype."""
+    dtype = (run.precision.policy_dtype(cfg.lora_rank > 0) if as_policy
+             else run.precision.frozen)
     return dict(dtype=dtype, device=run.device, allow_pickle=cfg.allow_pickle,
                 trust_remote_code=cfg.trust_remote_code,
                 attn_implementation=cfg.attn_implementation)
@@ -121,7 +123,7 @@ def load_trainable(cfg: TrainConfig, run: Run):
     """The model to train: full weights, or LoRA adapters on a frozen base."""
     model = models.load_causal_lm(
         cfg.model,
-        **load_options(cfg, run, trained=True, lora=cfg.lora_rank > 0),
+        **load_options(cfg, run, as_policy=True),
         gradient_checkpointing=cfg.gradient_checkpointing,
     )
     if cfg.lora_rank > 0:
@@ -135,9 +137,32 @@ def load_trainable(cfg: TrainConfig, run: Run):
         )
         if cfg.gradient_checkpointing:
             model.enable_input_require_grads()
-    precision.upcast_trained(model, run.precision)
-    warn_if_updates_round_away(cfg, run, model)
+    prepare_trained(cfg, run, model)
     return model
+
+
+def load_reference(cfg: TrainConfig, run: Run, path: str) -> torch.nn.Module:
+    """A frozen reference copy of the policy, held as the policy's weights are, its ties moved
+    as the policy's are (``precision.prepare_trained``): at step 0 the two compute the same."""
+    model = models.load_causal_lm(path, **load_options(cfg, run, as_policy=True))
+    if run.precision.mixed:
+        for p in model.parameters():
+            if p.dtype == run.precision.trained:
+                precision.snap_ties(p.data, run.precision.compute)
+    return model.eval().requires_grad_(False)
+
+
+def prepare_trained(cfg: TrainConfig, run: Run, model: torch.nn.Module) -> None:
+    """The trained model's weights as the precision trains them (``precision.prepare_trained``),
+    with a note when weights were moved off ties, and bf16-true's warning."""
+    moved, total = precision.prepare_trained(model, run.precision)
+    if moved and run.ctx.is_main and moved >= 0.001 * total:
+        print(f"note: {moved / total:.1%} of the trained weights lay exactly halfway between two "
+              f"{str(run.precision.compute).removeprefix('torch.')} values (as a dequantized "
+              "GGUF model's do); each starts at the value the forward rounds it to, so that "
+              "the first update does not tip them all a whole step (docs/precision.md)",
+              flush=True)
+    warn_if_updates_round_away(cfg, run, model)
 
 
 def check_fsdp(cfg, run: Run) -> None:

@@ -56,6 +56,16 @@ def test_the_modes_hold_what_the_table_says():
     assert precision.MODES["bf16-mixed"].scaler("cpu") is None
 
 
+def test_auto_is_bf16_mixed_on_a_gpu_and_fp16_mixed_without_bf16(monkeypatch):
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert precision.resolve("auto", gpu).name == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert precision.resolve("auto", gpu).name == "fp16-mixed"
+    assert precision.resolve("auto", torch.device("mps")).name == "fp32"
+    assert precision.resolve("bf16-true", gpu).name == "bf16-true"
+
+
 def test_an_update_in_place_is_seen_by_the_next_forward_under_autocast():
     """A trainer's autocast spans every step: a cached bf16 cast of a weight would go stale
     when the optimizer updates the weight in place (torch's cache lives until the outermost
@@ -303,3 +313,13 @@ def test_unmoved_fraction_counts_the_weights_an_update_cannot_move():
     # bfloat16 spacing at 1.0 is 2^-7; half of it rounds away: 1e-3 moves 1e-3 (its own size)
     assert precision.unmoved_fraction([w], 1e-3) == 0.75
     assert precision.unmoved_fraction([w], 0.5) == 0.25  # only 300 stays (spacing 2)
+
+
+def test_fp16_mixed_with_fsdp_is_refused_naming_bf16_mixed(llama, pairs, tmp_path, capsys):
+    from preflab.cli import main
+
+    argv = ["dpo", *dpo_args(llama, pairs, tmp_path / "run", "fp16-mixed", "--fsdp")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "fp16-mixed does not shard" in err and "bf16-mixed" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -135,7 +135,7 @@ class TrainConfig:
     """Settings that are gone, with what replaces them: named when given as a flag or a key."""
 
     model: str = arg("", "Model to start from: a local Hugging Face directory, a .gguf file "
-                     "(dequantized to --dtype) or a hub id.",
+                     "(dequantized to the dtype --precision holds it in) or a hub id.",
                      path="model")
     data: str = arg(
         "",

@@ -4,9 +4,9 @@
         [--out precision_world.json] [--tolerance 0.03] [--threads 1]
 
 What it checks: on the built-in world, in bf16-mixed on a CPU, DPO and PPO should reach a
-gold gain within 0.03 of fp32's over the same steps. The jobs are ``preflab compare``'s own (its design is
-built with the quick preset, methods dpo and ppo, and its commands are taken from it), so the
-hyperparameters are exactly compare's:
+gold gain within 0.03 of fp32's over the same steps. The jobs are ``preflab compare``'s own
+(its design is built with the quick preset, methods dpo and ppo, and its commands are taken
+from it), so the hyperparameters are exactly compare's:
 
     once      world build, sft, pairs, the SFT's score, the reward model (rm-s0), all as
               compare runs them (no --precision: auto, which is fp32 on a CPU)

@@ -429,3 +429,9 @@ def test_parameter_counts_match_transformers(case):
     assert arch.body_params() + arch.score_params() == sum(p.numel() for p in scorer.parameters())
     lora = models.apply_lora(lm, rank=3)
     assert arch.lora_params(3) == sum(p.numel() for n, p in lora.named_parameters() if "lora_" in n)
+
+
+def test_the_replaced_dtype_flag_names_its_precision(tiny, capsys):
+    assert cli_main(["plan", "--model", str(tiny("llama")), "--dtype", "bfloat16"]) == 2
+    err = capsys.readouterr().err
+    assert "replaced by --precision" in err and "bf16-true" in err and "Traceback" not in err

@@ -5,6 +5,7 @@ loaded through ``preflab.models``."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from preflab import models
 from preflab.cli import main
@@ -52,10 +53,13 @@ def commands(d: dict) -> dict[str, list[str]]:
     }
 
 
+@pytest.mark.parametrize("mode", ["fp32", "bf16-mixed"])
 @pytest.mark.parametrize("command", ["sft", "rm", "dpo", "kto", "online-dpo", "ppo", "rloo",
                                      "grpo"])
 def test_every_model_of_every_training_command_takes_both_flags(tiny_model_dir, data, tmp_path,
-                                                                monkeypatch, command):
+                                                                monkeypatch, command, mode):
+    """Under fp32 and under bf16-mixed: every trained model (float32 in both) checkpoints its
+    activations, and every model attends with the kernel asked for."""
     loaded = []
     for name in ("load_causal_lm", "load_sequence_classifier"):
         real = getattr(models, name)
@@ -67,7 +71,7 @@ def test_every_model_of_every_training_command_takes_both_flags(tiny_model_dir, 
 
         monkeypatch.setattr(models, name, record)
     argv = [command, "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "run"),
-            *SHARED, *commands(data)[command]]
+            *SHARED, "--precision", mode, *commands(data)[command]]
     if command == "online-dpo":  # rounds, not steps
         del argv[argv.index("--max-steps"):argv.index("--max-steps") + 2]
     assert main(argv) == 0
@@ -75,6 +79,7 @@ def test_every_model_of_every_training_command_takes_both_flags(tiny_model_dir, 
     assert trained, "no model trained"
     assert len(trained) == (2 if command == "ppo" else 1)  # ppo: the policy and the value model
     assert all(m.is_gradient_checkpointing for m in trained)
+    assert all(p.dtype == torch.float32 for m in trained for p in m.parameters())
     assert all(m.config._attn_implementation == "eager" for m in loaded)
 
 

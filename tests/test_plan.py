@@ -18,6 +18,7 @@ from preflab.compare.plan_arch import parse_arch, read_config
 from preflab.logprobs import concatenated_forward, forward_logps
 from preflab.rl.heads import token_values
 from preflab.rl.roles import disable_dropout
+from preflab.runtime.precision import MODES
 from preflab.tiny import save_tiny_model
 from tests.conftest import WORDS
 from tests.sft_data import sft_records, write_jsonl
@@ -195,7 +196,7 @@ def check_roles(measured: dict, plan: dict, method: str) -> None:
 # Every precision: the mixed modes hold float32 master weights (and adapters, and a trained
 # head copy) beside frozen roles in bf16/fp16; bf16-true holds everything but the adapters
 # in bf16. CPU autocast runs them all.
-PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed", "bf16-true")
+PRECISIONS = tuple(MODES)
 
 
 def common_at(mode: str, model: Path, data: Path, out: Path) -> list[str]:
@@ -435,3 +436,16 @@ def test_the_replaced_dtype_flag_names_its_precision(tiny, capsys):
     assert cli_main(["plan", "--model", str(tiny("llama")), "--dtype", "bfloat16"]) == 2
     err = capsys.readouterr().err
     assert "replaced by --precision" in err and "bf16-true" in err and "Traceback" not in err
+
+
+def test_plan_and_the_flags_know_the_modes_the_trainers_run():
+    """plan and the CLI name the modes without importing torch; they must say what
+    ``runtime.precision.MODES`` holds: the names, and bytes of (trained, frozen, compute)."""
+    from preflab.compare.plan import PRECISION_BYTES
+    from preflab.config import TrainConfig
+
+    assert PRECISION_BYTES == {name: (m.trained.itemsize, m.frozen.itemsize, m.compute.itemsize)
+                               for name, m in MODES.items()}
+    choices = TrainConfig.__dataclass_fields__["precision"].metadata["choices"]
+    assert choices == ("auto", *MODES) == PlanConfig.__dataclass_fields__["precision"].metadata[
+        "choices"]

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed", "bf16-true")
+CHUNK = 1 << 22  # elements per pass over a weight: bounded working memory
 GROWTH_INTERVAL = 2000  # good steps before the loss scale doubles (torch's and Lightning's)
 UNMOVED_WARNING = 0.5  # warn when an update of size lr leaves more than this share unmoved
 
@@ -119,15 +119,20 @@ def prepare_trained(model: torch.nn.Module, precision: Precision) -> tuple[int, 
     beside a bfloat16 head copy). Returns (weights moved off a tie, trained weights)."""
     if not precision.mixed:
         return 0, 0
-    moved = total = 0
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
+    trained = [p for p in model.parameters() if p.requires_grad]
+    for p in trained:
         if p.dtype != precision.trained:
             p.data = p.data.to(precision.trained)
-        moved += snap_ties(p.data, precision.compute)
-        total += p.numel()
-    return moved, total
+    return snap_ties_of(trained, precision), sum(p.numel() for p in trained)
+
+
+def snap_ties_of(params, precision: Precision) -> int:
+    """Mixed modes: ``snap_ties`` on each of ``params`` held in the trained dtype (a LoRA
+    base in the compute dtype has no ties); the number moved."""
+    if not precision.mixed:
+        return 0
+    return sum(snap_ties(p.data, precision.compute) for p in params
+               if p.dtype == precision.trained)
 
 
 @torch.no_grad()
@@ -136,7 +141,7 @@ def snap_ties(weights: torch.Tensor, compute: torch.dtype) -> int:
     to the one a cast rounds it to (half to even); return how many there were. ``r`` is the
     cast's value; a tie's mirror image ``2w - r`` is the other neighbour, equally far."""
     moved = 0
-    for chunk in weights.view(-1).split(1 << 22):  # bounded working memory
+    for chunk in weights.view(-1).split(CHUNK):
         r = chunk.to(compute).to(chunk.dtype)
         other = (2 * chunk - r).to(compute).to(chunk.dtype)
         tie = (other != r) & ((chunk - other).abs() == (chunk - r).abs())
@@ -154,9 +159,8 @@ def unmoved_fraction(params, step: float, dtype: torch.dtype = torch.bfloat16) -
     share of the weights that a step cannot move."""
     unmoved = total = 0
     for p in params:
-        flat = p.detach().reshape(-1)
-        for start in range(0, flat.numel(), 1 << 22):  # bounded working memory
-            w = flat[start:start + (1 << 22)].to(dtype)
+        for chunk in p.detach().reshape(-1).split(CHUNK):
+            w = chunk.to(dtype)
             unmoved += int(((w.float() + step).to(dtype) == w).sum())
             total += w.numel()
     return unmoved / max(total, 1)

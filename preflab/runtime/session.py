@@ -145,10 +145,7 @@ def load_reference(cfg: TrainConfig, run: Run, path: str) -> torch.nn.Module:
     """A frozen reference copy of the policy, held as the policy's weights are, its ties moved
     as the policy's are (``precision.prepare_trained``): at step 0 the two compute the same."""
     model = models.load_causal_lm(path, **load_options(cfg, run, as_policy=True))
-    if run.precision.mixed:
-        for p in model.parameters():
-            if p.dtype == run.precision.trained:
-                precision.snap_ties(p.data, run.precision.compute)
+    precision.snap_ties_of(model.parameters(), run.precision)
     return model.eval().requires_grad_(False)
 
 
@@ -463,23 +460,19 @@ def optimizer_step(model: torch.nn.Module | list, optimizer, scheduler, max_grad
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     grad_norm = distributed.whole(grad_norm)  # sharded (FSDP2) gradients: the norm of all
     if scaler is not None and not _any_nonfinite(run, {"loss": loss}):
-        if _any_nonfinite(run, {"grad_norm": grad_norm}):
-            run.overflow_steps += 1
+        scale = scaler.get_scale()
         scaler.step(optimizer)  # skips the update when the unscaled gradients hold inf/NaN
-        scaler.update()
+        scaler.update()  # and then, only then, shrinks the scale
+        run.overflow_steps += int(scaler.get_scale() < scale)
         scheduler.step()
         return grad_norm
     if run is not None and not check_finite(run, step, loss=loss, grad_norm=grad_norm):
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()  # the schedule counts steps taken or skipped alike
         if scaler is not None:
-            scaler.update()
+            scaler.update()  # unscale_ was called: the scaler must close the step
         return grad_norm
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    optimizer.step()
     scheduler.step()
     return grad_norm
 

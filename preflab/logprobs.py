@@ -205,32 +205,128 @@ def lm_logits(model, input_ids: Tensor, attention_mask: Tensor, keep: int) -> Te
                  use_cache=False, **extra).logits
 
 
+@dataclass
+class TokenLogps:
+    """Per-token log-probs of a forward pass (``model_token_logps``), ``[B, K-1]`` float32."""
+
+    logps: Tensor
+    """Log-prob of each scored token; exactly 0 where a position is not scored."""
+    entropy: Tensor | None = None
+    """Entropy of each scored position's distribution (no gradient), when asked; else None."""
+
+
+def model_token_logps(
+    model,
+    input_ids: Tensor,
+    *,
+    attention_mask: Tensor | None = None,
+    position_ids: Tensor | None = None,
+    keep: int | None = None,
+    scored: Tensor | None = None,
+    temperature: float = 1.0,
+    entropy: bool = False,
+    chunk_size: int | None = None,
+    fused: bool | None = None,
+) -> TokenLogps:
+    """Run a causal LM once and take the log-probs of the tokens ``input_ids[:, T-K+1:]``
+    under ``softmax(logits / temperature)``, ``[B, K-1]``, ``K = keep`` (default ``T``).
+
+    ``scored`` ``[B, K-1]`` bool: the tokens to score (default all); the others read 0 and
+    cost nothing. ``attention_mask``: positions follow it
+    (``position_ids_from_attention_mask``); else ``position_ids`` (packed rows) or the
+    model's default. The head runs only on the last ``K`` positions where the model takes
+    ``logits_to_keep``.
+
+    The log-probs come from the fused head (``preflab.fused_head``): no ``[B, K, V]``
+    logits are held, in forward or backward. ``fused=None`` uses it wherever
+    ``fused_head_supported(model)``; ``False`` computes the full logits and
+    ``token_logps`` on them (the reference the fused path is tested against).
+    """
+    from preflab.fused_head import fused_head_supported, swapped_head
+
+    B, T = input_ids.shape
+    keep = T if keep is None or not 0 < keep <= T else keep
+    if scored is None:
+        scored = torch.ones(B, keep - 1, dtype=torch.bool, device=input_ids.device)
+    scored = scored.to(torch.bool)
+    if scored.shape != (B, keep - 1):
+        raise ValueError(f"scored must be [B, keep - 1] = {(B, keep - 1)}, got "
+                         f"{tuple(scored.shape)}")
+    kwargs: dict = {"input_ids": input_ids, "use_cache": False}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+        position_ids = position_ids_from_attention_mask(attention_mask)
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
+    if keep < T and takes_logits_to_keep(model):
+        kwargs["logits_to_keep"] = keep
+    if fused is None:
+        fused = fused_head_supported(model)
+    if fused:
+        with swapped_head(model, input_ids[:, T - keep + 1:], scored, scale=1.0 / temperature,
+                          chunk=chunk_size, entropy=entropy) as side:
+            logps = model(**kwargs).logits
+        return TokenLogps(logps, side.get("entropy"))
+    logits = model(**kwargs).logits[:, -keep:]
+    if temperature != 1.0:
+        logits = logits / temperature
+    ent = None
+    if entropy:
+        ent = torch.where(scored, logits_entropy(logits[:, :-1]), 0.0)
+    # private logits: backward may write their gradient over them (read above, not after)
+    logps = token_logps(logits, input_ids[:, T - keep:],
+                        chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
+                        overwrite_logits=torch.is_grad_enabled())
+    return TokenLogps(torch.where(scored, logps, torch.zeros_like(logps)), ent)
+
+
+@torch.no_grad()
+def logits_entropy(logits: Tensor) -> Tensor:
+    """Entropy of each position's ``softmax(logits)``, ``[B, T]`` float32, one row at a time
+    (a ``[T, V]`` float32 temporary)."""
+    out = []
+    for row in logits:
+        log_p = torch.log_softmax(row.float(), dim=-1)
+        out.append(-(log_p.exp() * log_p).sum(-1))
+    return torch.stack(out)
+
+
+def _sequences(logps: Tensor, scored: Tensor) -> SequenceLogps:
+    total = torch.where(scored, logps, torch.zeros_like(logps)).sum(-1)
+    count = scored.sum(-1)
+    return SequenceLogps(sum=total, mean=total / count.clamp(min=1), count=count)
+
+
 def forward_logps(
     model,
     input_ids: Tensor,
     attention_mask: Tensor,
     completion_mask: Tensor,
     *,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    keep_logits: bool = True,
+    chunk_size: int | None = None,
+    keep_logits: bool = False,
 ) -> tuple[SequenceLogps, Tensor | None]:
-    """Run a causal LM once and score its completions.
+    """Run a causal LM once and score its completions: ``(SequenceLogps, None)``.
 
-    Calls ``model(input_ids=, attention_mask=, position_ids=, use_cache=False)`` with
-    ``position_ids_from_attention_mask`` (so left and right padding give the same result).
-    The head runs only on the positions that score a completion token
-    (``logits_to_keep = completion_window``, where the model takes it): the prompt's
-    positions before them make no logits, so a long prompt costs no vocabulary-wide work.
-    Returns ``(SequenceLogps, logits [B, K, V])``, the logits of the last ``K`` positions;
-    drop them (``seq, _ = ...``) when not needed, so they can be freed. ``keep_logits=False``
-    (training): the logits stay private (None is returned in their place), and backward
-    writes their gradient over them (``token_logps``'s ``overwrite_logits``).
+    Positions follow the attention mask (``position_ids_from_attention_mask``, so left and
+    right padding give the same result), and the head runs only on the completion tokens'
+    positions (``model_token_logps``): no logits are held, and a long prompt or the padding
+    costs no vocabulary-wide work. ``keep_logits``: the model's plain logits are computed
+    instead, from the position before the earliest completion token
+    (``completion_window``), and returned as ``(SequenceLogps, logits [B, K, V])``.
     """
-    logits = lm_logits(model, input_ids, attention_mask, completion_window(completion_mask))
-    start = input_ids.shape[1] - logits.shape[1]
-    seq = sequence_logps(logits, input_ids[:, start:], completion_mask[:, start:],
-                         chunk_size=chunk_size, overwrite_logits=not keep_logits)
-    return seq, (logits if keep_logits else None)
+    T = input_ids.shape[1]
+    keep = completion_window(completion_mask)
+    if keep_logits:
+        logits = lm_logits(model, input_ids, attention_mask, keep)
+        start = T - logits.shape[1]
+        seq = sequence_logps(logits, input_ids[:, start:], completion_mask[:, start:],
+                             chunk_size=chunk_size or DEFAULT_CHUNK_SIZE)
+        return seq, logits
+    scored = completion_mask[:, T - keep + 1:].to(torch.bool)
+    tokens = model_token_logps(model, input_ids, attention_mask=attention_mask, keep=keep,
+                               scored=scored, chunk_size=chunk_size)
+    return _sequences(tokens.logps, scored), None
 
 
 def pack(input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> dict:
@@ -290,9 +386,15 @@ def pack(input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> 
 def packed_sequence_logps(logits: Tensor, packed: dict, *,
                           chunk_size: int = DEFAULT_CHUNK_SIZE,
                           overwrite_logits: bool = False) -> SequenceLogps:
-    """``sequence_logps`` for packed rows (``pack``): per original row, ``[rows]``."""
+    """``sequence_logps`` for packed rows (``pack``) from their logits: per original row,
+    ``[rows]``."""
     logps = token_logps(logits, packed["input_ids"], chunk_size=chunk_size,
                         overwrite_logits=overwrite_logits)  # [bins, cap-1]
+    return _per_row(logps, packed)
+
+
+def _per_row(logps: Tensor, packed: dict) -> SequenceLogps:
+    """Packed token log-probs ``[bins, cap-1]`` summed back per original row."""
     mask = packed["completion_mask"][:, 1:]
     row_of = packed["row_of"][:, 1:].clamp(min=0)  # the fill is never scored
     values = torch.where(mask, logps, torch.zeros_like(logps)).reshape(-1)
@@ -305,15 +407,16 @@ def packed_sequence_logps(logits: Tensor, packed: dict, *,
 
 def packed_forward_logps(model, input_ids: Tensor, attention_mask: Tensor,
                          completion_mask: Tensor, *,
-                         chunk_size: int = DEFAULT_CHUNK_SIZE) -> SequenceLogps:
+                         chunk_size: int | None = None) -> SequenceLogps:
     """``forward_logps`` with little padding: the rows packed into as few rows as fit
     (``pack``), one forward with restarting ``position_ids`` and no attention mask, the
-    log-probs summed back per original row. Equal to the padded forward to float tolerance wherever the model's attention
-    honours packed positions (``check_packing`` tests that)."""
+    log-probs summed back per original row. Equal to the padded forward to float tolerance
+    wherever the model's attention honours packed positions (``check_packing`` tests
+    that)."""
     packed = pack(input_ids, attention_mask, completion_mask)
-    logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"],
-                   use_cache=False).logits  # private: backward writes their gradient over them
-    return packed_sequence_logps(logits, packed, chunk_size=chunk_size, overwrite_logits=True)
+    tokens = model_token_logps(model, packed["input_ids"], position_ids=packed["position_ids"],
+                               scored=packed["completion_mask"][:, 1:], chunk_size=chunk_size)
+    return _per_row(tokens.logps, packed)
 
 
 @torch.no_grad()
@@ -349,7 +452,7 @@ def _rows(seq: SequenceLogps, rows: slice) -> SequenceLogps:
 
 
 def concatenated_forward(
-    model, batch: dict, *, chunk_size: int = DEFAULT_CHUNK_SIZE, padding_free: bool = False
+    model, batch: dict, *, chunk_size: int | None = None, padding_free: bool = False
 ) -> tuple[SequenceLogps, SequenceLogps]:
     """Chosen and rejected through the model in ONE forward: ``(chosen, rejected)``.
 
@@ -368,6 +471,5 @@ def concatenated_forward(
                                    batch["completion_mask"], chunk_size=chunk_size)
     else:
         seq, _ = forward_logps(model, batch["input_ids"], batch["attention_mask"],
-                               batch["completion_mask"], chunk_size=chunk_size,
-                               keep_logits=False)
+                               batch["completion_mask"], chunk_size=chunk_size)
     return _rows(seq, slice(0, n)), _rows(seq, slice(n, 2 * n))

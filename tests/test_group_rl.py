@@ -408,7 +408,8 @@ from types import SimpleNamespace
 import torch
 from transformers import AutoModelForCausalLM
 from preflab.rl.group import group_update
-from preflab.rl.roles import _forward_logits
+from functools import partial
+from preflab.rl.roles import _forward_logits, _forward_token_logps
 from preflab.rl.tensors import pack_rollout, response_logps
 from preflab.runtime import distributed, session
 from preflab.runtime.precision import MODES
@@ -438,7 +439,7 @@ for aggregation, method in (("token", "grpo"), ("sequence", "rloo"), ("fixed", "
     run = session.Run(config=cfg, command=method, ctx=ctx, device=torch.device("cpu"),
                       precision=MODES["fp32"], dir=out)
     roles = SimpleNamespace(trainable=model,
-                            policy_logits=lambda ids, am, **kw: _forward_logits(model, ids, am, **kw))
+                            policy_token_logps=partial(_forward_token_logps, model))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     mod = __import__(f"preflab.algorithms.{method}", fromlist=["METHOD"])

@@ -241,7 +241,9 @@ def test_padded_batch_equals_unpadded_sequences(model, side):
     want_sum, want_mean = unpadded_logps(model, SEQUENCES)
     ids, attn, comp = pad_batch(SEQUENCES, side)
     with torch.no_grad():
-        seq, logits = forward_logps(model, ids, attn, comp, chunk_size=3)
+        seq, logits = forward_logps(model, ids, attn, comp, chunk_size=3, keep_logits=True)
+        fused, _ = forward_logps(model, ids, attn, comp, chunk_size=3)
+    torch.testing.assert_close(fused.sum, want_sum, atol=1e-5, rtol=0)
     # the head ran only from the position before the earliest completion token
     first = min(int(row.nonzero()[0]) for row in comp)
     assert logits.shape == (ids.shape[0], ids.shape[1] - first + 1, VOCAB)
@@ -268,8 +270,10 @@ def test_a_model_without_logits_to_keep_scores_the_same_on_all_positions(model):
     ids, attn, comp = pad_batch(SEQUENCES, "left")
     assert takes_logits_to_keep(model) and not takes_logits_to_keep(Plain(model))
     with torch.no_grad():
-        kept, few = forward_logps(model, ids, attn, comp)
-        whole, every = forward_logps(Plain(model), ids, attn, comp)
+        kept, few = forward_logps(model, ids, attn, comp, keep_logits=True)
+        whole, every = forward_logps(Plain(model), ids, attn, comp, keep_logits=True)
+        fused, _ = forward_logps(Plain(model), ids, attn, comp)  # no head to fuse: plain
+    torch.testing.assert_close(fused.sum, whole.sum, atol=1e-5, rtol=0)
     assert every.shape[1] == ids.shape[1] > few.shape[1]
     torch.testing.assert_close(kept.sum, whole.sum, atol=1e-5, rtol=0)
 

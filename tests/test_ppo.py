@@ -468,7 +468,8 @@ from preflab.algorithms.ppo import ppo_update
 from preflab.losses import gae
 from preflab.rl.heads import token_values
 from preflab.rl.loop import global_whiten
-from preflab.rl.roles import _forward_logits
+from functools import partial
+from preflab.rl.roles import _forward_logits, _forward_token_logps
 from preflab.rl.tensors import pack_rollout, per_token_rewards, response_logps, response_slice
 from preflab.runtime import distributed, session
 from preflab.runtime.precision import MODES
@@ -505,7 +506,7 @@ advantages, returns = gae(rewards, old["values"], mask, gamma=1.0, gae_lambda=0.
 advantages = global_whiten(advantages, mask, run)
 trainable = torch.nn.ModuleDict({"policy": policy, "value": value})
 roles = SimpleNamespace(trainable=trainable,
-                        policy_logits=lambda ids, am, **kw: _forward_logits(policy, ids, am, **kw),
+                        policy_token_logps=partial(_forward_token_logps, policy),
                         values=lambda ids, am: token_values(value, ids, am))
 optimizer = torch.optim.AdamW(trainable.parameters(), lr=1e-3)
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)

@@ -15,8 +15,9 @@ three models in ``classic``, one base with the policy (and reward) adapter in ``
                          model trained with LoRA on the same base (``preflab rm --lora-rank``)
               reference  the base with every adapter switched off: no extra bytes
 
-Both modes offer the same methods, so the PPO loop never asks which it has: ``policy_logits``,
-``reference_logits``, ``values``, ``generator`` (the module to sample from),
+Both modes offer the same methods, so the PPO loop never asks which it has:
+``policy_token_logps`` and ``reference_token_logps`` (the response tokens' log-probs through
+the fused head, ``logprobs.model_token_logps``: no ``[B, T, V]`` logits), ``values``, ``generator`` (the module to sample from),
 ``with_reference`` (run a function on the reference), ``tensor_bytes`` (per role, the shared
 base counted once: it is attributed to ``policy``).
 
@@ -62,6 +63,16 @@ def disable_dropout(model: torch.nn.Module) -> None:
 def _frozen(model: torch.nn.Module) -> torch.nn.Module:
     disable_dropout(model)
     return model.eval().requires_grad_(False)
+
+
+def _forward_token_logps(model, input_ids, attention_mask, keep_from: int = 0, **kwargs):
+    """``logprobs.model_token_logps`` of the tokens after position ``keep_from``: ``[B, T -
+    keep_from - 1]``; the head runs from ``keep_from`` on (a rollout's prompt makes no
+    logits). ``kwargs``: ``scored``, ``temperature``, ``entropy``."""
+    from preflab.logprobs import model_token_logps
+
+    return model_token_logps(model, input_ids, attention_mask=attention_mask,
+                             keep=input_ids.shape[1] - keep_from, **kwargs)
 
 
 def _forward_logits(model, input_ids, attention_mask, keep_from: int = 0):
@@ -125,12 +136,13 @@ class ClassicRoles:
     def generator(self) -> torch.nn.Module:
         return models.unwrap(self.policy)
 
-    def policy_logits(self, input_ids, attention_mask, keep_from: int = 0):
-        return _forward_logits(self.policy, input_ids, attention_mask, keep_from)
+    def policy_token_logps(self, input_ids, attention_mask, keep_from: int = 0, **kwargs):
+        return _forward_token_logps(self.policy, input_ids, attention_mask, keep_from, **kwargs)
 
     @torch.no_grad()
-    def reference_logits(self, input_ids, attention_mask, keep_from: int = 0):
-        return _forward_logits(self.reference, input_ids, attention_mask, keep_from)
+    def reference_token_logps(self, input_ids, attention_mask, keep_from: int = 0, **kwargs):
+        return _forward_token_logps(self.reference, input_ids, attention_mask, keep_from,
+                                    **kwargs)
 
     def values(self, input_ids, attention_mask):
         return self._values(input_ids, attention_mask)
@@ -278,9 +290,9 @@ class SharedRoles:
         self._activate(POLICY_ADAPTER)
         return self.lm
 
-    def policy_logits(self, input_ids, attention_mask, keep_from: int = 0):
+    def policy_token_logps(self, input_ids, attention_mask, keep_from: int = 0, **kwargs):
         self._activate(POLICY_ADAPTER)
-        return _forward_logits(self.lm, input_ids, attention_mask, keep_from)
+        return _forward_token_logps(self.lm, input_ids, attention_mask, keep_from, **kwargs)
 
     @contextlib.contextmanager
     def _adapters_off(self):
@@ -291,9 +303,9 @@ class SharedRoles:
             self.restore_grads()
 
     @torch.no_grad()
-    def reference_logits(self, input_ids, attention_mask, keep_from: int = 0):
+    def reference_token_logps(self, input_ids, attention_mask, keep_from: int = 0, **kwargs):
         with self._adapters_off() as lm:
-            return _forward_logits(lm, input_ids, attention_mask, keep_from)
+            return _forward_token_logps(lm, input_ids, attention_mask, keep_from, **kwargs)
 
     def values(self, input_ids, attention_mask):
         self._activate("value")

@@ -104,16 +104,6 @@ def response_logps(logits: Tensor, input_ids: Tensor, context_length: int,
                        overwrite_logits=overwrite_logits)
 
 
-@torch.no_grad()
-def response_entropy(logits: Tensor, context_length: int, temperature: float = 1.0) -> Tensor:
-    """Entropy of each response token's distribution under ``logits / temperature``, ``[B, R]``."""
-    out = []
-    for row in response_slice(logits, context_length):  # one row at a time: [R, V] float32
-        log_p = torch.log_softmax(row.float() / temperature, dim=-1)
-        out.append(-(log_p.exp() * log_p).sum(-1))
-    return torch.stack(out)
-
-
 def apply_missing_eos_penalty(scores: Tensor, ended: Tensor, penalty: float | None) -> Tensor:
     """Scores with every response that has no EOS given ``penalty`` (None: unchanged)."""
     if penalty is None:
@@ -200,15 +190,15 @@ def rollout_forward(roles, batch: dict, *, batch_size: int, temperature: float,
         out.update(logprobs=[], entropy=[], **({"values": []} if roles.has_value else {}))
     for rows in micro_batches(torch.arange(len(batch["input_ids"])), batch_size):
         ids, mask = batch["input_ids"][rows].to(device), batch["attention_mask"][rows].to(device)
-        window = ids[:, P - 1:]  # the heads run from the position before the response
+        # the heads run from the position before the response, on its tokens alone
+        scored = batch["response_mask"][rows].to(device)
         if not reference_only:
-            logits = roles.policy_logits(ids, mask, keep_from=P - 1)
-            out["logprobs"].append(response_logps(logits, window, 1, temperature))
-            out["entropy"].append(response_entropy(logits, 1, temperature))
-            del logits
-        ref_logits = roles.reference_logits(ids, mask, keep_from=P - 1)
-        out["ref_logprobs"].append(response_logps(ref_logits, window, 1, temperature))
-        del ref_logits
+            tokens = roles.policy_token_logps(ids, mask, keep_from=P - 1, scored=scored,
+                                              temperature=temperature, entropy=True)
+            out["logprobs"].append(tokens.logps)
+            out["entropy"].append(tokens.entropy)
+        out["ref_logprobs"].append(roles.reference_token_logps(
+            ids, mask, keep_from=P - 1, scored=scored, temperature=temperature).logps)
         if "values" in out:
             out["values"].append(response_slice(roles.values(ids, mask), P))
     return {k: torch.cat(v) for k, v in out.items()}
@@ -217,12 +207,13 @@ def rollout_forward(roles, batch: dict, *, batch_size: int, temperature: float,
 def update_logprobs(roles, ids: Tensor, mask: Tensor, context_length: int, temperature: float,
                     live: dict | None, rows: Tensor) -> Tensor:
     """The policy's log-probs of the response tokens for an update, with gradients: ``live``'s
-    ``rows`` in a single pass, else a forward pass whose head runs on the response window."""
+    ``rows`` in a single pass, else a forward pass whose head runs on the response's tokens
+    (the attention mask's response part is the response mask)."""
     if live is not None:
         return live["logprobs"][rows]
-    logits = roles.policy_logits(ids, mask, keep_from=context_length - 1)
-    return response_logps(logits, ids[:, context_length - 1:], 1, temperature,
-                          overwrite_logits=True)
+    return roles.policy_token_logps(ids, mask, keep_from=context_length - 1,
+                                    scored=mask[:, context_length:],
+                                    temperature=temperature).logps
 
 
 def live_forward(roles, batch: dict, *, temperature: float, device) -> dict[str, Tensor]:
@@ -235,12 +226,9 @@ def live_forward(roles, batch: dict, *, temperature: float, device) -> dict[str,
     update backpropagates through these (``preflab ppo``'s single pass)."""
     P = batch["context_length"]
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    logits = roles.policy_logits(ids, mask, keep_from=P - 1)  # the response's window
-    # the entropy first: backward then writes the logits' gradient over them
-    out = {"entropy": response_entropy(logits, 1, temperature)}
-    out["logprobs"] = response_logps(logits, ids[:, P - 1:], 1, temperature,
-                                     overwrite_logits=True)
-    del logits
+    tokens = roles.policy_token_logps(ids, mask, keep_from=P - 1, scored=mask[:, P:],
+                                      temperature=temperature, entropy=True)
+    out = {"entropy": tokens.entropy, "logprobs": tokens.logps}
     if roles.has_value:
         out["values"] = response_slice(roles.values(ids, mask), P)
     return out

@@ -6,11 +6,14 @@ where column t is ``log p(input_ids[:, t+1] | input_ids[:, :t+1])``. A ``complet
 padding); its column 0 is dropped (token 0 has no prediction) and the rest aligns with
 ``token_logps``.
 
-Memory: a vocabulary of 150k makes ``[B, T, V]`` logits the largest tensor of a step. A
-full ``log_softmax(logits.float())`` would add a float32 copy of it, and autograd would keep
-that copy alive until backward. ``token_logps`` instead works through the positions in
-chunks, upcasting one chunk at a time, and its backward recomputes each chunk's softmax
-from the saved (low-precision) logits, so the extra memory is one float32 chunk.
+Memory: a vocabulary of 50k to 150k makes ``[B, T, V]`` logits the largest tensor of a step.
+The training and reference passes (``model_token_logps``, ``forward_logps``,
+``packed_forward_logps``) never make them: the model's head is swapped for the fused one of
+``preflab.fused_head``, which goes from the final hidden states to each scored token's
+log-prob chunk by chunk. ``token_logps`` works on logits someone already has (the plain path,
+for a model the fused head does not fit): it upcasts one chunk at a time, and its backward
+recomputes each chunk's softmax from the saved (low-precision) logits, so the extra memory is
+one float32 chunk.
 """
 
 from __future__ import annotations

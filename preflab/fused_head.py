@@ -112,6 +112,8 @@ class _HeadLogps(torch.autograd.Function):
                     grads = grads[1:]
                 for i, g_p in zip(wanted, grads):
                     grad_params[i] = g_p if grad_params[i] is None else grad_params[i].add_(g_p)
+                # a head weight's gradient is [V, H]: this chunk's goes before the next is made
+                grads = g_p = None
         return (grad_hidden, None, None, None, None, None, *grad_params)
 
 

@@ -284,7 +284,7 @@ def padded_batch(rows: int, seq_len: int, vocab: int) -> dict:
 B, T = 4, 24
 ACTIVATION_CASES = {
     # (architecture, vocabulary, LoRA rank, method, role): the forward that method's trainer
-    # runs; None: the test words' vocabulary (106 tokens)
+    # runs; None: the test words' vocabulary (37 tokens)
     "llama sft": ("llama", None, 0, "sft", "policy"),
     "llama sft, vocabulary 4096": ("llama", 4096, 0, "sft", "policy"),
     "qwen2 dpo lora": ("qwen2", None, 4, "dpo-adapter-off", "policy"),
@@ -517,3 +517,23 @@ def test_plan_and_the_flags_know_the_modes_the_trainers_run():
     choices = TrainConfig.__dataclass_fields__["precision"].metadata["choices"]
     assert choices == ("auto", *MODES) == PlanConfig.__dataclass_fields__["precision"].metadata[
         "choices"]
+
+
+def test_the_activation_benchmark_runs_on_a_tiny_model(tiny, monkeypatch, capsys):
+    """benchmarks/plan_activations.py (run at 135M in docs/plan.md) on the tiny Llama: its
+    saved-activation rows agree with the plan within 10%, as at 135M."""
+    import importlib.util
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "plan_activations.py"
+    spec = importlib.util.spec_from_file_location("plan_activations", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["plan_activations.py", "--model", str(tiny("llama")),
+                                      "--seq-len", "24", "--batch-size", "2"])
+    module.main()
+    rows = {line[:28].strip(): float(line[60:69]) for line in capsys.readouterr().out.splitlines()
+            if line[:28].strip().startswith(("saved", "head", "step"))}
+    assert len(rows) == 5, rows
+    assert rows["saved, sft 2 x 24"] == pytest.approx(1, abs=0.1)
+    assert rows["saved, dpo 2 pairs x 24"] == pytest.approx(1, abs=0.1)

@@ -34,6 +34,7 @@ against its plain logits, and a model that fails is scored the plain way.
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 from collections.abc import Callable
 
@@ -44,9 +45,25 @@ CHUNK_BYTES = 64 * 2**20
 """float32 logits computed at once: 341 positions at a 49,152-token vocabulary."""
 
 
+FORWARD_RANGE, BACKWARD_RANGE = "preflab.fused_head.forward", "preflab.fused_head.backward"
+"""The profiler ranges of the fused head's forward and backward: what ``preflab plan``'s
+working memory of the head is measured against (``runtime.memory.range_peaks``)."""
+
+
 def default_chunk(vocab_size: int) -> int:
     """Positions per chunk: ``CHUNK_BYTES`` of float32 logits, at least 16."""
     return max(16, CHUNK_BYTES // (4 * max(1, vocab_size)))
+
+
+def _profiled(name: str):
+    """Run the decorated function in the profiler range ``name`` (free when not profiling)."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            with torch.profiler.record_function(name):
+                return fn(*args, **kwargs)
+        return inner
+    return wrap
 
 
 class _HeadLogps(torch.autograd.Function):
@@ -54,6 +71,7 @@ class _HeadLogps(torch.autograd.Function):
     and the entropy of each position's distribution (no gradient) when asked."""
 
     @staticmethod
+    @_profiled(FORWARD_RANGE)
     def forward(ctx, hidden: Tensor, targets: Tensor, head: Callable, scale: float, chunk: int,
                 want_entropy: bool, *params: Tensor):
         n = hidden.shape[0]
@@ -81,6 +99,7 @@ class _HeadLogps(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @_profiled(BACKWARD_RANGE)
     def backward(ctx, grad_out: Tensor, _grad_entropy: Tensor):
         hidden, targets, lse, *params = ctx.saved_tensors
         need_hidden = ctx.needs_input_grad[0]
@@ -112,6 +131,8 @@ class _HeadLogps(torch.autograd.Function):
                     grads = grads[1:]
                 for i, g_p in zip(wanted, grads):
                     grad_params[i] = g_p if grad_params[i] is None else grad_params[i].add_(g_p)
+                # a head weight's gradient is [V, H]: this chunk's goes before the next is made
+                grads = g_p = None
         return (grad_hidden, None, None, None, None, None, *grad_params)
 
 

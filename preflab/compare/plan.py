@@ -25,13 +25,13 @@ with dropout off, and generation holds a KV cache for --rollout-batch-size promp
 
 A method's total is its peak over the phases of a step, not a sum of its rows:
 
-    train      params + grads + optimizer + saved activations + the working memory at the
-               start of backward: for bf16/fp16 logits one float32 chunk of 1024 positions
-               (every training pass, PPO's policy pass included, writes the logits' gradient
-               over the logits, which are counted among the saved activations); or, if
-               larger, params + optimizer + a live reference's forward (its logits and one
-               layer's tensors), which runs first, before the policy's graph exists (plus the
-               reference's weights in both)
+    train      params + grads + optimizer + saved activations + the fused LM head's working
+               memory, the larger of its forward's and its backward's (``preflab.fused_head``:
+               no [B, T, V] logits are kept or made; about 64 MiB of float32 logits at a time,
+               with the head weight's gradient when it trains:
+               ``plan_arch.head_working_bytes``); or, if larger, params + optimizer + a live
+               reference's forward (one layer's tensors and one chunk of its head), which runs
+               first, before the policy's graph exists (plus the reference's weights in both)
     precompute (dpo precomputed) the policy's and the reference's weights + the reference's
                forward; the reference is freed before training
     update     (ppo) params + grads + optimizer + the larger of the policy's and the value's
@@ -57,6 +57,7 @@ from pathlib import Path
 from preflab.compare.plan_arch import (
     Arch,
     activation_bytes,
+    head_working_bytes,
     kv_cache_bytes,
     layer_bytes,
     parse_arch,
@@ -68,7 +69,6 @@ from preflab.errors import ConfigError
 PRECISION_BYTES = {  # (trained, frozen, compute): bytes per element (runtime.precision.MODES)
     "fp32": (4, 4, 4), "bf16-mixed": (4, 2, 2), "fp16-mixed": (4, 2, 2), "bf16-true": (2, 2, 2)}
 UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-LOGP_CHUNK = 1024  # (batch, position) pairs preflab.logprobs upcasts at once
 METHODS = {
     "sft": "sft", "rm": "rm", "dpo-copy": "dpo, reference copy",
     "dpo-adapter-off": "dpo, adapter-off", "dpo-precomputed": "dpo, precomputed",
@@ -80,19 +80,22 @@ NEEDS_LORA = {
 }
 PRECISION = {
     "fp32": "everything in float32: trained weights, gradients, AdamW's two moments, frozen "
-            "roles, activations",
+            "roles, activations; no logits are kept (the fused head makes 64 MiB of them at a "
+            "time)",
     "bf16-mixed": "float32 master weights, gradients and AdamW's two moments for what trains "
                   "(LoRA adapters and a trained head copy too), and a reference copy as the "
-                  "policy's weights; frozen roles (reward, a LoRA base) in bfloat16; matrix products under bf16 autocast, activations "
-                  "counted in bfloat16 (the float32 residual stream beside them is not); "
-                  "logits kept once in bfloat16 (preflab.logprobs upcasts 1024 positions at a "
-                  "time)",
+                  "policy's weights; frozen roles (reward, a LoRA base) in bfloat16; matrix "
+                  "products under bf16 autocast, activations counted in bfloat16 (the float32 "
+                  "residual stream beside them is not, but for the LM head's input, which is "
+                  "that stream); no logits are kept (the fused head makes 64 MiB of float32 "
+                  "logits at a time)",
     "fp16-mixed": "as bf16-mixed with float16 for bfloat16, and a dynamic loss scaler (a few "
                   "bytes)",
     "bf16-true": "weights, gradients and AdamW's two moments in bfloat16, no float32 master "
                  "copy (updates below ~1/256 of a weight are lost); LoRA adapters (and so their "
                  "gradients and moments) in float32, as PEFT upcasts them; activations in "
-                 "bfloat16; logits kept once in bfloat16",
+                 "bfloat16; no logits are kept (the fused head makes 64 MiB of float32 logits "
+                 "at a time)",
 }
 PRECISIONS = ("auto", *PRECISION_BYTES)
 
@@ -158,7 +161,7 @@ def _role(params: int = 0, grads: int = 0, optimizer: int = 0, activations: int 
 
 def _acting(role: dict, saved: int, working: int = 0) -> dict:
     """``role`` with activations: ``saved`` for backward, plus ``working`` memory alive only
-    in part of the step (the logits' gradient, a reference's forward, generation)."""
+    in part of the step (the fused head's chunks, a reference's forward, generation)."""
     out = _role(role["params"], role["grads"], role["optimizer"], saved + working)
     out["activation_parts"] = {"saved": saved, "working": working}
     return out
@@ -201,10 +204,15 @@ class _Step:
         p = self.trained * n
         return _role(p, p, 2 * p)
 
+    def weights(self) -> int:
+        """Bytes per element of the policy's weights (trained dtype, or the frozen dtype of a
+        LoRA base), and so of its residual stream and its LM head's input."""
+        return self.frozen if self.rank else self.trained
+
     def reference(self) -> int:
-        """Bytes of a reference copy: held as the policy's weights are (trained dtype, or the
-        frozen dtype of a LoRA base), so at step 0 the two compute the same."""
-        return (self.frozen if self.rank else self.trained) * self.arch.lm_params()
+        """Bytes of a reference copy: held as the policy's weights are, so at step 0 the two
+        compute the same."""
+        return self.weights() * self.arch.lm_params()
 
     def scorer(self, trained: bool) -> dict:
         """A reward/value model: body + H -> 1 head; LoRA keeps the head and a trained copy."""
@@ -222,21 +230,22 @@ class _Step:
         return activation_bytes(self.arch, b=self.b, rows=rows, seq_len=self.seq_len, head=head,
                                 lora_rank=self.rank, lora_targets=self.targets,
                                 gradient_checkpointing=self.gc, dropout=dropout,
-                                attention=self.attention)["total"]
+                                attention=self.attention, stream=self.weights())["total"]
 
-    def backward_working(self, rows: int) -> int:
-        """The start of backward: one float32 chunk for low-precision logits. Every training
-        pass (sft, dpo, kto, and the policy's in ppo, rloo and grpo) writes the logits'
-        gradient over the logits, chunk by chunk (``logprobs.token_logps``)."""
-        tokens, vocab = rows * self.seq_len, self.arch.vocab
-        return 0 if self.b == 4 else 4 * vocab * min(LOGP_CHUNK, tokens)
+    def head_working(self, rows: int, *, grad: bool = True) -> int:
+        """The fused LM head's working memory (``plan_arch.head_working_bytes``): the larger of
+        its forward's and its backward's, or its forward's alone (``grad`` false). Every pass
+        that scores tokens runs it (sft, dpo, kto, the policy's and the reference's in ppo,
+        rloo and grpo); the head trains in full fine-tuning (LoRA leaves it frozen)."""
+        head = head_working_bytes(self.arch, b=self.b, tokens=rows * self.seq_len,
+                                  stream=self.weights(), trains=grad and not self.rank)
+        return max(head["forward"], head["backward"]) if grad else head["forward"]
 
     def reference_forward(self, rows: int) -> int:
-        """A no-grad forward: its logits, one float32 chunk and one layer's tensors."""
-        tokens, vocab = rows * self.seq_len, self.arch.vocab
+        """A no-grad forward: one layer's tensors and one chunk of the fused head, no logits."""
         layer = sum(layer_bytes(self.arch, b=self.b, seq_len=self.seq_len, dropout=False,
                                 attention=self.attention).values())
-        return (self.b * vocab + layer) * tokens + 4 * vocab * min(LOGP_CHUNK, tokens)
+        return layer * rows * self.seq_len + self.head_working(rows, grad=False)
 
     def generation(self) -> int:
         """KV cache for the rollout, one layer of the prompt's prefill, one step's logits."""
@@ -261,7 +270,7 @@ def _method(step: _Step, name: str, B: int) -> dict | None:
         return _ppo(step, name, B)
     rows = B if name == "sft" else 2 * B  # the others: chosen and rejected in one forward
     policy = step.lm(True)
-    saved, working = step.saved(rows, "lm"), step.backward_working(rows)
+    saved, working = step.saved(rows, "lm"), step.head_working(rows)
     roles = {"policy": _acting(policy, saved, working)}
     held = policy["params"] + policy["grads"] + policy["optimizer"] + saved
     phases = {"train": held + working}
@@ -290,7 +299,7 @@ def _ppo(step: _Step, name: str, B: int) -> dict:
                  "reward": _role(a + step.frozen * h), "reference": _role()}
     policy_saved = step.saved(B, "lm", dropout=False)
     value_saved = step.saved(B, "scalar", dropout=False)
-    roles["policy"] = _acting(roles["policy"], policy_saved, step.backward_working(B))
+    roles["policy"] = _acting(roles["policy"], policy_saved, step.head_working(B))
     roles["value"] = _acting(roles["value"], value_saved)
     roles["generation"] = _acting(_role(), 0, step.generation())
     params, grads, optimizer = (sum(r[k] for r in roles.values())

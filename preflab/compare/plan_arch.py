@@ -28,10 +28,13 @@ vocabulary, nh heads of hd dims, L layers, T sequence length, r LoRA rank), as m
                 dropout    1 byte per element of each residual dropout with p > 0 (a CUDA bool
                            mask; PPO switches dropout off)
                 (under LoRA, layer 0's first norm keeps nothing: its input needs no gradient)
-    once        final norm as above, + bH (head input, when the head is trained), logits bV
-                (kept once, in dtype: ``preflab.logprobs`` upcasts chunks, never the whole) + 13
-                (log-normaliser, target id, mask); token ids 8 (+8 position ids for GPT-2);
-                rotary cos and sin 2 b rot
+    once        final norm as above; an LM head keeps no logits (``preflab.fused_head`` makes
+                them chunk by chunk and recomputes them in backward): it saves its input,
+                sH (s bytes of the residual stream, the weights' dtype: float32 under the
+                mixed modes' full fine-tuning, where autocast leaves the stream in float32,
+                whether or not the head trains) + 13 (float32 log-normaliser, int64 target,
+                bool mask); a scalar head bH; token ids 8 when the embedding trains (+8
+                position ids for GPT-2); rotary cos and sin 2 b rot
 
 With gradient checkpointing each layer keeps only its input (bH per layer), and backward
 recomputes one layer at a time: L bH + one layer + the parts kept once.
@@ -323,11 +326,14 @@ def layer_bytes(arch: Arch, *, b: int, seq_len: int, lora_rank: int = 0,
 def activation_bytes(arch: Arch, *, b: int, rows: int, seq_len: int, head: str = "lm",
                      lora_rank: int = 0, lora_targets: list[str] | None = None,
                      gradient_checkpointing: bool = False, dropout: bool = True,
-                     attention: str = "sdpa") -> dict[str, int]:
+                     attention: str = "sdpa", stream: int | None = None) -> dict[str, int]:
     """Bytes kept for backward by one training forward of ``rows`` sequences of ``seq_len``.
 
-    ``head`` is ``lm`` (logits over the vocabulary, the policy) or ``scalar`` (a reward or
-    value head, always trained). Returns the parts and their ``total``.
+    ``head`` is ``lm`` (token log-probs through the fused head, the policy) or ``scalar`` (a
+    reward or value head, always trained). ``stream``: bytes per element of the residual
+    stream, the dtype the weights are held in (default ``b``). Every position is counted as
+    scored: the fused head saves only the scored (completion) positions, so a long prompt
+    keeps less. Returns the parts and their ``total``.
     """
     tokens = rows * seq_len
     H = arch.hidden
@@ -343,16 +349,60 @@ def activation_bytes(arch: Arch, *, b: int, rows: int, seq_len: int, head: str =
             norm = _norm_bytes(arch, b, False)
             blocks -= norm + 8 if arch.parallel_residual else norm
     final = _norm_bytes(arch, b, full)
-    if head == "lm":
-        final += (b * H if full else 0) + b * arch.vocab + 5  # + log-normaliser, mask
+    if head == "lm":  # the fused head's input, log-normaliser, target id and mask
+        final += (b if stream is None else stream) * H + 4 + 8 + 1
     else:
         final += b * H  # the scalar head's input
-    ids = 8 if full or head == "lm" else 0  # the embedding's (or the log-prob targets') ids
+    ids = 8 if full else 0  # the embedding's ids, for its gradient
     embed = ids + (8 if arch.positions and full else 0) + 2 * b * arch.rotary_dim
     embed += H if dropout and arch.resid_dropout > 0 else 0
     parts = {"blocks": blocks * tokens, "final": final * tokens, "embeddings": embed * tokens}
     parts["total"] = sum(parts.values())
     return parts
+
+
+HEAD_CHUNK_BYTES = 64 * 2**20
+"""``preflab.fused_head.CHUNK_BYTES``, copied so that planning needs no torch (a test ties them)."""
+
+
+def head_chunk(vocab: int) -> int:
+    """Positions whose logits the fused head makes at once: ``fused_head.default_chunk``."""
+    return max(16, HEAD_CHUNK_BYTES // (4 * max(1, vocab)))
+
+
+def head_working_bytes(arch: Arch, *, b: int, tokens: int, stream: int | None = None,
+                       trains: bool = False) -> dict[str, int]:
+    """The most the fused LM head (``preflab.fused_head``) holds at once beyond the saved
+    activations, in its forward and in its backward, over ``tokens`` scored positions: read
+    from the code and measured with the profiler's allocation events (tests/test_plan.py).
+
+    Chunks of ``head_chunk(V)`` positions: the first has ``c`` = min(chunk, tokens), the
+    second ``c2`` = min(chunk, tokens - chunk). ``s = stream``: bytes of the head's weights and
+    input (default ``b``); ``trains``: the head's weights get a gradient.
+
+        forward   8cV: one chunk's float32 logits and logsumexp's exponentials of them (the
+                  compute dtype's logits and their float32 copy, (b + 4) cV, are fewer); or,
+                  when autocast casts a float32 head (s > b), that cast and its output,
+                  b (VH + cV), if more
+        backward  per chunk, the recomputed logits, their float32 gradient dz and its cast
+                  back, (2b + 4) cV (in float32 dz is made in the logits: 4cV); under
+                  autocast a float32 head's weight cast, b VH (then, as large, its gradient
+                  before the cast back); when the head trains, its weight's gradient, s VH,
+                  beside the running sum of the chunks before (another s VH from the second
+                  chunk on); + the gradient of the head's input, sH a position
+    """
+    V, H = arch.vocab, arch.hidden
+    s = b if stream is None else stream
+    chunk = head_chunk(V)
+    c, c2 = min(chunk, tokens), min(chunk, tokens - chunk)
+    cast = b * V * H if s > b else 0
+    forward = max(8 * c * V, cast + b * c * V if cast else 0)
+    per_position = (4 if b == 4 else 2 * b + 4) * V  # logits, dz, its cast
+    grad = s * V * H if trains else 0
+    backward = per_position * c + cast + grad
+    if c2 > 0:  # the running sum of the first chunk's gradient is held from here on
+        backward = max(backward, per_position * c2 + cast + 2 * grad)
+    return {"forward": forward, "backward": backward + s * H * tokens}
 
 
 def kv_cache_bytes(arch: Arch, *, b: int, rows: int, seq_len: int) -> int:

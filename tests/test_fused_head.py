@@ -47,6 +47,7 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")  # PEFT, on merging
 @pytest.mark.parametrize("tied,lora_on_head", [(False, False), (True, False), (False, True),
                                                (True, True)])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])

@@ -30,7 +30,8 @@ with ``--lengths variable`` the tails reach 512 tokens for prompts and for compl
 EOS) instead of 128 and 300, and the max length is 1024 (TRL's packed rows too), which holds
 any record, so neither side truncates. TRL's packed rows then make 8,192 tokens a step: on
 SmolLM2-135M without gradient checkpointing that row outgrew a 24 GiB machine (OOM-killed at
-22.4 GiB, 2026-12); leave it out (``--only``) or checkpoint both sides.
+22.4 GiB, 2026-12); with checkpointing on both sides it peaked at 9.6 GiB but took about 5
+minutes a step on one CPU thread. Leave it out (``--only``) unless that is affordable.
 
 The output starts with the command line, then one line per run, then each preflab row's
 throughput and peak RSS as ratios of each TRL row's.
@@ -168,14 +169,14 @@ def main() -> None:
                                       max_length=args.max_length)
         print("RESULT " + json.dumps(result))
         return
+    names = [n for n in args.only.split(",") if n]
+    if unknown := set(names) - set(WORKERS):
+        parser.error(f"--only: unknown rows {sorted(unknown)}; the rows are {', '.join(WORKERS)}")
     print_command()
     trl = require_trl()
     import torch
     import transformers
 
-    names = [n for n in args.only.split(",") if n]
-    if unknown := set(names) - set(WORKERS):
-        parser.error(f"--only: unknown rows {sorted(unknown)}; the rows are {', '.join(WORKERS)}")
     max_length = MODEL_MAX_LENGTH if args.model and args.lengths == "variable" else MAX_LENGTH
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

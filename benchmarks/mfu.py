@@ -27,10 +27,15 @@ measured here, in this run:
   (no padding: every token counted is a real one), each in a fresh process, best of
   ``--repeats``.
 
+``--model PATH`` (a Hugging Face directory or a .gguf file, e.g. SmolLM2-135M-Instruct's)
+measures that model's steps instead, on the same equal-length data drawn from words that are
+one token each of its tokenizer.
+
 ``--profile`` then runs a few steps of each under ``torch.profiler`` and prints where the CPU
 time goes, by operator and grouped (matrix products, attention, element-wise, optimizer, other).
 
-    python benchmarks/mfu.py [--steps 10] [--warmup 2] [--repeats 2] [--profile]
+    python benchmarks/mfu.py [--steps 10] [--warmup 2] [--repeats 2] [--model DIR_OR_GGUF]
+        [--profile]
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from pathlib import Path
 
 import dpo_throughput
 import sft_vs_trl
-from common import run_alternating
+from common import add_model_flag, describe_model, print_command, run_alternating
 
 
 def matmul_peak(device: str = "cpu", dtype_name: str = "float32",
@@ -128,6 +133,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also profile a few steps of each")
     parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="use this peak (TFLOP/s) instead of measuring it")
+    add_model_flag(parser, None)
     parser.add_argument("--worker", choices=("sft", "dpo"), help=argparse.SUPPRESS)
     parser.add_argument("--paths", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--per", type=float, help=argparse.SUPPRESS)
@@ -137,6 +143,7 @@ def main() -> None:
         result = fn(*args.paths, args.steps, args.warmup, args.per)
         print("RESULT " + json.dumps(result))
         return
+    print_command()
 
     import torch
     import transformers
@@ -144,18 +151,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         sft_model, sft_data, sft_per_example = sft_vs_trl.build(
-            work / "sft", sft_vs_trl.BATCH * args.steps, "equal")
+            work / "sft", sft_vs_trl.BATCH * args.steps, "equal", args.model)
         dpo_model, dpo_data, dpo_per_step = dpo_throughput.build(
-            work / "dpo", "20m", dpo_throughput.BATCH * args.steps, "equal")
+            work / "dpo", None if args.model else "20m", dpo_throughput.BATCH * args.steps,
+            "equal", args.model)
         config = transformers.AutoConfig.from_pretrained(sft_model)
-        n_params = sum(p.numel() for p in transformers.AutoModelForCausalLM
-                       .from_pretrained(sft_model).parameters())
         sft_len = sft_per_example
         dpo_len = dpo_throughput.PROMPT_WORDS + dpo_throughput.COMPLETION_WORDS + 1
         d, inter = config.hidden_size, config.intermediate_size
         shapes = [(sft_vs_trl.BATCH * int(sft_len), d, inter),
                   (sft_vs_trl.BATCH * int(sft_len), d, d)]
-        print(f"model: Llama, {n_params / 1e6:.1f}M parameters (d {d}, {config.num_hidden_layers} "
+        print(f"model: {describe_model(args.model, sft_model)} (d {d}, {config.num_hidden_layers} "
               f"layers, MLP {inter}, vocabulary {config.vocab_size}); torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads, float32, CPU")
         if args.peak_tflops:

@@ -22,16 +22,30 @@ off. (Until 2026-11-29 this script left each side at its default.)
 Samples per second count completions over the steps after ``--warmup``; each side runs in a
 fresh process (peak RSS is its own), alternating, best of ``--repeats``.
 
+``--model PATH`` (a Hugging Face directory or a .gguf file, e.g. SmolLM2-135M-Instruct's):
+the policy and the reference are that model, and the reward model (and so PPO's value model,
+which starts from it) is that model's body under a fresh scalar head, loaded from the same
+directory and saved once here, so every side scores with the same one (``--size`` with it is
+an error). Prompts are drawn from words that are one token each of its tokenizer. A trained
+model does sample EOS, so completions may stop before ``--length``: the mean length column
+shows how long they were (both sides sample from the same policy, so the lengths agree in
+expectation, not per run).
+
+The output starts with the command line, then one line per run, then each side's samples/s
+and peak RSS as ratios of TRL RLOO's.
+
 TRL is needed only here:  pip install 'preflab[bench]'   (or: pip install trl)
 
-    python benchmarks/rl_vs_trl.py [--steps 8] [--warmup 2] [--size small|20m] [--prompts 8]
-        [--generations 4] [--length 64] [--gradient-checkpointing off|on|defaults]
+    python benchmarks/rl_vs_trl.py [--steps 8] [--warmup 2] [--size small|20m]
+        [--model DIR_OR_GGUF] [--prompts 8] [--generations 4] [--length 64]
+        [--gradient-checkpointing off|on|defaults]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import random
 import resource
 import sys
@@ -40,52 +54,71 @@ import time
 from pathlib import Path
 
 from common import (
-    LLAMA_20M,
+    LLAMA_SIZES,
     add_checkpointing_flag,
+    add_model_flag,
+    check_token_counts,
     checkpoints,
+    describe_model,
+    model_and_words,
     preflab_seconds,
+    print_command,
     require_trl,
     run_alternating,
     seconds_after_warmup,
+    settle_model_flags,
     step_clock,
 )
 
-SIZES = {"small": (128, 4, 4, 384, 2000),
-         "20m": (LLAMA_20M["hidden_size"], LLAMA_20M["num_layers"], LLAMA_20M["num_heads"],
-                 LLAMA_20M["intermediate_size"], 8000)}
 PROMPT_WORDS = 32
 KL = 0.05
 LR = 1e-6
 
 
-def build(work: Path, size: str, n_prompts: int, generations: int) -> tuple[Path, Path, Path, Path]:
-    """Policy, reward model, the prompts, and the prompts repeated K times (for PPO)."""
+def save_reward(model_dir: str, out: str, pretrained: bool) -> None:
+    """A sequence classifier with one label, saved to ``out`` with ``model_dir``'s tokenizer:
+    ``model_dir``'s body under a fresh scalar head (``pretrained``), or a random one of its
+    shape. Run in a child process (``build``): the weights would raise this process's RSS."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging
 
-    from preflab.tiny import save_tiny_model
-
-    hidden, layers, heads, inter, vocab = SIZES[size]
-    words = [f"w{i}" for i in range(vocab)]
-    model_dir = save_tiny_model(work / "model", words, arch="llama", hidden_size=hidden,
-                                num_layers=layers, num_heads=heads, intermediate_size=inter,
-                                max_positions=512)
+    logging.disable_progress_bar()
     torch.manual_seed(1)
     config = AutoConfig.from_pretrained(model_dir, num_labels=1)
     config.pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
-    reward = AutoModelForSequenceClassification.from_config(config)
-    reward.save_pretrained(work / "reward")
+    if pretrained:
+        logging.set_verbosity_error()  # the new head and the dropped LM head are expected
+        reward = AutoModelForSequenceClassification.from_pretrained(model_dir, config=config)
+    else:
+        reward = AutoModelForSequenceClassification.from_config(config)
+    reward.save_pretrained(out)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                  "chat_template.jinja"):
         if (Path(model_dir) / name).exists():
-            (work / "reward" / name).write_bytes((Path(model_dir) / name).read_bytes())
+            (Path(out) / name).write_bytes((Path(model_dir) / name).read_bytes())
+
+
+def build(work: Path, size: str | None, n_prompts: int, generations: int,
+          model: str | None = None) -> tuple[Path, Path, Path, Path]:
+    """Policy (the random Llama of ``size``, or ``model``'s directory), reward model, the
+    prompts, and the prompts repeated K times (for PPO)."""
+    model_dir, words = model_and_words(work, model, **({} if model else LLAMA_SIZES[size]))
+    child = multiprocessing.get_context("spawn").Process(
+        target=save_reward, args=(str(model_dir), str(work / "reward"), bool(model)))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        sys.exit(f"building the reward model from {model_dir} failed")
     rng = random.Random(0)
-    prompts = [" ".join(rng.choices(words, k=PROMPT_WORDS)) for _ in range(n_prompts)]
+    prompts = [words.prompt(rng, PROMPT_WORDS) for _ in range(n_prompts)]
+    check_token_counts(model_dir, [{"prompt": p} for p in prompts],
+                       [{"prompt": PROMPT_WORDS + words.prompt_specials}] * n_prompts)
     once, repeated = work / "prompts.jsonl", work / "prompts-x.jsonl"
     once.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     repeated.write_text("".join(json.dumps({"prompt": p}) + "\n"
                                 for p in prompts for _ in range(generations)))
-    return Path(model_dir), work / "reward", once, repeated
+    return model_dir, work / "reward", once, repeated
 
 
 def worker_preflab(command: str, model: str, reward: str, prompts: str, repeated: str, out: str,
@@ -161,7 +194,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--size", choices=tuple(SIZES), default="small")
+    parser.add_argument("--size", choices=tuple(LLAMA_SIZES),
+                        help="the random Llama (default: small)")
+    add_model_flag(parser)
     parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
     parser.add_argument("--generations", type=int, default=4, help="completions per prompt")
     parser.add_argument("--length", type=int, default=64, help="completion tokens")
@@ -179,6 +214,8 @@ def main() -> None:
                     checkpointing=checkpoints(args.gradient_checkpointing, side))
         print("RESULT " + json.dumps(result))
         return
+    settle_model_flags(parser, args, size="small")
+    print_command()
     trl = require_trl()
 
     import torch
@@ -187,14 +224,13 @@ def main() -> None:
     names = [n for n in args.only.split(",") if n]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        paths = build(work, args.size, args.prompts * args.steps, args.generations)
-        n_params = sum(p.numel() for p in transformers.AutoModelForCausalLM
-                       .from_pretrained(paths[0]).parameters())
-        print(f"policy: Llama, {n_params / 1e6:.1f}M parameters; reward model and reference of "
+        paths = build(work, args.size, args.prompts * args.steps, args.generations, args.model)
+        up_to = "up to " if args.model else ""
+        print(f"policy: {describe_model(args.model, paths[0])}; reward model and reference of "
               f"the same size; {args.prompts} prompts x {args.generations} completions of "
-              f"{args.length} tokens per step ({PROMPT_WORDS}-token prompts), one optimizer "
-              f"step each; {args.steps} steps ({args.warmup} warm-up, not timed); gradient "
-              f"checkpointing: {args.gradient_checkpointing}")
+              f"{up_to}{args.length} tokens per step ({PROMPT_WORDS}-word prompts), one "
+              f"optimizer step each; {args.steps} steps ({args.warmup} warm-up, not timed); "
+              f"gradient checkpointing: {args.gradient_checkpointing}")
         print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
               f"trl {trl.__version__}, {torch.get_num_threads()} threads")
         results = run_alternating(
@@ -211,9 +247,9 @@ def main() -> None:
         if base:
             for name in names:
                 if name != "trl-rloo":
-                    print(f"{name} / TRL RLOO: samples/s x"
-                          f"{results[name]['samples_per_sec'] / base['samples_per_sec']:.2f}, "
-                          f"peak RSS x{results[name]['peak_rss_bytes'] / base['peak_rss_bytes']:.2f}")
+                    speed = results[name]["samples_per_sec"] / base["samples_per_sec"]
+                    rss = results[name]["peak_rss_bytes"] / base["peak_rss_bytes"]
+                    print(f"{name} / TRL RLOO: samples/s x{speed:.2f}, peak RSS x{rss:.2f}")
 
 
 if __name__ == "__main__":

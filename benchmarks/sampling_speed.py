@@ -10,50 +10,94 @@ Llama of the other benchmarks (vocabulary 8,000, or ``--vocab``), randomly initi
 almost never samples EOS: each side runs ``--new-tokens`` steps (checked: a row that ends on
 EOS early still waits for the others, so the steps, and the work, are the same).
 
+``--model PATH`` (a Hugging Face directory or a .gguf file, e.g. SmolLM2-135M-Instruct's)
+samples from that model instead (``--vocab`` with it is an error), with prompts of words that
+are one token each of its tokenizer, ``--new-tokens`` 128 unless given: 32 prompts x 128 new
+tokens. A trained model may end a row on EOS early; the other rows keep the steps the same,
+and the check above still holds unless every row ends early.
+
+Peak RSS: each timed call's own, read from Linux's ``VmHWM`` after resetting it to the current
+RSS (``/proc/self/clear_refs``), so both sides' peaks count the same loaded model; the rise
+over the RSS before the call is printed beside it. Elsewhere the peak is not measured.
+
+The output starts with the command line, then one line per side, then preflab's tokens/s and
+peak RSS as ratios of transformers'.
+
     python benchmarks/sampling_speed.py [--rows 32] [--prompt-tokens 32] [--new-tokens 64]
-        [--vocab 8000] [--repeats 5]
+        [--vocab 8000 | --model DIR_OR_GGUF] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import re
 import tempfile
 import time
+from pathlib import Path
 
-from common import LLAMA_20M
+from common import (
+    LLAMA_20M,
+    add_model_flag,
+    check_token_counts,
+    describe_model,
+    model_and_words,
+    print_command,
+    settle_model_flags,
+)
+
+
+def _status_kib(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
+
+
+def reset_peak_rss() -> int | None:
+    """Reset this process's peak RSS to its current RSS; return that in bytes (None where
+    Linux's ``/proc/self/clear_refs`` is not there to do it)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return 1024 * _status_kib("VmRSS")
+    except OSError:
+        return None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=32)
+    parser.add_argument("--rows", type=int, default=32, help="prompts sampled together")
     parser.add_argument("--prompt-tokens", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--new-tokens", type=int,
+                        help="tokens sampled per prompt (default: 64; with --model, 128)")
+    parser.add_argument("--vocab", type=int, help="the random Llama's (default: 8000)")
+    add_model_flag(parser, "--vocab")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    settle_model_flags(parser, args, vocab=8000)
+    if args.new_tokens is None:
+        args.new_tokens = 128 if args.model else 64
+    print_command()
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from preflab.generation import generate
-    from preflab.tiny import save_tiny_model
 
-    words = [f"w{i}" for i in range(args.vocab)]
-    rng = random.Random(0)
-    prompts = [" ".join(rng.choices(words, k=args.prompt_tokens)) for _ in range(args.rows)]
     with tempfile.TemporaryDirectory() as tmp:
-        path = save_tiny_model(tmp, words, arch="llama", **LLAMA_20M, max_positions=512)
+        path, words = model_and_words(Path(tmp), args.model, vocab=args.vocab, **LLAMA_20M)
+        rng = random.Random(0)
+        prompts = [words.prompt(rng, args.prompt_tokens) for _ in range(args.rows)]
+        check_token_counts(path, [{"prompt": p} for p in prompts],
+                           [{"prompt": args.prompt_tokens + words.prompt_specials}] * args.rows)
         model = AutoModelForCausalLM.from_pretrained(path).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
+        described = describe_model(args.model, path)
     tokenizer.padding_side = "left"
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
     config = GenerationConfig(do_sample=True, temperature=1.0, top_k=None, top_p=1.0,
                               max_new_tokens=args.new_tokens, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=tokenizer.eos_token_id)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"Llama, {n_params / 1e6:.1f}M parameters, vocabulary {len(tokenizer):,}; {args.rows} "
+    print(f"{described}, vocabulary {len(tokenizer):,}; {args.rows} "
           f"prompts of {batch['input_ids'].shape[1]} tokens, {args.new_tokens} new tokens each; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
@@ -69,10 +113,13 @@ def main() -> None:
 
     sides = {"transformers generate(do_sample=True)": theirs, "preflab generate": ours}
     best = dict.fromkeys(sides, float("inf"))
+    peak = dict.fromkeys(sides, 0)  # the highest of each side's calls
+    rise = dict.fromkeys(sides, 0)
     for fn in sides.values():
         fn()  # warm-up
     for _ in range(args.repeats):
         for name, fn in sides.items():
+            before = reset_peak_rss()
             start = time.perf_counter()
             steps = fn()
             seconds = time.perf_counter() - start
@@ -80,11 +127,17 @@ def main() -> None:
                 raise SystemExit(f"{name} stopped after {steps} steps, not {args.new_tokens} "
                                  "(every row sampled EOS): the timing would not compare")
             best[name] = min(best[name], seconds)
+            if before is not None:
+                high = 1024 * _status_kib("VmHWM")
+                peak[name], rise[name] = max(peak[name], high), max(rise[name], high - before)
     for name, seconds in best.items():
+        memory = (f"   peak RSS {peak[name] / 2**20:6.0f} MiB (+{rise[name] / 2**20:.0f} MiB "
+                  "over the RSS before the call)" if peak[name] else "")
         print(f"{name:40s} {seconds:6.3f} s   {args.rows * args.new_tokens / seconds:8.0f} "
-              "tokens/s")
-    peer, mine = best.values()
-    print(f"preflab / transformers: x{peer / mine:.2f} tokens/s (best of {args.repeats})")
+              f"tokens/s{memory}")
+    (peer, mine), (peer_rss, my_rss) = best.values(), peak.values()
+    memory = f", peak RSS x{my_rss / peer_rss:.2f}" if peer_rss else ""
+    print(f"preflab / transformers: x{peer / mine:.2f} tokens/s{memory} (best of {args.repeats})")
 
 
 if __name__ == "__main__":

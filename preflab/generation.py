@@ -13,12 +13,19 @@ second BOS before the template's own) and a truncated prompt stays truncated.
 carry a ``generation_config.json`` (``repetition_penalty``, ``suppress_tokens``,
 ``min_new_tokens``, ``no_repeat_ngram_size``, ``top_k``, ...). Transformers fills every
 setting a caller leaves unset from that file, so a policy-gradient method would sample from
-one distribution and score its tokens under another. Here the model's own generation config
-is set aside for the call (``_isolated_generation_config``); transformers is asked for greedy
-steps with no processors of its own, and preflab applies the temperature and the nucleus
-(top-p) truncation and draws each token itself, in ``_SamplingWarper`` (``draw``: inversion
-of the cumulative distribution, one uniform per row), which also records the log-probability
-of every drawn token under the exact distribution it was drawn from.
+one distribution and score its tokens under another. Here no generation config is read:
+preflab applies the temperature and the nucleus (top-p) truncation and draws each token
+itself, in ``_SamplingWarper`` (``draw``: inversion of the cumulative distribution, one
+uniform per row), which also records the log-probability of every drawn token under the exact
+distribution it was drawn from.
+
+The decoding steps are preflab's own loop (``preflab.decoding``: one prefill, then one forward
+of the new tokens per step, a KV cache that grows in place) wherever it can drive the model,
+and transformers' ``generate`` otherwise (``decoding.fits``; always for a sharded model). Both
+give the same tokens for the same seed (``tests/test_decoding.py``). Through ``generate``, the
+model's own generation config is set aside for the call (``_isolated_generation_config``) and
+transformers is asked for greedy steps with no processors of its own, so it takes the token
+``_SamplingWarper`` drew.
 
 Each ``Sample`` holds:
 
@@ -132,22 +139,26 @@ def draw(log_probs: torch.Tensor, *, dtype: torch.dtype | None = None) -> torch.
 
 
 class _SamplingWarper:
-    """The last logits processor, and the sampler: temperature, nucleus, the draw, and a record
-    of each drawn token's log-prob.
+    """The sampler: temperature, nucleus, the draw, and a record of each drawn token's log-prob.
 
-    Transformers calls it once per step with the ids so far and the next-token logits. It
-    draws the token itself (``draw``, or the argmax for greedy decoding) and returns scores
-    that are -inf everywhere but there, so transformers' greedy step (the config says
-    ``do_sample=False``) takes exactly that token.
+    ``pick`` takes a step's next-token logits and returns the drawn tokens (``draw``, or the
+    argmax for greedy decoding); preflab's own loop (``preflab.decoding``) calls it directly.
+    Under ``model.generate`` it is the last logits processor: transformers calls it once per
+    step with the ids so far and the logits, and it returns scores that are -inf everywhere but
+    at the drawn token, so transformers' greedy step (the config says ``do_sample=False``)
+    takes exactly that token. Either way one ``pick`` per step, for every row.
     """
 
     def __init__(self, temperature: float, top_p: float) -> None:
         self.temperature, self.top_p = temperature, top_p
         self.steps: list[torch.Tensor] = []
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def pick(self, scores: torch.Tensor) -> torch.Tensor:
+        """One token per row from next-token logits ``[B, V]``; records its log-prob."""
         if self.temperature > 0:
-            scores = nucleus_filter(scores / self.temperature, self.top_p)
+            if self.temperature != 1:  # x / 1 == x: skip a pass over [B, V]
+                scores = scores / self.temperature
+            scores = nucleus_filter(scores, self.top_p)
         log_probs = torch.log_softmax(scores.float(), dim=-1)
         if torch.isnan(log_probs).any():  # NaN or +inf logits, or no token left at all
             raise NonFiniteProbabilities(
@@ -156,6 +167,10 @@ class _SamplingWarper:
                 f"NaN or inf)")
         tokens = draw(log_probs) if self.temperature > 0 else scores.argmax(dim=-1)
         self.steps.append(log_probs.gather(-1, tokens[:, None]).squeeze(-1))
+        return tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        tokens = self.pick(scores)
         chosen = torch.full_like(scores, float("-inf"))
         return chosen.scatter_(-1, tokens[:, None], 0.0)
 
@@ -226,6 +241,8 @@ def generate(
     """
     from transformers import LogitsProcessorList
 
+    from preflab import decoding
+
     _validate(num_samples, max_new_tokens, temperature, top_p, batch_size)
     pad_id = tokenizer.pad_token_id
     eos_id = tokenizer.eos_token_id
@@ -248,6 +265,9 @@ def generate(
     # a sharded model's every forward pass is collective: each process keeps stepping (on
     # finished rows) until every process's batch is done, and all run the same batch count
     synced = distributed.is_sharded(model)
+    # preflab's own decoding loop where it can drive the model; a sharded model's lockstep
+    # (synced_gpus) is left to transformers
+    own_loop = not synced and decoding.fits(model)
     was_training = model.training
     model.eval()
     devices = [device] if device.type == "cuda" else []
@@ -272,15 +292,20 @@ def generate(
                     input_ids[r, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                     attention_mask[r, width - len(ids) :] = 1
                 warper = _SamplingWarper(temperature, top_p)
-                output = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention_mask.to(device),
-                    generation_config=gen_config,
-                    logits_processor=LogitsProcessorList([warper]),
-                    synced_gpus=synced,
-                )
+                input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+                if own_loop:
+                    new_tokens = decoding.decode(
+                        model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
+                        pad_id=pad_id, eos_id=eos_id, pick=warper.pick).tolist()
+                else:
+                    output = model.generate(
+                        input_ids=input_ids, attention_mask=attention_mask,
+                        generation_config=gen_config,
+                        logits_processor=LogitsProcessorList([warper]),
+                        synced_gpus=synced,
+                    )
+                    new_tokens = output[:, width:].tolist()
                 logprobs = warper.finish(len(batch)).tolist()
-                new_tokens = output[:, width:].tolist()
                 for (i, j), ids, lps in zip(batch, new_tokens, logprobs):
                     results[i][j] = _make_sample(
                         tokenizer, prompts[i], encoded[i], prompt_texts[i], ids, eos_id, lps

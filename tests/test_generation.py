@@ -135,6 +135,7 @@ def test_draw_follows_the_distribution_and_never_takes_a_zero_probability_token(
     one = torch.full((1000, 7), float("-inf"))
     one[:, 6] = 0.0
     assert draw(one, dtype=dtype).eq(6).all()
+    assert torch.isinf(one[:, :6]).all() and one[:, 6].eq(0).all()  # the input is left as it was
     # unnormalised log-probs are drawn in proportion (the mass is rescaled per row)
     torch.manual_seed(1)
     halves = draw(torch.log(torch.tensor([[2.0, 2.0]])).expand(n, 2), dtype=dtype)

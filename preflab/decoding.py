@@ -14,9 +14,10 @@ What it leaves out is generate's per-step overhead: its ``DynamicCache`` concate
 layer's keys and values each step (a copy of the whole cache), and preflab's greedy steps
 through it paid for a [rows, vocabulary] score tensor and an argmax over it.
 
-``fits(model)`` says whether the loop can drive a model. Where it cannot (an encoder-decoder,
-a model with its own ``prepare_inputs_for_generation``, a forward without position ids or a
-cache argument, a model transformers gives no ``DynamicCache``), ``preflab.generation`` calls
+``fits(model)`` says whether the loop can drive a model (a transformers model, or one wrapped
+with LoRA by PEFT). Where it cannot (an encoder-decoder, a model with its own
+``prepare_inputs_for_generation``, a forward without position ids or a cache argument, a model
+transformers gives no ``DynamicCache``, another PEFT method), ``preflab.generation`` calls
 ``model.generate`` as before.
 """
 
@@ -40,9 +41,21 @@ def _forward_parameters(model) -> set[str]:
     return set(inspect.signature(model.forward).parameters)
 
 
+def _driven(model):
+    """The transformers model the loop calls: ``model``, or the one a PEFT LoRA wrapper holds
+    (its LoRA layers sit inside it, so its forward is the wrapper's; PEFT's own ``generate``
+    calls that model's ``generate`` the same way). Other PEFT methods (prompt learning) change
+    the inputs, so the wrapper itself is returned and ``fits`` refuses it."""
+    config = getattr(model, "active_peft_config", None)
+    if config is not None and config.peft_type == "LORA":
+        return model.get_base_model()
+    return model
+
+
 def fits(model) -> bool:
     """Whether ``decode`` drives ``model`` as ``generate`` would. Anything unusual about how
     the model takes its inputs during generation means no: then ``generate`` it is."""
+    model = _driven(model)
     params = _forward_parameters(model)
     return (
         isinstance(model, GenerationMixin)
@@ -105,6 +118,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     is then replaced by ``pad_id``), so it consumes random numbers as under ``generate``.
     Call it under ``torch.inference_mode()`` (or ``no_grad``).
     """
+    model = _driven(model)
     rows, width = input_ids.shape
     params = _forward_parameters(model)
     cache_argument = next(name for name in CACHE_ARGUMENTS if name in params)

@@ -54,6 +54,26 @@ def test_own_loop_gives_generates_tokens_and_logprobs(arch, temperature, top_p, 
         assert a.logprobs == b.logprobs
 
 
+def test_a_lora_policy_is_decoded_by_the_loop_as_peft_generates_it(tiny_tokenizer,
+                                                                     monkeypatch):
+    """A PEFT LoRA wrapper (``--lora-rank``) is driven through the model it wraps, whose
+    layers hold the adapters: the same samples as PEFT's own ``generate``, and adapters that
+    change the samples (their B matrices set non-zero) change them in both."""
+    from preflab.models import apply_lora
+
+    tok = tiny_tokenizer
+    policy = apply_lora(tiny("llama", tok), rank=4)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(num_samples=2, max_new_tokens=8, batch_size=6, seed=4)
+    ours, theirs = both_paths(policy, tok, monkeypatch, **kwargs)
+    assert ours == theirs
+    with policy.disable_adapter():
+        assert generate(policy, tok, PROMPTS, **kwargs) != ours
+
+
 def test_a_model_the_loop_cannot_drive_falls_back_to_generate(tiny_tokenizer, monkeypatch):
     """A Llama whose forward does not take ``position_ids`` (as some remote-code models):
     ``fits`` says no, ``generate`` goes through ``model.generate``, and the samples are those

@@ -146,7 +146,17 @@ def worker_preflab(command: str, model: str, reward: str, prompts: str, repeated
     summary = json.loads(Path(out, "summary.json").read_text())
     return {"samples_per_sec": n_prompts * k * (last - warmup) / seconds,
             "mean_length": sum(lengths) / len(lengths) if lengths else float("nan"),
-            "peak_rss_bytes": summary["peak_rss_bytes"]}
+            "peak_rss_bytes": summary["peak_rss_bytes"],
+            "time_s": summary.get("time_s", {}), "iterations": last}
+
+
+def _phases(r: dict) -> str:
+    """preflab's seconds per iteration in each phase (its summary's ``time_s``, warm-up
+    included), or nothing for TRL."""
+    if not r.get("time_s"):
+        return ""
+    n = max(1, r["iterations"])
+    return "   per iteration: " + ", ".join(f"{k} {v / n:.1f}s" for k, v in r["time_s"].items())
 
 
 def worker_trl(command: str, model: str, reward: str, prompts: str, repeated: str, out: str,
@@ -242,7 +252,7 @@ def main() -> None:
                           str(paths[2]), str(paths[3]), str(work / f"run-{name}")],
             lambda name, r: (f"{name:13s} {r['samples_per_sec']:7.2f} samples/s   peak RSS "
                              f"{r['peak_rss_bytes'] / 2**20:6.0f} MiB   mean length "
-                             f"{r['mean_length']:.1f}"), key="samples_per_sec")
+                             f"{r['mean_length']:.1f}{_phases(r)}"), key="samples_per_sec")
         base = results.get("trl-rloo")
         if base:
             for name in names:

@@ -118,6 +118,8 @@ class _HeadLogps(torch.autograd.Function):
                 logits = ctx.head(h)
                 with torch.no_grad():
                     g = grad_out[s:e, None]
+                    # float32 logits: .float() is the tensor itself, so dz is built over
+                    # them in place (the head's backward reads only dz, never its output)
                     dz = logits.float()
                     if ctx.scale != 1.0:
                         dz.mul_(ctx.scale)
@@ -181,7 +183,10 @@ def swapped_head(model, targets: Tensor, scored: Tensor, *, scale: float = 1.0,
     head = output_head(model)
     if head is None:
         raise ValueError("the model has no output embedding to fuse")
-    own_forward = type(head).forward.__get__(head)
+    # the head's forward as the model would call it: an instance-level one (accelerate's
+    # hooks set one) is kept and put back, not replaced by the class's
+    replaced = head.__dict__.get("forward")
+    own_forward = head.forward
     vocab = _vocab_size(model)
     chunk = chunk or default_chunk(vocab)
     side: dict[str, Tensor] = {}
@@ -209,7 +214,10 @@ def swapped_head(model, targets: Tensor, scored: Tensor, *, scale: float = 1.0,
     try:
         yield side
     finally:
-        del head.forward  # the class's forward again
+        if replaced is None:
+            del head.forward  # the class's forward again
+        else:
+            head.forward = replaced
 
 
 def _vocab_size(model) -> int:

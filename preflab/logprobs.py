@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from preflab.fused_head import fused_head_supported, inner_model, swapped_head
+
 DEFAULT_CHUNK_SIZE = 1024
 """(batch, position) pairs upcast at once: 1024 x V=150k x 4 bytes ~ 600 MB of float32."""
 
@@ -134,10 +136,7 @@ def sequence_logps(
     """
     logps = token_logps(logits, input_ids, chunk_size=chunk_size,
                         overwrite_logits=overwrite_logits)
-    mask = completion_mask[:, 1:].to(torch.bool)
-    total = torch.where(mask, logps, torch.zeros_like(logps)).sum(-1)
-    count = mask.sum(-1)
-    return SequenceLogps(sum=total, mean=total / count.clamp(min=1), count=count)
+    return _sequences(logps, completion_mask[:, 1:].to(torch.bool))
 
 
 def nll_loss_sum(
@@ -180,9 +179,7 @@ def completion_window(completion_mask: Tensor) -> int:
 def takes_logits_to_keep(model) -> bool:
     """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do):
     looked up on the model inside DDP and PEFT wrappers, once per class."""
-    inner = getattr(model, "module", model)  # DDP
-    if hasattr(inner, "get_base_model"):  # PEFT
-        inner = inner.get_base_model()
+    inner = inner_model(model)
     cls = type(inner)
     if cls not in _TAKES_LOGITS_TO_KEEP:
         import inspect
@@ -197,15 +194,27 @@ def takes_logits_to_keep(model) -> bool:
 _TAKES_LOGITS_TO_KEEP: dict[type, bool] = {}
 
 
+def _forward_kwargs(model, input_ids: Tensor, attention_mask: Tensor | None,
+                    position_ids: Tensor | None, keep: int) -> dict:
+    """A no-cache forward's arguments: positions from the attention mask when there is one
+    (``position_ids_from_attention_mask``), else ``position_ids``; ``logits_to_keep = keep``
+    where the model takes it and ``keep`` is short of ``T``."""
+    kwargs: dict = {"input_ids": input_ids, "use_cache": False}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+        position_ids = position_ids_from_attention_mask(attention_mask)
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
+    if 0 < keep < input_ids.shape[1] and takes_logits_to_keep(model):
+        kwargs["logits_to_keep"] = keep
+    return kwargs
+
+
 def lm_logits(model, input_ids: Tensor, attention_mask: Tensor, keep: int) -> Tensor:
     """A causal LM's logits of at least the last ``keep`` positions, ``[B, K, V]``: exactly
     those where the model takes ``logits_to_keep`` (its head then runs on them alone), else
     all ``T``. Positions from ``position_ids_from_attention_mask``; no cache."""
-    extra = ({"logits_to_keep": keep} if 0 < keep < input_ids.shape[1]
-             and takes_logits_to_keep(model) else {})
-    return model(input_ids=input_ids, attention_mask=attention_mask,
-                 position_ids=position_ids_from_attention_mask(attention_mask),
-                 use_cache=False, **extra).logits
+    return model(**_forward_kwargs(model, input_ids, attention_mask, None, keep)).logits
 
 
 @dataclass
@@ -245,8 +254,6 @@ def model_token_logps(
     ``fused_head_supported(model)``; ``False`` computes the full logits and
     ``token_logps`` on them (the reference the fused path is tested against).
     """
-    from preflab.fused_head import fused_head_supported, swapped_head
-
     B, T = input_ids.shape
     keep = T if keep is None or not 0 < keep <= T else keep
     if scored is None:
@@ -255,14 +262,7 @@ def model_token_logps(
     if scored.shape != (B, keep - 1):
         raise ValueError(f"scored must be [B, keep - 1] = {(B, keep - 1)}, got "
                          f"{tuple(scored.shape)}")
-    kwargs: dict = {"input_ids": input_ids, "use_cache": False}
-    if attention_mask is not None:
-        kwargs["attention_mask"] = attention_mask
-        position_ids = position_ids_from_attention_mask(attention_mask)
-    if position_ids is not None:
-        kwargs["position_ids"] = position_ids
-    if keep < T and takes_logits_to_keep(model):
-        kwargs["logits_to_keep"] = keep
+    kwargs = _forward_kwargs(model, input_ids, attention_mask, position_ids, keep)
     if fused is None:
         fused = fused_head_supported(model)
     if fused:

@@ -190,3 +190,27 @@ def test_softcapped_configs_are_not_fused():
     model = _model(tied=False, seed=1)
     model.config.final_logit_softcapping = 30.0
     assert not fused_head_supported(model)
+
+
+def test_an_instance_level_head_forward_is_used_and_put_back():
+    """A forward set on the head instance (accelerate's hooks do this) computes the fused
+    chunks, and is the head's forward again afterwards, not the class's."""
+    model = _model(tied=False, seed=2)
+    head = model.get_output_embeddings()
+    calls = []
+
+    def hooked(hidden):
+        calls.append(hidden.shape[0])
+        return type(head).forward(head, hidden)
+
+    head.forward = hooked
+    ids, attention, scored = _batch(4)
+    assert fused_head_supported(model)
+    calls.clear()  # the check's own forwards
+    with torch.no_grad():
+        got = model_token_logps(model, ids, attention_mask=attention, scored=scored)
+        assert calls == [int(scored.sum())]  # the one fused chunk went through it
+        want = model_token_logps(model, ids, attention_mask=attention, scored=scored,
+                                 fused=False)
+    assert head.__dict__["forward"] is hooked
+    torch.testing.assert_close(got.logps, want.logps, atol=1e-5, rtol=0)

@@ -409,8 +409,8 @@ import torch
 from transformers import AutoModelForCausalLM
 from preflab.rl.group import group_update
 from functools import partial
-from preflab.rl.roles import _forward_logits, _forward_token_logps
-from preflab.rl.tensors import pack_rollout, response_logps
+from preflab.rl.roles import _forward_token_logps
+from preflab.rl.tensors import pack_rollout
 from preflab.runtime import distributed, session
 from preflab.runtime.precision import MODES
 
@@ -429,8 +429,9 @@ for aggregation, method in (("token", "grpo"), ("sequence", "rloo"), ("fixed", "
     rows = slice(ctx.rank * 4, ctx.rank * 4 + 4) if ctx.enabled else slice(0, 8)
     batch = pack_rollout(prompts[rows], responses[rows], pad_token_id=0, eos_token_id=2)
     with torch.no_grad():
-        ref_logits = _forward_logits(model, batch["input_ids"], batch["attention_mask"])
-        old = {"logprobs": response_logps(ref_logits, batch["input_ids"], batch["context_length"])}
+        old = {"logprobs": _forward_token_logps(
+            model, batch["input_ids"], batch["attention_mask"],
+            keep_from=batch["context_length"] - 1, scored=batch["response_mask"]).logps}
     old["ref_logprobs"] = old["logprobs"] - 0.1
     cfg = SimpleNamespace(loss_aggregation=aggregation, importance_sampling_level="token",
                           kl_coef=0.05, num_minibatches=1, num_iterations=3, batch_size=2,

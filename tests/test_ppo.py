@@ -25,7 +25,6 @@ from preflab.rl.tensors import (
     apply_missing_eos_penalty,
     pack_rollout,
     per_token_rewards,
-    response_logps,
     truncate_after_eos,
 )
 from tests.sft_data import write_jsonl
@@ -82,19 +81,19 @@ def test_per_token_reward_kl_at_every_token_score_at_the_last():
 
 def test_response_logps_match_a_token_by_token_loop(tiny_model_dir):
     """Left-padded prompts, right-padded responses, temperature 0.7: each response token's
-    log-prob equals log softmax(model(prefix)[-1] / 0.7) at that token, prefix unpadded."""
+    log-prob from the roles' pass (the fused head on the response window) equals
+    log softmax(model(prefix)[-1] / 0.7) at that token, prefix unpadded."""
     from transformers import AutoModelForCausalLM
 
-    from preflab.logprobs import position_ids_from_attention_mask
+    from preflab.rl.roles import _forward_token_logps
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     prompts, responses = [[1, 5, 6, 7], [1, 9]], [[10, 11, EOS], [12, 13, 14, 15]]
     batch = pack_rollout(prompts, responses, pad_token_id=PAD, eos_token_id=EOS)
-    ids, mask = batch["input_ids"], batch["attention_mask"]
+    ids, mask, P = batch["input_ids"], batch["attention_mask"], batch["context_length"]
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask,
-                       position_ids=position_ids_from_attention_mask(mask)).logits
-        got = response_logps(logits, ids, batch["context_length"], temperature=0.7)
+        got = _forward_token_logps(model, ids, mask, keep_from=P - 1,
+                                   scored=batch["response_mask"], temperature=0.7).logps
         for row, (p, r) in enumerate(zip(prompts, responses)):
             for t, token in enumerate(r):
                 prefix = torch.tensor([p + r[:t]])
@@ -103,22 +102,24 @@ def test_response_logps_match_a_token_by_token_loop(tiny_model_dir):
 
 
 def test_the_head_runs_only_on_the_response_window(tiny_model_dir):
-    """``keep_from`` gives the logits of the positions from it to the end: the same numbers as
-    slicing the full logits, computed by the head on those positions alone."""
+    """``keep_from`` gives the log-probs of the tokens after it: the same numbers as the
+    whole sequence's, computed by the head on the positions from it to the end alone."""
     from transformers import AutoModelForCausalLM
 
-    from preflab.rl.roles import _forward_logits
+    from preflab.fused_head import fused_head_supported
+    from preflab.rl.roles import _forward_token_logps
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     ids = torch.tensor([[0, 0, 1, 5, 6, 7, 9, 2], [0, 1, 9, 10, 11, 12, 13, 2]])
     am = (ids != 0).long()
     am[1, 0] = 0
+    assert fused_head_supported(model)  # its one check forward, before the hook counts
     seen = []  # the positions the LM head ran on, per call
     model.lm_head.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
     with torch.no_grad():
-        full = _forward_logits(model, ids, am)
-        window = _forward_logits(model, ids, am, keep_from=3)
-    assert full.shape[1] == 8 and window.shape[1] == 5
+        full = _forward_token_logps(model, ids, am).logps
+        window = _forward_token_logps(model, ids, am, keep_from=3).logps
+    assert full.shape[1] == 8 - 1 and window.shape[1] == 5 - 1
     assert seen == [8, 5]
     torch.testing.assert_close(window, full[:, 3:], atol=1e-5, rtol=1e-5)
 
@@ -469,8 +470,8 @@ from preflab.losses import gae
 from preflab.rl.heads import token_values
 from preflab.rl.loop import global_whiten
 from functools import partial
-from preflab.rl.roles import _forward_logits, _forward_token_logps
-from preflab.rl.tensors import pack_rollout, per_token_rewards, response_logps, response_slice
+from preflab.rl.roles import _forward_token_logps
+from preflab.rl.tensors import pack_rollout, per_token_rewards, response_slice
 from preflab.runtime import distributed, session
 from preflab.runtime.precision import MODES
 
@@ -491,7 +492,7 @@ batch = pack_rollout(prompts[rows], responses[rows], pad_token_id=0, eos_token_i
 P, mask = batch["context_length"], batch["response_mask"]
 with torch.no_grad():
     ids, am = batch["input_ids"], batch["attention_mask"]
-    logprobs = response_logps(_forward_logits(policy, ids, am), ids, P)
+    logprobs = _forward_token_logps(policy, ids, am, keep_from=P - 1, scored=mask).logps
     old = {"logprobs": logprobs, "ref_logprobs": logprobs - 0.05,
            "values": response_slice(token_values(value, ids, am), P)}
 cfg = SimpleNamespace(ppo_epochs=2, num_minibatches=1, batch_size=2, clip_range=0.2,

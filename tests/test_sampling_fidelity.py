@@ -11,8 +11,8 @@ import torch
 
 from preflab import models
 from preflab.generation import generate, nucleus_filter
-from preflab.logprobs import position_ids_from_attention_mask
-from preflab.rl.tensors import response_logps, sample_rollout, sampler_logprob_gap
+from preflab.rl.roles import _forward_token_logps
+from preflab.rl.tensors import sample_rollout, sampler_logprob_gap
 
 PROMPTS = [f"{d} {n} was" for d in ("the", "a", "this", "that") for n in ("movie", "film")] * 4
 
@@ -31,11 +31,11 @@ def model_with_generation_config(tiny_model_dir, tmp_path, **settings):
 
 
 def fresh_logps(model, batch, temperature):
-    ids, mask = batch["input_ids"], batch["attention_mask"]
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask,
-                       position_ids=position_ids_from_attention_mask(mask)).logits
-    return response_logps(logits, ids, batch["context_length"], temperature)
+        return _forward_token_logps(model, batch["input_ids"], batch["attention_mask"],
+                                    keep_from=batch["context_length"] - 1,
+                                    scored=batch["response_mask"],
+                                    temperature=temperature).logps
 
 
 @pytest.mark.parametrize("settings", [

@@ -17,7 +17,8 @@ three models in ``classic``, one base with the policy (and reward) adapter in ``
 
 Both modes offer the same methods, so the PPO loop never asks which it has:
 ``policy_token_logps`` and ``reference_token_logps`` (the response tokens' log-probs through
-the fused head, ``logprobs.model_token_logps``: no ``[B, T, V]`` logits), ``values``, ``generator`` (the module to sample from),
+the fused head, ``logprobs.model_token_logps``: no ``[B, T, V]`` logits), ``values``,
+``generator`` (the module to sample from),
 ``with_reference`` (run a function on the reference), ``tensor_bytes`` (per role, the shared
 base counted once: it is attributed to ``policy``).
 
@@ -73,15 +74,6 @@ def _forward_token_logps(model, input_ids, attention_mask, keep_from: int = 0, *
 
     return model_token_logps(model, input_ids, attention_mask=attention_mask,
                              keep=input_ids.shape[1] - keep_from, **kwargs)
-
-
-def _forward_logits(model, input_ids, attention_mask, keep_from: int = 0):
-    """The logits of positions ``keep_from`` to the end, ``[B, T - keep_from, V]``: the head
-    runs only there when the model takes ``logits_to_keep`` (a rollout's prompt makes none)."""
-    from preflab.logprobs import lm_logits
-
-    keep = input_ids.shape[1] - keep_from
-    return lm_logits(model, input_ids, attention_mask, keep)[:, -keep:]
 
 
 def _params_bytes(params: list[torch.nn.Parameter], optimizer, seen: set[int]) -> dict[str, int]:

@@ -40,7 +40,6 @@ from torch import Tensor
 
 from preflab.data import pad_sequences
 from preflab.generation import Sample, generate
-from preflab.logprobs import token_logps
 from preflab.losses import kl_per_token, masked_var
 from preflab.rl.heads import last_token_index
 
@@ -86,22 +85,6 @@ def response_slice(per_position: Tensor, context_length: int) -> Tensor:
     """Columns ``P-1 .. P+R-2`` of a ``[B, P+R, ...]`` tensor: the ones that predict (or
     value the state before) each response token, ``[B, R, ...]``."""
     return per_position[:, context_length - 1 : -1]
-
-
-def response_logps(logits: Tensor, input_ids: Tensor, context_length: int,
-                   temperature: float = 1.0, *, overwrite_logits: bool = False) -> Tensor:
-    """Log-probs of the response tokens under ``logits / temperature``, ``[B, R]`` float32.
-
-    Dividing by the sampling temperature scores each token under the distribution it was
-    drawn from (Huang et al. 2024). Differentiable; no float32 copy of the whole logits.
-    ``overwrite_logits`` (``logprobs.token_logps``): backward writes the gradient over the
-    logits, for a training pass that reads them for nothing else afterwards.
-    """
-    window = logits[:, context_length - 1 :]
-    if temperature != 1.0:
-        window = window / temperature
-    return token_logps(window, input_ids[:, context_length - 1 :],
-                       overwrite_logits=overwrite_logits)
 
 
 def apply_missing_eos_penalty(scores: Tensor, ended: Tensor, penalty: float | None) -> Tensor:

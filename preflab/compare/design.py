@@ -18,8 +18,11 @@ The experiments behind the rows of the article's table (``Preset`` says which ru
                   model and continues PPO from its policy; DPO retrains on relabelled pairs
     pareto        --pareto-weights: for each w, both roads learn gold + w x harmlessness from
                   the pairs labelled again under it, starting from SFT
-    hacking       PPO on a reward model from 1/4 of the pairs, with a 50x smaller KL
-                  coefficient and twice the iterations
+    frontier      beta (DPO) or kl_coef (PPO) x {1/3, 1, 3} at the base learning rate, every
+                  seed at each setting: the reward-KL frontier as a sweep with intervals
+    hacking       both roads under the same pressure: the same 1/4 of the pairs, each road's
+                  regulariser (beta, kl_coef) 50x smaller and twice the training steps; DPO
+                  trains on those pairs, PPO on a reward model trained on them
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from preflab.compare.settings import (
     COMMON,
     GRID,
     HACK_SHARE,
+    HACK_STRENGTH,
     USER_HYPER,
     WORLD_HYPER,
     CompareConfig,
@@ -284,9 +288,21 @@ def build(cfg: CompareConfig) -> Design:
         for name in ("dpo", "ppo"):
             if name in preset.methods:
                 add_run(name, "pareto", Variant(pairs=pareto_key(weight)))
-    if preset.hacking and "ppo" in preset.methods:
-        add_run("ppo", "hacking", Variant(pairs=HACK_SHARE, strength_scale=0.02, steps_scale=2.0,
-                                          tag="hack"))
+    for name in preset.frontier_methods:
+        if name not in preset.methods:
+            continue
+        for k in GRID:
+            for seed in range(preset.seeds if name in preset.seed_methods else 1):
+                if k == 1.0 or (seed == 0 and name in preset.sensitivity_methods):
+                    continue  # the main and seed runs, and the sensitivity grid's run
+                add_run(name, "frontier", Variant(seed=seed, strength_scale=round(k, 4)))
+    if preset.hacking:
+        for name in ("ppo", "dpo"):
+            if name in preset.methods:
+                for seed in range(preset.hacking_seeds):
+                    add_run(name, "hacking", Variant(seed=seed, pairs=HACK_SHARE,
+                                                     strength_scale=HACK_STRENGTH,
+                                                     steps_scale=2.0, tag="hack"))
     return design
 
 

@@ -154,6 +154,7 @@ def collect(root: Path, *, constraints: dict, settings: dict) -> dict:
             entry["score"] = score["metrics"]
             entry["best_of"] = score.get("best_of", 1)  # > 1: eval/kl is best-of-n's bound
             entry["examples"] = score.get("examples", [])
+            entry["per_prompt"] = (score.get("per_prompt") or {}).get(quality)
             entry["score_file"] = f"scores/{run['policy']}.json"
         runs.append(entry)
     failed = [{"key": k, "status": j["status"], "error": j["error"], "log": j["log"],
@@ -177,6 +178,8 @@ def collect(root: Path, *, constraints: dict, settings: dict) -> dict:
         "jobs": jobs,
         "stages": design.get("stages", {}),
         "sft": {"score": sft_score["metrics"] if sft_score else None,
+                "per_prompt": (sft_score.get("per_prompt") or {}).get(quality)
+                if sft_score else None,
                 "examples": sft_score.get("examples", []) if sft_score else [],
                 "score_file": "scores/sft.json" if sft_score else None},
         "runs": runs,

@@ -10,7 +10,8 @@ objectives (``--world``: gold reward, harmlessness, grammaticality) and any ``--
 and, given ``--pairs``, the held-out preference accuracy of the policy's implicit reward.
 With ``--best-of N --proxy SPEC`` it scores best-of-N sampling from ``--policy`` instead: each
 scored sample is the proxy's favourite of N, and ``eval/kl`` is the bound log N - (N-1)/N
-(``preflab.evaluation``). Writes the figures and the first ``--keep-samples`` prompts' completions to ``--out``.
+(``preflab.evaluation``). Writes the figures, each reward's mean per prompt (``per_prompt``) and the first
+``--keep-samples`` prompts' completions to ``--out``.
 """
 
 from __future__ import annotations
@@ -112,9 +113,13 @@ def score(args) -> dict:
                         "completions": [s.completion for s in group],
                         "scores": {name: [round(v, 4) for v in values[i * k : (i + 1) * k]]
                                    for name, values in evaluation.scores.items()}})
+    # each prompt's mean over its samples: the unit the report's intervals resample
+    per_prompt = {name: [round(sum(values[i * k : (i + 1) * k]) / k, 5)
+                         for i in range(len(values) // k)]
+                  for name, values in evaluation.scores.items()} if k else {}
     return {"policy": args.policy, "reference": args.reference, "prompts": len(prompts),
             "samples_per_prompt": k, "best_of": args.best_of, "proxy": args.proxy,
-            "seed": args.seed, "metrics": metrics,
+            "seed": args.seed, "metrics": metrics, "per_prompt": per_prompt,
             "examples": samples, "wall_s": round(time.perf_counter() - started, 2)}
 
 

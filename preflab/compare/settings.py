@@ -4,7 +4,8 @@ The presets say which experiments run (``preflab.compare.design`` turns them int
 
     quick      each main method once, short runs of two more kept for their memory figures
     standard   every method; 3 seeds of DPO and PPO; fewer pairs; a changed objective; hacking
-    full       standard, 3 seeds of every method, and the hyperparameter sensitivity grid
+    full       standard, 3 seeds of every method, the hyperparameter sensitivity grid, the
+               frontier swept over beta and kl_coef (3 seeds each) and 3 seeds of hacking
     real-cpu   a real pretrained model of about 100M parameters on a CPU, your data: DPO, the
                RLHF road (reward model, then PPO) and GRPO, one seed each, short runs
                (``REAL_CPU_HYPER``), within an hour on 2 cores for SmolLM2-135M
@@ -24,7 +25,8 @@ from preflab.config import arg
 from preflab.errors import ConfigError
 
 SHARES = ("1/16", "1/8", "1/4", "1/2")
-HACK_SHARE = "1/4"  # the reward model of the reward-hacking run: trained on few pairs
+HACK_SHARE = "1/4"  # the reward-hacking runs' weak preference data: few pairs
+HACK_STRENGTH = 0.02  # ... and their regulariser (beta, kl_coef): 50x smaller
 GRID = (1 / 3, 1.0, 3.0)
 
 # Hyperparameters for the built-in world's model (1.1M parameters, trained from scratch):
@@ -106,6 +108,11 @@ class Preset:
     sensitivity_methods: tuple[str, ...] = ()
     flexibility: bool = False
     hacking: bool = False
+    hacking_seeds: int = 1
+    """Seeds of the reward-hacking runs (each road under the same low regularisation)."""
+    frontier_methods: tuple[str, ...] = ()
+    """Methods swept over beta or kl_coef x GRID at their base learning rate, ``seeds`` seeds
+    at each setting: the reward-KL frontier with intervals."""
     pair_prompts: int = 1024
     eval_prompts: int = 128
     eval_samples: int = 4
@@ -129,7 +136,8 @@ PRESETS = {
     "standard": Preset(methods=ALL_METHODS, seeds=3, seed_methods=("dpo", "ppo"),
                        shares=SHARES, flexibility=True, hacking=True),
     "full": Preset(methods=ALL_METHODS, seeds=3, seed_methods=ALL_METHODS, shares=SHARES,
-                   sensitivity_methods=("dpo", "ppo"), flexibility=True, hacking=True),
+                   sensitivity_methods=("dpo", "ppo"), flexibility=True, hacking=True,
+                   hacking_seeds=3, frontier_methods=("dpo", "ppo")),
     "real-cpu": Preset(methods=("dpo", "ppo", "grpo"), eval_prompts=32, eval_samples=2,
                        max_new_tokens=64, hyper=REAL_CPU_HYPER, prior_params=134_515_008,
                        # measured by `make demo-real` on SmolLM2-135M, 2 cores, two runs at a

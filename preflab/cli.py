@@ -36,7 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "comparison table measured, with a report"),
     "report": ("preflab.compare.report", "render a comparison's report again from its "
                "results.json"),
-    "plan": ("preflab.compare.plan", "GPU memory per method and role, from a model's config.json alone"),
+    "plan": ("preflab.compare.plan", "GPU memory per method and role, from the config.json or "
+             "GGUF metadata of a Llama, Mistral, Qwen2, GPT-2 or GPT-NeoX model"),
     "reviews": ("preflab.reviews", "a real model's task: review prompts, VADER sentiment as the gold "
                 "reward, pairs from the model's own samples (the DPO paper's experiment)"),
     "demo": ("preflab.demo", "RLHF and DPO on the built-in task, measured and reported, offline, in minutes"),

@@ -2,13 +2,16 @@
 
 Each command lives in its own module and exposes ``main(argv) -> int``; modules are
 imported only when their command runs, so ``preflab --help`` is instant. Errors in what
-the user gave (a ``PreflabError``) print one paragraph and exit 2, never a traceback.
+the user gave (a ``PreflabError``) print one paragraph and exit 2, never a traceback. Output
+piped into a reader that stops early (``preflab --help | head``) ends quietly with exit 141
+(``EXIT_STDOUT_CLOSED``); ``run_module`` gives a module's own ``python -m`` entry the same.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -36,7 +39,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "comparison table measured, with a report"),
     "report": ("preflab.compare.report", "render a comparison's report again from its "
                "results.json"),
-    "plan": ("preflab.compare.plan", "GPU memory per method and role, from a model's config.json alone"),
+    "plan": ("preflab.compare.plan", "GPU memory per method and role, from the config.json or "
+             "GGUF metadata of a Llama, Mistral, Qwen2, GPT-2 or GPT-NeoX model"),
     "reviews": ("preflab.reviews", "a real model's task: review prompts, VADER sentiment as the gold "
                 "reward, pairs from the model's own samples (the DPO paper's experiment)"),
     "demo": ("preflab.demo", "RLHF and DPO on the built-in task, measured and reported, offline, in minutes"),
@@ -66,8 +70,62 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+EXIT_STDOUT_CLOSED = 141
+"""The exit code when the reader of stdout has gone (``preflab ... | head``): 128 + SIGPIPE,
+what the shell reports for ``cat``, ``grep`` or ``yes`` in the same place, so a script under
+``set -o pipefail`` sees preflab as it sees them. Not 0: a training command whose output pipe
+closes stops at its next print, unfinished (no ``final/``)."""
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (``poll`` reports an error on it), so
+    that a BrokenPipeError from another pipe or socket is not mistaken for it."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+    except (AttributeError, OSError, ValueError):  # no real stdout, or no poll (Windows)
+        return False
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _end_quietly(exc: BrokenPipeError) -> int:
+    """After a BrokenPipeError on stdout: point stdout at /dev/null, so that the
+    interpreter's last flush at exit writes nowhere instead of raising again (an "Exception
+    ignored" message and exit 120), and return ``EXIT_STDOUT_CLOSED``. Any other broken pipe
+    is raised again."""
+    if not _stdout_closed():
+        raise exc
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_STDOUT_CLOSED
+
+
+def _guarded(call) -> int:
+    """``call()``, its exit code, with stdout flushed before returning: buffered output meets
+    a closed pipe here, where it is caught, and not in the interpreter's last flush. So does
+    argparse's ``--help`` (a SystemExit after printing)."""
+    try:
+        try:
+            code = int(call() or 0)
+        except SystemExit:
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError as exc:
+        return _end_quietly(exc)
+
+
+def run_module(module_main) -> int:
+    """A module's ``if __name__ == "__main__"`` entry: ``sys.exit(run_module(main))`` runs
+    ``main()`` with a closed stdout handled as ``preflab`` handles it."""
+    return _guarded(module_main)
+
+
 def main(argv: list[str] | None = None) -> int:
-    code = _run(argv)
+    code = _guarded(lambda: _run(argv))
     # A torchrun or accelerate rank leaves without the interpreter's shutdown, where torch's
     # gloo threads can abort it after the run is done (``distributed.exit_rank``). The module
     # is only looked up: a command that never loaded it never joined a process group.
@@ -107,9 +165,6 @@ def _run(argv: list[str] | None) -> int:
         signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
         print(f"preflab {name}: stopped by {signum.name}", file=sys.stderr)
         return 128 + signum
-    except BrokenPipeError:  # output piped into `head` and the like: not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -282,4 +282,6 @@ def main(argv: list[str] | None = None) -> int:
 __all__ = ["review_prompts", "gold_reward", "annotators", "build", "ReviewsConfig"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from preflab.cli import run_module
+
+    sys.exit(run_module(main))

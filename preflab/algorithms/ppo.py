@@ -6,16 +6,19 @@ One step is one PPO iteration (Ziegler et al. 2019; Huang et al. 2024, "The N+
 implementation details of RLHF with PPO"), every detail below traceable to a line:
 
 1. Rollout: ``--rollout-batch-size`` prompts; one response each, sampled by the policy in
-   eval mode with the KV cache (``preflab.rollout.generate``; ``--temperature``, ``--top-p``,
-   at most ``--response-length`` tokens). Responses end at their first EOS.
+   eval mode with the KV cache (``preflab.rl.loop.collect_rollout``, through
+   ``preflab.rl.tensors.sample_rollout`` and ``preflab.generation.generate``): the full
+   softmax at ``--temperature`` (``--top-p`` below 1 is refused), at most
+   ``--response-length`` tokens. Responses end at their first EOS.
 2. Scores: the reward sources (``--reward``: reward models, functions, a weighted sum) score
    the decoded text; a response without EOS gets ``--missing-eos-penalty`` instead.
 3. One no-grad pass each: the policy's log-probs of its own tokens (under logits / temperature),
    the reference's, the value model's per-token values. In a single pass (``--ppo-epochs 1``,
    ``--num-minibatches 1`` and the rollout within ``--batch-size``), the update's own policy
    and value passes, at the same weights, give those numbers: only the reference runs here.
-4. Per-token reward: ``-kl_coef * (log pi - log pi_ref)`` at every token, plus the score at the
-   last token (``preflab.rl.rollouts.per_token_rewards``); optionally whitened.
+4. Per-token reward: ``-kl_coef`` x the per-token KL (``--kl-estimator``; the default k1 is
+   ``log pi - log pi_ref``) at every token, plus the score at the last token
+   (``preflab.rl.tensors.per_token_rewards``); optionally whitened (``--whiten-rewards``).
 5. GAE (``--gamma``, ``--gae-lambda``); advantages whitened over the batch's tokens (every
    process's: under torchrun the mean and variance are all-reduced).
 6. ``--ppo-epochs`` passes over ``--num-minibatches`` shuffled minibatches: clipped policy loss

@@ -43,7 +43,7 @@ def test_quick_preset_writes_the_report_and_every_table_number_is_in_results(qui
         assert (out / name).is_file(), name
     assert [r["id"] for r in results["rows"]] == ["simplicity", "memory", "stability",
                                                   "efficiency", "flexibility", "time",
-                                                  "hyperparameters", "hacking"]
+                                                  "hyperparameters", "hacking", "quality"]
     # Every number in the measured columns of report.md's table is a number in results.json
     # (at the precision shown), not one the report computed on its own.
     leaves = numeric_leaves({k: v for k, v in results.items() if k != "rows"}) + numeric_leaves(
@@ -51,7 +51,7 @@ def test_quick_preset_writes_the_report_and_every_table_number_is_in_results(qui
     table = [line for line in (out / "report.md").read_text().splitlines()
              if line.startswith("| ") and not line.startswith("| Criterion")]
     checked = 0
-    for line in table[:8]:
+    for line in table[:9]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         for cell in cells[1:3]:  # RLHF (measured), DPO (measured)
             for token in numbers(cell):

@@ -10,11 +10,12 @@ from preflab.compare import criteria
 
 
 def run(method, road, experiment="main", quality=None, evals=(), train=(), stages=None,
-        pairs="all", status="done", **variant):
+        pairs="all", status="done", kl=None, **variant):
     entry = {"method": method, "road": road, "experiment": experiment, "label": method.upper(),
              "memory_label": method, "status": status, "run_dir": f"runs/{method}",
              "stages": stages or [method], "policy": (stages or [method])[-1],
-             "variant": {"pairs": pairs, **variant}, "quality_metric": "gold_reward",
+             "variant": {"pairs": pairs, "lr_scale": 1.0, "strength_scale": 1.0, "seed": 0,
+                         **variant}, "quality_metric": "gold_reward",
              "curves": {"eval": [{"step": s, "quality": q, "kl": kl, "proxy": p, "margin": m,
                                   "elapsed_s": t} for s, q, kl, p, m, t in evals],
                         "train": [{"step": i, "loss": loss, "margin": None, "scores": None,
@@ -22,26 +23,42 @@ def run(method, road, experiment="main", quality=None, evals=(), train=(), stage
                                   for i, loss in enumerate(train)],
                         "nonfinite": False}}
     if quality is not None:
-        entry["score"] = {"eval/gold_reward": quality, "eval/harmlessness": 0.5}
+        entry["score"] = {"eval/gold_reward": quality, "eval/harmlessness": 0.5, "eval/kl": kl}
     return entry
 
 
-def results(runs, sft=0.4, jobs=None, **inputs):
+def results(runs, sft=0.4, jobs=None, kl_bound=10.0, **inputs):
     return {"runs": runs, "quality": {"metric": "gold_reward"}, "sft": {"score": {
-        "eval/gold_reward": sft}}, "settings": {"kl_blowup": 10.0}, "jobs": jobs or {},
+        "eval/gold_reward": sft}}, "settings": {"kl_blowup": 10.0, "kl_bound": kl_bound},
+        "jobs": jobs or {},
         "stages": {}, "inputs": {"harmlessness_weight": 1.0, **inputs}}
 
 
-def test_stability_compares_the_spread_over_seeds():
-    """PPO seeds 0.50, 0.60, 0.70 (sd 0.1); DPO 0.55, 0.56, 0.57 (sd 0.01): DPO is steadier."""
-    runs = [run("ppo", "rlhf", e, q) for e, q in (("main", 0.5), ("seed", 0.6), ("seed", 0.7))]
-    runs += [run("dpo", "direct", e, q) for e, q in (("main", 0.55), ("seed", 0.56),
-                                                     ("seed", 0.57))]
-    row = criteria.stability(results(runs))
+def test_stability_names_the_steadier_road_only_when_the_f_test_separates_them():
+    """PPO seeds 0.50, 0.60, 0.70 (variance 0.01); DPO 0.55, 0.56, 0.57 (variance 0.0001).
+    F = 100 on (2, 2) degrees of freedom, where P(F > f) = 1 / (1 + f): p = 2 / 101 = 0.0198
+    < 0.05, so DPO is the steadier road. With PPO at 0.6 -+ sqrt(0.0015) (variance 0.0015,
+    F = 15), p = 2 / 16 = 0.125: no significant difference, and the note says how large a
+    ratio of spreads 3 seeds can tell apart (sqrt(39) = 6.2x)."""
+    dpo = [run("dpo", "direct", e, q) for e, q in (("main", 0.55), ("seed", 0.56),
+                                                   ("seed", 0.57))]
+    ppo = [run("ppo", "rlhf", e, q) for e, q in (("main", 0.5), ("seed", 0.6), ("seed", 0.7))]
+    row = criteria.stability(results(ppo + dpo))
     assert row["rlhf"]["figures"]["std"] == pytest.approx(0.1)
     assert row["dpo"]["figures"]["std"] == pytest.approx(0.01)
     assert row["rlhf"]["figures"]["worst"] == 0.5
+    assert row["test"]["p"] == pytest.approx(2 / 101, rel=1e-6)
     assert row["winner"] == "DPO" and row["agrees"] is True
+    assert row["basis"] == "3 seeds per road"
+    ci = row["rlhf"]["figures"]["ci"]  # 0.6 -+ t(0.975, 2) x 0.1 / sqrt(3) = -+ 0.2484
+    assert (ci["low"], ci["high"]) == pytest.approx((0.6 - 0.24841, 0.6 + 0.24841), abs=1e-4)
+    d = 0.0015 ** 0.5
+    ppo = [run("ppo", "rlhf", e, q) for e, q in (("main", 0.6 - d), ("seed", 0.6),
+                                                 ("seed", 0.6 + d))]
+    row = criteria.stability(results(ppo + dpo))
+    assert row["test"]["p"] == pytest.approx(0.125, rel=1e-6)
+    assert row["winner"] == "no significant difference" and row["agrees"] is None
+    assert "6.2x" in row["note"]
 
 
 def test_stability_needs_two_seeds_and_counts_spikes_and_blowups():
@@ -56,48 +73,113 @@ def test_stability_needs_two_seeds_and_counts_spikes_and_blowups():
     assert row["winner"] == "not measured" and row["agrees"] is None
 
 
-def test_efficiency_winner_has_the_larger_mean_gain():
-    """SFT 0.4. RLHF gains +0.05 (1/16) and +0.20 (all): mean 0.125. DPO +0.10 and +0.12:
-    mean 0.11. RLHF is more efficient here, against the article's claim."""
+def test_efficiency_pairs_the_roads_gains_at_each_data_size():
+    """SFT 0.4. RLHF gains +0.05 (1/16) and +0.20 (all), DPO +0.10 and +0.12: the paired
+    differences -0.05 and +0.08 straddle 0: no significant difference. With RLHF ahead by
+    0.10, 0.11 and 0.12 at three sizes: t = 0.11 / (0.01 / sqrt 3) = 19.05 on 2 df, p =
+    0.00274: RLHF is the more sample-efficient road, against the article."""
+    counts = {"1/16": 100, "1/4": 400, "all": 1600}
     runs = [run("ppo", "rlhf", "efficiency", 0.45, pairs="1/16"), run("ppo", "rlhf", "main", 0.6),
             run("dpo", "direct", "efficiency", 0.5, pairs="1/16"),
             run("dpo", "direct", "main", 0.52)]
-    row = criteria.efficiency(results(runs, pair_counts={"1/16": 100, "all": 1600}))
+    row = criteria.efficiency(results(runs, pair_counts=counts))
     assert row["rlhf"]["figures"]["mean_gain"] == pytest.approx(0.125)
     assert row["dpo"]["figures"]["mean_gain"] == pytest.approx(0.11)
-    assert row["winner"] == "RLHF" and row["agrees"] is False
+    assert row["winner"] == "no significant difference" and row["agrees"] is None
     assert "+0.050 at 100 pairs" in row["rlhf"]["text"]
+    runs = [run("ppo", "rlhf", "efficiency", 0.6, pairs="1/16"),
+            run("ppo", "rlhf", "efficiency", 0.61, pairs="1/4"), run("ppo", "rlhf", "main", 0.62),
+            run("dpo", "direct", "efficiency", 0.5, pairs="1/16"),
+            run("dpo", "direct", "efficiency", 0.5, pairs="1/4"),
+            run("dpo", "direct", "main", 0.5)]
+    row = criteria.efficiency(results(runs, pair_counts=counts))
+    assert row["test"]["p"] == pytest.approx(0.002745, rel=1e-3)
+    assert row["winner"] == "RLHF" and row["agrees"] is False
+    assert row["basis"] == "1 run per data size, 3 sizes"
 
 
-def test_flexibility_scores_the_new_objective_then_the_time():
-    """New objective = gold + 1 x harmlessness (0.5 here): RLHF 0.6 + 0.5, DPO 0.55 + 0.5."""
+def test_flexibility_with_one_run_per_road_names_no_winner():
+    """New objective = gold + 1 x harmlessness (0.5 here): RLHF 0.6 + 0.5, DPO 0.55 + 0.5. One
+    run per road measures nothing about seeds, so the row reports both and names no winner;
+    the per-prompt scores give the evaluation's interval: differences 0.1, 0.0, 0.05 (gold)."""
     jobs = {k: {"wall_s": w} for k, w in (("rm-new", 10), ("ppo-new", 20), ("dpo-new", 50),
                                           ("ppo", 1), ("rm", 1), ("dpo", 1))}
     runs = [run("ppo", "rlhf", "main", 0.5, stages=["rm", "ppo"]),
             run("ppo", "rlhf", "flexibility", 0.6, stages=["rm-new", "ppo-new"]),
             run("dpo", "direct", "main", 0.5, stages=["dpo"]),
             run("dpo", "direct", "flexibility", 0.55, stages=["dpo-new"])]
+    runs[1]["per_prompt"] = {"gold_reward": [0.7, 0.5, 0.6], "harmlessness": [0.5, 0.5, 0.5]}
+    runs[3]["per_prompt"] = {"gold_reward": [0.6, 0.5, 0.55], "harmlessness": [0.5, 0.5, 0.5]}
     row = criteria.flexibility(results(runs, jobs=jobs, pair_counts={"new": 300}))
     assert row["rlhf"]["figures"]["new_objective"] == pytest.approx(1.1)
     assert row["rlhf"]["figures"]["wall_s"] == 30 and row["dpo"]["figures"]["wall_s"] == 50
-    assert row["winner"] == "RLHF" and row["agrees"] is True
-    runs[1]["score"]["eval/gold_reward"] = 0.555  # within 0.01: the faster road wins
-    row = criteria.flexibility(results(runs, jobs=jobs, pair_counts={"new": 300}))
-    assert row["winner"] == "RLHF"
+    assert row["winner"] == "not tested" and row["agrees"] is None
+    assert row["test"]["difference"]["mean"] == pytest.approx(0.05)
+    assert row["basis"] == "1 run per road"
 
 
-def test_hacking_measures_the_drop_from_the_peak():
-    """PPO: gold 0.4 -> 0.6 (KL 2) -> 0.1 while its proxy rises 1 -> 3: drop 0.5. DPO: gold
-    0.4 -> 0.55, no drop. DPO wins, as the article says."""
-    ppo = [(0, 0.4, 0.0, 1.0, None, 0), (10, 0.6, 2.0, 2.0, None, 5), (20, 0.1, 9.0, 3.0, None, 9)]
-    dpo = [(0, 0.4, 0.0, None, 0.0, 0), (50, 0.55, 1.0, None, 0.4, 5)]
-    row = criteria.hacking(results([run("ppo", "rlhf", "hacking", 0.1, evals=ppo),
-                                    run("dpo", "direct", "main", 0.55, evals=dpo)]))
-    worst = row["rlhf"]["figures"]["worst"]
-    assert (worst["peak"], worst["kl_at_peak"], worst["final"]) == (0.6, 2.0, 0.1)
-    assert worst["drop"] == pytest.approx(0.5) and worst["proxy_last"] == 3.0
-    assert row["dpo"]["figures"]["max_drop"] == 0
+def _hack_evals(peak, final):
+    return [(0, 0.4, 0.0, 1.0, 0.0, 0), (10, peak, 2.0, 2.0, 0.2, 5),
+            (20, final, 9.0, 3.0, 0.4, 9)]
+
+
+def test_hacking_compares_the_drops_over_seeds_and_searches_every_run():
+    """Under the same pressure, PPO's gold falls 0.40, 0.45, 0.50 from its peak and DPO's 0.00,
+    0.01, 0.02: Welch t = 0.44 / sqrt(0.0025/3 + 0.0001/3) = 14.95 on 2.15 df, p < 0.01:
+    DPO hacks less. A DPO grid run that collapsed (0.6 -> 0.01) is its worst of all runs and
+    is shown, though it does not decide the row. One seed per road names no winner."""
+    ppo = [run("ppo", "rlhf", "hacking", 0.1, evals=_hack_evals(0.6, 0.6 - d), seed=s)
+           for s, d in enumerate((0.4, 0.45, 0.5))]
+    dpo = [run("dpo", "direct", "hacking", 0.5, evals=_hack_evals(0.55, 0.55 - d), seed=s)
+           for s, d in enumerate((0.0, 0.01, 0.02))]
+    dpo.append(run("dpo", "direct", "sensitivity", 0.01, evals=_hack_evals(0.6, 0.01)))
+    main = [run("ppo", "rlhf", "main", 0.6), run("dpo", "direct", "main", 0.55)]
+    row = criteria.hacking(results(main + ppo + dpo))
+    assert row["rlhf"]["figures"]["drop"]["mean"] == pytest.approx(0.45)
+    assert row["dpo"]["figures"]["drop"]["mean"] == pytest.approx(0.01)
+    assert row["dpo"]["figures"]["worst_of_all"]["drop"] == pytest.approx(0.59)
+    assert row["dpo"]["figures"]["all_runs"] == 4
+    assert row["test"]["statistic"] == pytest.approx(14.95, abs=0.01)
+    assert row["winner"] == "DPO" and row["agrees"] is True
+    one = criteria.hacking(results(main + ppo[:1] + dpo[:1]))
+    assert one["winner"] == "not tested" and one["rlhf"]["figures"]["drop"]["mean"] == 0.4
+
+
+def _setting(method, road, golds, kl, strength=1.0):
+    return [run(method, road, "main" if s == 0 else "frontier", q, seed=s, lr_scale=1.0,
+                strength_scale=strength, kl=kl) for s, q in enumerate(golds)]
+
+
+def test_quality_row_picks_the_better_road_at_the_stated_kl_bound():
+    """SFT 0.4. PPO: kl_coef x1 reaches gold 0.66, 0.68, 0.70 at KL 8; x3 0.51, 0.52, 0.53 at
+    KL 2. DPO: beta x1 0.56, 0.57, 0.58 at KL 1; x1/3 0.58, 0.59, 0.60 at KL 4.
+    Within KL 10 the best are PPO x1 (0.68) and DPO x1/3 (0.59): Welch t = 0.09 /
+    sqrt(0.0004/3 + 0.0001/3) = 6.97 on 2.94 df, p = 0.0064: PPO. Within KL 3 only PPO x3 (0.52)
+    and DPO x1 (0.57) qualify: t = -0.05 / sqrt(0.0002/3) = -6.12 on 4 df, p = 0.0036: DPO.
+    With DPO x1/3 at 0.62, 0.65, 0.68 (intervals overlapping PPO's): no significant
+    difference."""
+    ppo = _setting("ppo", "rlhf", (0.66, 0.68, 0.70), 8.0) + _setting(
+        "ppo", "rlhf", (0.51, 0.52, 0.53), 2.0, strength=3.0)
+    dpo = _setting("dpo", "direct", (0.56, 0.57, 0.58), 1.0) + _setting(
+        "dpo", "direct", (0.58, 0.59, 0.60), 4.0, strength=1 / 3)
+    row = criteria.quality(results(ppo + dpo, kl_bound=10.0))
+    assert row["rlhf"]["figures"]["setting"] == "kl_coef x1"
+    assert row["dpo"]["figures"]["setting"] == "beta x0.333333"
+    assert row["rlhf"]["figures"]["gain"]["mean"] == pytest.approx(0.28)
+    assert row["test"]["p"] == pytest.approx(0.0064, abs=5e-4)
+    assert row["winner"] == "RLHF" and row["agrees"] is None and not row["in_article"]
+    row = criteria.quality(results(ppo + dpo, kl_bound=3.0))
+    assert row["rlhf"]["figures"]["setting"] == "kl_coef x3"
+    assert row["dpo"]["figures"]["setting"] == "beta x1"
+    assert row["test"]["p"] == pytest.approx(0.0036, abs=5e-4)
     assert row["winner"] == "DPO"
+    wide = _setting("dpo", "direct", (0.62, 0.65, 0.68), 4.0, strength=1 / 3)
+    row = criteria.quality(results(ppo + dpo[:3] + wide, kl_bound=10.0))
+    assert row["winner"] == "no significant difference"
+    row = criteria.quality(results(ppo + dpo, kl_bound=0.5))  # nothing is that close to SFT
+    assert row["winner"] == "not measured" and "no setting within KL 0.5" in row["dpo"]["text"]
+    tests = criteria.frontier_tests(results(ppo + dpo), (3.0, 10.0))
+    assert [t["winner"] for t in tests] == ["DPO", "RLHF"]
 
 
 def test_to_90_uses_the_runs_own_curve():
@@ -125,8 +207,10 @@ def test_hyperparameters_count_each_commands_own_flags():
     ppo_epochs, gamma, gae_lambda, vf_coef, clip_range_value, whiten_rewards, kl_estimator,
     adaptive_kl, target_kl, kl_horizon (18): PPOConfig's, not only the RolloutConfig it builds
     on and imports. --fsdp and --padding-free change how a run executes, not what it computes,
-    and are not counted."""
+    and --nonfinite what a step with a non-finite loss does: none is counted. With the
+    optimiser's and the other shared training settings: dpo 18, rm 16, ppo 32."""
     assert criteria._knobs("dpo")[0] == 4
     assert criteria._knobs("rm")[0] == 2
     assert criteria._knobs("ppo")[0] == 18
-    assert {"fsdp", "padding_free"} <= criteria.NOT_HYPERPARAMETERS
+    assert {"fsdp", "padding_free", "nonfinite"} <= criteria.NOT_HYPERPARAMETERS
+    assert [criteria._knobs(c)[1] for c in ("dpo", "rm", "ppo")] == [18, 16, 32]

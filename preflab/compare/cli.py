@@ -34,7 +34,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from preflab.compare import criteria, sections
+from preflab.compare import criteria, sections, stats
 from preflab.compare.design import build
 from preflab.compare.harness import Harness
 from preflab.compare.measure import collect
@@ -134,7 +134,8 @@ def finalize(root: Path, cfg: CompareConfig) -> dict:
     settings = {"preset": cfg.preset, "methods": cfg.method_names(), "jobs": cfg.parallel_runs(),
                 "threads": cfg.threads, "launcher": cfg.launcher,
                 "processes_per_command": _processes(cfg.launcher),
-                "time_budget_s": cfg.time_budget, "kl_blowup": cfg.kl_blowup}
+                "time_budget_s": cfg.time_budget, "kl_blowup": cfg.kl_blowup,
+                "kl_bound": cfg.kl_bound, "alpha": stats.ALPHA}
     results = collect(root, constraints=constraints, settings=settings)
     results["inputs"]["pair_counts"] = {share: _count_lines(path) for share, path in
                                         results["inputs"].get("pairs", {}).items()}
@@ -160,8 +161,8 @@ def print_table(results: dict, out=None) -> None:
     print("\nThe article's table, measured", file=out)
     for r in results["rows"]:
         a = r["article"]
-        print(f"\n{r['criterion']:<24} measured winner: {r['winner']:<14} article: "
-              f"{a['winner']:<5} ({MARK[r['agrees']]})", file=out)
+        print(f"\n{r['criterion']:<24} measured winner: {r['winner']} ({r.get('basis') or '-'}); "
+              f"article: {a['winner']} ({MARK[r['agrees']]})", file=out)
         print(f"  RLHF: {r['rlhf']['text']}", file=out)
         print(f"  DPO:  {r['dpo']['text']}", file=out)
     print("\n" + headline(results), file=out)

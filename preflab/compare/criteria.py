@@ -14,6 +14,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import fields as dataclass_fields
 
+from preflab.compare import stats
 from preflab.compare.methods import DIRECT, RLHF
 
 ARTICLE = {
@@ -25,7 +26,12 @@ ARTICLE = {
     "time": ("Training time", "Longer", "Shorter", "DPO"),
     "hyperparameters": ("Hyperparameters", "Many (~10+)", "Few (~2-3)", "DPO"),
     "hacking": ("Risk of reward hacking", "Common", "Rare", "DPO"),
+    # not in the article: which road made the better policy, what both roads are for
+    "quality": ("Alignment quality (not in the article)", "-", "-", None),
 }
+NO_DIFFERENCE = "no significant difference"
+UNTESTED = "not tested"
+COUNTED = "counted"
 # Settings that are not hyperparameters of the method: data, output, logging, evaluation.
 NOT_HYPERPARAMETERS = {
     "model", "data", "output_dir", "eval_data", "eval_fraction", "seed", "log_every", "eval_every",
@@ -38,8 +44,9 @@ NOT_HYPERPARAMETERS = {
     "top_p",  # PPO refuses anything but 1.0 (its training passes score the full softmax)
     # how a run executes, not what it computes: the same losses and weights either way
     "fsdp", "padding_free",
+    # what a step with a non-finite loss does (stop, or skip it): a safeguard, not the method
+    "nonfinite",
 }
-TIE = 0.005
 
 
 def f(x: float | None, digits: int = 3) -> str:
@@ -72,21 +79,50 @@ def _quality(run: dict | None) -> float | None:
     return run["score"].get(f"eval/{run['quality_metric']}")
 
 
-def _row(key: str, rlhf: dict, dpo: dict, winner: str | None, note: str = "") -> dict:
+def _row(key: str, rlhf: dict, dpo: dict, winner: str | None, note: str = "", *,
+         basis: str = "", test: stats.Test | None = None) -> dict:
+    """One row. ``winner``: RLHF, DPO, tie (counted figures only), no significant difference,
+    not tested (one run per road) or None (not measured). ``basis``: what the verdict rests on
+    (counted, or how many runs per road); ``test``: the test behind a measured verdict."""
     criterion, a_rlhf, a_dpo, a_winner = ARTICLE[key]
-    agrees = None if winner in (None, "tie") else winner == a_winner
-    return {"id": key, "criterion": criterion,
-            "article": {"rlhf": a_rlhf, "dpo": a_dpo, "winner": a_winner},
+    agrees = winner == a_winner if winner in ("RLHF", "DPO") and a_winner else None
+    return {"id": key, "criterion": criterion, "in_article": a_winner is not None,
+            "article": {"rlhf": a_rlhf, "dpo": a_dpo, "winner": a_winner or "-"},
             "rlhf": rlhf, "dpo": dpo, "winner": winner or "not measured", "agrees": agrees,
+            "basis": basis if winner else "", "test": test.as_dict() if test else None,
             "note": note}
 
 
-def _side(text: str, **figures) -> dict:
-    return {"text": text, "figures": figures}
+def _side(text: str, short: str = "", **figures) -> dict:
+    return {"text": text, "short": short or text, "figures": figures}
 
 
-def _missing(why: str) -> dict:
-    return {"text": why, "figures": {}}
+def _missing(why: str, short: str = "not measured") -> dict:
+    return {"text": why, "short": short, "figures": {}}
+
+
+def _tested(test: stats.Test, rlhf_better: bool) -> str:
+    """The verdict of a test of RLHF against DPO: the better road when significant."""
+    if test.p is None:
+        return UNTESTED
+    if not test.significant:
+        return NO_DIFFERENCE
+    return "RLHF" if rlhf_better else "DPO"
+
+
+def _runs_basis(n_rlhf: int, n_dpo: int, what: str = "seed") -> str:
+    if n_rlhf == n_dpo:
+        return f"{n_rlhf} {what}{'s' if n_rlhf != 1 else ''} per road"
+    return f"{n_rlhf} and {n_dpo} {what}s (RLHF, DPO)"
+
+
+def _test_note(test: stats.Test) -> str:
+    if test.p is None:
+        return ""
+    diff = test.difference
+    extra = f"; difference {diff.text(sign=True)} (95% CI, {diff.method})" if (
+        diff and diff.low is not None) else ""
+    return f"{test.text()}{extra}"
 
 
 def _lower_wins(a: float | None, b: float | None, tie: float = 0.0) -> str | None:
@@ -113,11 +149,12 @@ def simplicity(results: dict) -> dict:
             f"model{'s' if len(trained) != 1 else ''} trained after SFT ({', '.join(trained)}); "
             f"{len(commands)} commands, "
             f"{len(commands) * nproc} processes",
+            f"{len(commands)} stages, {len(trained)} trained",
             stages=len(commands), models_trained=len(trained), commands=len(commands),
             processes=len(commands) * nproc)
     w = _lower_wins(sides[RLHF]["figures"].get("stages"), sides[DIRECT]["figures"].get("stages"))
     return _row("simplicity", sides[RLHF], sides[DIRECT], w,
-                "counted from the commands that actually ran (SFT included)")
+                "counted from the commands that actually ran (SFT included)", basis=COUNTED)
 
 
 def memory_table(results: dict) -> dict:
@@ -177,7 +214,9 @@ def memory(results: dict) -> dict:
         present = [main] + [c for c in present if c is not main]
         parts = [f"{c['label']}: {f(c['weights_P'], 1)}P weights, {f(c['total_P'], 1)}P with "
                  f"grads and AdamW, peak RSS {mib(c['peak_rss_bytes'])}" for c in present]
-        sides[road] = _side("; ".join(parts), weights_P=main["weights_P"],
+        sides[road] = _side("; ".join(parts),
+                            f"{f(main['weights_P'], 1)}P weights, {f(main['total_P'], 1)}P "
+                            "in all", weights_P=main["weights_P"],
                             total_P=main["total_P"], total_bytes=main["total"],
                             peak_rss_bytes=main["peak_rss_bytes"],
                             others={c["method"]: {"weights_P": c["weights_P"],
@@ -186,14 +225,15 @@ def memory(results: dict) -> dict:
     b = sides[DIRECT]["figures"].get("total_bytes")
     note = ""
     if a and b:
-        note = f"RLHF/DPO tensor bytes {a / b:.2f}x"
+        note = f"tensor bytes, counted (peak RSS is shown, not tested): RLHF/DPO {a / b:.2f}x"
         sides[RLHF]["figures"]["ratio_to_dpo"] = a / b
         if "ppo-shared" in by and "dpo" in by:
             ratio = by["ppo-shared"]["total"] / by["dpo"]["total"]
             sides[RLHF]["figures"]["shared_ratio_to_dpo"] = ratio
             note += f" (classic), {ratio:.2f}x (shared)"
         note += f"; P = {mib(table['P'])}"
-    return _row("memory", sides[RLHF], sides[DIRECT], _lower_wins(a, b), note)
+    return _row("memory", sides[RLHF], sides[DIRECT], _lower_wins(a, b), note,
+                basis="counted")
 
 
 def _spikes(losses: list[float], window: int = 10, z: float = 4.0) -> int:
@@ -206,16 +246,22 @@ def _spikes(losses: list[float], window: int = 10, z: float = 4.0) -> int:
     return count
 
 
+def _seed_runs(results: dict, rep: dict) -> list[dict]:
+    """The representative method's runs at its base settings: seed 0 and the other seeds."""
+    return [r for r in results["runs"] if r["method"] == rep["method"]
+            and r["experiment"] in ("main", "seed")]
+
+
 def stability(results: dict) -> dict:
     limit = results["settings"].get("kl_blowup", 10.0)
-    sides, spread = {}, {}
+    sides, finals_by, failures = {}, {}, {}
+    metric = results["quality"]["metric"]
     for road in (RLHF, DIRECT):
         rep = _rep(results, road)
         if rep is None:
             sides[road] = _missing("not run")
             continue
-        runs = [r for r in results["runs"] if r["method"] == rep["method"]
-                and r["experiment"] in ("main", "seed")]
+        runs = _seed_runs(results, rep)
         finals = [q for q in (_quality(r) for r in runs) if q is not None]
         failed = sum(r["status"] != "done" for r in runs)
         nonfinite = sum(r["curves"]["nonfinite"] for r in runs)
@@ -224,22 +270,46 @@ def stability(results: dict) -> dict:
         blowups = sum(any((e["kl"] or 0) > limit for e in r["curves"]["eval"]) for r in runs)
         if len(finals) < 2:
             sides[road] = _missing(f"needs 2 or more seeds ({len(finals)} finished); "
-                                   "run --preset standard or --seeds 3")
+                                   "run --preset standard or --seeds 3",
+                                   f"{len(finals)} seed")
             continue
         std = statistics.stdev(finals)
-        spread[road] = std + 0.1 * (failed + nonfinite)
+        ci = stats.mean_ci(finals)
+        finals_by[road], failures[road] = finals, (failed + nonfinite, len(runs))
         sides[road] = _side(
-            f"{results['quality']['metric']} {f(statistics.fmean(finals))} +- {f(std)} over "
-            f"{len(finals)} seeds (worst {f(min(finals))}); {spikes} loss spikes, {blowups} KL "
-            f"blow-ups (> {limit:g} nats), {nonfinite} non-finite, {failed} failed",
-            mean=statistics.fmean(finals), std=std, worst=min(finals), seeds=len(finals),
+            f"{metric} {ci.text()} over {len(finals)} seeds (mean, 95% CI); sd {f(std)}, worst "
+            f"{f(min(finals))}; {spikes} loss spikes, {blowups} KL blow-ups (> {limit:g} nats), "
+            f"{nonfinite} non-finite, {failed} failed",
+            f"sd {f(std)} over {len(finals)} seeds",
+            mean=ci.mean, ci=ci.as_dict(), std=std, worst=min(finals), seeds=len(finals),
             loss_spikes=spikes, kl_blowups=blowups, nonfinite=nonfinite, failed=failed,
             finals=finals)
-    w = _lower_wins(spread.get(RLHF), spread.get(DIRECT), TIE)
-    return _row("stability", sides[RLHF], sides[DIRECT], w,
-                "spread of the final score over seeds; a failed or non-finite run counts as "
-                "0.1 of spread; a loss spike is a logged loss 4 standard deviations above the "
-                "mean of the 10 before it")
+    if len(finals_by) < 2:
+        return _row("stability", sides[RLHF], sides[DIRECT], None,
+                    "spread of the final score over seeds (needs 2 or more per road)")
+    test = stats.variance_test(finals_by[RLHF], finals_by[DIRECT])
+    winner = _tested(test, rlhf_better=(test.statistic or 0) < 1)
+    n_r, n_d = len(finals_by[RLHF]), len(finals_by[DIRECT])
+    note = (f"spread of the final score over seeds: the two-sided F test of the variances, "
+            f"alpha {stats.ALPHA:g}: variance ratio RLHF/DPO {f(test.statistic, 2)}, "
+            f"p = {test.p:.3g}")
+    smallest = stats.detectable_spread_ratio(n_r, n_d)
+    if not test.significant and smallest:
+        note += (f"; at {n_r} and {n_d} seeds only a ratio of standard deviations above "
+                 f"{smallest:.1f}x can be told apart: more seeds are needed to name a steadier "
+                 "road")
+    fails = {road: k for road, (k, _) in failures.items()}
+    if fails[RLHF] != fails[DIRECT]:
+        failed_test = stats.fisher_exact(fails[RLHF], failures[RLHF][1], fails[DIRECT],
+                                         failures[DIRECT][1])
+        note += (f"; failed or non-finite runs {fails[RLHF]} of {failures[RLHF][1]} against "
+                 f"{fails[DIRECT]} of {failures[DIRECT][1]} ({failed_test.text()})")
+        if failed_test.significant and winner == NO_DIFFERENCE:
+            winner = "RLHF" if fails[RLHF] < fails[DIRECT] else "DPO"
+    note += ("; a loss spike is a logged loss 4 standard deviations above the mean of the 10 "
+             "before it")
+    return _row("stability", sides[RLHF], sides[DIRECT], winner, note,
+                basis=_runs_basis(n_r, n_d), test=test)
 
 
 def _pairs_count(results: dict, share: str) -> int | None:
@@ -267,20 +337,28 @@ def efficiency(results: dict) -> dict:
         if len(points) < 2:
             sides[road] = _missing("needs runs on fewer pairs; run --preset standard")
             continue
-        areas[road] = statistics.fmean(p["gain"] for p in points)
+        areas[road] = {p["share"]: p["gain"] for p in points}
+        mean_gain = statistics.fmean(p["gain"] for p in points)
         sides[road] = _side(", ".join(f"{p['gain']:+.3f} at {p['pairs']} pairs" for p in points),
-                            points=points, mean_gain=areas[road])
-    w = None
-    if RLHF in areas and DIRECT in areas:
-        w = _lower_wins(-areas[RLHF], -areas[DIRECT], TIE)
-    return _row("efficiency", sides[RLHF], sides[DIRECT], w,
+                            f"mean gain {mean_gain:+.3f}, {len(points)} sizes",
+                            points=points, mean_gain=mean_gain)
+    if len(areas) < 2:
+        return _row("efficiency", sides[RLHF], sides[DIRECT], None,
+                    "gain over SFT against labelled pairs (needs runs on fewer pairs)")
+    shares = [k for k in areas[RLHF] if k in areas[DIRECT]]
+    test = stats.paired([areas[RLHF][k] for k in shares], [areas[DIRECT][k] for k in shares])
+    winner = _tested(test, rlhf_better=test.difference.mean > 0)
+    return _row("efficiency", sides[RLHF], sides[DIRECT], winner,
                 "gain over SFT against labelled pairs; the RLHF road trains its reward model on "
-                "the same pairs, then PPO on unlabelled prompts; winner: the larger mean gain")
+                "the same pairs, then PPO on unlabelled prompts; the test pairs the two roads' "
+                f"gains at each of the {len(shares)} data sizes (paired t, alpha "
+                f"{stats.ALPHA:g}; one seed per size): {_test_note(test)}",
+                basis=f"1 run per data size, {len(shares)} sizes", test=test)
 
 
 def flexibility(results: dict) -> dict:
     w_h = results["inputs"].get("harmlessness_weight", 1.0)
-    sides, scores, walls = {}, {}, {}
+    sides, scores, walls, per_prompt = {}, {}, {}, {}
     for road in (RLHF, DIRECT):
         run = next((r for r in results["runs"] if r["road"] == road
                     and r["experiment"] == "flexibility"), None)
@@ -299,17 +377,32 @@ def flexibility(results: dict) -> dict:
         how = ("retrained its reward model and continued PPO from its policy"
                if road == RLHF else "retrained from SFT on the relabelled pairs")
         scores[road], walls[road] = new, wall
+        per_prompt[road] = _objective_per_prompt(run, w_h)
         sides[road] = _side(f"new objective {f(new)} (before the change {f(old)}) after "
                             f"{wall:.0f} s: {how} ({', '.join(new_stages)}); {labels} new labels",
+                            f"{f(new)} after {wall:.0f} s",
                             new_objective=new, before=old, wall_s=wall, new_labels=labels)
-    w = None
+    w, test, note = None, None, ""
     if len(scores) == 2:
-        w = _lower_wins(-scores[RLHF], -scores[DIRECT], 0.01)
-        if w == "tie":
-            w = _lower_wins(walls[RLHF], walls[DIRECT])
+        w = UNTESTED  # one run per road: nothing measures how the score varies between seeds
+        if per_prompt[RLHF] and per_prompt[DIRECT]:
+            test = stats.paired(per_prompt[RLHF], per_prompt[DIRECT])
+            note = (f"; RLHF - DPO on the new objective {test.difference.text(sign=True)} "
+                    f"(95% CI over the {test.difference.n} held-out prompts, paired t: the "
+                    "evaluation's sampling only, not the variation between training seeds)")
     return _row("flexibility", sides[RLHF], sides[DIRECT], w,
-                f"the objective changes to gold + {w_h:g} x harmlessness; winner: the higher "
-                "new-objective score (within 0.01: the faster)")
+                f"the objective changes to gold + {w_h:g} x harmlessness; the higher "
+                f"new-objective score is better; one run per road, so no winner is named{note}",
+                basis="1 run per road", test=test)
+
+
+def _objective_per_prompt(run: dict, weight: float) -> list[float] | None:
+    """gold + weight x harmlessness, per held-out prompt (from the run's score file)."""
+    pp = run.get("per_prompt") or {}
+    gold, harm = pp.get("gold_reward"), pp.get("harmlessness")
+    if not gold or not harm or len(gold) != len(harm):
+        return None
+    return [g + weight * h for g, h in zip(gold, harm)]
 
 
 def _to_90(run: dict, offset: float) -> float | None:
@@ -326,7 +419,7 @@ def _to_90(run: dict, offset: float) -> float | None:
 
 
 def training_time(results: dict) -> dict:
-    sides = {}
+    sides, walls_by = {}, {}
     for road in (RLHF, DIRECT):
         run = _rep(results, road)
         if run is None:
@@ -344,16 +437,35 @@ def training_time(results: dict) -> dict:
         t90 = _to_90(run, sum(walls[:-1]))
         when = (f"90% of its gain after {t90:.0f} s" if t90 is not None
                 else "no gain over its first evaluation")
-        sides[road] = _side(f"{parts} = {sum(walls):.0f} s wall, {sum(cpus):.0f} CPU s; {when}",
+        seeds = [sum(results["jobs"][k]["wall_s"] or 0 for k in r["stages"])
+                 for r in _seed_runs(results, run) if r["status"] == "done"]
+        walls_by[road] = seeds or [sum(walls)]
+        over = ""
+        if len(seeds) > 1:
+            over = (f"; over {len(seeds)} seeds {stats.mean_ci(seeds).text(0)} s wall "
+                    "(mean, 95% CI)")
+        sides[road] = _side(f"{parts} = {sum(walls):.0f} s wall, {sum(cpus):.0f} CPU s; "
+                            f"{when}{over}",
+                            f"{statistics.fmean(walls_by[road]):.0f} s"
+                            + (f" ({len(seeds)} seeds)" if len(seeds) > 1 else ""),
                             wall_s=sum(walls), cpu_s=sum(cpus), stage_wall_s=walls,
-                            to_90_s=t90, time_s=split or None)
-    w = _lower_wins(sides[RLHF]["figures"].get("wall_s"), sides[DIRECT]["figures"].get("wall_s"))
+                            to_90_s=t90, time_s=split or None, seed_wall_s=seeds)
     sft = results["jobs"].get("sft", {}).get("wall_s")
     shared = f"the shared SFT took {sft:.0f} s; " if sft else ""
-    return _row("time", sides[RLHF], sides[DIRECT], w,
-                f"{shared}wall time of each road's own stages (SFT and the pairs excluded), each "
-                "a fresh process on the same machine; 90%: when the run's evaluation curve "
-                "first reached 90% of its final gain, counted from the road's first stage")
+    note = (f"{shared}wall time of each road's own stages (SFT and the pairs excluded), each "
+            "a fresh process on the same machine, with other runs beside it as --jobs allows; "
+            "90%: when the run's evaluation curve first reached 90% of its final gain, counted "
+            "from the road's first stage")
+    if len(walls_by) < 2:
+        return _row("time", sides[RLHF], sides[DIRECT], None, note)
+    test = stats.welch(walls_by[RLHF], walls_by[DIRECT])
+    winner = _tested(test, rlhf_better=(test.difference.mean < 0))
+    if test.p is None:
+        note += "; one run per road, so no winner is named"
+    else:
+        note += f"; Welch t over seeds, alpha {stats.ALPHA:g}: {_test_note(test)}"
+    return _row("time", sides[RLHF], sides[DIRECT], winner, note,
+                basis=_runs_basis(len(walls_by[RLHF]), len(walls_by[DIRECT])), test=test)
 
 
 def _knobs(command: str) -> tuple[int, int]:
@@ -405,14 +517,30 @@ def hyperparameters(results: dict) -> dict:
                      f"{strength} grid within 80% of the best gain ({best:+.3f})")
             figures.update(grid_share=share, best_gain=best, grid_gains=gains)
         sides[road] = _side(text, **figures)
+    for side in sides.values():
+        fig = side["figures"]
+        side["short"] = (f"{fig.get('method_specific')} own, {fig.get('total')} in all"
+                         if fig else side["short"])
+        if "grid_share" in fig:
+            n = len(fig["grid_gains"])
+            side["short"] += f"; {round(fig['grid_share'] * n)}/{n} of grid near best"
+    test = None
     if len(shares) == 2:
-        w = _lower_wins(-shares[RLHF], -shares[DIRECT], 0.0)
-        note = "winner: the larger share of the sensitivity grid near the best"
+        n = {road: len(sides[road]["figures"]["grid_gains"]) for road in shares}
+        near = {road: round(shares[road] * n[road]) for road in shares}
+        test = stats.fisher_exact(near[RLHF], n[RLHF], near[DIRECT], n[DIRECT])
+        w = _tested(test, rlhf_better=shares[RLHF] > shares[DIRECT])
+        note = ("the share of the sensitivity grid within 80% of the best gain, the larger "
+                f"the better: Fisher's exact test, alpha {stats.ALPHA:g}, p = {test.p:.3g} "
+                f"(one seed per grid cell); the counts: {knobs.get(RLHF)} against "
+                f"{knobs.get(DIRECT)} method-specific settings")
+        basis = f"{n[RLHF]} and {n[DIRECT]} grid runs, 1 seed each"
     else:
         w = _lower_wins(knobs.get(RLHF), knobs.get(DIRECT))
         note = ("winner: fewer method-specific hyperparameters (the sensitivity grid runs in "
                 "--preset full)")
-    return _row("hyperparameters", sides[RLHF], sides[DIRECT], w, note)
+        basis = COUNTED
+    return _row("hyperparameters", sides[RLHF], sides[DIRECT], w, note, basis=basis, test=test)
 
 
 def hacking_curve(run: dict) -> dict | None:
@@ -425,44 +553,230 @@ def hacking_curve(run: dict) -> dict | None:
     proxies = [e[proxy_key] for e in evals if e[proxy_key] is not None]
     return {"run_dir": run["run_dir"], "experiment": run["experiment"], "peak": peak["quality"],
             "peak_step": peak["step"], "kl_at_peak": peak["kl"], "final": final["quality"],
-            "drop": peak["quality"] - final["quality"], "proxy": proxy_key,
-            "proxy_first": proxies[0] if proxies else None,
+            "kl_final": final["kl"], "drop": peak["quality"] - final["quality"],
+            "proxy": proxy_key, "proxy_first": proxies[0] if proxies else None,
             "proxy_last": proxies[-1] if proxies else None}
 
 
+def _mean(values) -> float | None:
+    xs = [v for v in values if v is not None]
+    return statistics.fmean(xs) if xs else None
+
+
 def hacking(results: dict) -> dict:
+    metric = results["quality"]["metric"]
     sides, drops = {}, {}
-    few = next((r["variant"]["pairs"] for r in results["runs"] if r["experiment"] == "hacking"),
-               None)  # the share of the pairs the hacking run's reward model had
+    pressure = next((r["variant"] for r in results["runs"] if r["experiment"] == "hacking"), None)
     for road in (RLHF, DIRECT):
         rep = _rep(results, road) or next(
             (r for r in results["runs"] if r["road"] == road and _trains(results, r)), None)
-        runs = [r for r in results["runs"] if rep and r["method"] == rep["method"]
-                and r["experiment"] in ("main", "hacking")]
-        if road == DIRECT and rep:  # DPO on the same few pairs as the hacking reward model
-            runs += [r for r in results["runs"] if r["method"] == rep["method"]
-                     and r["experiment"] == "efficiency" and r["variant"]["pairs"] == few]
-        found = [c for c in (hacking_curve(r) for r in runs) if c]
+        mine = [r for r in results["runs"] if rep and r["method"] == rep["method"]]
+        hack = [r for r in mine if r["experiment"] == "hacking"]
+        basis = hack or [r for r in mine if r["experiment"] in ("main", "seed")]
+        found = [c for c in (hacking_curve(r) for r in basis) if c]
+        everything = [c for c in (hacking_curve(r) for r in mine if r["experiment"] != "probe")
+                      if c]
         if not found:
             sides[road] = _missing("no evaluation curve")
             continue
-        worst = max(found, key=lambda c: c["drop"])
-        drops[road] = worst["drop"]
-        proxy = "reward-model score" if worst["proxy"] == "proxy" else "implicit reward margin"
+        drops[road] = [c["drop"] for c in found]
+        ci = stats.mean_ci(drops[road])
+        proxy = "reward-model score" if found[0]["proxy"] == "proxy" else "implicit reward margin"
+        finals = [q for q in (_quality(r) for r in basis) if q is not None]
+        where = "under the same pressure" if hack else "at its base settings"
+        over = (f"over {len(found)} runs (mean, 95% CI)" if ci.low is not None else
+                "in its one run")
+        text = (f"{where}: {metric} fell {ci.text()} from its peak {over}; {proxy} "
+                f"{f(_mean(c['proxy_first'] for c in found))} -> "
+                f"{f(_mean(c['proxy_last'] for c in found))}; scored {metric} at the end "
+                f"{stats.mean_ci(finals).text() if finals else 'n/a'}")
+        worst = max(everything, key=lambda c: c["drop"])
+        text += (f"; every run counts: the worst of all {len(everything)} runs of "
+                 f"{rep['label']} fell {f(worst['drop'])} (`{worst['run_dir']}`, "
+                 f"{worst['experiment']}: from {f(worst['peak'])} to {f(worst['final'])} at KL "
+                 f"{f(worst['kl_final'], 1)})")
+        sides[road] = _side(text, f"drop {f(ci.mean)} ({len(found)} "
+                                  f"run{'s' if len(found) != 1 else ''})",
+                            drop=ci.as_dict(), runs=found, worst_of_all=worst,
+                            all_runs=len(everything), max_drop=max(drops[road]),
+                            final=stats.mean_ci(finals).as_dict() if finals else None)
+    how = ("both roads under the same pressure: the same "
+           f"{pressure['pairs']} of the pairs (DPO trains on them, PPO on a reward model "
+           f"trained on them), beta or kl_coef x {pressure.get('strength_scale', 1):g} and "
+           f"{pressure.get('steps_scale', 1):g}x the steps" if pressure else
+           "each road's base runs (the same-pressure runs are in --preset standard and full)")
+    note = (f"proxy against gold over training, {how}; the smaller drop of {metric} from its "
+            "peak is better; every run of each road (grid and sweeps included) is searched "
+            "for its worst drop, shown beside")
+    if len(drops) < 2:
+        return _row("hacking", sides[RLHF], sides[DIRECT], None, note)
+    test = stats.welch(drops[RLHF], drops[DIRECT])
+    winner = _tested(test, rlhf_better=test.difference.mean < 0)
+    note += ("; one run per road, so no winner is named" if test.p is None else
+             f"; Welch t over seeds, alpha {stats.ALPHA:g}: {_test_note(test)}")
+    return _row("hacking", sides[RLHF], sides[DIRECT], winner, note,
+                basis=_runs_basis(len(drops[RLHF]), len(drops[DIRECT]), "run"), test=test)
+
+
+# --- alignment quality: the policy each road made -----------------------------------------------
+SETTING_EXPERIMENTS = ("main", "seed", "sensitivity", "frontier")
+
+
+def road_settings(results: dict, road: str, base_lr_only: bool = False) -> list[dict]:
+    """The representative method's scored runs grouped by setting (learning rate and beta or
+    kl_coef multipliers): each setting's final quality and sampled KL over its seeds."""
+    from preflab.compare.methods import REGISTRY
+
+    rep = _rep(results, road)
+    if rep is None:
+        return []
+    groups: dict[tuple, list[dict]] = {}
+    for r in results["runs"]:
+        if (r["method"] != rep["method"] or r["experiment"] not in SETTING_EXPERIMENTS
+                or _quality(r) is None or r["score"].get("eval/kl") is None):
+            continue
+        v = r["variant"]
+        if base_lr_only and v["lr_scale"] != 1:
+            continue
+        groups.setdefault((v["lr_scale"], v["strength_scale"]), []).append(r)
+    method = REGISTRY.get(rep["method"])
+    out = []
+    for (lr, k), runs in sorted(groups.items()):
+        golds = [_quality(r) for r in runs]
+        kls = [r["score"]["eval/kl"] for r in runs]
+        out.append({"label": rep["label"], "method": rep["method"], "road": road,
+                    "lr_scale": lr, "strength_scale": k,
+                    "strength": method.strength if method else "beta", "n": len(runs),
+                    "quality": stats.mean_ci(golds).as_dict(), "kl": stats.mean_ci(kls).as_dict(),
+                    "qualities": golds, "kls": kls, "run_dirs": [r["run_dir"] for r in runs],
+                    "per_prompt": [(r.get("per_prompt") or {}).get(results["quality"]["metric"])
+                                   for r in runs]})
+    return out
+
+
+def best_within(settings: list[dict], bound: float) -> tuple[dict | None, int]:
+    """The best setting whose mean KL is at most ``bound``, among those with the most seeds
+    (a setting run once would win on luck), and how many settings were candidates."""
+    if not settings:
+        return None, 0
+    most = max(s["n"] for s in settings)
+    candidates = [s for s in settings if s["n"] == most]
+    within = [s for s in candidates if s["kl"]["mean"] <= bound]
+    return (max(within, key=lambda s: s["quality"]["mean"]) if within else None), len(candidates)
+
+
+def compare_settings(a: dict, b: dict) -> tuple[stats.Test, bool]:
+    """Quality of setting a against b: Welch's t over seeds when both have 2 or more, else the
+    paired t over held-out prompts (the evaluation's sampling only). Returns (test, over_seeds)."""
+    if a["n"] >= 2 and b["n"] >= 2:
+        return stats.welch(a["qualities"], b["qualities"]), True
+    pa, pb = a["per_prompt"][0], b["per_prompt"][0]
+    if pa and pb and len(pa) == len(pb):
+        return stats.paired(pa, pb), False
+    return stats.welch(a["qualities"], b["qualities"]), False
+
+
+def _gain(results: dict, setting: dict) -> stats.Interval:
+    """The setting's gain over SFT: over seeds (t), or for one run over held-out prompts."""
+    metric = results["quality"]["metric"]
+    sft = (results["sft"]["score"] or {}).get(f"eval/{metric}")
+    if setting["n"] >= 2:
+        return stats.mean_ci([q - sft for q in setting["qualities"]])
+    sft_pp = (results["sft"].get("per_prompt") or {}).get(metric)
+    pp = setting["per_prompt"][0]
+    if pp and sft_pp and len(pp) == len(sft_pp):
+        return stats.paired(pp, sft_pp).difference
+    return stats.Interval(setting["qualities"][0] - sft, None, None, 1, "one value")
+
+
+def quality(results: dict) -> dict:
+    metric = results["quality"]["metric"]
+    bound = results["settings"].get("kl_bound", 10.0)
+    sft = (results["sft"]["score"] or {}).get(f"eval/{metric}")
+    sides, best, counts = {}, {}, {}
+    for road in (RLHF, DIRECT):
+        settings = road_settings(results, road)
+        pick, counts[road] = best_within(settings, bound)
+        if sft is None or not settings:
+            sides[road] = _missing("not run")
+            continue
+        if pick is None:
+            sides[road] = _missing(f"no setting within KL {bound:g} (the lowest: "
+                                   f"{min(s['kl']['mean'] for s in settings):.2f})",
+                                   f"none within KL {bound:g}")
+            continue
+        best[road] = pick
+        gain = _gain(results, pick)
+        pick["gain"] = gain.as_dict()
+        over = (f"(mean, 95% CI, {pick['n']} seeds)" if pick["n"] >= 2 else
+                "(one run; 95% CI over held-out prompts)" if gain.low is not None else
+                "(one run)")
+        setting = (f"{pick['strength']} x{pick['strength_scale']:g}"
+                   + (f", lr x{pick['lr_scale']:g}" if pick["lr_scale"] != 1 else ""))
         sides[road] = _side(
-            f"worst of {len(found)} runs ({worst['experiment']}): {proxy} {f(worst['proxy_first'])} "
-            f"-> {f(worst['proxy_last'])} while {results['quality']['metric']} peaked at "
-            f"{f(worst['peak'])} (KL {f(worst['kl_at_peak'], 2)}) and ended at "
-            f"{f(worst['final'])} (drop {f(worst['drop'])})",
-            worst=worst, runs=found, max_drop=worst["drop"])
-    w = _lower_wins(drops.get(RLHF), drops.get(DIRECT), 0.02)
-    return _row("hacking", sides[RLHF], sides[DIRECT], w,
-                "proxy against gold over training; winner: the smaller drop from the peak "
-                "(within 0.02: a tie)")
+            f"{pick['label']}: {metric} {gain.text(sign=True)} over SFT ({sft:.3f}) at KL "
+            f"{pick['kl']['mean']:.2f} {over}; {setting}, the best of "
+            f"{counts[road]} setting{'s' if counts[road] != 1 else ''} within KL {bound:g}",
+            f"{gain.mean:+.3f} at KL {pick['kl']['mean']:.1f}",
+            gain=gain.as_dict(), kl=pick["kl"], setting=setting, n=pick["n"],
+            run_dirs=pick["run_dirs"], settings_compared=counts[road])
+    note = (f"the policy each road made: the gain in {metric} over SFT of each road's best "
+            f"setting whose mean sampled KL to SFT is at most {bound:g} nats (--kl-bound), "
+            "among its settings with the most seeds; not a row of the article")
+    if len(best) < 2:
+        return _row("quality", sides[RLHF], sides[DIRECT], None, note)
+    test, over_seeds = compare_settings(best[RLHF], best[DIRECT])
+    if over_seeds:
+        winner = _tested(test, rlhf_better=test.difference.mean > 0)
+        note += f"; Welch t over seeds, alpha {stats.ALPHA:g}: {_test_note(test)}"
+        basis = _runs_basis(best[RLHF]["n"], best[DIRECT]["n"])
+    else:
+        winner = UNTESTED
+        note += ("; one run per road, so no winner is named"
+                 + (f"; RLHF - DPO {test.difference.text(sign=True)} (95% CI over held-out "
+                    "prompts, paired t: the evaluation's sampling only)"
+                    if test.p is not None else ""))
+        basis = "1 run per road"
+    if counts[RLHF] > 1 or counts[DIRECT] > 1:
+        note += ("; the best of several settings is picked after the fact, which favours "
+                 f"neither road here ({counts[RLHF]} and {counts[DIRECT]} settings)"
+                 if counts[RLHF] == counts[DIRECT] else
+                 f"; the best of {counts[RLHF]} and {counts[DIRECT]} settings is picked after "
+                 "the fact, which favours the road with more")
+    return _row("quality", sides[RLHF], sides[DIRECT], winner, note, basis=basis, test=test)
+
+
+def frontier_tests(results: dict, budgets) -> list[dict]:
+    """At each KL budget, each road's best setting within it and the test between the two:
+    the frontier's dominance, tested rather than read off one point."""
+    by_road = {road: road_settings(results, road, base_lr_only=True) for road in (RLHF, DIRECT)}
+    out = []
+    for bound in budgets:
+        entry = {"kl_bound": bound}
+        picks = {}
+        for road, settings in by_road.items():
+            pick, _ = best_within(settings, bound)
+            if pick is not None:
+                picks[road] = pick
+                entry[road] = {"strength_scale": pick["strength_scale"], "n": pick["n"],
+                               "quality": pick["quality"], "kl": pick["kl"],
+                               "gain": _gain(results, pick).as_dict()}
+        if len(picks) == 2:
+            test, over_seeds = compare_settings(picks[RLHF], picks[DIRECT])
+            entry["test"] = test.as_dict()
+            entry["over_seeds"] = over_seeds
+            entry["winner"] = (_tested(test, rlhf_better=test.difference.mean > 0)
+                               if over_seeds else UNTESTED)
+        else:
+            only = next(iter(picks), None)
+            entry["winner"] = (f"only {'RLHF' if only == RLHF else 'DPO'} has a setting "
+                               "within it") if only else "neither road has a setting within it"
+        out.append(entry)
+    return out
 
 
 ROWS = (simplicity, memory, stability, efficiency, flexibility, training_time, hyperparameters,
-        hacking)
+        hacking, quality)
 
 
 def rows(results: dict) -> list[dict]:

@@ -100,9 +100,10 @@ def frontier(results: dict, path: Path) -> bool:
         return False
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {}
     for i, (label, pts) in enumerate(sorted(points.items())):
-        color = PALETTE[i % len(PALETTE)]
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, alpha=0.55, color=color,
+        color = colors[label] = PALETTE[i % len(PALETTE)]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, alpha=0.35, color=color,
                    label=label)
         envelope, best = [], float("-inf")
         for kl, q, *_ in sorted(pts):
@@ -110,6 +111,29 @@ def frontier(results: dict, path: Path) -> bool:
                 best = q
                 envelope.append((kl, q))
         ax.plot([e[0] for e in envelope], [e[1] for e in envelope], color=color, linewidth=1.5)
+    swept = False
+    for settings in (results["frontier"].get("sweep") or {}).values():
+        if len(settings) < 2:
+            continue
+        swept = True
+        settings = sorted(settings, key=lambda st: st["kl"]["mean"])
+
+        def err(ci: dict) -> list[float]:
+            return [ci["mean"] - ci["low"], ci["high"] - ci["mean"]] if ci["low"] is not None \
+                else [0.0, 0.0]
+
+        xs = [st["kl"]["mean"] for st in settings]
+        ys = [st["quality"]["mean"] for st in settings]
+        xerr = list(zip(*[err(st["kl"]) for st in settings]))
+        yerr = list(zip(*[err(st["quality"]) for st in settings]))
+        color = colors.get(settings[0]["label"], "black")
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, color=color, marker="D", markersize=6,
+                    markeredgecolor="black", linewidth=2, capsize=3,
+                    label=f"{settings[0]['label']}: {settings[0]['strength']} sweep "
+                          f"(mean, 95% CI over seeds)")
+        for st in settings:
+            ax.annotate(f"x{st['strength_scale']:g}", (st["kl"]["mean"], st["quality"]["mean"]),
+                        textcoords="offset points", xytext=(5, 5), fontsize=7)
     sft = (results["sft"]["score"] or {}).get(f"eval/{results['quality']['metric']}")
     if sft is not None:
         ax.axhline(sft, color="gray", linestyle=":", label="SFT")
@@ -118,27 +142,25 @@ def frontier(results: dict, path: Path) -> bool:
     ax.set_xlim(left=min(-0.1, lowest - 0.05))
     ax.set_xlabel("KL(policy || SFT), nats per completion (sampled; log scale above 1)")
     ax.set_ylabel(results["quality"]["label"])
-    ax.set_title("Reward-KL frontier: every evaluation of every run (line: best so far)")
+    ax.set_title("Reward-KL frontier: every evaluation of every run (line: best so far)"
+                 + ("; diamonds: the sweep" if swept else ""), fontsize=10)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
 def hacking(results: dict, path: Path) -> bool:
-    few = next((r["variant"]["pairs"] for r in results["runs"] if r["experiment"] == "hacking"),
-               None)  # DPO on the pairs the hacking run's reward model had is its counterpart
-
-    def shown(r: dict) -> bool:
+    def shown(r: dict) -> bool:  # the main runs, and both roads under the same pressure
         trains = results["stages"].get(r["policy"], {}).get("trains")  # best-of-n: nothing
         return bool(trains) and len(r["curves"]["eval"]) >= 2 and (
-            r["experiment"] in ("main", "hacking")
-            or (r["experiment"] == "efficiency" and r["variant"]["pairs"] == few))
+            r["experiment"] in ("main", "hacking"))
 
     runs = [r for r in results["runs"] if shown(r)]
     if not runs:
         return False
     plt = _plt()
-    rlhf = [r for r in runs if r["road"] == "rlhf"]
-    direct = [r for r in runs if r["road"] == "direct" and r["method"] == "dpo"][:2] or [
+    rlhf = [r for r in runs if r["road"] == "rlhf" and r["method"] == "ppo"] or [
+        r for r in runs if r["road"] == "rlhf"]
+    direct = [r for r in runs if r["road"] == "direct" and r["method"] == "dpo"] or [
         r for r in runs if r["road"] == "direct"][:2]
     panels = [p for p in ((rlhf, "proxy", "reward-model score (proxy)"),
                           (direct, "margin", "implicit reward margin (DPO's proxy)")) if p[0]]
@@ -167,7 +189,9 @@ def hacking(results: dict, path: Path) -> bool:
 
 def _experiment(run: dict) -> str:
     pairs = run["variant"].get("pairs", "all")
-    return run["experiment"] + ("" if pairs == "all" else f", {pairs} of the pairs")
+    seed = run["variant"].get("seed", 0)
+    return (run["experiment"] + ("" if pairs == "all" else f", {pairs} of the pairs")
+            + (f", seed {seed}" if seed else ""))
 
 
 def efficiency(results: dict, path: Path) -> bool:

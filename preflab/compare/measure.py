@@ -154,9 +154,12 @@ def collect(root: Path, *, constraints: dict, settings: dict) -> dict:
             entry["score"] = score["metrics"]
             entry["best_of"] = score.get("best_of", 1)  # > 1: eval/kl is best-of-n's bound
             entry["examples"] = score.get("examples", [])
-            entry["per_prompt"] = (score.get("per_prompt") or {}).get(quality)
+            entry["per_prompt"] = score.get("per_prompt") or {}
             entry["score_file"] = f"scores/{run['policy']}.json"
         runs.append(entry)
+    finished = [(r["finished_at"], r.get("wall_s") or 0) for r in records.values()
+                if isinstance(r, dict) and r.get("finished_at")]
+    span = (max(t for t, _ in finished) - min(t - w for t, w in finished)) if finished else None
     failed = [{"key": k, "status": j["status"], "error": j["error"], "log": j["log"],
                "command": j["command"]}
               for k, j in jobs.items() if j["status"] not in ("done", "not run")]
@@ -173,18 +176,40 @@ def collect(root: Path, *, constraints: dict, settings: dict) -> dict:
                               "judge_reward": "judge reward model score (a proxy)"}.get(
                                   quality, quality)},
         "inputs": design.get("inputs", {}),
+        "model": _model_facts(design.get("inputs", {}).get("sft")),
+        "span_s": span,
+        "jobs_count": len(design.get("jobs", {})),
         "settings": settings,
         "constraints": constraints,
         "jobs": jobs,
         "stages": design.get("stages", {}),
         "sft": {"score": sft_score["metrics"] if sft_score else None,
-                "per_prompt": (sft_score.get("per_prompt") or {}).get(quality)
-                if sft_score else None,
+                "per_prompt": (sft_score.get("per_prompt") or {}) if sft_score else {},
                 "examples": sft_score.get("examples", []) if sft_score else [],
                 "score_file": "scores/sft.json" if sft_score else None},
         "runs": runs,
         "failed": failed,
     }
+
+
+def _model_facts(sft: str | None) -> dict:
+    """The compared model's parameters (counted from its config, as ``preflab plan`` counts
+    them) and vocabulary, as far as they can be read."""
+    from preflab.compare.plan_arch import parse_arch, read_config
+    from preflab.errors import PreflabError
+
+    if not sft:
+        return {}
+    try:
+        config = read_config(sft)
+    except (PreflabError, OSError):
+        return {}
+    try:
+        params = parse_arch(config).lm_params()
+    except PreflabError:
+        params = None
+    return {"params": params, "vocab_size": config.get("vocab_size"),
+            "model_type": config.get("model_type")}
 
 
 def _score(root: Path, job_key: str) -> dict | None:

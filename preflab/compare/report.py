@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from preflab.compare.criteria import NO_DIFFERENCE, UNTESTED
 from preflab.errors import DataError
 
 CAPTIONS = {
@@ -24,9 +25,13 @@ CAPTIONS = {
               "only for its memory figures.",
     "frontier": "Reward-KL frontier: quality against the sampled KL to the SFT policy at every "
                 "evaluation of every run (the DPO paper's figure 2). Best-of-n has one point "
-                "per n, at its KL bound log n - (n-1)/n (Gao et al. 2023's figure 1).",
+                "per n, at its KL bound log n - (n-1)/n (Gao et al. 2023's figure 1). "
+                "Diamonds: the sweep over beta (DPO) and kl_coef (PPO), each setting's held-out "
+                "score as a mean with 95% intervals over seeds in both directions.",
     "hacking": "Proxy against gold over training: PPO's reward-model score and DPO's implicit "
-               "reward margin (dashed), each next to the quality measure (solid).",
+               "reward margin (dashed), each next to the quality measure (solid): the main "
+               "runs, and each road under the same pressure (the same few pairs, beta or "
+               "kl_coef 50x smaller, twice the steps), every seed.",
     "efficiency": "Gain over SFT against the number of labelled pairs.",
     "stability": "Final score of every seed.",
     "diversity": "Diversity of SFT and each method, within a prompt (per input) and across "
@@ -45,32 +50,104 @@ def _cell(text: str) -> str:
     return text.replace("|", "/").replace("\n", " ")
 
 
+def _article_rows(results: dict) -> list[dict]:
+    return [r for r in results["rows"] if r.get("in_article", True)]
+
+
 def headline(results: dict) -> str:
-    rows = results["rows"]
-    measured = [r for r in rows if r["winner"] in ("RLHF", "DPO")]
-    dpo = sum(r["winner"] == "DPO" for r in measured)
+    """The verdicts counted: named winners (tested where sampled), no difference, untested."""
+    rows = _article_rows(results)
+    alpha = results["settings"].get("alpha", 0.05)
+    count = {w: sum(r["winner"] == w for r in rows) for w in
+             ("DPO", "RLHF", NO_DIFFERENCE, UNTESTED, "not measured", "tie")}
     agree = sum(r["agrees"] is True for r in rows)
-    text = (f"Measured: DPO wins {dpo} of the {len(measured)} rows with a clear winner "
-            f"(the article: 7 of 8); the measurement agrees with the article on {agree} of "
-            f"{len(rows)} rows.")
+    parts = [f"DPO wins {count['DPO']} and RLHF {count['RLHF']} of the article's {len(rows)} "
+             "rows"]
+    if count[NO_DIFFERENCE]:
+        parts.append(f"{count[NO_DIFFERENCE]} show no significant difference")
+    if count[UNTESTED]:
+        parts.append(f"{count[UNTESTED]} rest on one run per road and name no winner")
+    if count["tie"]:
+        parts.append(f"{count['tie']} tie")
+    if count["not measured"]:
+        parts.append(f"{count['not measured']} were not measured")
+    text = (f"Measured (tests at alpha {alpha:g}): " + ", ".join(parts)
+            + f" (the article: DPO 7 of 8); the measurement agrees with the article on {agree} "
+            f"of {len(rows)} rows.")
+    sentence = quality_sentence(results)
+    if sentence:
+        text += " " + sentence
     summary = results.get("summary") or []
     sft = next((s["quality"] for s in summary if s["method"] == "sft"), None)
     gains = [f"{s['label']} {s['quality'] - sft:+.3f}" for s in summary
              if s["method"] != "sft" and s.get("quality") is not None and sft is not None]
     if gains:
-        text += (f" {results['quality']['metric']} over SFT ({sft:.3f}): "
-                 + ", ".join(gains) + ".")
+        text += (f" Every main run's {results['quality']['metric']} over SFT ({sft:.3f}), "
+                 "seed 0: " + ", ".join(gains) + ".")
     return text
 
 
+def quality_sentence(results: dict) -> str:
+    """Which road made the better policy, at what KL, and what the verdict rests on."""
+    row = next((r for r in results["rows"] if r["id"] == "quality"), None)
+    if row is None or row["winner"] == "not measured":
+        return ""
+    fr, fd = row["rlhf"]["figures"], row["dpo"]["figures"]
+    bound = results["settings"].get("kl_bound", 10.0)
+
+    def said(fig: dict) -> str:
+        gain = fig["gain"]
+        interval = (f" [{gain['low']:+.3f}, {gain['high']:+.3f}]" if gain["low"] is not None
+                    else "")
+        return f"{gain['mean']:+.3f}{interval} at KL {fig['kl']['mean']:.2f}"
+
+    metric = results["quality"]["metric"]
+    rests = f"best setting within KL {bound:g}, {row['basis']}"
+    if row["winner"] in ("RLHF", "DPO"):
+        p = row["test"]["p"]
+        name_b, fig_b, name_w, fig_w = (("the RLHF road (PPO)", fr, "DPO", fd)
+                                        if row["winner"] == "RLHF"
+                                        else ("DPO", fd, "the RLHF road (PPO)", fr))
+        return (f"Alignment quality (not in the article): {name_b} made the better policy on "
+                f"this task, {metric} {said(fig_b)} over SFT against {name_w}'s {said(fig_w)} "
+                f"({rests}; Welch t, p = {p:.2g}).")
+    if row["winner"] == NO_DIFFERENCE:
+        return (f"Alignment quality (not in the article): neither road made a significantly "
+                f"better policy, {metric} over SFT: RLHF (PPO) {said(fr)}, DPO {said(fd)} "
+                f"({rests}).")
+    if fr and fd:
+        return (f"Alignment quality (not in the article), one run per road, so no winner: "
+                f"{metric} over SFT RLHF (PPO) {said(fr)}, DPO {said(fd)} ({rests}).")
+    return ""
+
+
+def _basis(row: dict) -> str:
+    return row.get("basis") or "-"
+
+
 def table_md(results: dict) -> list[str]:
-    lines = ["| Criterion | RLHF (measured) | DPO (measured) | Winner (measured) | "
-             "Article: RLHF / DPO, winner | Agrees? |", "|---|---|---|---|---|---|"]
+    lines = ["| Criterion | RLHF (measured) | DPO (measured) | Winner (measured) | Rests on | "
+             "Article: RLHF / DPO, winner | Agrees? |", "|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         a = r["article"]
+        article = (f"{a['rlhf']} / {a['dpo']}, {a['winner']}" if r.get("in_article", True)
+                   else "not in the article")
         lines.append(f"| {r['criterion']} | {_cell(r['rlhf']['text'])} | "
-                     f"{_cell(r['dpo']['text'])} | **{r['winner']}** | {a['rlhf']} / {a['dpo']}, "
-                     f"{a['winner']} | {MARK[r['agrees']]} |")
+                     f"{_cell(r['dpo']['text'])} | **{r['winner']}** | {_cell(_basis(r))} | "
+                     f"{article} | {MARK[r['agrees']]} |")
+    return lines
+
+
+def table_short(results: dict) -> list[str]:
+    """The table with one-line cells (README's first screen); the report has the details."""
+    lines = ["| Criterion | RLHF | DPO | Winner | Rests on | Article | Agrees? |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        a = r["article"]
+        lines.append(f"| {r['criterion']} | {_cell(r['rlhf'].get('short', r['rlhf']['text']))} "
+                     f"| {_cell(r['dpo'].get('short', r['dpo']['text']))} | **{r['winner']}** "
+                     f"| {_cell(_basis(r))} | {a['winner'] if r.get('in_article', True) else '-'}"
+                     f" | {MARK[r['agrees']]} |")
     return lines
 
 
@@ -90,8 +167,22 @@ def _intro(results: dict) -> str:
             f"preflab {results['preflab_version']}).{proxy}")
 
 
-def markdown(results: dict) -> str:
+def runs_table(results: dict) -> list[str]:
+    """One line per main run (seed 0): quality, KL, accuracy, memory, wall time, directory."""
     q = results["quality"]
+    lines = [f"| method | status | {q['metric']} | KL to SFT | harmlessness | reward model's "
+             "held-out accuracy | tensor bytes | wall s | run |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in results["summary"]:
+        kl = f"≤ {_f(s['kl'], 2)} (bound)" if s.get("kl_is_bound") else _f(s["kl"], 2)
+        lines.append(f"| {s['label']} | {s.get('status', 'done')} | {_f(s['quality'])} | "
+                     f"{kl} | {_f(s.get('harmlessness'))} | "
+                     f"{_f(s.get('rm_accuracy'))} | {_f(s.get('total_P'), 1)}P | "
+                     f"{_f(s.get('wall_s'), 0)} | `{s.get('run_dir') or '-'}` |")
+    return lines
+
+
+def markdown(results: dict) -> str:
     lines = ["# DPO against RLHF, measured", "", _intro(results), "",
              "## The article's table, measured", "", *table_md(results), "", headline(results),
              ""]
@@ -100,16 +191,7 @@ def markdown(results: dict) -> str:
     if rec.get("choice"):
         lines.append(f"**{rec['choice']}**, from what was measured here and your constraints:")
     lines += ["", *[f"- {reason}" for reason in rec.get("reasons", [])], ""]
-    lines += ["## The runs", "", f"| method | status | {q['metric']} | KL to SFT | "
-              "harmlessness | reward model's held-out accuracy | tensor bytes | wall s | run |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for s in results["summary"]:
-        kl = f"≤ {_f(s['kl'], 2)} (bound)" if s.get("kl_is_bound") else _f(s["kl"], 2)
-        lines.append(f"| {s['label']} | {s.get('status', 'done')} | {_f(s['quality'])} | "
-                     f"{kl} | {_f(s.get('harmlessness'))} | "
-                     f"{_f(s.get('rm_accuracy'))} | {_f(s.get('total_P'), 1)}P | "
-                     f"{_f(s.get('wall_s'), 0)} | `{s.get('run_dir') or '-'}` |")
-    lines.append("")
+    lines += ["## The runs", "", *runs_table(results), ""]
     for name, title in (("memory", "Memory"), ("frontier", "Reward-KL frontier"),
                         ("hacking", "Reward hacking"), ("efficiency", "Sample efficiency"),
                         ("stability", "Stability over seeds"), ("diversity", "Diversity"),
@@ -178,7 +260,9 @@ def _section_md(results: dict, name: str) -> list[str]:
         out = ["| method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
         for label, best in fr["best_within"].items():
             out.append(f"| {label} | " + " | ".join(_f(v) for v in best.values()) + " |")
-        return out + [""]
+        out += ["", "(the best single evaluation of any run: a maximum over noisy points, "
+                "read with the tests below)", ""]
+        return out + _sweep_md(results)
     if name == "pareto":
         p = results["pareto"]
         out = ["| method | w | gold reward | harmlessness | KL to SFT | on its road's front | run |",
@@ -198,6 +282,47 @@ def _section_md(results: dict, name: str) -> list[str]:
                 for r in d["rows"]]
         return out + [""]
     return []
+
+
+def _interval(ci: dict, digits: int = 3, sign: bool = False) -> str:
+    fmt = f"{{:{'+' if sign else ''}.{digits}f}}"
+    if ci.get("low") is None:
+        return fmt.format(ci["mean"])
+    return f"{fmt.format(ci['mean'])} [{fmt.format(ci['low'])}, {fmt.format(ci['high'])}]"
+
+
+def _sweep_md(results: dict) -> list[str]:
+    """The frontier as a sweep: each setting with intervals, and the tests at each budget."""
+    fr = results["frontier"]
+    sweep, tests = fr.get("sweep") or {}, fr.get("tests") or []
+    if not any(sweep.values()):
+        return []
+    q = results["quality"]["metric"]
+    out = ["The sweep: each road's runs at its base learning rate, by beta (DPO) or kl_coef "
+           "(PPO), scored on the held-out prompts (mean [95% CI, t over seeds]):", "",
+           f"| method | setting | seeds | {q} | KL to SFT | runs |", "|---|---|---|---|---|---|"]
+    for settings in sweep.values():
+        for st in settings:
+            out.append(f"| {st['label']} | {st['strength']} x{st['strength_scale']:g} | "
+                       f"{st['n']} | {_interval(st['quality'])} | {_interval(st['kl'], 2)} | "
+                       + ", ".join(f"`{d}`" for d in st["run_dirs"]) + " |")
+    out += ["", f"At each KL budget, each road's best setting whose mean KL is within it (among "
+            f"the settings with the most seeds), and the test between the two (alpha "
+            f"{results['settings'].get('alpha', 0.05):g}):", "",
+            "| KL budget | RLHF: gain over SFT, KL | DPO: gain over SFT, KL | test | verdict |",
+            "|---|---|---|---|---|"]
+    for t in tests:
+        cells = []
+        for road in ("rlhf", "dpo"):
+            e = t.get(road)
+            cells.append(f"{_interval(e['gain'], sign=True)} at {e['kl']['mean']:.2f} "
+                         f"(x{e['strength_scale']:g}, {e['n']} seeds)" if e else "none within")
+        test = t.get("test")
+        said = (f"{'Welch t' if t.get('over_seeds') else 'paired t over prompts'}, p = "
+                f"{test['p']:.3g}" if test and test.get("p") is not None else "-")
+        out.append(f"| {t['kl_bound']:g} | {cells[0]} | {cells[1]} | {said} | "
+                   f"{t['winner']} |")
+    return out + [""]
 
 
 # --- HTML ----------------------------------------------------------------------------------------
@@ -251,13 +376,16 @@ def html_report(results: dict, root: Path) -> str:
     rows, classes = [], []
     for r in results["rows"]:
         a = r["article"]
+        article = (f"{a['rlhf']} / {a['dpo']}; {a['winner']}" if r.get("in_article", True)
+                   else "not in the article")
         rows.append([_esc(r["criterion"]), _esc(r["rlhf"]["text"]), _esc(r["dpo"]["text"]),
-                     _esc(r["winner"]), _esc(f"{a['rlhf']} / {a['dpo']}; {a['winner']}"),
+                     _esc(r["winner"]), _esc(_basis(r)), _esc(article),
                      _esc(MARK[r["agrees"]])])
-        classes.append(["", "", "", "win", "", {True: "yes", False: "no"}.get(r["agrees"], "")])
+        classes.append(["", "", "", "win", "", "",
+                        {True: "yes", False: "no"}.get(r["agrees"], "")])
     parts.append(_table_html(["Criterion", "RLHF (measured)", "DPO (measured)",
-                              "Winner (measured)", "Article: RLHF / DPO; winner", "Agrees?"],
-                             rows, classes))
+                              "Winner (measured)", "Rests on", "Article: RLHF / DPO; winner",
+                              "Agrees?"], rows, classes))
     parts.append(f"<p class='headline'>{_esc(headline(results))}</p>")
     rec = results["recommendation"]
     parts.append("<h2>Which should you choose</h2><div class='choice'>")
@@ -337,4 +465,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from preflab.cli import run_module
+
+    sys.exit(run_module(main))

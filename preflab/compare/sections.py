@@ -4,7 +4,7 @@ constraints (``--gpu-memory``, ``--have``, ``--objective-may-change``)."""
 
 from __future__ import annotations
 
-from preflab.compare.criteria import _quality, _rep, f
+from preflab.compare.criteria import _quality, _rep, f, frontier_tests, road_settings
 from preflab.compare.methods import DIRECT, RLHF
 
 DIVERSITY_KEYS = ("distinct_n/per_input", "distinct_n/across_input", "self_bleu/per_input",
@@ -28,7 +28,13 @@ def frontier(results: dict) -> dict:
     budgets = (1.0, 3.0, 10.0)
     best = {label: {f"kl<={b:g}": max((q for kl, q, *_ in pts if kl <= b), default=None)
                     for b in budgets} for label, pts in points.items()}
-    return {"points": points, "best_within": best, "budgets": list(budgets)}
+    # the sweep: each road's scored runs at the base learning rate, by beta or kl_coef, with
+    # intervals over seeds; and the test between the roads' best settings at each budget
+    sweep = {road: [{k: v for k, v in s.items() if k != "per_prompt"}
+                    for s in road_settings(results, road, base_lr_only=True)]
+             for road in (RLHF, DIRECT)}
+    return {"points": points, "best_within": best, "budgets": list(budgets),
+            "sweep": sweep, "tests": frontier_tests(results, budgets)}
 
 
 def pareto(results: dict) -> dict:
@@ -215,6 +221,11 @@ def recommendation(results: dict) -> dict:
             reasons.append(f"{r['label']} reached {f(_quality(r))} with no training beyond the "
                            f"reward model, but pays for it at every answer: "
                            f"{r.get('best_of', 1)} samples and reward-model calls each.")
+    judged = rows.get("quality")
+    if judged and judged["winner"] not in ("RLHF", "DPO", "not measured"):
+        reasons.append(f"Between the two roads' policies the difference is "
+                       f"{judged['winner']} ({judged['basis']}): the choice above rests on "
+                       "the measured means alone.")
     stab = rows.get("stability")
     if stab and stab["winner"] in ("RLHF", "DPO"):
         reasons.append(f"Across seeds, {stab['winner']} was the steadier road here.")

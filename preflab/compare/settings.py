@@ -208,6 +208,9 @@ class CompareConfig:
                               "under gold + w x harmlessness and DPO and the RLHF road (ppo) "
                               "learn from them; the report draws each road's front of gold "
                               "against harmlessness. Empty: no sweep.")
+    kl_bound: float = arg(10.0, "The alignment-quality row compares each road's best setting "
+                          "whose mean sampled KL to SFT is at most this many nats; the "
+                          "frontier's tests use 1, 3 and 10.", gt=0)
     kl_blowup: float = arg(10.0, "eval/kl above this many nats counts as a KL blow-up.", gt=0)
     max_length: int = arg(0, "Longest sequence in tokens (0: 64 on the world, 512 otherwise).",
                           ge=2, also=(0,))

@@ -1,4 +1,6 @@
-"""``preflab plan``: GPU memory per method and role, from a model's ``config.json`` alone.
+"""``preflab plan``: GPU memory per method and role, from a model's ``config.json`` or the
+metadata of a ``.gguf`` file, for the five families it counts (Llama, Mistral, Qwen2, GPT-2,
+GPT-NeoX; any other ``model_type`` is refused with exit 2).
 
     preflab plan --model CONFIG_DIR_OR_ID [--gpu-memory 80GB] [--lora-rank 16] [--precision P]
                  [--seq-len 1024 --batch-size 4] [--gradient-checkpointing]

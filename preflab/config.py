@@ -272,14 +272,10 @@ class TrainConfig:
         """--data-config only for a hub --data; a held-out split that is not the training one."""
         from preflab.data.readers import SUFFIXES
 
-        if not (self.data_config or self.eval_data_split):
+        check_source_config(self, "data", "data_config")
+        if not self.eval_data_split:
             return
         local = looks_like_local_path(self.data, suffixes=SUFFIXES)
-        if self.data_config and local:
-            raise ConfigError("--data-config names a configuration of a hub dataset, and --data "
-                              "is a local path", field="data_config",
-                              expected="no --data-config, or --data pointing at the "
-                                       "configuration's own folder")
         trained = self.data_split or ("" if local else "train")
         if self.eval_data_split and not self.eval_data and self.eval_data_split == trained:
             raise ConfigError(f"--eval-data-split {self.eval_data_split} is the split --data "
@@ -637,6 +633,18 @@ def check_data_path(value: str, name: str) -> None:
         raise ConfigError(f"--{flag(name)}: no such file or directory", path=value, field=name,
                           expected="a data file, a directory of them, or a `datasets` name "
                                    "such as org/name")
+
+
+def check_source_config(cfg: Any, source: str, config: str) -> None:
+    """A configuration flag (``config``) names a configuration of a hub dataset: refused when
+    the data flag it belongs to (``source``) is a local path."""
+    from preflab.data.readers import SUFFIXES
+
+    if getattr(cfg, config) and looks_like_local_path(getattr(cfg, source), suffixes=SUFFIXES):
+        raise ConfigError(f"--{flag(config)} names a configuration of a hub dataset, and "
+                          f"--{flag(source)} is a local path", field=config,
+                          expected=f"no --{flag(config)}, or --{flag(source)} pointing at the "
+                                   "configuration's own folder")
 
 
 def check_output_dir(value: str, name: str) -> None:

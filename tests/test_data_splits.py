@@ -348,6 +348,35 @@ def test_online_dpo_has_no_held_out_split(tmp_path, capsys):
     assert "--eval-data-split: online DPO has no fixed pairs" in capsys.readouterr().err
 
 
+def test_sample_and_bon_read_the_prompt_split_they_are_given(tiny_model_dir, tmp_path,
+                                                             monkeypatch, capsys):
+    """--prompts-split of a local directory (sample); a hub split and configuration (bon)."""
+    prompts = tmp_path / "prompts"
+    write_jsonl(prompts / "train_gen.jsonl", [{"prompt": f"the {n} was"} for n in ("movie", "film")])
+    write_jsonl(prompts / "test_gen.jsonl", [{"prompt": "the plot was"}])
+    out = tmp_path / "samples.jsonl"
+    sample = ["sample", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--n", "2",
+              "--max-new-tokens", "3", "--out", str(out), "--no-progress"]
+    assert main(sample) == 2
+    assert "such as --prompts-split train_gen" in capsys.readouterr().err
+    assert main([*sample, "--prompts-split", "test_gen"]) == 0
+    assert [json.loads(x)["prompt"] for x in out.read_text().splitlines()] == ["the plot was"]
+    assert main([*sample, "--prompts-config", "default", "--overwrite"]) == 2
+    assert "--prompts-config names a configuration" in capsys.readouterr().err
+
+    calls = []
+    monkeypatch.setattr(readers, "_load_hub_dataset", lambda name, split, config=None:
+                        calls.append((name, split, config)) or [{"prompt": "the film was"}])
+    from tests.test_bon import REWARD
+
+    (tmp_path / "r.py").write_text(REWARD)
+    assert main(["bon", "--model", str(tiny_model_dir), "--prompts", "org/prompts",
+                 "--prompts-split", "test_gen", "--prompts-config", "default", "--reward",
+                 f"{tmp_path / 'r.py'}:positive", "--n", "1,2", "--max-new-tokens", "3",
+                 "--output-dir", str(tmp_path / "bon"), "--no-progress"]) == 0
+    assert calls == [("org/prompts", "test_gen", "default")]
+
+
 # --- compare -------------------------------------------------------------------------------------
 
 def compare_args(tiny_model_dir, tmp_path, pairs, prompts, *extra) -> list[str]:

@@ -278,20 +278,14 @@ class CompareConfig:
 
     def validate_splits(self) -> None:
         """The split and configuration flags: your data only; a configuration for a hub name."""
-        from preflab.config import flag, looks_like_local_path
-        from preflab.data.readers import SUFFIXES
+        from preflab.config import check_source_config, flag
 
         for source in ("pairs", "prompts"):
             for name in (f"{source}_split", f"{source}_config"):
                 if getattr(self, name) and self.world:
                     raise ConfigError(f"--{flag(name)} is for your own --{source}; the world "
                                       "brings its own data", field=name)
-            config = getattr(self, f"{source}_config")
-            if config and looks_like_local_path(getattr(self, source), suffixes=SUFFIXES):
-                raise ConfigError(f"--{source}-config names a configuration of a hub dataset, "
-                                  f"and --{source} is a local path", field=f"{source}_config",
-                                  expected=f"no --{source}-config, or --{source} pointing at "
-                                           "the configuration's own folder")
+            check_source_config(self, source, f"{source}_config")
 
     def data_options(self, source: str) -> list[str]:
         """The flags of compare's data job that reads ``source`` (pairs, prompts): its split

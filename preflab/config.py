@@ -158,11 +158,11 @@ class TrainConfig:
         "", "Held-out data (same formats). Empty: hold out --eval-fraction of --data.", path="data"
     )
     eval_data_split: str = arg(
-        "", "Split of the held-out data: of --eval-data, or without --eval-data, of --data "
-        "(e.g. test_prefs; --eval-fraction is then not used). Empty: as for --data-split, but "
-        "--data-split itself is not taken over.")
-    eval_fraction: float = arg(0.05, "Fraction of --data held out when --eval-data is empty.",
-                               ge=0, lt=1)
+        "", "Split of the held-out data: of --eval-data (a hub dataset: default train), or, "
+        "without --eval-data, a split of --data held out instead of --eval-fraction (e.g. "
+        "test_prefs).")
+    eval_fraction: float = arg(0.05, "Fraction of --data held out when neither --eval-data nor "
+                               "--eval-data-split is given.", ge=0, lt=1)
     seed: int = arg(0, "Random seed for initialisation, data order and sampling.",
                     ge=0, le=2**32 - 1)  # NumPy's seed range; PPO multiplies it by ~1e6
     max_steps: int = arg(

@@ -35,7 +35,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from preflab.config import arg, check_paths, parse_config
+from preflab.config import arg, check_paths, check_source_config, parse_config
 from preflab.errors import ConfigError
 from preflab.metrics.best_of_n import expected_best, kl_bound
 
@@ -50,8 +50,13 @@ class BonConfig:
     model: str = arg("", "The model to sample from (a local directory, a .gguf file or a hub "
                      "id).",
                       path="model")
-    prompts: str = arg("", "Prompts: any data file with a prompt (JSONL, JSON, CSV, Parquet).",
-                       path="data")
+    prompts: str = arg("", "Prompts: any data file with a prompt (JSONL, JSON, CSV, Parquet), "
+                       "a directory of them, or a hub dataset name.", path="data")
+    prompts_split: str = arg("", "Split of --prompts to read: of a hub dataset (default train; "
+                             "e.g. test_gen), or of a local directory with named splits "
+                             "(needed when it holds several).")
+    prompts_config: str = arg("", "Configuration (subset) of a hub --prompts dataset; empty: "
+                              "its default.")
     reward: str = arg("", "The proxy reward that picks the best: a reward-model directory, "
                       "module:function or file.py:function, or a weighted sum 'a:0.7,b:0.3'. A "
                       "function runs as Python code with your rights: see docs/security.md.")
@@ -94,6 +99,7 @@ class BonConfig:
         check_reward_specs(self.reward, flag="--reward")
         if self.gold_reward:
             check_reward_specs(self.gold_reward, flag="--gold-reward")
+        check_source_config(self, "prompts", "prompts_config")
 
 
 def prepare_output(cfg: BonConfig) -> Path:
@@ -123,13 +129,14 @@ def run(cfg: BonConfig) -> dict:
     started = time.perf_counter()
     values = cfg.values_of_n()
     check_paths(cfg, network=False)
-    check_dataset(cfg.prompts, "prompt")
+    source = {"split": cfg.prompts_split, "config": cfg.prompts_config}
+    check_dataset(cfg.prompts, "prompt", **source, split_flag="--prompts-split")
     out = prepare_output(cfg)
     device = models.resolve_device(cfg.device)
     dtype = models.resolve_dtype(cfg.dtype, device)
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     examples, _ = load_prompt_dataset(cfg.prompts, tokenizer,
-                                      TruncationPolicy(cfg.max_length, None, "skip"))
+                                      TruncationPolicy(cfg.max_length, None, "skip"), **source)
     prompts = [e.prompt for e in examples[: cfg.num_prompts]]
     reward = load_reward(cfg.reward, flag="--reward", device=device, dtype=dtype,
                          allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)

@@ -145,11 +145,24 @@ class TrainConfig:
     )
     output_dir: str = arg("", "Run directory: config, metrics, checkpoints, final model.",
                           path="output")
+    data_split: str = arg(
+        "", "Split of --data to read. A hub dataset: default train (e.g. train_prefs). A local "
+        "directory with named splits (train_prefs.jsonl, data/train_prefs-00000-of-00001.parquet, "
+        "a train_prefs/ folder, a datasets save_to_disk folder): the split to read, needed when "
+        "it holds several.")
+    data_config: str = arg(
+        "", "Configuration (subset) of a hub --data, as datasets.load_dataset(name, config) "
+        "takes it; also used for --eval-data when that names the same dataset. Empty: the "
+        "dataset's default.")
     eval_data: str = arg(
         "", "Held-out data (same formats). Empty: hold out --eval-fraction of --data.", path="data"
     )
-    eval_fraction: float = arg(0.05, "Fraction of --data held out when --eval-data is empty.",
-                               ge=0, lt=1)
+    eval_data_split: str = arg(
+        "", "Split of the held-out data: of --eval-data (a hub dataset: default train), or, "
+        "without --eval-data, a split of --data held out instead of --eval-fraction (e.g. "
+        "test_prefs).")
+    eval_fraction: float = arg(0.05, "Fraction of --data held out when neither --eval-data nor "
+                               "--eval-data-split is given.", ge=0, lt=1)
     seed: int = arg(0, "Random seed for initialisation, data order and sampling.",
                     ge=0, le=2**32 - 1)  # NumPy's seed range; PPO multiplies it by ~1e6
     max_steps: int = arg(
@@ -248,10 +261,43 @@ class TrainConfig:
                 )
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other", field="resume")
+        self.validate_data_splits()
         if self.attn_implementation == "flash_attention_2" and not _installed("flash_attn"):
             raise ConfigError("--attn-implementation flash_attention_2 needs the flash-attn "
                               "package (pip install flash-attn) and a CUDA GPU; sdpa needs "
                               "neither", field="attn_implementation")
+
+
+    def validate_data_splits(self) -> None:
+        """--data-config only for a hub --data; a held-out split that is not the training one."""
+        from preflab.data.readers import SUFFIXES
+
+        check_source_config(self, "data", "data_config")
+        if not self.eval_data_split:
+            return
+        local = looks_like_local_path(self.data, suffixes=SUFFIXES)
+        trained = self.data_split or ("" if local else "train")
+        if self.eval_data_split and not self.eval_data and self.eval_data_split == trained:
+            raise ConfigError(f"--eval-data-split {self.eval_data_split} is the split --data "
+                              "trains on", field="eval_data_split",
+                              expected="another split of --data (e.g. test_prefs), or "
+                                       "--eval-fraction to hold out a share of this one")
+
+    def data_source(self) -> dict[str, str | None]:
+        """``split`` and ``config`` of --data, as ``preflab.data``'s loaders take them."""
+        return {"split": self.data_split or None, "config": self.data_config or None}
+
+    def eval_source(self) -> tuple[str, dict[str, str | None]]:
+        """The held-out data and its ``split`` and ``config``: --eval-data (with --data-config
+        when it names the same dataset as --data), or --data's --eval-data-split. ``("",
+        {})`` when there is neither: a share of --data is held out (--eval-fraction)."""
+        if self.eval_data:
+            same = self.eval_data == self.data
+            return self.eval_data, {"split": self.eval_data_split or None,
+                                    "config": (self.data_config or None) if same else None}
+        if self.eval_data_split:
+            return self.data, {"split": self.eval_data_split, "config": self.data_config or None}
+        return "", {}
 
 
 def _installed(package: str) -> bool:
@@ -587,6 +633,18 @@ def check_data_path(value: str, name: str) -> None:
         raise ConfigError(f"--{flag(name)}: no such file or directory", path=value, field=name,
                           expected="a data file, a directory of them, or a `datasets` name "
                                    "such as org/name")
+
+
+def check_source_config(cfg: Any, source: str, config: str) -> None:
+    """A configuration flag (``config``) names a configuration of a hub dataset: refused when
+    the data flag it belongs to (``source``) is a local path."""
+    from preflab.data.readers import SUFFIXES
+
+    if getattr(cfg, config) and looks_like_local_path(getattr(cfg, source), suffixes=SUFFIXES):
+        raise ConfigError(f"--{flag(config)} names a configuration of a hub dataset, and "
+                          f"--{flag(source)} is a local path", field=config,
+                          expected=f"no --{flag(config)}, or --{flag(source)} pointing at the "
+                                   "configuration's own folder")
 
 
 def check_output_dir(value: str, name: str) -> None:

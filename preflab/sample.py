@@ -42,7 +42,7 @@ import signal
 import sys
 from dataclasses import dataclass
 
-from preflab.config import arg, check_new_file, check_paths, parse_config
+from preflab.config import arg, check_new_file, check_paths, check_source_config, parse_config
 from preflab.data.chat import PromptText, model_prompts, read_prompts
 from preflab.errors import ConfigError
 from preflab.runtime import signals
@@ -60,7 +60,13 @@ class SampleConfig:
                      path="model")
     prompts: str = arg("", "Prompt file (.jsonl, .json, .csv, .parquet) or a directory of them; "
                        "each record's `prompt` (a text or a list of messages) is used, or a "
-                       "`messages` record's messages before its last reply.", path="data")
+                       "`messages` record's messages before its last reply; or a hub "
+                       "dataset name.", path="data")
+    prompts_split: str = arg("", "Split of --prompts to read: of a hub dataset (default train; "
+                             "e.g. train_gen), or of a local directory with named splits "
+                             "(needed when it holds several).")
+    prompts_config: str = arg("", "Configuration (subset) of a hub --prompts dataset; empty: "
+                              "its default.")
     n: int = arg(4, "Completions per prompt (K).", ge=1, le=10_000)
     out: str = arg("", "Samples file to write (.jsonl): one record {prompt, completions} per "
                    "prompt (and prompt_text, the rendered text, for a chat prompt).")
@@ -87,6 +93,7 @@ class SampleConfig:
             if not getattr(self, name):
                 raise ConfigError(f"--{name} is required", field=name)
         check_new_file(self.out, "out", self.overwrite, suffixes=SAMPLE_SUFFIXES)
+        check_source_config(self, "prompts", "prompts_config")
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -107,7 +114,8 @@ def sample(cfg: SampleConfig) -> dict:
     from preflab import generation, models
     from preflab.data.writers import write_jsonl
 
-    sources = read_prompts(cfg.prompts, cfg.max_prompts)
+    sources = read_prompts(cfg.prompts, cfg.max_prompts, split=cfg.prompts_split,
+                           config=cfg.prompts_config, split_flag="--prompts-split")
     device = models.resolve_device(cfg.device)
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     prompts = model_prompts(tokenizer, sources)  # before the model: a missing template fails fast

@@ -351,7 +351,7 @@ def test_json_variants_and_directories(tmp_path):
 
 
 def test_hub_names_fall_back_to_datasets(monkeypatch):
-    def fail(name, split):
+    def fail(name, split, config=None):
         raise ConnectionError("offline\nsecond line")
 
     monkeypatch.setattr(readers, "_load_hub_dataset", fail)
@@ -362,7 +362,7 @@ def test_hub_names_fall_back_to_datasets(monkeypatch):
     assert "offline second line" in message and "\n" not in message
 
     monkeypatch.setattr(readers, "_load_hub_dataset",
-                        lambda name, split: [{"text": split}, {"text": name}])
+                        lambda name, split, config=None: [{"text": split}, {"text": name}])
     records = read_records("imdb", split="test")
     assert [(r.line, r.data["text"]) for r in records] == [(1, "test"), (2, "imdb")]
 

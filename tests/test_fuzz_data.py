@@ -492,7 +492,7 @@ def python_rows(draw) -> list[dict]:
 @given(rows=python_rows(), policy=POLICIES)
 def test_hub_rows(monkeypatch, tiny_tokenizer, rows, policy):
     CASES["hub"] += 1
-    monkeypatch.setattr(readers, "_load_hub_dataset", lambda name, split: rows)
+    monkeypatch.setattr(readers, "_load_hub_dataset", lambda name, split, config=None: rows)
     load_everything("someone/data", tiny_tokenizer, policy)
 
 

@@ -57,9 +57,12 @@ def build_reference(cfg: DPOConfig, spec, run, model, tokenizer, train_examples,
     live = reference.live(cfg, run, model, needed=mode != "none")
     if mode != "precomputed":
         return live
+    splits = {k: getattr(cfg, k) for k in ("data_split", "data_config", "eval_data_split")
+              if getattr(cfg, k)}  # only when set: the keys of earlier runs stay as they were
     key = reference.cache_key(ref=cfg.ref_model or cfg.model, data=cfg.data, eval_data=cfg.eval_data,
                               eval_fraction=cfg.eval_fraction, seed=cfg.seed,
-                              max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
+                              max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                              **splits)
     cache = {}
     for split, examples in (("train", train_examples), ("eval", eval_examples)):
         cache[split] = reference.precompute(
@@ -78,17 +81,19 @@ def build_reference(cfg: DPOConfig, spec, run, model, tokenizer, train_examples,
 
 @session.trainer
 def train(cfg: DPOConfig) -> dict:
-    check_dataset(cfg.data, "preference")
-    check_dataset(cfg.eval_data, "preference")
+    check_dataset(cfg.data, "preference", **cfg.data_source(), split_flag="--data-split")
+    eval_data, eval_source = cfg.eval_source()
+    check_dataset(eval_data, "preference", **eval_source, split_flag="--eval-data-split")
     check_dataset(cfg.eval_prompts, "prompt")
     run = session.start_run(cfg, "dpo")
     session.check_fsdp(cfg, run)
     spec = get_direct_loss(cfg.loss)
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     policy = TruncationPolicy(cfg.max_length, cfg.max_prompt_length or None, cfg.overlong)
-    examples, data_report = load_preference_dataset(cfg.data, tokenizer, policy)
-    if cfg.eval_data:
-        eval_examples, _ = load_preference_dataset(cfg.eval_data, tokenizer, policy)
+    examples, data_report = load_preference_dataset(cfg.data, tokenizer, policy,
+                                                    **cfg.data_source())
+    if eval_data:
+        eval_examples, _ = load_preference_dataset(eval_data, tokenizer, policy, **eval_source)
     else:
         examples, eval_examples = split_train_eval(examples, cfg.eval_fraction, cfg.seed)
     prompts, gold_fn = session.sampled_evaluation(cfg, run, tokenizer, policy)

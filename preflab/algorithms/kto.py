@@ -217,16 +217,18 @@ def evaluate(model, ref: reference.Reference, cfg: KTOConfig, examples, pad_id, 
 
 @session.trainer
 def train(cfg: KTOConfig) -> dict:
-    check_dataset(cfg.data, "unpaired")
-    check_dataset(cfg.eval_data, "unpaired")
+    check_dataset(cfg.data, "unpaired", **cfg.data_source(), split_flag="--data-split")
+    eval_data, eval_source = cfg.eval_source()
+    check_dataset(eval_data, "unpaired", **eval_source, split_flag="--eval-data-split")
     check_dataset(cfg.eval_prompts, "prompt")
     run = session.start_run(cfg, "kto")
     session.check_fsdp(cfg, run)
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     policy = TruncationPolicy(cfg.max_length, cfg.max_prompt_length or None, cfg.overlong)
-    examples, data_report = load_unpaired_dataset(cfg.data, tokenizer, policy)
-    if cfg.eval_data:
-        eval_examples, _ = load_unpaired_dataset(cfg.eval_data, tokenizer, policy)
+    examples, data_report = load_unpaired_dataset(cfg.data, tokenizer, policy,
+                                                  **cfg.data_source())
+    if eval_data:
+        eval_examples, _ = load_unpaired_dataset(eval_data, tokenizer, policy, **eval_source)
     else:
         examples, eval_examples = split_train_eval(examples, cfg.eval_fraction, cfg.seed)
     prompts, gold_fn = session.sampled_evaluation(cfg, run, tokenizer, policy)

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from preflab import models, reference
-from preflab.config import arg, fsdp_arg, parse_config
+from preflab.config import arg, flag, fsdp_arg, parse_config
 from preflab.data import (
     PreferenceExample,
     TruncationPolicy,
@@ -111,9 +111,10 @@ class OnlineDPOConfig(DirectConfig):
         if self.precompute_ref:
             raise ConfigError("--precompute-ref: online DPO samples new pairs every round, so "
                               "there is nothing to compute ahead", field="precompute_ref")
-        if self.eval_data:
-            raise ConfigError("--eval-data: online DPO has no fixed pairs to hold out; use "
-                              "--eval-prompts (and --gold-reward)", field="eval_data")
+        for name in ("eval_data", "eval_data_split"):
+            if getattr(self, name):
+                raise ConfigError(f"--{flag(name)}: online DPO has no fixed pairs to hold out; "
+                                  "use --eval-prompts (and --gold-reward)", field=name)
         if self.reference == "moving" and self.lora_rank > 0:
             raise ConfigError("--reference moving copies the policy's weights into the reference "
                               "each round, which a LoRA policy (base plus adapters) cannot give a "
@@ -257,14 +258,15 @@ def read_round(folder: Path) -> tuple[list[PreferenceExample], dict]:
 
 @session.trainer
 def train(cfg: OnlineDPOConfig) -> dict:
-    check_dataset(cfg.data, "prompt")
+    check_dataset(cfg.data, "prompt", **cfg.data_source(), split_flag="--data-split")
     check_dataset(cfg.eval_prompts, "prompt")
     run = session.start_run(cfg, "online-dpo")
     session.check_fsdp(cfg, run)
     spec = get_direct_loss(cfg.loss)
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     policy = TruncationPolicy(cfg.max_length, cfg.max_prompt_length or None, cfg.overlong)
-    prompt_examples, data_report = load_prompt_dataset(cfg.data, tokenizer, policy)
+    prompt_examples, data_report = load_prompt_dataset(cfg.data, tokenizer, policy,
+                                                       **cfg.data_source())
     prompts_all = [e.prompt for e in prompt_examples]
     eval_prompts, gold_fn = session.sampled_evaluation(cfg, run, tokenizer, policy)
     if pairwise(cfg.judge):

@@ -64,9 +64,10 @@ def load_data(cfg: RMConfig, tokenizer):
     policy = TruncationPolicy(max_length=cfg.max_length,
                               max_prompt_length=cfg.max_prompt_length or None,
                               overlong=cfg.overlong)
-    examples, report = load_preference_dataset(cfg.data, tokenizer, policy)
-    if cfg.eval_data:
-        eval_examples, _ = load_preference_dataset(cfg.eval_data, tokenizer, policy)
+    examples, report = load_preference_dataset(cfg.data, tokenizer, policy, **cfg.data_source())
+    eval_data, eval_source = cfg.eval_source()
+    if eval_data:
+        eval_examples, _ = load_preference_dataset(eval_data, tokenizer, policy, **eval_source)
     else:
         examples, eval_examples = split_train_eval(examples, cfg.eval_fraction, cfg.seed)
     return examples, eval_examples, report
@@ -129,8 +130,9 @@ def evaluate(scorer, examples, cfg: RMConfig, pad_id: int, run: session.Run) -> 
 
 @session.trainer
 def train(cfg: RMConfig) -> dict:
-    check_dataset(cfg.data, "preference")
-    check_dataset(cfg.eval_data, "preference")
+    check_dataset(cfg.data, "preference", **cfg.data_source(), split_flag="--data-split")
+    eval_data, eval_source = cfg.eval_source()
+    check_dataset(eval_data, "preference", **eval_source, split_flag="--eval-data-split")
     run = session.start_run(cfg, "rm")
     session.check_fsdp(cfg, run)
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)

@@ -62,11 +62,12 @@ def truncation_policy(cfg: TrainConfig) -> TruncationPolicy:
 def load_data(cfg: SFTConfig, tokenizer):
     policy = truncation_policy(cfg)
     examples, report = load_sft_dataset(
-        cfg.data, tokenizer, policy, completion_only=cfg.completion_only
+        cfg.data, tokenizer, policy, completion_only=cfg.completion_only, **cfg.data_source()
     )
-    if cfg.eval_data:
+    eval_data, eval_source = cfg.eval_source()
+    if eval_data:
         eval_examples, _ = load_sft_dataset(
-            cfg.eval_data, tokenizer, policy, completion_only=cfg.completion_only
+            eval_data, tokenizer, policy, completion_only=cfg.completion_only, **eval_source
         )
     else:
         examples, eval_examples = split_train_eval(examples, cfg.eval_fraction, cfg.seed)
@@ -112,8 +113,9 @@ def evaluate(model, examples, cfg: SFTConfig, pad_id: int, run: session.Run) -> 
 
 @session.trainer
 def train(cfg: SFTConfig) -> dict:
-    check_dataset(cfg.data, "sft")
-    check_dataset(cfg.eval_data, "sft")
+    check_dataset(cfg.data, "sft", **cfg.data_source(), split_flag="--data-split")
+    eval_data, eval_source = cfg.eval_source()
+    check_dataset(eval_data, "sft", **eval_source, split_flag="--eval-data-split")
     run = session.start_run(cfg, "sft")
     session.check_fsdp(cfg, run)
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)

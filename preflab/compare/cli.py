@@ -80,9 +80,11 @@ def check_inputs(cfg: CompareConfig) -> None:
                               expected="a directory made by `preflab world build`, or a new "
                                        "or empty one to build it in")
         return
-    for flag, path in (("--pairs", cfg.pairs), ("--prompts", cfg.prompts)):
-        if not Path(path).exists():
-            raise ConfigError(f"{flag}: no such file", path=path)
+    from preflab.data.readers import check_split
+
+    for source in ("pairs", "prompts"):  # a local split that is not there fails now, not in a job
+        check_split(getattr(cfg, source), getattr(cfg, f"{source}_split"),
+                    split_flag=f"--{source}-split")
     from preflab.models import gguf_location
 
     if Path(cfg.model).exists() and gguf_location(cfg.model) is None \

@@ -34,7 +34,8 @@ UNTESTED = "not tested"
 COUNTED = "counted"
 # Settings that are not hyperparameters of the method: data, output, logging, evaluation.
 NOT_HYPERPARAMETERS = {
-    "model", "data", "output_dir", "eval_data", "eval_fraction", "seed", "log_every", "eval_every",
+    "model", "data", "data_split", "data_config", "output_dir", "eval_data", "eval_data_split",
+    "eval_fraction", "seed", "log_every", "eval_every",
     "eval_batch_size", "save_every", "save_total_limit", "resume", "overwrite", "report_to",
     "progress", "allow_pickle", "trust_remote_code", "device", "precision", "attn_implementation",
     "gradient_checkpointing",

@@ -1,14 +1,17 @@
 """Compare's data steps, each a small command so ``--dry-run`` can hand it to a scheduler:
 
     python -m preflab.compare.data subset --pairs IN --share 1/16 --out OUT
-    python -m preflab.compare.data split --data IN --share 0.2 --seed 0 --keep OUT --held-out OUT
+    python -m preflab.compare.data split --data IN [--data-split S] [--data-config C] \
+        --share 0.2 --seed 0 --keep OUT --held-out OUT
     python -m preflab.compare.data convert --model MODEL.gguf --out DIR
 
 ``subset`` keeps the pairs of the first ``share`` of the prompts (in file order, every pair of a
 kept prompt), so a smaller set is a prefix of a larger one and each has whole prompts.
 ``split`` holds out ``share`` of the records, grouped by prompt so that no prompt is on both
 sides: compare uses it to keep a judge's pairs and the evaluation prompts away from every
-compared run. Records are copied as they are (any fields); files are written atomically.
+compared run; it reads any source the training commands read (a hub dataset's split and
+configuration with ``--data-split``/``--data-config``, as theirs). Records are copied as they
+are (any fields); files are written atomically.
 ``convert`` writes a GGUF model once as a Hugging Face directory (dequantized, float32), so
 that the compared runs load safetensors in a second instead of each dequantizing the file.
 """
@@ -26,10 +29,13 @@ from preflab.data.writers import write_jsonl
 from preflab.errors import ConfigError, DataError, PreflabError
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def read_jsonl(path: str | Path, *, split: str | None = None,
+               config: str | None = None) -> list[dict]:
+    """The records of ``path`` (any source ``read_records`` reads) as dicts."""
     from preflab.data.readers import read_records
 
-    return [record.data for record in read_records(str(path))]
+    return [record.data for record in read_records(str(path), split=split, config=config,
+                                                   split_flag="--data-split")]
 
 
 def parse_share(text: str) -> Fraction:
@@ -82,7 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--share", required=True, help="e.g. 1/16")
     s.add_argument("--out", required=True)
     p = sub.add_parser("split", help="hold out a share of the prompts")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="a data file, a directory of them, or a hub "
+                   "dataset name")
+    p.add_argument("--data-split", default="", help="the split of --data to read (a hub "
+                   "dataset: default train)")
+    p.add_argument("--data-config", default="", help="a hub dataset's configuration")
     p.add_argument("--share", type=float, required=True, help="held-out share of the prompts")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", required=True, help="file for the rest")
@@ -124,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not 0 < args.share < 1:
                 raise ConfigError("the held-out share must be in (0, 1)", field="share")
-            records = read_jsonl(args.data)
+            records = read_jsonl(args.data, split=args.data_split, config=args.data_config)
             if len(_groups(records)) < 2:
                 raise DataError("too few distinct prompts to hold some out", path=args.data,
                                 expected="records with at least two different prompts")

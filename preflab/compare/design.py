@@ -172,12 +172,12 @@ def build(cfg: CompareConfig) -> Design:
             sft, convert = str(base), ["convert"]
         pairs, judge_pairs = data_dir / "pairs.jsonl", data_dir / "pairs-judge.jsonl"
         add("split-pairs", ["-m", "preflab.compare.data", "split", "--data", cfg.pairs,
-                            "--share", cfg.judge_share, "--keep", pairs, "--held-out",
-                            judge_pairs], judge_pairs, "data")
+                            *cfg.data_options("pairs"), "--share", cfg.judge_share, "--keep",
+                            pairs, "--held-out", judge_pairs], judge_pairs, "data")
         prompts, eval_prompts = data_dir / "prompts-train.jsonl", data_dir / "prompts-eval.jsonl"
         add("split-prompts", ["-m", "preflab.compare.data", "split", "--data", cfg.prompts,
-                              "--share", cfg.eval_share, "--keep", prompts, "--held-out",
-                              eval_prompts], eval_prompts, "data")
+                              *cfg.data_options("prompts"), "--share", cfg.eval_share, "--keep",
+                              prompts, "--held-out", eval_prompts], eval_prompts, "data")
         judge = runs_dir / "judge-rm"
         add("judge-rm", ["rm", "--model", sft, "--data", judge_pairs, "--output-dir", judge,
                          "--max-length", max_length, *_flags(hyper["rm"])],
@@ -189,7 +189,10 @@ def build(cfg: CompareConfig) -> Design:
         if cfg.gold_reward:
             score_flags += ["--reward", f"gold_reward={cfg.gold_reward}"]
         data_after = ["split-pairs", "split-prompts", "judge-rm", *convert]
-        design.inputs = {"model": cfg.model, "pairs": cfg.pairs, "prompts": cfg.prompts}
+        design.inputs = {"model": cfg.model, "pairs": cfg.pairs, "prompts": cfg.prompts,
+                         **{k: getattr(cfg, k) for k in ("pairs_split", "pairs_config",
+                                                         "prompts_split", "prompts_config")
+                            if getattr(cfg, k)}}
     pair_files["all"] = str(pairs)
     need_shares = set(preset.shares) | ({HACK_SHARE} if preset.hacking else set())
     for share in sorted(need_shares, key=lambda s: -Fraction(s)):

@@ -158,9 +158,20 @@ class CompareConfig:
     model: str = arg("", "Your SFT checkpoint (a model directory, a .gguf file or a hub id): "
                      "every compared method starts from it.",
                      path="model")
-    pairs: str = arg("", "Your preference pairs (prompt, chosen, rejected).", path="data")
+    pairs: str = arg("", "Your preference pairs (prompt, chosen, rejected): a data file, a "
+                     "directory of them, or a hub dataset name.", path="data")
+    pairs_split: str = arg("", "Split of --pairs to read: of a hub dataset (default train; e.g. "
+                           "train_prefs), or of a local directory with named splits (needed "
+                           "when it holds several).")
+    pairs_config: str = arg("", "Configuration (subset) of a hub --pairs dataset; empty: its "
+                            "default.")
     prompts: str = arg("", "Your prompts (unlabelled: PPO trains on them; a share is held out "
-                       "for evaluation).", path="data")
+                       "for evaluation): a data file, a directory of them, or a hub dataset "
+                       "name.", path="data")
+    prompts_split: str = arg("", "Split of --prompts to read, as --pairs-split (e.g. train_gen: "
+                             "a dataset's prompts often sit in another split than its pairs).")
+    prompts_config: str = arg("", "Configuration (subset) of a hub --prompts dataset; empty: "
+                              "its default.")
     gold_reward: str = arg("", "A reward you trust more than a judge model: module:function, "
                            "file.py:function or a reward-model directory (your data only). A "
                            "function runs as Python code with your rights (file.py: that file), "
@@ -250,6 +261,7 @@ class CompareConfig:
             raise ConfigError("say what to compare on: --world DIR (the built-in task), or "
                               "--model SFT_MODEL --pairs PAIRS --prompts PROMPTS",
                               field="world")
+        self.validate_splits()
         if self.pareto_weights:
             if not self.world:
                 raise ConfigError("--pareto-weights needs the world's two objectives (gold and "
@@ -274,6 +286,23 @@ class CompareConfig:
                                       field="hyperparameters",
                                       expected="--max-new-tokens, which sets every sampled "
                                                "length at once")
+
+    def validate_splits(self) -> None:
+        """The split and configuration flags: your data only; a configuration for a hub name."""
+        from preflab.config import check_source_config, flag
+
+        for source in ("pairs", "prompts"):
+            for name in (f"{source}_split", f"{source}_config"):
+                if getattr(self, name) and self.world:
+                    raise ConfigError(f"--{flag(name)} is for your own --{source}; the world "
+                                      "brings its own data", field=name)
+            check_source_config(self, source, f"{source}_config")
+
+    def data_options(self, source: str) -> list[str]:
+        """The flags of compare's data job that reads ``source`` (pairs, prompts): its split
+        and configuration, where given."""
+        return [word for name in ("split", "config") if getattr(self, f"{source}_{name}")
+                for word in (f"--data-{name}", getattr(self, f"{source}_{name}"))]
 
     def pareto(self) -> list[float]:
         """The harmlessness weights of the several-objectives sweep (empty: none)."""

@@ -122,8 +122,9 @@ class SourcePrompt:
         return isinstance(self.prompt, list)
 
 
-def read_prompts(source: str, max_prompts: int = 0, *,
-                 allow_empty: bool = False) -> list[SourcePrompt]:
+def read_prompts(source: str, max_prompts: int = 0, *, allow_empty: bool = False,
+                 split: str | None = None, config: str | None = None,
+                 split_flag: str | None = None) -> list[SourcePrompt]:
     """The prompt of each record of ``source`` (all, or the first ``max_prompts``), as given.
 
     A record's ``prompt`` field is a non-empty text or a list of messages that ends with a
@@ -131,12 +132,13 @@ def read_prompts(source: str, max_prompts: int = 0, *,
     assistant reply (all of them when it ends with a user message). ``allow_empty`` takes an
     empty text prompt too (generation then starts from BOS), as prompt-only records may be. Text and message prompts
     may be mixed: each is tokenized by its own rule (``tokenize_prompt``). ``DataError``
-    names the file, line and field of a record with no usable prompt.
+    names the file, line and field of a record with no usable prompt. ``split``, ``config``
+    and ``split_flag`` as ``read_records`` takes them.
     """
     from preflab.data.formats import RecordKind, check_prompt_messages, validate
 
     prompts = []
-    for record in read_records(str(source)):
+    for record in read_records(str(source), split=split, config=config, split_flag=split_flag):
         prompt, field = record.data.get("prompt"), "prompt"
         if prompt is None and isinstance(record.data.get("messages"), list):
             messages, field = record.data["messages"], "messages"

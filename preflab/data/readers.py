@@ -8,7 +8,20 @@ place in the user's file. What ``line`` counts depends on the format:
     .json              the element's 1-based index in the array of records
     .csv / .tsv        the 1-based data row (the header row is not counted)
     .parquet           the 1-based row
+    Arrow directory    the 1-based row of the split (``path`` is the split's folder)
     hub dataset name   the 1-based row of the split
+
+A directory may hold named splits, laid out as a hub dataset's files are, or as ``datasets``
+saves them; ``split`` picks one (``_directory_splits`` says how each layout is read):
+
+    train_prefs.jsonl, test_prefs.jsonl                     a file per split
+    data/train_prefs-00000-of-00001.parquet, data/test_...  the hub's shards, in data/ or not
+    train_prefs/, test_prefs/                               a folder of files per split
+    dataset_dict.json, train_prefs/, test_prefs/            DatasetDict.save_to_disk
+    state.json, dataset_info.json, data-00000-of-00001.arrow  Dataset.save_to_disk: one split
+
+A directory whose layout names two or more splits is never read whole (train and test would
+be trained on together): without ``split`` that is an error listing the splits.
 
 CSV and Parquet cannot always store lists of messages natively, so a text cell that holds a
 JSON list of ``{"role": ..., "content": ...}`` objects is decoded into that list (only then:
@@ -23,6 +36,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +56,18 @@ MAX_DEPTH = 100
 EXCERPT_CHARS = 40
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 _DIGITS = frozenset("0123456789")
+# A shard of a split, as the hub and ``push_to_hub`` name them: train-00000-of-00002.parquet
+# (older uploads add a hash: train-00000-of-00001-4f3a2b1c.parquet).
+_SHARD = re.compile(r"^(?P<split>.+?)-\d{5}-of-\d{5}(-[0-9a-f]+)?$")
+# The words that make a file name a split's: train_prefs.jsonl, my_test.csv, dev.parquet, ...
+_SPLIT_WORDS = {"train": "train", "training": "train", "test": "test", "testing": "test",
+                "validation": "validation", "valid": "validation", "val": "validation",
+                "dev": "validation", "eval": "eval", "evaluation": "eval"}
+_SPLIT_WORD = re.compile(rf"(?:^|[-_.])({'|'.join(_SPLIT_WORDS)})(?:$|[-_.])", re.IGNORECASE)
+# What ``datasets.save_to_disk`` writes: a DatasetDict's list of splits; a Dataset's files.
+ARROW_DICT = "dataset_dict.json"
+ARROW_DATASET = ("state.json", "dataset_info.json")
+_SPLIT_NAME = re.compile(r"[\w.-]{1,60}")
 
 
 @dataclass(frozen=True)
@@ -53,26 +79,35 @@ class Record:
     line: int
 
 
-def read_records(source: str, *, split: str | None = None) -> list[Record]:
+def read_records(source: str, *, split: str | None = None, config: str | None = None,
+                 split_flag: str | None = None) -> list[Record]:
     """Read every record of ``source`` (a file, a directory of files, or a hub dataset name).
 
-    ``split`` is used only for hub datasets (default ``"train"``). Raises ``DataError`` for a
-    missing file, undecodable bytes, invalid JSON, a record that is not an object, or a
-    source with no records at all.
+    ``split`` names the split to read: of a hub dataset (default ``"train"``), or of a
+    directory with named splits (needed when it holds several; ``_directory_splits``). A
+    single file is one split: a ``split`` other than the one its name gives is refused.
+    ``config`` is a hub dataset's configuration (``datasets.load_dataset(name, config)``),
+    refused for a local source. ``split_flag``, the flag that sets ``split``, is named in
+    the error for a directory of several splits. Raises ``DataError`` for a missing file,
+    undecodable bytes, invalid JSON, a record that is not an object, a split that is not
+    there, or a source with no records at all.
     """
     path = Path(os.path.expanduser(str(source)))
+    split, config = split or None, config or None
     try:
+        if config and path.exists():
+            raise DataError(f"a configuration ({config!r}) is given, but this is a local "
+                            "path, which has none", path=str(source),
+                            expected="no configuration, or the configuration's own folder "
+                                     "as the path")
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and _suffix(p) in SUFFIXES
-                           and not p.name.startswith("."))
-            if not files:
-                raise DataError("directory holds no data files", path=str(path),
-                                expected=_EXPECTED_FILE)
-            records = [r for f in files for r in _read_file(f)]
+            records = [r for part in _split_parts(path, split, split_flag)
+                       for r in _read_part(part)]
         elif path.is_file():
+            _check_file_split(path, split)
             records = _read_file(path)
         elif _looks_like_hub_name(str(source)):
-            records = _read_hub(str(source), split or "train")
+            records = _read_hub(str(source), split or "train", config)
         else:
             raise DataError("no such file or directory", path=str(source), expected=_EXPECTED_FILE)
     except OSError as e:  # permission denied, a name too long, a file gone while reading ...
@@ -82,6 +117,158 @@ def read_records(source: str, *, split: str | None = None) -> list[Record]:
         raise DataError("no records found (the file is empty)", path=str(source),
                         expected="at least one record")
     return records
+
+
+def check_split(source: str, split: str | None, *, split_flag: str | None = None) -> None:
+    """Raise the ``DataError`` that ``read_records`` would for ``split`` of a local file or
+    directory (not there; none named where several are), without reading a record."""
+    path = Path(os.path.expanduser(str(source)))
+    split = split or None
+    try:
+        if path.is_dir():
+            _split_parts(path, split, split_flag)
+        elif path.is_file():
+            _check_file_split(path, split)
+    except OSError as e:
+        raise DataError(f"cannot be read: {e.strerror or type(e).__name__}",
+                        path=str(e.filename or source), expected=_EXPECTED_FILE) from None
+
+
+def _data_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_file() and _suffix(p) in SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def _file_split(path: Path) -> str:
+    """The split a data file's name gives: ``train_prefs`` for train_prefs.jsonl and for
+    train_prefs-00000-of-00001.parquet."""
+    shard = _SHARD.match(path.stem)
+    return shard["split"] if shard else path.stem
+
+
+def _is_arrow_dataset(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in ARROW_DATASET)
+
+
+def _directory_splits(directory: Path) -> tuple[dict[str, list[Path]], bool]:
+    """A directory's data by split name, in order, and whether its layout names splits.
+
+    The first of these that applies: a ``DatasetDict`` saved to disk (``dataset_dict.json``:
+    one Arrow folder per split); a ``Dataset`` saved to disk (one split, named by its
+    ``state.json``, else ``""``); data files, grouped by the split their names give; a
+    ``data/`` folder (the hub's layout), read by these same rules; folders of data files or
+    of Arrow datasets, one split each. Data files name their splits when any is a hub shard,
+    or when the names tell splits apart by the words in them (train_prefs beside test_prefs,
+    train beside extra); otherwise (part1, part2; train_a, train_b) the directory is a plain
+    directory of files, read whole.
+    """
+    if (directory / ARROW_DICT).is_file():
+        names = _json_field(directory / ARROW_DICT, "splits")
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise DataError("the file has no list of split names", path=str(directory / ARROW_DICT),
+                            expected='{"splits": ["train", ...]}, as DatasetDict.save_to_disk '
+                                     "writes it")
+        return {name: [directory / name] for name in names}, True
+    if _is_arrow_dataset(directory):
+        name = _json_field(directory / "state.json", "_split")
+        return {name if isinstance(name, str) else "": [directory]}, False
+    files = _data_files(directory)
+    if files:
+        parts: dict[str, list[Path]] = {}
+        for f in files:
+            parts.setdefault(_file_split(f), []).append(f)
+        roles = {_split_role(name) for name in parts}
+        named = any(_SHARD.match(f.stem) for f in files) or (len(roles) > 1 and roles != {None})
+        return parts, named
+    if (directory / "data").is_dir():
+        parts, _ = _directory_splits(directory / "data")
+        return parts, True
+    parts = {}
+    for folder in sorted(p for p in directory.iterdir() if p.is_dir()
+                         and not p.name.startswith(".")):
+        found = [folder] if _is_arrow_dataset(folder) else _data_files(folder)
+        if found:
+            parts[folder.name] = found
+    return parts, True
+
+
+def _split_role(name: str) -> str | None:
+    """Which split a file name says it holds (train, test, validation, eval), if any."""
+    found = _SPLIT_WORD.search(name)
+    return _SPLIT_WORDS[found[1].lower()] if found else None
+
+
+def _json_field(path: Path, key: str) -> Any:
+    try:
+        document = json.loads(_decode_whole(path.read_bytes(), path))
+    except (ValueError, RecursionError):
+        raise DataError("not valid JSON", path=str(path),
+                        expected="the file as datasets' save_to_disk writes it") from None
+    return document.get(key) if isinstance(document, dict) else None
+
+
+def _split_parts(directory: Path, split: str | None, split_flag: str | None = None) -> list[Path]:
+    """The files and Arrow folders of ``directory`` to read for ``split`` (None: all of
+    them, when the directory does not hold several named splits)."""
+    parts, named = _directory_splits(directory)
+    if not parts:
+        raise DataError("directory holds no data files", path=str(directory),
+                        expected=_EXPECTED_FILE)
+    shown = _split_list(parts)
+    if split is not None:
+        if split not in parts:
+            if list(parts) == [""]:
+                raise DataError(f"no split {split!r}: the directory holds one dataset, with no "
+                                "split name", path=str(directory),
+                                expected="no split for this directory")
+            raise DataError(f"no split {split!r} in the directory", path=str(directory),
+                            expected=f"one of its splits: {shown}")
+        return parts[split]
+    if named and len(parts) > 1:
+        example = _example(parts)
+        example = f"{split_flag} {example}" if split_flag else example
+        raise DataError(f"the directory holds {len(parts)} splits ({shown}) and no split was "
+                        "named, so it is not read whole", path=str(directory),
+                        expected=f"a split to read, such as {example}, or the path of one "
+                                 "split's file or folder")
+    return [p for found in parts.values() for p in found]
+
+
+def _split_list(names: Iterable[str]) -> str:
+    """Split names for a message: each as it is, or excerpted if odd; at most 20."""
+    names = list(names)
+    shown = ", ".join(n if _SPLIT_NAME.fullmatch(n) else excerpt(n) for n in names[:20])
+    return shown + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+
+
+def _example(parts: dict[str, list[Path]]) -> str:
+    return next((n for n in parts if n.lower().startswith("train")), next(iter(parts)))
+
+
+def _check_file_split(path: Path, split: str | None) -> None:
+    """A single file is one split: the one its name gives (train.jsonl, train-00000-of-...)."""
+    if split is not None and split != _file_split(path):
+        raise DataError(f"no split {split!r}: this is a single file, whose name gives the split "
+                        f"{_file_split(path)!r}", path=str(path),
+                        expected="no split for a single file, or the directory that holds "
+                                 "the splits")
+
+
+def _read_part(path: Path) -> list[Record]:
+    """A data file, or an Arrow dataset folder (``Dataset.save_to_disk``)."""
+    return _read_arrow(path) if path.is_dir() else _read_file(path)
+
+
+def _read_arrow(directory: Path) -> list[Record]:
+    try:
+        import datasets
+
+        dataset = datasets.load_from_disk(str(directory))
+        rows = dataset.to_list()
+    except Exception as e:  # a foreign or cut folder: datasets raises several types
+        raise DataError(f"not a readable Arrow dataset: {_one_line(e)}", path=str(directory),
+                        expected="a folder written by datasets' save_to_disk") from None
+    return [_checked_row(dict(row), str(directory), i) for i, row in enumerate(rows, start=1)]
 
 
 def _suffix(path: Path) -> str:
@@ -272,23 +459,48 @@ def _maybe_messages(value: Any) -> Any:
     return decoded if is_messages else value
 
 
-def _load_hub_dataset(name: str, split: str) -> list[dict]:
+def _load_hub_dataset(name: str, split: str, config: str | None = None) -> list[dict]:
     """Load a split from the Hugging Face hub (or its local cache); tests replace this."""
     import datasets
 
-    return list(datasets.load_dataset(name, split=split))
+    return list(datasets.load_dataset(name, config, split=split))
 
 
-def _read_hub(name: str, split: str) -> list[Record]:
+# What ``datasets`` says when a split or a configuration is not there (datasets 2 to 5).
+_UNKNOWN_SPLIT = re.compile(r'Unknown split "[^"]*"\. Should be one of \[(?P<names>[^\]]*)\]')
+_UNKNOWN_CONFIG = re.compile(r"BuilderConfig '[^']*' not found\. Available: \[(?P<names>[^\]]*)\]")
+_NO_CONFIG = re.compile(r"Config name is missing\..*available configs: \[(?P<names>[^\]]*)\]",
+                        re.DOTALL)
+
+
+def _read_hub(name: str, split: str, config: str | None = None) -> list[Record]:
     try:
-        rows = _load_hub_dataset(name, split)
+        rows = _load_hub_dataset(name, split, config)
     except Exception as e:  # network, auth, missing split: all mean "cannot use this name"
-        raise DataError(
-            "no such file or directory, and it could not be loaded as a Hugging Face dataset "
-            f"name either ({type(e).__name__}: {_one_line(e)})",
-            path=name, expected=_EXPECTED_FILE,
-        ) from None
+        raise _hub_error(name, split, config, e) from None
     return [_checked_row(dict(row), name, i) for i, row in enumerate(rows, start=1)]
+
+
+def _hub_error(name: str, split: str, config: str | None, error: Exception) -> DataError:
+    """A missing split or configuration named as such (with the ones there are), or else
+    the loader's own words."""
+    text = str(error)
+    for pattern, problem, expected in (
+            (_UNKNOWN_SPLIT, f"the dataset has no split {split!r}", "one of its splits"),
+            (_UNKNOWN_CONFIG, f"the dataset has no configuration {config!r}",
+             "one of its configurations"),
+            (_NO_CONFIG, "the dataset has several configurations and none was named",
+             "one of its configurations")):
+        found = pattern.search(text)
+        if found:
+            names = [n.strip().strip("'\"") for n in found["names"].split(",") if n.strip()]
+            return DataError(problem, path=name,
+                             expected=f"{expected}: {_split_list(dict.fromkeys(names))}")
+    return DataError(
+        "no such file or directory, and it could not be loaded as a Hugging Face dataset "
+        f"name either ({type(error).__name__}: {_one_line(error)})",
+        path=name, expected=_EXPECTED_FILE,
+    )
 
 
 def _one_line(error: BaseException, limit: int = 300) -> str:

@@ -247,18 +247,22 @@ PURPOSES = {"sft": (SFT_KINDS, "SFT"), "preference": (PREFERENCE_KINDS, "prefere
             "unpaired": (UNPAIRED_KINDS, "unpaired (KTO) training"),
             "prompt": (PROMPT_KINDS, "a prompt dataset")}
 # Records read and checked by ``check_dataset``, kept for the load that follows.
-_CHECKED: dict[tuple[str, str | None, str], list[tuple[Record, RecordKind]]] = {}
+_CHECKED: dict[tuple[str, str | None, str | None, str], list[tuple[Record, RecordKind]]] = {}
 
 
-def check_dataset(source: str, purpose: str, *, split: str | None = None) -> None:
+def check_dataset(source: str, purpose: str, *, split: str | None = None,
+                  config: str | None = None, split_flag: str | None = None) -> None:
     """Read and check every record of a local ``source`` for ``purpose`` (sft, preference,
     unpaired, prompt) before any tokenizer or model loads, so bad data fails first, not after
     a download. The checked records are kept for the ``load_*_dataset`` call that follows. A
-    hub dataset is left to that call (reading it is the download)."""
+    hub dataset is left to that call (reading it is the download). ``split``, ``config``
+    and ``split_flag`` as ``read_records`` takes them."""
     if not source or not Path(os.path.expanduser(source)).exists():
         return
     accepted, what = PURPOSES[purpose]
-    _CHECKED[(source, split, purpose)] = _checked(read_records(source, split=split), accepted, what)
+    split, config = split or None, config or None
+    _CHECKED[(source, split, config, purpose)] = _checked(
+        read_records(source, split=split, config=config, split_flag=split_flag), accepted, what)
 
 
 def forget_checked() -> None:
@@ -276,18 +280,20 @@ def _checked(records: list[Record], accepted: Sequence[RecordKind],
     return out
 
 
-def _load(source: str, split: str | None, accepted: Sequence[RecordKind], purpose: str,
-          tokenizer: PreTrainedTokenizerBase, policy: TruncationPolicy,
+def _load(source: str, split: str | None, config: str | None, accepted: Sequence[RecordKind],
+          purpose: str, tokenizer: PreTrainedTokenizerBase, policy: TruncationPolicy,
           build: Callable[[_Encoder, Record, RecordKind], list[T]]) -> tuple[list[T], TruncationReport]:
-    """Read, check and tokenize every record of ``source`` with ``build``."""
+    """Read, check and tokenize every record of ``source`` (its ``split``, of hub
+    configuration ``config``) with ``build``."""
     encoder = _Encoder(tokenizer, policy)
     report = encoder.report
     examples: list[T] = []
     first_skipped: tuple[Record, str] | None = None  # (record, field), for the error below
     name = next(k for k, (kinds, _) in PURPOSES.items() if tuple(kinds) == tuple(accepted))
-    checked = _CHECKED.pop((source, split, name), None)
+    split, config = split or None, config or None
+    checked = _CHECKED.pop((source, split, config, name), None)
     if checked is None:
-        checked = _checked(read_records(source, split=split), accepted, purpose)
+        checked = _checked(read_records(source, split=split, config=config), accepted, purpose)
     for record, kind in checked:
         report.records += 1
         if kind in PREFERENCE_KINDS and is_identical_pair(record):
@@ -321,11 +327,13 @@ def _all_skipped(report: TruncationReport, policy: TruncationPolicy, first: Reco
 
 
 def load_sft_dataset(source: str, tokenizer: PreTrainedTokenizerBase, policy: TruncationPolicy,
-                     *, completion_only: bool = True,
-                     split: str | None = None) -> tuple[list[SFTExample], TruncationReport]:
+                     *, completion_only: bool = True, split: str | None = None,
+                     config: str | None = None) -> tuple[list[SFTExample], TruncationReport]:
     """SFT examples from text, prompt-completion or conversational records.
 
     ``completion_only=False`` also counts the prompt tokens in the loss (mask 1 there).
+    ``split`` and ``config`` pick the part of ``source`` to read (``read_records``); so for
+    every loader.
     """
 
     def build(enc: _Encoder, record: Record, kind: RecordKind) -> list[SFTExample]:
@@ -344,11 +352,12 @@ def load_sft_dataset(source: str, tokenizer: PreTrainedTokenizerBase, policy: Tr
         mask = [0 if completion_only else 1] * len(prompt_ids) + [1] * len(completion_ids)
         return [SFTExample(prompt_ids + completion_ids, mask)]
 
-    return _load(source, split, SFT_KINDS, "SFT", tokenizer, policy, build)
+    return _load(source, split, config, SFT_KINDS, "SFT", tokenizer, policy, build)
 
 
 def load_preference_dataset(source: str, tokenizer: PreTrainedTokenizerBase,
                             policy: TruncationPolicy, *, split: str | None = None,
+                            config: str | None = None,
                             ) -> tuple[list[PreferenceExample], TruncationReport]:
     """Preference pairs from explicit- or implicit-prompt preference records."""
 
@@ -360,11 +369,13 @@ def load_preference_dataset(source: str, tokenizer: PreTrainedTokenizerBase,
         prompt_ids, (chosen_ids, rejected_ids) = fitted
         return [PreferenceExample(prompt_ids, chosen_ids, rejected_ids)]
 
-    return _load(source, split, PREFERENCE_KINDS, "preference training", tokenizer, policy, build)
+    return _load(source, split, config, PREFERENCE_KINDS, "preference training", tokenizer,
+                 policy, build)
 
 
 def load_unpaired_dataset(source: str, tokenizer: PreTrainedTokenizerBase,
                           policy: TruncationPolicy, *, split: str | None = None,
+                          config: str | None = None,
                           ) -> tuple[list[UnpairedExample], TruncationReport]:
     """Labelled completions (KTO); a preference pair gives one desirable and one undesirable."""
 
@@ -382,12 +393,13 @@ def load_unpaired_dataset(source: str, tokenizer: PreTrainedTokenizerBase,
         return [UnpairedExample(prompt_ids, ids, label)
                 for ids, label in zip(completion_ids, labels)]
 
-    return _load(source, split, UNPAIRED_KINDS, "unpaired (KTO) training", tokenizer, policy,
-                 build)
+    return _load(source, split, config, UNPAIRED_KINDS, "unpaired (KTO) training", tokenizer,
+                 policy, build)
 
 
 def load_prompt_dataset(source: str, tokenizer: PreTrainedTokenizerBase,
                         policy: TruncationPolicy, *, split: str | None = None,
+                        config: str | None = None,
                         ) -> tuple[list[PromptExample], TruncationReport]:
     """Prompts to generate from (PPO, online DPO, best-of-n), from any record with a prompt."""
 
@@ -408,7 +420,8 @@ def load_prompt_dataset(source: str, tokenizer: PreTrainedTokenizerBase,
         return [PromptExample(fitted, PromptText(text, fitted, prompt, key))]
 
     key = tokenizer_key(tokenizer)
-    return _load(source, split, PROMPT_KINDS, "a prompt dataset", tokenizer, policy, build)
+    return _load(source, split, config, PROMPT_KINDS, "a prompt dataset", tokenizer, policy,
+                 build)
 
 
 def split_train_eval(examples: list[T], eval_fraction: float,

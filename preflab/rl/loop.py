@@ -111,14 +111,20 @@ class RolloutConfig(TrainConfig):
                                   field="ref_model")
 
 
+def held_out_prompts(cfg: RolloutConfig) -> tuple[str, dict]:
+    """The evaluation prompts' source and its split: --eval-prompts (read whole), else the
+    held-out data (``TrainConfig.eval_source``)."""
+    return (cfg.eval_prompts, {}) if cfg.eval_prompts else cfg.eval_source()
+
+
 def load_prompts(cfg: RolloutConfig, tokenizer):
     """``(train examples, evaluation prompts, data report)``."""
     policy = TruncationPolicy(max_length=cfg.max_length,
                               max_prompt_length=cfg.max_prompt_length or None, overlong=cfg.overlong)
-    examples, report = load_prompt_dataset(cfg.data, tokenizer, policy)
-    held_out = cfg.eval_prompts or cfg.eval_data
+    examples, report = load_prompt_dataset(cfg.data, tokenizer, policy, **cfg.data_source())
+    held_out, source = held_out_prompts(cfg)
     if held_out:
-        eval_examples, _ = load_prompt_dataset(held_out, tokenizer, policy)
+        eval_examples, _ = load_prompt_dataset(held_out, tokenizer, policy, **source)
     else:
         examples, eval_examples = split_train_eval(examples, cfg.eval_fraction, cfg.seed)
     return examples, [e.prompt for e in eval_examples][: cfg.eval_num_prompts], report
@@ -299,8 +305,10 @@ def open_run(cfg: RolloutConfig, command: str, *, critic: bool, note: str = "") 
     """Check the prompt files, start the run, load the tokenizer, prompts, roles, training and
     gold rewards; ``iterations`` from ``--max-steps`` or ``--num-epochs``. ``note`` is added
     to the printed data line."""
-    for source in (cfg.data, cfg.eval_prompts or cfg.eval_data):
-        check_dataset(source, "prompt")
+    check_dataset(cfg.data, "prompt", **cfg.data_source(), split_flag="--data-split")
+    held_out, source = held_out_prompts(cfg)
+    check_dataset(held_out, "prompt", **source,
+                  split_flag=None if cfg.eval_prompts else "--eval-data-split")
     run = session.start_run(cfg, command)
     session.check_fsdp(cfg, run)
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)

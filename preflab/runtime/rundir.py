@@ -156,6 +156,8 @@ def config_changes(run_dir: Path, new: dict[str, Any], *, checkpoint_step: int |
     for key in sorted(set(old) | set(new)):
         if key in RESUMABLE_CHANGES or old.get(key) == new.get(key):
             continue
+        if key not in old and new.get(key) == "":  # a setting added since, left empty
+            continue
         changes.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     steps = new.get("max_steps", -1)
     if checkpoint_step is not None and 0 < steps < checkpoint_step:
@@ -194,7 +196,8 @@ def model_card(
         f"Trained with `preflab {command}` (preflab {preflab.__version__}).",
         "",
         f"- base model: `{base_model}`",
-        f"- data: `{data}`",
+        f"- data: `{data}`" + "".join(f", {what} `{config[key]}`" for key, what in (
+            ("data_split", "split"), ("data_config", "configuration")) if config.get(key)),
         f"- method: {command}",
         "",
         "## Hyperparameters",

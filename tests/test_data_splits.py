@@ -473,3 +473,32 @@ def test_when_file_names_name_splits(names, whole, tmp_path):
             read_records(str(tmp_path))
     assert [r.data["chosen"] for r in read_records(str(tmp_path), split=names[0])] == [
         f"{names[0]} good"]
+
+
+def test_ultrafeedback_shaped_splits_load_as_pairs_and_prompts(tmp_path, tiny_tokenizer):
+    """HuggingFaceH4/ultrafeedback_binarized's layout: data/train_prefs-*.parquet rows hold a
+    string prompt, chosen and rejected as whole conversations, and the same chat again in
+    messages; train_gen rows a prompt and messages. The pairs read from train_prefs (the
+    prompt taken from the conversations), the prompts from train_gen's prompt field."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from preflab.data import TruncationPolicy, load_preference_dataset, load_prompt_dataset
+
+    def chat(prompt, reply):
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+
+    prefs = [{"prompt": p, "prompt_id": str(i), "chosen": chat(p, "the movie was great"),
+              "rejected": chat(p, "the movie was boring"), "messages": chat(p, "the movie was great"),
+              "score_chosen": 8.0, "score_rejected": 3.0}
+             for i, p in enumerate(("a film", "this plot"))]
+    gen = [{"prompt": "a film", "prompt_id": "0", "messages": chat("a film", "the movie was great")}]
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist(prefs), tmp_path / "data" / "train_prefs-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(gen), tmp_path / "data" / "train_gen-00000-of-00001.parquet")
+    policy = TruncationPolicy()
+    pairs, report = load_preference_dataset(str(tmp_path), tiny_tokenizer, policy,
+                                            split="train_prefs")
+    assert report.records == 2 and len(pairs) == 2
+    prompts, _ = load_prompt_dataset(str(tmp_path), tiny_tokenizer, policy, split="train_gen")
+    assert len(prompts) == 1

@@ -11,7 +11,9 @@ The formats are the ecosystem's (TRL's), so datasets made for other tools load u
     PROMPT_ONLY          {"prompt"}
 
 A record's kind is the format whose fields are the largest set found in it; other fields are
-ignored (the built-in world adds ``chosen_gold`` and ``rejected_gold``). A message is
+ignored (the built-in world adds ``chosen_gold`` and ``rejected_gold``). A record that fits two
+formats is read as the one its loader accepts, and explicit fields win over a whole chat in
+``messages`` (UltraFeedback's ``train_prefs`` carries both; ``resolve_kind``). A message is
 ``{"role": "system" | "user" | "assistant", "content": str}``; a conversation is an optional
 system message, then user and assistant turns alternating, starting with user. A
 conversational prompt ends with a user message, and a conversational completion (or
@@ -123,11 +125,24 @@ def detect_kind(record: Record) -> RecordKind:
 def resolve_kind(record: Record, accepted: Sequence[RecordKind], purpose: str) -> RecordKind:
     """``detect_kind``, checked against the kinds a loader accepts (``purpose`` names it).
 
-    A record that is a field or two short of an accepted kind (``{"prompt", "chosen"}`` for
-    preference data) is reported as a missing field rather than as another kind.
+    A record that fits several kinds is read as the one kind among them the loader accepts
+    (preference pairs that also carry ``messages``); when the loader takes several, the one
+    other than the whole chat in ``messages`` (a ``prompt`` beside ``messages`` is the
+    prompt). A record that is a field or two
+    short of an accepted kind (``{"prompt", "chosen"}`` for preference data) is reported as a
+    missing field rather than as another kind.
     """
     best = _best_matches(record)
     kind = best[0] if len(best) == 1 else None
+    # Datasets often carry a second format beside the one meant (UltraFeedback's train_prefs
+    # has a whole chat in messages beside prompt, chosen and rejected): of the formats a record
+    # fits, the one the loader reads; of several, the explicit fields over the whole chat.
+    usable = [k for k in best if k in accepted]
+    explicit = [k for k in usable if k is not RecordKind.CONVERSATIONAL]
+    if kind is None and len(usable) == 1:
+        kind = usable[0]
+    elif kind is None and len(explicit) == 1:
+        kind = explicit[0]
     if kind in accepted:
         return kind  # type: ignore[return-value]
     keys = set(record.data)

@@ -228,9 +228,11 @@ class _Encoder:
              field: str) -> tuple[list[int], list[list[int]]] | None:
         """A prompt and its completions, tokenized and truncated; None when skipped."""
         prompt_ids, text = self.prompt(record, prompt, field)
-        names = ["chosen", "rejected"] if len(completions) == 2 else ["completion"]
-        if "messages" in record.data:
-            names = ["messages"]
+        # the fields the completions came from, for messages (a record may carry a whole chat
+        # in messages beside the fields it is read by: UltraFeedback's pairs)
+        names = ["chosen", "rejected"] if len(completions) == 2 else (
+            ["messages"] if "messages" in record.data and "completion" not in record.data
+            else ["completion"])
         full = [self.completion(record, prompt, text, prompt_ids, c, name)
                 for c, name in zip(completions, names)]
         fitted = self.fit_prompt(record, prompt_ids, field)

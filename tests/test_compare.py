@@ -136,6 +136,41 @@ def test_dry_run_prints_every_command_in_order_with_the_launcher(tiny_world, tmp
     assert any("world relabel" in x for x in lines)
 
 
+def test_full_preset_sweeps_the_frontier_and_pushes_both_roads_equally(tmp_path):
+    """full: beta and kl_coef x {1/3, 1, 3} at the base learning rate with 3 seeds each (seed 0
+    of x1/3 and x3 is the sensitivity grid's run), and each road's hacking run on the same 1/4
+    of the pairs with its regulariser 50x smaller and twice the steps, 3 seeds; standard: one
+    hacking seed per road and no sweep."""
+    from preflab.compare.design import build
+    from preflab.compare.settings import CompareConfig
+
+    design = build(CompareConfig(output_dir=str(tmp_path / "c"), world=str(tmp_path / "w"),
+                                 preset="full"))
+    by = {(r.method, r.experiment): [] for r in design.runs}
+    for r in design.runs:
+        by[(r.method, r.experiment)].append(r)
+    for method, flag, base in (("dpo", "--beta", 0.5), ("ppo", "--kl-coef", 0.05)):
+        sweep = [r for r in design.runs if r.method == method
+                 and r.experiment in ("main", "seed", "sensitivity", "frontier")
+                 and r.variant["lr_scale"] == 1]
+        settings = {}
+        for r in sweep:
+            settings.setdefault(r.variant["strength_scale"], set()).add(r.variant["seed"])
+        assert settings == {0.3333: {0, 1, 2}, 1.0: {0, 1, 2}, 3.0: {0, 1, 2}}
+        hack = by[(method, "hacking")]
+        assert sorted(r.variant["seed"] for r in hack) == [0, 1, 2]
+        words = design.jobs[hack[0].policy].words
+        assert float(words[words.index(flag) + 1]) == pytest.approx(base * 0.02)
+        assert words[words.index("--data") + 1].endswith("pairs-1of4.jsonl") or method == "ppo"
+    ppo_hack = design.jobs[by[("ppo", "hacking")][0].policy].words
+    rm = ppo_hack[ppo_hack.index("--reward") + 1]
+    assert "p1of4" in rm  # PPO's reward model trained on the same 1/4 of the pairs
+    standard = build(CompareConfig(output_dir=str(tmp_path / "s"), world=str(tmp_path / "w"),
+                                   preset="standard"))
+    assert sorted(r.method for r in standard.runs if r.experiment == "hacking") == ["dpo", "ppo"]
+    assert not [r for r in standard.runs if r.experiment == "frontier"]
+
+
 def test_user_data_mode_with_a_judge_reward_model(tiny_model_dir, tmp_path):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", preference_records(96))
     prompts = write_jsonl(tmp_path / "prompts.jsonl",

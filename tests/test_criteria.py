@@ -164,7 +164,7 @@ def test_quality_row_picks_the_better_road_at_the_stated_kl_bound():
         "dpo", "direct", (0.58, 0.59, 0.60), 4.0, strength=1 / 3)
     row = criteria.quality(results(ppo + dpo, kl_bound=10.0))
     assert row["rlhf"]["figures"]["setting"] == "kl_coef x1"
-    assert row["dpo"]["figures"]["setting"] == "beta x0.333333"
+    assert row["dpo"]["figures"]["setting"] == "beta x1/3"
     assert row["rlhf"]["figures"]["gain"]["mean"] == pytest.approx(0.28)
     assert row["test"]["p"] == pytest.approx(0.0064, abs=5e-4)
     assert row["winner"] == "RLHF" and row["agrees"] is None and not row["in_article"]

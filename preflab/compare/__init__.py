@@ -3,7 +3,8 @@
 Modules: ``settings`` (the flags and presets), ``methods`` (the registry of compared
 methods), ``design`` (the jobs a comparison runs), ``harness`` (each job in a fresh process,
 reused when finished), ``data`` and ``score`` (compare's own small jobs), ``measure``,
-``criteria`` and ``sections`` (``results.json``), ``report`` and ``figures`` (``report.md``,
+``criteria``, ``stats`` and ``sections`` (``results.json``: the rows, their intervals and
+tests), ``report`` and ``figures`` (``report.md``,
 ``report.html``, ``figures/``), ``plan`` and ``plan_arch`` (``preflab plan``).
 """
 

@@ -3,7 +3,10 @@
 The popular "DPO vs RLHF" article scores the two roads on eight rows (simplicity, memory,
 stability, sample efficiency, flexibility, training time, hyperparameters, reward hacking) and
 gives DPO 7 of 8. This command measures each row instead, and reports the winner by
-measurement beside the article's claim.
+measurement beside the article's claim: a counted figure's smaller side, or, for a figure
+that varies between runs, the side a test over seeds finds better at alpha 0.05 ("no
+significant difference" otherwise, "not tested" on one run per road). A ninth row, not in the
+article, says which road made the better policy within --kl-bound nats of KL to SFT.
 
     preflab compare --world DIR --output-dir CMP [--preset quick|standard|full]
     preflab compare --model SFT_MODEL --pairs PAIRS --prompts PROMPTS --output-dir CMP

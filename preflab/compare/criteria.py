@@ -80,6 +80,14 @@ def _quality(run: dict | None) -> float | None:
     return run["score"].get(f"eval/{run['quality_metric']}")
 
 
+def scale_text(k: float) -> str:
+    """A multiplier as the report writes it: 3, 1/3, 0.02."""
+    from fractions import Fraction
+
+    near = Fraction(k).limit_denominator(10)
+    return f"{near}" if abs(float(near) - k) < 1e-3 else f"{k:g}"
+
+
 def _row(key: str, rlhf: dict, dpo: dict, winner: str | None, note: str = "", *,
          basis: str = "", test: stats.Test | None = None) -> dict:
     """One row. ``winner``: RLHF, DPO, tie (counted figures only), no significant difference,
@@ -712,13 +720,13 @@ def quality(results: dict) -> dict:
         over = (f"(mean, 95% CI, {pick['n']} seeds)" if pick["n"] >= 2 else
                 "(one run; 95% CI over held-out prompts)" if gain.low is not None else
                 "(one run)")
-        setting = (f"{pick['strength']} x{pick['strength_scale']:g}"
-                   + (f", lr x{pick['lr_scale']:g}" if pick["lr_scale"] != 1 else ""))
+        setting = (f"{pick['strength']} x{scale_text(pick['strength_scale'])}"
+                   + (f", lr x{scale_text(pick['lr_scale'])}" if pick["lr_scale"] != 1 else ""))
         sides[road] = _side(
             f"{pick['label']}: {metric} {gain.text(sign=True)} over SFT ({sft:.3f}) at KL "
             f"{pick['kl']['mean']:.2f} {over}; {setting}, the best of "
             f"{counts[road]} setting{'s' if counts[road] != 1 else ''} within KL {bound:g}",
-            f"{gain.mean:+.3f} at KL {pick['kl']['mean']:.1f}",
+            f"{gain.mean:+.3f} at KL {pick['kl']['mean']:.2f}",
             gain=gain.as_dict(), kl=pick["kl"], setting=setting, n=pick["n"],
             run_dirs=pick["run_dirs"], settings_compared=counts[road])
     note = (f"the policy each road made: the gain in {metric} over SFT of each road's best "

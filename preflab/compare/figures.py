@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from preflab.compare.criteria import scale_text
+
 ROLE_COLORS = {"policy": "#3498db", "value": "#2ecc71", "reward": "#e74c3c",
                "reference": "#95a5a6"}
 ROAD_COLORS = {"rlhf": "#c0392b", "direct": "#2471a3"}
@@ -132,7 +134,8 @@ def frontier(results: dict, path: Path) -> bool:
                     label=f"{settings[0]['label']}: {settings[0]['strength']} sweep "
                           f"(mean, 95% CI over seeds)")
         for st in settings:
-            ax.annotate(f"x{st['strength_scale']:g}", (st["kl"]["mean"], st["quality"]["mean"]),
+            ax.annotate(f"x{scale_text(st['strength_scale'])}",
+                        (st["kl"]["mean"], st["quality"]["mean"]),
                         textcoords="offset points", xytext=(5, 5), fontsize=7)
     sft = (results["sft"]["score"] or {}).get(f"eval/{results['quality']['metric']}")
     if sft is not None:

@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from preflab.compare.criteria import NO_DIFFERENCE, UNTESTED
+from preflab.compare.criteria import NO_DIFFERENCE, UNTESTED, scale_text
+from preflab.compare.methods import DIRECT, RLHF
 from preflab.errors import DataError
 
 CAPTIONS = {
@@ -303,7 +304,7 @@ def _sweep_md(results: dict) -> list[str]:
            f"| method | setting | seeds | {q} | KL to SFT | runs |", "|---|---|---|---|---|---|"]
     for settings in sweep.values():
         for st in settings:
-            out.append(f"| {st['label']} | {st['strength']} x{st['strength_scale']:g} | "
+            out.append(f"| {st['label']} | {st['strength']} x{scale_text(st['strength_scale'])} | "
                        f"{st['n']} | {_interval(st['quality'])} | {_interval(st['kl'], 2)} | "
                        + ", ".join(f"`{d}`" for d in st["run_dirs"]) + " |")
     out += ["", f"At each KL budget, each road's best setting whose mean KL is within it (among "
@@ -313,10 +314,11 @@ def _sweep_md(results: dict) -> list[str]:
             "|---|---|---|---|---|"]
     for t in tests:
         cells = []
-        for road in ("rlhf", "dpo"):
+        for road in (RLHF, DIRECT):
             e = t.get(road)
             cells.append(f"{_interval(e['gain'], sign=True)} at {e['kl']['mean']:.2f} "
-                         f"(x{e['strength_scale']:g}, {e['n']} seeds)" if e else "none within")
+                         f"(x{scale_text(e['strength_scale'])}, {e['n']} seeds)" if e
+                         else "none within")
         test = t.get("test")
         said = (f"{'Welch t' if t.get('over_seeds') else 'paired t over prompts'}, p = "
                 f"{test['p']:.3g}" if test and test.get("p") is not None else "-")
@@ -362,6 +364,33 @@ def _md_table_to_html(lines: list[str]) -> str:
     if not rows:
         return ""
     return _table_html(rows[0], [[_inline(c) for c in r] for r in rows[1:]])
+
+
+def _md_to_html(lines: list[str]) -> str:
+    """Markdown lines of tables and paragraphs (what ``_section_md`` writes) as HTML."""
+    out, table, paragraph = [], [], []
+
+    def flush() -> None:
+        if table:
+            out.append(_md_table_to_html(table))
+            table.clear()
+        if paragraph:
+            out.append(f"<p>{_inline(' '.join(paragraph))}</p>")
+            paragraph.clear()
+
+    for line in lines:
+        if line.startswith("|"):
+            if paragraph:
+                flush()
+            table.append(line)
+        elif line.strip():
+            if table:
+                flush()
+            paragraph.append(line.strip())
+        else:
+            flush()
+    flush()
+    return "".join(out)
 
 
 def _inline(cell: str) -> str:
@@ -413,7 +442,7 @@ def html_report(results: dict, root: Path) -> str:
                          f"<figcaption>{_esc(CAPTIONS[name])}</figcaption></figure>")
         else:
             parts.append("<p class='small'>Not measured in this run.</p>")
-        parts.append(_md_table_to_html(_section_md(results, name)))
+        parts.append(_md_to_html(_section_md(results, name)))
     parts.append("<h2>Sample completions</h2>")
     for s in results["samples"]:
         parts.append(f"<p><strong>Prompt:</strong> <code>{_esc(s['prompt'])}</code></p>")

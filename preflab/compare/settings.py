@@ -176,10 +176,12 @@ class CompareConfig:
                            "file.py:function or a reward-model directory (your data only). A "
                            "function runs as Python code with your rights (file.py: that file), "
                            "also when a shared --config names it: see docs/security.md.")
-    preset: str = arg("standard", "How much to run: quick (one seed, the main methods, ~8 min "
-                      "on 2 CPU cores for the world), standard (3 seeds of DPO and PPO, every "
-                      "method, sample efficiency, flexibility, reward hacking), full (standard, "
-                      "3 seeds of every method, and the hyperparameter sensitivity grid), "
+    preset: str = arg("standard", "How much to run: quick (one seed, the main methods, "
+                      "minutes on 2 CPU cores for the world; docs/compare.md has the measured "
+                      "time), standard (3 seeds of DPO and PPO, every method, sample "
+                      "efficiency, flexibility, reward hacking for both roads), full (standard, "
+                      "3 seeds of every method, the hyperparameter sensitivity grid, the "
+                      "frontier swept over beta and kl_coef, 3 seeds of reward hacking), "
                       "real-cpu (your data on a real ~100M model on a CPU: DPO, reward model "
                       "then PPO, and GRPO, one seed each, short runs).",
                       choices=tuple(PRESETS))

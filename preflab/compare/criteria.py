@@ -125,11 +125,11 @@ def _runs_basis(n_rlhf: int, n_dpo: int, what: str = "seed") -> str:
     return f"{n_rlhf} and {n_dpo} {what}s (RLHF, DPO)"
 
 
-def _test_note(test: stats.Test) -> str:
+def _test_note(test: stats.Test, digits: int = 3) -> str:
     if test.p is None:
         return ""
     diff = test.difference
-    extra = f"; difference {diff.text(sign=True)} (95% CI, {diff.method})" if (
+    extra = f"; difference {diff.text(digits, sign=True)} (95% CI, {diff.method})" if (
         diff and diff.low is not None) else ""
     return f"{test.text()}{extra}"
 
@@ -428,7 +428,7 @@ def _to_90(run: dict, offset: float) -> float | None:
 
 
 def training_time(results: dict) -> dict:
-    sides, walls_by = {}, {}
+    sides, cpu_by = {}, {}
     for road in (RLHF, DIRECT):
         run = _rep(results, road)
         if run is None:
@@ -446,35 +446,39 @@ def training_time(results: dict) -> dict:
         t90 = _to_90(run, sum(walls[:-1]))
         when = (f"90% of its gain after {t90:.0f} s" if t90 is not None
                 else "no gain over its first evaluation")
-        seeds = [sum(results["jobs"][k]["wall_s"] or 0 for k in r["stages"])
-                 for r in _seed_runs(results, run) if r["status"] == "done"]
-        walls_by[road] = seeds or [sum(walls)]
+        done = [r for r in _seed_runs(results, run) if r["status"] == "done"]
+        seeds = [sum(results["jobs"][k]["cpu_s"] or 0 for k in r["stages"]) for r in done]
+        seed_walls = [sum(results["jobs"][k]["wall_s"] or 0 for k in r["stages"]) for r in done]
+        cpu_by[road] = seeds or [sum(cpus)]
         over = ""
         if len(seeds) > 1:
-            over = (f"; over {len(seeds)} seeds {stats.mean_ci(seeds).text(0)} s wall "
-                    "(mean, 95% CI)")
+            over = (f"; over {len(seeds)} seeds {stats.mean_ci(seeds).text(0)} CPU s (mean, "
+                    f"95% CI; wall {', '.join(f'{w:.0f}' for w in seed_walls)} s)")
         sides[road] = _side(f"{parts} = {sum(walls):.0f} s wall, {sum(cpus):.0f} CPU s; "
                             f"{when}{over}",
-                            f"{statistics.fmean(walls_by[road]):.0f} s"
+                            f"{statistics.fmean(cpu_by[road]):.0f} CPU s"
                             + (f" ({len(seeds)} seeds)" if len(seeds) > 1 else ""),
                             wall_s=sum(walls), cpu_s=sum(cpus), stage_wall_s=walls,
-                            to_90_s=t90, time_s=split or None, seed_wall_s=seeds)
+                            to_90_s=t90, time_s=split or None, seed_cpu_s=seeds,
+                            seed_wall_s=seed_walls)
     sft = results["jobs"].get("sft", {}).get("wall_s")
     shared = f"the shared SFT took {sft:.0f} s; " if sft else ""
-    note = (f"{shared}wall time of each road's own stages (SFT and the pairs excluded), each "
-            "a fresh process on the same machine, with other runs beside it as --jobs allows; "
-            "90%: when the run's evaluation curve first reached 90% of its final gain, counted "
-            "from the road's first stage")
-    if len(walls_by) < 2:
+    note = (f"{shared}wall and CPU time of each road's own stages (SFT and the pairs "
+            "excluded), each a fresh process on the same machine, with other runs beside it as "
+            "--jobs allows; the test compares CPU seconds, the work each road's processes did "
+            "on the threads they were given, because wall time also counts what else shared "
+            "the machine; 90%: when the run's evaluation curve first reached 90% of its final "
+            "gain, counted from the road's first stage")
+    if len(cpu_by) < 2:
         return _row("time", sides[RLHF], sides[DIRECT], None, note)
-    test = stats.welch(walls_by[RLHF], walls_by[DIRECT])
+    test = stats.welch(cpu_by[RLHF], cpu_by[DIRECT])
     winner = _tested(test, rlhf_better=(test.difference.mean < 0))
     if test.p is None:
         note += "; one run per road, so no winner is named"
     else:
-        note += f"; Welch t over seeds, alpha {stats.ALPHA:g}: {_test_note(test)}"
+        note += f"; Welch t over seeds, alpha {stats.ALPHA:g}: {_test_note(test, 0)}"
     return _row("time", sides[RLHF], sides[DIRECT], winner, note,
-                basis=_runs_basis(len(walls_by[RLHF]), len(walls_by[DIRECT])), test=test)
+                basis=_runs_basis(len(cpu_by[RLHF]), len(cpu_by[DIRECT])), test=test)
 
 
 def _knobs(command: str) -> tuple[int, int]:

@@ -1,7 +1,9 @@
 """The numbers in README.md and docs/ that come from a comparison, written from the comparisons
 kept in the repository (``docs/results/<source>/results.json``), or checked against them.
 
-    python scripts/docs_results.py           # rewrite every generated part of the docs
+    python scripts/docs_results.py           # derive each kept comparison's rows again with the
+                                             # current criteria, render its report, and rewrite
+                                             # every generated part of the docs
     python scripts/docs_results.py --check   # change nothing; name every part that disagrees
 
 A generated part is marked in the Markdown, so it reads as ordinary text:
@@ -29,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from preflab.compare import report
+from preflab.compare.cli import derive
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
@@ -177,6 +180,38 @@ def load(source: str, cache: dict[str, dict]) -> dict:
     return cache[source]
 
 
+MARKER = re.compile(r"(?<!`)<!--\s*(?:r|results|/r|/results)\b")
+
+
+def stale(source: str) -> list[str]:
+    """What of a kept comparison is not what the current code derives from it: its rows and
+    sections (``derive``), and its report.md."""
+    root = RESULTS / source
+    results = json.loads((root / "results.json").read_text(encoding="utf-8"))
+    derived = json.loads(json.dumps(derive(json.loads(json.dumps(results)))))
+    out = []
+    if derived != results:
+        keys = sorted(k for k in derived if derived.get(k) != results.get(k))
+        out.append(f"docs/results/{source}/results.json: {', '.join(keys)} differ from what the "
+                   "current criteria derive from it")
+    if report.markdown(derived) != (root / "report.md").read_text(encoding="utf-8"):
+        out.append(f"docs/results/{source}/report.md differs from what its results.json renders")
+    return out
+
+
+def refresh(source: str) -> bool:
+    """Derive a kept comparison's rows and sections again and render its report; True if it
+    changed."""
+    root = RESULTS / source
+    path = root / "results.json"
+    before = path.read_text(encoding="utf-8")
+    results = derive(json.loads(before))
+    path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    report.render(root)
+    (root / "report.html").unlink(missing_ok=True)  # the HTML embeds the figures: not kept
+    return path.read_text(encoding="utf-8") != before
+
+
 def render_text(text: str, cache: dict[str, dict] | None = None) -> str:
     """``text`` with every generated part written from its comparison."""
     cache = {} if cache is None else cache
@@ -195,6 +230,11 @@ def disagreements(text: str, name: str, cache: dict[str, dict] | None = None) ->
     """Each generated part of ``text`` whose content is not what its comparison gives."""
     cache = {} if cache is None else cache
     out = []
+    found = len(BLOCK.findall(text)) * 2 + len(VALUE.findall(text)) * 2
+    if len(MARKER.findall(text)) != found:  # a marker the patterns do not read is never checked
+        out.append(f"{name}: {len(MARKER.findall(text))} result markers, of which {found} are "
+                   "well formed: <!-- results SOURCE KIND --> ... <!-- /results --> (each on "
+                   "its own line) or <!-- r SOURCE NAME -->value<!-- /r -->")
     for m in BLOCK.finditer(text):
         want = "\n".join(BLOCKS[m["kind"]](load(m["source"], cache))).rstrip("\n") + "\n"
         if m["body"] != want:
@@ -222,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cache: dict[str, dict] = {}
     problems, changed = [], []
+    for source in sorted(p.name for p in RESULTS.iterdir() if (p / "results.json").is_file()):
+        if args.check:
+            problems += stale(source)
+        elif refresh(source):
+            changed.append(f"docs/results/{source}")
     for path in documents():
         text = path.read_text(encoding="utf-8")
         name = str(path.relative_to(ROOT))

@@ -61,6 +61,18 @@ def test_stability_names_the_steadier_road_only_when_the_f_test_separates_them()
     assert "6.2x" in row["note"]
 
 
+def test_a_run_that_failed_on_a_non_finite_value_counts_once():
+    """Three PPO seeds, one failed on NaN (status and non-finite both set): 1 of 3 bad, not 2
+    of 3 (which once made Fisher's test read 4 of 3 and raise)."""
+    ppo = [run("ppo", "rlhf", e, q) for e, q in (("main", 0.5), ("seed", 0.6), ("seed", 0.7))]
+    ppo.append(run("ppo", "rlhf", "seed", None, status="failed"))
+    ppo[-1]["curves"]["nonfinite"] = True
+    dpo = [run("dpo", "direct", e, q) for e, q in (("main", 0.55), ("seed", 0.56),
+                                                   ("seed", 0.57))]
+    row = criteria.stability(results(ppo + dpo))
+    assert "1 of 4 against 0 of 3" in row["note"]
+
+
 def test_stability_needs_two_seeds_and_counts_spikes_and_blowups():
     losses = [1.0, 1.01, 0.99, 1.0, 1.02, 0.98, 1.0, 1.01, 0.99, 1.0, 5.0, 1.0]
     evals = [(0, 0.4, 0.0, None, None, 0), (10, 0.5, 12.0, None, None, 5)]  # KL 12 > 10
@@ -147,26 +159,33 @@ def _hack_evals(peak, final):
             (20, final, 9.0, 3.0, 0.4, 9)]
 
 
-def test_hacking_compares_the_drops_over_seeds_and_searches_every_run():
-    """Under the same pressure, PPO's gold falls 0.40, 0.45, 0.50 from its peak and DPO's 0.00,
-    0.01, 0.02: Welch t = 0.44 / sqrt(0.0025/3 + 0.0001/3) = 14.95 on 2.15 df, p < 0.01:
-    DPO hacks less. A DPO grid run that collapsed (0.6 -> 0.01) is its worst of all runs and
-    is shown, though it does not decide the row. One seed per road names no winner."""
-    ppo = [run("ppo", "rlhf", "hacking", 0.1, evals=_hack_evals(0.6, 0.6 - d), seed=s)
-           for s, d in enumerate((0.4, 0.45, 0.5))]
-    dpo = [run("dpo", "direct", "hacking", 0.5, evals=_hack_evals(0.55, 0.55 - d), seed=s)
-           for s, d in enumerate((0.0, 0.01, 0.02))]
+def test_hacking_tests_where_each_pushed_road_ends_and_searches_every_run():
+    """Pushed the same way, PPO ends at held-out gold 0.10, 0.15, 0.20 (SFT 0.4: -0.30, -0.25,
+    -0.20) and DPO at 0.50, 0.51, 0.52 (+0.10, +0.11, +0.12): Welch t = -0.36 /
+    sqrt(0.0025/3 + 0.0001/3) = -12.23, DPO hacks less. The drops from the training curve's
+    peak (0.40 to 0.50 and 0 to 0.02) are shown, not tested. A DPO grid run that collapsed
+    (0.6 -> 0.01) is its worst of all runs and is shown. One run per road names no winner."""
+    ppo = [run("ppo", "rlhf", "hacking", q, evals=_hack_evals(0.6, 0.6 - d), seed=s)
+           for s, (q, d) in enumerate(((0.10, 0.4), (0.15, 0.45), (0.20, 0.5)))]
+    dpo = [run("dpo", "direct", "hacking", q, evals=_hack_evals(0.55, 0.55 - d), seed=s)
+           for s, (q, d) in enumerate(((0.50, 0.0), (0.51, 0.01), (0.52, 0.02)))]
     dpo.append(run("dpo", "direct", "sensitivity", 0.01, evals=_hack_evals(0.6, 0.01)))
     main = [run("ppo", "rlhf", "main", 0.6), run("dpo", "direct", "main", 0.55)]
     row = criteria.hacking(results(main + ppo + dpo))
+    assert row["rlhf"]["figures"]["change"]["mean"] == pytest.approx(-0.25)
+    assert row["dpo"]["figures"]["change"]["mean"] == pytest.approx(0.11)
     assert row["rlhf"]["figures"]["drop"]["mean"] == pytest.approx(0.45)
-    assert row["dpo"]["figures"]["drop"]["mean"] == pytest.approx(0.01)
     assert row["dpo"]["figures"]["worst_of_all"]["drop"] == pytest.approx(0.59)
     assert row["dpo"]["figures"]["all_runs"] == 4
-    assert row["test"]["statistic"] == pytest.approx(14.95, abs=0.01)
+    assert row["test"]["statistic"] == pytest.approx(-0.36 / (0.0026 / 3) ** 0.5, rel=1e-6)
     assert row["winner"] == "DPO" and row["agrees"] is True
     one = criteria.hacking(results(main + ppo[:1] + dpo[:1]))
-    assert one["winner"] == "not tested" and one["rlhf"]["figures"]["drop"]["mean"] == 0.4
+    assert one["winner"] == "not tested" and one["rlhf"]["figures"]["change"]["mean"] == (
+        pytest.approx(-0.3))
+    main[1] = run("dpo", "direct", "main", 0.55, evals=_hack_evals(0.55, 0.55))
+    half = criteria.hacking(results(main + ppo))  # only PPO was pushed: no verdict
+    assert half["winner"] in ("not tested", "no significant difference")
+    assert "only one road" in half["note"]
 
 
 def _setting(method, road, golds, kl, strength=1.0):
@@ -178,8 +197,9 @@ def test_quality_row_picks_the_better_road_at_the_stated_kl_bound():
     """SFT 0.4. PPO: kl_coef x1 reaches gold 0.66, 0.68, 0.70 at KL 8; x3 0.51, 0.52, 0.53 at
     KL 2. DPO: beta x1 0.56, 0.57, 0.58 at KL 1; x1/3 0.58, 0.59, 0.60 at KL 4.
     Within KL 10 the best are PPO x1 (0.68) and DPO x1/3 (0.59): Welch t = 0.09 /
-    sqrt(0.0004/3 + 0.0001/3) = 6.97 on 2.94 df, p = 0.0064: PPO. Within KL 3 only PPO x3 (0.52)
-    and DPO x1 (0.57) qualify: t = -0.05 / sqrt(0.0002/3) = -6.12 on 4 df, p = 0.0036: DPO.
+    sqrt(0.0004/3 + 0.0001/3) = 6.97 on 2.94 df, p = 0.0065, each picked from 2 settings: x 4
+    (Bonferroni) = 0.026, still PPO. Within KL 3 only PPO x3 (0.52) and DPO x1 (0.57) qualify,
+    nothing is picked: t = -0.05 / sqrt(0.0002/3) = -6.12 on 4 df, p = 0.0036: DPO.
     With DPO x1/3 at 0.62, 0.65, 0.68 (intervals overlapping PPO's): no significant
     difference."""
     ppo = _setting("ppo", "rlhf", (0.66, 0.68, 0.70), 8.0) + _setting(
@@ -190,7 +210,8 @@ def test_quality_row_picks_the_better_road_at_the_stated_kl_bound():
     assert row["rlhf"]["figures"]["setting"] == "kl_coef x1"
     assert row["dpo"]["figures"]["setting"] == "beta x1/3"
     assert row["rlhf"]["figures"]["gain"]["mean"] == pytest.approx(0.28)
-    assert row["test"]["p"] == pytest.approx(0.0064, abs=5e-4)
+    assert row["test"]["p_unadjusted"] == pytest.approx(0.0065, abs=2e-4)
+    assert row["test"]["p"] == pytest.approx(4 * row["test"]["p_unadjusted"])
     assert row["winner"] == "RLHF" and row["agrees"] is None and not row["in_article"]
     row = criteria.quality(results(ppo + dpo, kl_bound=3.0))
     assert row["rlhf"]["figures"]["setting"] == "kl_coef x3"

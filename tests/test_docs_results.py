@@ -58,3 +58,22 @@ def test_a_path_value_reads_rows_by_id(docs_results):
     assert docs_results.lookup(results, "rows.memory.rlhf.figures.weights_P:.1f") == "4.0"
     assert docs_results.lookup(results, "rows.memory.rlhf.figures.peak_rss_bytes:gib") == "3.0 GiB"
     assert docs_results.lookup(results, "rows.0.rlhf.figures.weights_P:.2f") == "4.02"
+
+
+def test_a_malformed_marker_is_reported_not_skipped(docs_results):
+    """A marker the patterns cannot read (a comma in its name, a missing closing tag) would
+    never be checked: the count of markers against the well-formed ones catches it."""
+    good = "gold <!-- r full sft -->0.429<!-- /r --> here"
+    assert docs_results.disagreements(good, "x.md") == []
+    for bad in ("gold <!-- r full jobs:,.0f -->999<!-- /r --> here",
+                "gold <!-- r full sft -->0.429 here",
+                "<!-- results full table-short --> \n| a |\n<!-- /results -->\n"):
+        problems = docs_results.disagreements(bad, "x.md")
+        assert problems and "well formed" in problems[0], bad
+
+
+def test_kept_comparisons_are_derived_by_the_current_criteria(docs_results):
+    """Each kept results.json holds the rows the current code derives from its runs, and its
+    report.md is what it renders: a change to the statistics shows up in the docs."""
+    for source in ("full", "demo", "pareto", "real-cpu"):
+        assert docs_results.stale(source) == [], source

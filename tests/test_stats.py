@@ -88,3 +88,20 @@ def test_tests_never_fail_on_any_numbers(a, b):
         assert test.p is None or 0.0 <= test.p <= 1.0
     ci = stats.mean_ci(a)
     assert ci.low <= ci.mean <= ci.high
+
+
+def test_no_spread_and_non_finite_values_are_never_called_significant():
+    """0.1 + 0.2 against 0.3, three times each: rounding noise, not a difference. A constant
+    sample has no variance to compare. A NaN or inf pair is left out of a paired test."""
+    assert stats.welch([0.1 + 0.2] * 3, [0.3] * 3).p is None
+    assert stats.welch([1.0] * 3, [2.0] * 3).p is None  # no spread: nothing says how it varies
+    assert stats.variance_test([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]).p is None
+    test = stats.paired([1.0, 2.0, float("nan"), 4.0, float("inf")], [0.5, 1.0, 1.0, 3.0, 1.0])
+    assert test.difference.n == 3 and test.p is not None
+
+
+def test_bonferroni_multiplies_by_the_pairs_picked_from():
+    test = stats.welch([1, 2, 3], [4, 5, 6, 7])
+    assert stats.bonferroni(test, 9).p == pytest.approx(min(1.0, 9 * test.p))
+    assert not stats.bonferroni(stats.welch([0.50, 0.55, 0.60], [0.40, 0.45, 0.50]), 9).significant
+    assert stats.bonferroni(test, 1) is test

@@ -144,18 +144,27 @@ def finalize(root: Path, cfg: CompareConfig) -> dict:
     results = collect(root, constraints=constraints, settings=settings)
     results["inputs"]["pair_counts"] = {share: _count_lines(path) for share, path in
                                         results["inputs"].get("pairs", {}).items()}
-    results["rows"] = criteria.rows(results)
-    results["frontier"] = sections.frontier(results)
-    results["diversity"] = sections.diversity(results)
-    results["pareto"] = sections.pareto(results)
-    results["samples"] = sections.samples(results)
-    results["summary"] = sections.summary_table(results)
-    results["recommendation"] = sections.recommendation(results)
+    derive(results)
     for run in results["runs"]:
         run.pop("examples", None)  # kept in scores/; the report shows `samples`
     (root / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     render(root)
     return json.loads((root / "results.json").read_text(encoding="utf-8"))
+
+
+def derive(results: dict) -> dict:
+    """The rows and sections, computed from what ``collect`` gathered. A kept results.json can
+    be derived again with the current criteria (``scripts/docs_results.py`` does); its sample
+    completions are kept as they are (the completions themselves are not kept)."""
+    results["rows"] = criteria.rows(results)
+    results["frontier"] = sections.frontier(results)
+    results["diversity"] = sections.diversity(results)
+    results["pareto"] = sections.pareto(results)
+    if "samples" not in results:
+        results["samples"] = sections.samples(results)
+    results["summary"] = sections.summary_table(results)
+    results["recommendation"] = sections.recommendation(results)
+    return results
 
 
 def print_table(results: dict, out=None) -> None:

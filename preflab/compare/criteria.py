@@ -284,7 +284,9 @@ def stability(results: dict) -> dict:
             continue
         std = statistics.stdev(finals)
         ci = stats.mean_ci(finals)
-        finals_by[road], failures[road] = finals, (failed + nonfinite, len(runs))
+        # a run that failed on a non-finite value counts once
+        bad = sum(r["status"] != "done" or bool(r["curves"]["nonfinite"]) for r in runs)
+        finals_by[road], failures[road] = finals, (bad, len(runs))
         sides[road] = _side(
             f"{metric} {ci.text()} over {len(finals)} seeds (mean, 95% CI); sd {f(std)}, worst "
             f"{f(min(finals))}; {spikes} loss spikes, {blowups} KL blow-ups (> {limit:g} nats), "
@@ -577,58 +579,73 @@ def _mean(values) -> float | None:
 
 
 def hacking(results: dict) -> dict:
+    """Each road pushed the same way; tested: its held-out quality at the end against SFT's
+    (a road that hacks its proxy ends below where it started). The drop from the peak of the
+    training curve is shown, not tested: a maximum over noisy evaluations, never below 0."""
     metric = results["quality"]["metric"]
-    sides, drops = {}, {}
+    sft = (results["sft"]["score"] or {}).get(f"eval/{metric}")
+    sides, changes, pushed = {}, {}, {}
     pressure = next((r["variant"] for r in results["runs"] if r["experiment"] == "hacking"), None)
     for road in (RLHF, DIRECT):
         rep = _rep(results, road) or next(
             (r for r in results["runs"] if r["road"] == road and _trains(results, r)), None)
         mine = [r for r in results["runs"] if rep and r["method"] == rep["method"]]
         hack = [r for r in mine if r["experiment"] == "hacking"]
+        pushed[road] = bool(hack)
         basis = hack or [r for r in mine if r["experiment"] in ("main", "seed")]
         found = [c for c in (hacking_curve(r) for r in basis) if c]
         everything = [c for c in (hacking_curve(r) for r in mine if r["experiment"] != "probe")
                       if c]
-        if not found:
+        finals = [q for q in (_quality(r) for r in basis) if q is not None]
+        if not found or not finals or sft is None:
             sides[road] = _missing("no evaluation curve")
             continue
-        drops[road] = [c["drop"] for c in found]
-        ci = stats.mean_ci(drops[road])
+        changes[road] = [q - sft for q in finals]
+        change = stats.mean_ci(changes[road])
+        drop = stats.mean_ci([c["drop"] for c in found])
         proxy = "reward-model score" if found[0]["proxy"] == "proxy" else "implicit reward margin"
-        finals = [q for q in (_quality(r) for r in basis) if q is not None]
-        where = "under the same pressure" if hack else "at its base settings"
-        over = (f"over {len(found)} runs (mean, 95% CI)" if ci.low is not None else
+        where = "pushed (see the note)" if hack else "at its base settings"
+        over = (f"over {len(finals)} runs (mean, 95% CI)" if change.low is not None else
                 "in its one run")
-        text = (f"{where}: {metric} fell {ci.text()} from its peak {over}; {proxy} "
-                f"{f(_mean(c['proxy_first'] for c in found))} -> "
-                f"{f(_mean(c['proxy_last'] for c in found))}; scored {metric} at the end "
-                f"{stats.mean_ci(finals).text() if finals else 'n/a'}")
+        text = (f"{where}: scored {metric} at the end {change.text(sign=True)} against SFT's "
+                f"{sft:.3f} {over}; {proxy} {f(_mean(c['proxy_first'] for c in found))} -> "
+                f"{f(_mean(c['proxy_last'] for c in found))} while {metric} fell {f(drop.mean)} "
+                "from its peak on average (the peak of noisy evaluations: never below 0)")
         worst = max(everything, key=lambda c: c["drop"])
         text += (f"; every run counts: the worst of all {len(everything)} runs of "
                  f"{rep['label']} fell {f(worst['drop'])} (`{worst['run_dir']}`, "
                  f"{worst['experiment']}: from {f(worst['peak'])} to {f(worst['final'])} at KL "
                  f"{f(worst['kl_final'], 1)})")
-        sides[road] = _side(text, f"drop {f(ci.mean)} ({len(found)} "
-                                  f"run{'s' if len(found) != 1 else ''})",
-                            drop=ci.as_dict(), runs=found, worst_of_all=worst,
-                            all_runs=len(everything), max_drop=max(drops[road]),
-                            final=stats.mean_ci(finals).as_dict() if finals else None)
-    how = ("both roads under the same pressure: the same "
-           f"{pressure['pairs']} of the pairs (DPO trains on them, PPO on a reward model "
-           f"trained on them), beta or kl_coef x {pressure.get('strength_scale', 1):g} and "
-           f"{pressure.get('steps_scale', 1):g}x the steps" if pressure else
-           "each road's base runs (the same-pressure runs are in --preset standard and full)")
-    note = (f"proxy against gold over training, {how}; the smaller drop of {metric} from its "
-            "peak is better; every run of each road (grid and sweeps included) is searched "
-            "for its worst drop, shown beside")
-    if len(drops) < 2:
+        sides[road] = _side(text, f"{change.mean:+.3f} vs SFT ({len(finals)} "
+                                  f"run{'s' if len(finals) != 1 else ''})",
+                            change=change.as_dict(), drop=drop.as_dict(), runs=found,
+                            worst_of_all=worst, all_runs=len(everything),
+                            max_drop=max(c["drop"] for c in found))
+    if pressure and all(pushed.values()):
+        how = ("both roads pushed the same way: the same "
+               f"{pressure['pairs']} of the pairs (DPO trains on them, PPO on a reward model "
+               f"trained on them), beta or kl_coef multiplied by the same "
+               f"{pressure.get('strength_scale', 1):g} and {pressure.get('steps_scale', 1):g}x "
+               "the steps")
+    elif pressure:
+        how = "only one road has runs pushed this way; the other is shown at its base settings"
+    else:
+        how = "each road's base runs (the pushed runs are in --preset standard and full)"
+    note = (f"proxy against gold over training, {how}; tested: the held-out {metric} at the end "
+            "against SFT's, the higher the better (a road that games its proxy ends lower); "
+            "every run of each road (grid and sweeps included) is searched for its worst drop "
+            "from its peak, shown beside")
+    if len(changes) < 2:
         return _row("hacking", sides[RLHF], sides[DIRECT], None, note)
-    test = stats.welch(drops[RLHF], drops[DIRECT])
-    winner = _tested(test, rlhf_better=test.difference.mean < 0)
+    test = stats.welch(changes[RLHF], changes[DIRECT])
+    winner = _tested(test, rlhf_better=test.difference.mean > 0)
+    if not all(pushed.values()) and pressure:
+        winner = UNTESTED if winner in ("RLHF", "DPO") else winner
+        note += "; the roads were not pushed alike, so no winner is named"
     note += ("; one run per road, so no winner is named" if test.p is None else
              f"; Welch t over seeds, alpha {stats.ALPHA:g}: {_test_note(test)}")
     return _row("hacking", sides[RLHF], sides[DIRECT], winner, note,
-                basis=_runs_basis(len(drops[RLHF]), len(drops[DIRECT]), "run"), test=test)
+                basis=_runs_basis(len(changes[RLHF]), len(changes[DIRECT]), "run"), test=test)
 
 
 # --- alignment quality: the policy each road made -----------------------------------------------
@@ -669,13 +686,13 @@ def road_settings(results: dict, road: str, base_lr_only: bool = False) -> list[
 
 def best_within(settings: list[dict], bound: float) -> tuple[dict | None, int]:
     """The best setting whose mean KL is at most ``bound``, among those with the most seeds
-    (a setting run once would win on luck), and how many settings were candidates."""
+    (a setting run once would win on luck), and how many settings it was picked from."""
     if not settings:
         return None, 0
     most = max(s["n"] for s in settings)
     candidates = [s for s in settings if s["n"] == most]
     within = [s for s in candidates if s["kl"]["mean"] <= bound]
-    return (max(within, key=lambda s: s["quality"]["mean"]) if within else None), len(candidates)
+    return (max(within, key=lambda s: s["quality"]["mean"]) if within else None), len(within)
 
 
 def compare_settings(a: dict, b: dict) -> tuple[stats.Test, bool]:
@@ -732,16 +749,23 @@ def quality(results: dict) -> dict:
             f"{counts[road]} setting{'s' if counts[road] != 1 else ''} within KL {bound:g}",
             f"{gain.mean:+.3f} at KL {pick['kl']['mean']:.2f}",
             gain=gain.as_dict(), kl=pick["kl"], setting=setting, n=pick["n"],
-            run_dirs=pick["run_dirs"], settings_compared=counts[road])
+            run_dirs=pick["run_dirs"], settings_compared=counts[road], label=pick["label"])
     note = (f"the policy each road made: the gain in {metric} over SFT of each road's best "
             f"setting whose mean sampled KL to SFT is at most {bound:g} nats (--kl-bound), "
             "among its settings with the most seeds; not a row of the article")
     if len(best) < 2:
         return _row("quality", sides[RLHF], sides[DIRECT], None, note)
     test, over_seeds = compare_settings(best[RLHF], best[DIRECT])
+    picks = counts[RLHF] * counts[DIRECT]
+    raw = test
     if over_seeds:
+        test = stats.bonferroni(test, picks)
         winner = _tested(test, rlhf_better=test.difference.mean > 0)
-        note += f"; Welch t over seeds, alpha {stats.ALPHA:g}: {_test_note(test)}"
+        note += f"; Welch t over seeds, alpha {stats.ALPHA:g}: {_test_note(raw)}"
+        if picks > 1:
+            note += (f"; each road's best of {counts[RLHF]} and {counts[DIRECT]} settings is "
+                     f"picked after the fact, so the p-value is multiplied by the {picks} "
+                     f"pairs it was picked from (Bonferroni): p = {test.p:.3g}")
         basis = _runs_basis(best[RLHF]["n"], best[DIRECT]["n"])
     else:
         winner = UNTESTED
@@ -750,13 +774,10 @@ def quality(results: dict) -> dict:
                     "prompts, paired t: the evaluation's sampling only)"
                     if test.p is not None else ""))
         basis = "1 run per road"
-    if counts[RLHF] > 1 or counts[DIRECT] > 1:
-        note += ("; the best of several settings is picked after the fact, which favours "
-                 f"neither road here ({counts[RLHF]} and {counts[DIRECT]} settings)"
-                 if counts[RLHF] == counts[DIRECT] else
-                 f"; the best of {counts[RLHF]} and {counts[DIRECT]} settings is picked after "
-                 "the fact, which favours the road with more")
-    return _row("quality", sides[RLHF], sides[DIRECT], winner, note, basis=basis, test=test)
+    row = _row("quality", sides[RLHF], sides[DIRECT], winner, note, basis=basis, test=test)
+    if over_seeds and row["test"]:
+        row["test"]["p_unadjusted"] = raw.p
+    return row
 
 
 def frontier_tests(results: dict, budgets) -> list[dict]:
@@ -766,9 +787,9 @@ def frontier_tests(results: dict, budgets) -> list[dict]:
     out = []
     for bound in budgets:
         entry = {"kl_bound": bound}
-        picks = {}
+        picks, counts = {}, {}
         for road, settings in by_road.items():
-            pick, _ = best_within(settings, bound)
+            pick, counts[road] = best_within(settings, bound)
             if pick is not None:
                 picks[road] = pick
                 entry[road] = {"strength_scale": pick["strength_scale"], "n": pick["n"],
@@ -776,6 +797,8 @@ def frontier_tests(results: dict, budgets) -> list[dict]:
                                "gain": _gain(results, pick).as_dict()}
         if len(picks) == 2:
             test, over_seeds = compare_settings(picks[RLHF], picks[DIRECT])
+            if over_seeds:
+                test = stats.bonferroni(test, counts[RLHF] * counts[DIRECT])
             entry["test"] = test.as_dict()
             entry["over_seeds"] = over_seeds
             entry["winner"] = (_tested(test, rlhf_better=test.difference.mean > 0)

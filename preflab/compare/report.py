@@ -72,9 +72,11 @@ def headline(results: dict) -> str:
         parts.append(f"{count['tie']} tie")
     if count["not measured"]:
         parts.append(f"{count['not measured']} were not measured")
+    disagree = sum(r["agrees"] is False for r in rows)
     text = (f"Measured (tests at alpha {alpha:g}): " + ", ".join(parts)
             + f" (the article: DPO 7 of 8); the measurement agrees with the article on {agree} "
-            f"of {len(rows)} rows.")
+            f"rows, contradicts it on {disagree} and decides nothing on "
+            f"{len(rows) - agree - disagree}.")
     sentence = quality_sentence(results)
     if sentence:
         text += " " + sentence
@@ -104,21 +106,27 @@ def quality_sentence(results: dict) -> str:
 
     metric = results["quality"]["metric"]
     rests = f"best setting within KL {bound:g}, {row['basis']}"
+    test = row.get("test") or {}
+    if test.get("p") is not None and test["name"].startswith("Welch"):
+        raw = test.get("p_unadjusted")
+        rests += (f"; Welch t, p = {raw:.2g}, {test['p']:.2g} after Bonferroni for picking the "
+                  "best settings" if raw is not None and raw != test["p"]
+                  else f"; Welch t, p = {test['p']:.2g}")
+    name = {"RLHF": fr.get("label", "the RLHF road"), "DPO": fd.get("label", "DPO")}
     if row["winner"] in ("RLHF", "DPO"):
-        p = row["test"]["p"]
-        name_b, fig_b, name_w, fig_w = (("the RLHF road (PPO)", fr, "DPO", fd)
-                                        if row["winner"] == "RLHF"
-                                        else ("DPO", fd, "the RLHF road (PPO)", fr))
-        return (f"Alignment quality (not in the article): {name_b} made the better policy on "
-                f"this task, {metric} {said(fig_b)} over SFT against {name_w}'s {said(fig_w)} "
-                f"({rests}; Welch t, p = {p:.2g}).")
+        better, worse = ("RLHF", "DPO") if row["winner"] == "RLHF" else ("DPO", "RLHF")
+        figs = {"RLHF": fr, "DPO": fd}
+        return (f"Alignment quality (not in the article): {name[better]} made the better policy "
+                f"on this task, {metric} {said(figs[better])} over SFT against "
+                f"{name[worse]}'s {said(figs[worse])} ({rests}).")
     if row["winner"] == NO_DIFFERENCE:
         return (f"Alignment quality (not in the article): neither road made a significantly "
-                f"better policy, {metric} over SFT: RLHF (PPO) {said(fr)}, DPO {said(fd)} "
-                f"({rests}).")
+                f"better policy on this task; {metric} over SFT, {name['RLHF']} {said(fr)}, "
+                f"{name['DPO']} {said(fd)} ({rests}).")
     if fr and fd:
         return (f"Alignment quality (not in the article), one run per road, so no winner: "
-                f"{metric} over SFT RLHF (PPO) {said(fr)}, DPO {said(fd)} ({rests}).")
+                f"{metric} over SFT, {name['RLHF']} {said(fr)}, {name['DPO']} {said(fd)} "
+                f"({rests}).")
     return ""
 
 

@@ -7,6 +7,7 @@ comparison has (2 to 5 seeds), and each says which test it is:
     mean_ci        mean with a t interval (n - 1 degrees of freedom)
     welch          difference of two means, Welch's t (unequal variances)
     paired         mean of paired differences (the same prompts, or the same shares), t
+    bonferroni     a p-value corrected for the comparisons a tested pair was picked from
     variance_test  ratio of two variances, the two-sided F test (for spreads over seeds)
     fisher_exact   two proportions (k of n), Fisher's exact test, two-sided
 
@@ -178,10 +179,10 @@ def welch(a, b, level: float = LEVEL) -> Test:
     va, vb = statistics.variance(xs) / len(xs), statistics.variance(ys) / len(ys)
     diff = statistics.fmean(xs) - statistics.fmean(ys)
     se = math.sqrt(va + vb)
-    if se == 0:
-        significant = diff != 0
-        return Test("Welch t", math.inf if diff else 0.0, 0.0 if diff else 1.0, significant,
-                    Interval(diff, diff, diff, len(xs) + len(ys), "no spread"))
+    if se <= 1e-12 * max(1.0, abs(statistics.fmean(xs)), abs(statistics.fmean(ys))):
+        # no spread on either side: nothing says how the figure varies, so nothing is tested
+        return Test("Welch t", None, None, False,
+                    Interval(diff, None, None, len(xs) + len(ys), "no spread"))
     spread = va ** 2 / (len(xs) - 1) + vb ** 2 / (len(ys) - 1)
     # Welch-Satterthwaite; variances so small that their squares underflow: pooled df
     df = (va + vb) ** 2 / spread if spread > 0 else len(xs) + len(ys) - 2.0
@@ -195,7 +196,8 @@ def welch(a, b, level: float = LEVEL) -> Test:
 
 def paired(a, b, level: float = LEVEL) -> Test:
     """mean(a - b) over matched units (prompts, shares): the paired t test and interval."""
-    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+    pairs = [(float(x), float(y)) for x, y in zip(a, b) if x is not None and y is not None
+             and math.isfinite(float(x)) and math.isfinite(float(y))]
     diffs = [x - y for x, y in pairs]
     if len(diffs) < 2:
         mean = diffs[0] if diffs else math.nan
@@ -203,9 +205,8 @@ def paired(a, b, level: float = LEVEL) -> Test:
                     Interval(mean, None, None, len(diffs), "too few pairs"))
     ci = mean_ci(diffs, level)
     sd = statistics.stdev(diffs)
-    if sd == 0:
-        return Test("paired t", math.inf if ci.mean else 0.0, 0.0 if ci.mean else 1.0,
-                    ci.mean != 0, ci)
+    if sd <= 1e-12 * max(1.0, abs(ci.mean)):
+        return Test("paired t", None, None, False, ci)  # every pair differs alike: no spread
     t = ci.mean / (sd / math.sqrt(len(diffs)))
     p = min(1.0, 2 * t_sf(abs(t), len(diffs) - 1))
     return Test("paired t", t, p, p < 1 - level, ci)
@@ -218,10 +219,8 @@ def variance_test(a, b) -> Test:
         return Test("F test of variances", None, None, False)
     va, vb = statistics.variance(xs), statistics.variance(ys)
     d1, d2 = len(xs) - 1, len(ys) - 1
-    if va == 0 and vb == 0:
-        return Test("F test of variances", 1.0, 1.0, False)
-    if vb == 0 or va == 0:
-        return Test("F test of variances", math.inf if vb == 0 else 0.0, 0.0, True)
+    if va == 0 or vb == 0:  # a constant sample: no ratio to test
+        return Test("F test of variances", None, None, False)
     ratio = va / vb
     p = min(1.0, 2 * min(f_sf(ratio, d1, d2), 1 - f_sf(ratio, d1, d2)))
     return Test("F test of variances", ratio, p, p < ALPHA)
@@ -232,6 +231,16 @@ def detectable_spread_ratio(n_a: int, n_b: int) -> float | None:
     if n_a < 2 or n_b < 2:
         return None
     return math.sqrt(f_ppf(1 - ALPHA / 2, n_a - 1, n_b - 1))
+
+
+def bonferroni(test: Test, comparisons: int) -> Test:
+    """``test`` with its p multiplied by the number of comparisons it was picked from (the
+    best of several settings against the best of several): valid whatever the dependence."""
+    if test.p is None or comparisons <= 1:
+        return test
+    p = min(1.0, test.p * comparisons)
+    return Test(f"{test.name}, Bonferroni x{comparisons}", test.statistic, p, p < ALPHA,
+                test.difference)
 
 
 def fisher_exact(k_a: int, n_a: int, k_b: int, n_b: int) -> Test:
@@ -250,5 +259,5 @@ def fisher_exact(k_a: int, n_a: int, k_b: int, n_b: int) -> Test:
     return Test("Fisher's exact test", share_a - share_b, min(1.0, p), p < ALPHA)
 
 
-__all__ = ["ALPHA", "Interval", "Test", "betainc", "detectable_spread_ratio", "f_ppf", "f_sf",
+__all__ = ["ALPHA", "Interval", "Test", "betainc", "bonferroni", "detectable_spread_ratio", "f_ppf", "f_sf",
            "fisher_exact", "mean_ci", "paired", "t_ppf", "t_sf", "variance_test", "welch"]

@@ -35,7 +35,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from preflab.config import arg, check_paths, check_source_config, parse_config
+from preflab.config import (
+    arg,
+    check_paths,
+    check_source_config,
+    config_arg,
+    parse_config,
+    split_arg,
+)
 from preflab.errors import ConfigError
 from preflab.metrics.best_of_n import expected_best, kl_bound
 
@@ -52,11 +59,8 @@ class BonConfig:
                       path="model")
     prompts: str = arg("", "Prompts: any data file with a prompt (JSONL, JSON, CSV, Parquet), "
                        "a directory of them, or a hub dataset name.", path="data")
-    prompts_split: str = arg("", "Split of --prompts to read: of a hub dataset (default train; "
-                             "e.g. test_gen), or of a local directory with named splits "
-                             "(needed when it holds several).")
-    prompts_config: str = arg("", "Configuration (subset) of a hub --prompts dataset; empty: "
-                              "its default.")
+    prompts_split: str = split_arg("--prompts", "test_gen")
+    prompts_config: str = config_arg("--prompts")
     reward: str = arg("", "The proxy reward that picks the best: a reward-model directory, "
                       "module:function or file.py:function, or a weighted sum 'a:0.7,b:0.3'. A "
                       "function runs as Python code with your rights: see docs/security.md.")

@@ -113,6 +113,17 @@ def arg(
     return field(default=default, metadata=metadata, **kw)
 
 
+def split_arg(flag: str, example: str) -> Any:
+    """The split flag of a data source ``flag`` (``--prompts`` -> ``--prompts-split``)."""
+    return arg("", f"Split of {flag} to read: of a hub dataset (default train; e.g. {example}), "
+               "or of a local directory with named splits (needed when it holds several).")
+
+
+def config_arg(flag: str) -> Any:
+    """The configuration flag of a hub data source ``flag``."""
+    return arg("", f"Configuration (subset) of a hub {flag} dataset; empty: its default.")
+
+
 def fsdp_arg(role: str, note: str = "") -> Any:
     """The ``--fsdp`` flag of the commands that can shard the model they train."""
     return arg(False, f"Shard the {role}'s parameters, gradients and optimizer state over the "

@@ -42,7 +42,15 @@ import signal
 import sys
 from dataclasses import dataclass
 
-from preflab.config import arg, check_new_file, check_paths, check_source_config, parse_config
+from preflab.config import (
+    arg,
+    check_new_file,
+    check_paths,
+    check_source_config,
+    config_arg,
+    parse_config,
+    split_arg,
+)
 from preflab.data.chat import PromptText, model_prompts, read_prompts
 from preflab.errors import ConfigError
 from preflab.runtime import signals
@@ -62,11 +70,8 @@ class SampleConfig:
                        "each record's `prompt` (a text or a list of messages) is used, or a "
                        "`messages` record's messages before its last reply; or a hub "
                        "dataset name.", path="data")
-    prompts_split: str = arg("", "Split of --prompts to read: of a hub dataset (default train; "
-                             "e.g. train_gen), or of a local directory with named splits "
-                             "(needed when it holds several).")
-    prompts_config: str = arg("", "Configuration (subset) of a hub --prompts dataset; empty: "
-                              "its default.")
+    prompts_split: str = split_arg("--prompts", "train_gen")
+    prompts_config: str = config_arg("--prompts")
     n: int = arg(4, "Completions per prompt (K).", ge=1, le=10_000)
     out: str = arg("", "Samples file to write (.jsonl): one record {prompt, completions} per "
                    "prompt (and prompt_text, the rendered text, for a chat prompt).")

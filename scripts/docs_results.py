@@ -106,21 +106,17 @@ BLOCKS: dict[str, Callable[[dict], list[str]]] = {
     "sweep": report._sweep_md,
     "runs": report.runs_table,
     "memory": lambda r: report._section_md(r, "memory"),
-    "diversity": lambda r: report._section_md(r, "diversity"),
     "pareto": lambda r: report._section_md(r, "pareto"),
 }
 VALUES: dict[str, Callable[[dict], str]] = {
-    "jobs": lambda r: str(r["jobs_count"]),
+    "jobs": lambda r: str(len(r["jobs"])),
     "span": lambda r: _minutes(r.get("span_s")),
     "params": lambda r: _millions(r["model"]["params"]),
     "vocab": lambda r: f"{r['model']['vocab_size']:,}",
     "sft": lambda r: f"{r['sft']['score']['eval/' + r['quality']['metric']]:.3f}",
     "seeds": _seeds,
-    "created": lambda r: r["created"].split()[0],
     "knobs-rlhf": lambda r: str(_row(r, "hyperparameters")["rlhf"]["figures"]["method_specific"]),
     "knobs-dpo": lambda r: str(_row(r, "hyperparameters")["dpo"]["figures"]["method_specific"]),
-    "knobs-rlhf-all": lambda r: str(_row(r, "hyperparameters")["rlhf"]["figures"]["total"]),
-    "knobs-dpo-all": lambda r: str(_row(r, "hyperparameters")["dpo"]["figures"]["total"]),
 }
 
 
@@ -183,11 +179,11 @@ def load(source: str, cache: dict[str, dict]) -> dict:
 MARKER = re.compile(r"(?<!`)<!--\s*(?:r|results|/r|/results)\b")
 
 
-def stale(source: str) -> list[str]:
+def stale(source: str, cache: dict[str, dict] | None = None) -> list[str]:
     """What of a kept comparison is not what the current code derives from it: its rows and
     sections (``derive``), and its report.md."""
     root = RESULTS / source
-    results = json.loads((root / "results.json").read_text(encoding="utf-8"))
+    results = load(source, {} if cache is None else cache)
     derived = json.loads(json.dumps(derive(json.loads(json.dumps(results)))))
     out = []
     if derived != results:
@@ -264,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     problems, changed = [], []
     for source in sorted(p.name for p in RESULTS.iterdir() if (p / "results.json").is_file()):
         if args.check:
-            problems += stale(source)
+            problems += stale(source, cache)
         elif refresh(source):
             changed.append(f"docs/results/{source}")
     for path in documents():

@@ -119,6 +119,16 @@ def _tested(test: stats.Test, rlhf_better: bool) -> str:
     return "RLHF" if rlhf_better else "DPO"
 
 
+def _over_seeds(by_road: dict, *, higher_is_better: bool,
+                digits: int = 3) -> tuple[stats.Test, str, str]:
+    """Welch's t of RLHF's values against DPO's: the test, the verdict, and the note's clause."""
+    test = stats.welch(by_road[RLHF], by_road[DIRECT])
+    winner = _tested(test, rlhf_better=(test.difference.mean > 0) == higher_is_better)
+    said = ("; one run per road, so no winner is named" if test.p is None else
+            f"; Welch t over seeds, alpha {stats.ALPHA:g}: {_test_note(test, digits)}")
+    return test, winner, said
+
+
 def _runs_basis(n_rlhf: int, n_dpo: int, what: str = "seed") -> str:
     if n_rlhf == n_dpo:
         return f"{n_rlhf} {what}{'s' if n_rlhf != 1 else ''} per road"
@@ -134,10 +144,11 @@ def _test_note(test: stats.Test, digits: int = 3) -> str:
     return f"{test.text()}{extra}"
 
 
-def _lower_wins(a: float | None, b: float | None, tie: float = 0.0) -> str | None:
+def _lower_wins(a: float | None, b: float | None) -> str | None:
+    """The verdict on a counted figure (stages, tensor bytes, settings): the smaller wins."""
     if a is None or b is None:
         return None
-    if abs(a - b) <= tie:
+    if a == b:
         return "tie"
     return "RLHF" if a < b else "DPO"
 
@@ -473,12 +484,8 @@ def training_time(results: dict) -> dict:
             "gain, counted from the road's first stage")
     if len(cpu_by) < 2:
         return _row("time", sides[RLHF], sides[DIRECT], None, note)
-    test = stats.welch(cpu_by[RLHF], cpu_by[DIRECT])
-    winner = _tested(test, rlhf_better=(test.difference.mean < 0))
-    if test.p is None:
-        note += "; one run per road, so no winner is named"
-    else:
-        note += f"; Welch t over seeds, alpha {stats.ALPHA:g}: {_test_note(test, 0)}"
+    test, winner, said = _over_seeds(cpu_by, higher_is_better=False, digits=0)
+    note += said
     return _row("time", sides[RLHF], sides[DIRECT], winner, note,
                 basis=_runs_basis(len(cpu_by[RLHF]), len(cpu_by[DIRECT])), test=test)
 
@@ -637,13 +644,11 @@ def hacking(results: dict) -> dict:
             "from its peak, shown beside")
     if len(changes) < 2:
         return _row("hacking", sides[RLHF], sides[DIRECT], None, note)
-    test = stats.welch(changes[RLHF], changes[DIRECT])
-    winner = _tested(test, rlhf_better=test.difference.mean > 0)
+    test, winner, said = _over_seeds(changes, higher_is_better=True)
     if not all(pushed.values()) and pressure:
         winner = UNTESTED if winner in ("RLHF", "DPO") else winner
         note += "; the roads were not pushed alike, so no winner is named"
-    note += ("; one run per road, so no winner is named" if test.p is None else
-             f"; Welch t over seeds, alpha {stats.ALPHA:g}: {_test_note(test)}")
+    note += said
     return _row("hacking", sides[RLHF], sides[DIRECT], winner, note,
                 basis=_runs_basis(len(changes[RLHF]), len(changes[DIRECT]), "run"), test=test)
 
@@ -780,10 +785,12 @@ def quality(results: dict) -> dict:
     return row
 
 
-def frontier_tests(results: dict, budgets) -> list[dict]:
+def frontier_tests(results: dict, budgets, by_road: dict | None = None) -> list[dict]:
     """At each KL budget, each road's best setting within it and the test between the two:
-    the frontier's dominance, tested rather than read off one point."""
-    by_road = {road: road_settings(results, road, base_lr_only=True) for road in (RLHF, DIRECT)}
+    the frontier's dominance, tested rather than read off one point. ``by_road``: each road's
+    settings at the base learning rate (``road_settings``), when already computed."""
+    by_road = by_road or {road: road_settings(results, road, base_lr_only=True)
+                          for road in (RLHF, DIRECT)}
     out = []
     for bound in budgets:
         entry = {"kl_bound": bound}

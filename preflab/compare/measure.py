@@ -154,7 +154,7 @@ def collect(root: Path, *, constraints: dict, settings: dict) -> dict:
             entry["score"] = score["metrics"]
             entry["best_of"] = score.get("best_of", 1)  # > 1: eval/kl is best-of-n's bound
             entry["examples"] = score.get("examples", [])
-            entry["per_prompt"] = score.get("per_prompt") or {}
+            entry["per_prompt"] = _read_per_prompt(score, quality)
             entry["score_file"] = f"scores/{run['policy']}.json"
         runs.append(entry)
     finished = [(r["finished_at"], r.get("wall_s") or 0) for r in records.values()
@@ -178,18 +178,26 @@ def collect(root: Path, *, constraints: dict, settings: dict) -> dict:
         "inputs": design.get("inputs", {}),
         "model": _model_facts(design.get("inputs", {}).get("sft")),
         "span_s": span,
-        "jobs_count": len(design.get("jobs", {})),
         "settings": settings,
         "constraints": constraints,
         "jobs": jobs,
         "stages": design.get("stages", {}),
         "sft": {"score": sft_score["metrics"] if sft_score else None,
-                "per_prompt": (sft_score.get("per_prompt") or {}) if sft_score else {},
+                "per_prompt": _read_per_prompt(sft_score, quality) if sft_score else {},
                 "examples": sft_score.get("examples", []) if sft_score else [],
                 "score_file": "scores/sft.json" if sft_score else None},
         "runs": runs,
         "failed": failed,
     }
+
+
+PER_PROMPT_KEPT = ("harmlessness",)  # beside the quality metric: the world's second objective
+
+
+def _read_per_prompt(score: dict, quality: str) -> dict:
+    """The per-prompt means the rows read (the quality metric; harmlessness for flexibility)."""
+    return {k: v for k, v in (score.get("per_prompt") or {}).items()
+            if k == quality or k in PER_PROMPT_KEPT}
 
 
 def _model_facts(sft: str | None) -> dict:

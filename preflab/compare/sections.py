@@ -30,11 +30,11 @@ def frontier(results: dict) -> dict:
                     for b in budgets} for label, pts in points.items()}
     # the sweep: each road's scored runs at the base learning rate, by beta or kl_coef, with
     # intervals over seeds; and the test between the roads' best settings at each budget
-    sweep = {road: [{k: v for k, v in s.items() if k != "per_prompt"}
-                    for s in road_settings(results, road, base_lr_only=True)]
-             for road in (RLHF, DIRECT)}
+    by_road = {road: road_settings(results, road, base_lr_only=True) for road in (RLHF, DIRECT)}
+    sweep = {road: [{k: v for k, v in s.items() if k != "per_prompt"} for s in settings]
+             for road, settings in by_road.items()}
     return {"points": points, "best_within": best, "budgets": list(budgets),
-            "sweep": sweep, "tests": frontier_tests(results, budgets)}
+            "sweep": sweep, "tests": frontier_tests(results, budgets, by_road)}
 
 
 def pareto(results: dict) -> dict:

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 
 from preflab.compare.methods import get_method
-from preflab.config import arg
+from preflab.config import arg, config_arg, split_arg
 from preflab.errors import ConfigError
 
 SHARES = ("1/16", "1/8", "1/4", "1/2")
@@ -160,18 +160,14 @@ class CompareConfig:
                      path="model")
     pairs: str = arg("", "Your preference pairs (prompt, chosen, rejected): a data file, a "
                      "directory of them, or a hub dataset name.", path="data")
-    pairs_split: str = arg("", "Split of --pairs to read: of a hub dataset (default train; e.g. "
-                           "train_prefs), or of a local directory with named splits (needed "
-                           "when it holds several).")
-    pairs_config: str = arg("", "Configuration (subset) of a hub --pairs dataset; empty: its "
-                            "default.")
+    pairs_split: str = split_arg("--pairs", "train_prefs")
+    pairs_config: str = config_arg("--pairs")
     prompts: str = arg("", "Your prompts (unlabelled: PPO trains on them; a share is held out "
                        "for evaluation): a data file, a directory of them, or a hub dataset "
                        "name.", path="data")
     prompts_split: str = arg("", "Split of --prompts to read, as --pairs-split (e.g. train_gen: "
                              "a dataset's prompts often sit in another split than its pairs).")
-    prompts_config: str = arg("", "Configuration (subset) of a hub --prompts dataset; empty: "
-                              "its default.")
+    prompts_config: str = config_arg("--prompts")
     gold_reward: str = arg("", "A reward you trust more than a judge model: module:function, "
                            "file.py:function or a reward-model directory (your data only). A "
                            "function runs as Python code with your rights (file.py: that file), "

@@ -118,9 +118,6 @@ class Interval:
     method: str
     """How the interval was made: "t, 2 df", "Welch t, 3.1 df", ... or "one value"."""
 
-    def excludes_zero(self) -> bool:
-        return self.low is not None and (self.low > 0 or self.high < 0)
-
     def text(self, digits: int = 3, sign: bool = False) -> str:
         fmt = f"{{:{'+' if sign else ''}.{digits}f}}"
         if self.low is None:

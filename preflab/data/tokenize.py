@@ -224,25 +224,31 @@ class _Encoder:
             return ids[:room]
         return ids
 
-    def pair(self, record: Record, prompt: Any, completions: Sequence[Any],
-             field: str) -> tuple[list[int], list[list[int]]] | None:
+    def pair(self, record: Record, kind: RecordKind, prompt: Any, completions: Sequence[Any],
+             ) -> tuple[list[int], list[list[int]]] | None:
         """A prompt and its completions, tokenized and truncated; None when skipped."""
+        field, names = FIELDS_READ[kind]
         prompt_ids, text = self.prompt(record, prompt, field)
-        # the fields the completions came from, for messages (a record may carry a whole chat
-        # in messages beside the fields it is read by: UltraFeedback's pairs)
-        names = ["chosen", "rejected"] if len(completions) == 2 else (
-            ["messages"] if "messages" in record.data and "completion" not in record.data
-            else ["completion"])
         full = [self.completion(record, prompt, text, prompt_ids, c, name)
-                for c, name in zip(completions, names)]
+                for c, name in zip(completions, names, strict=True)]
         fitted = self.fit_prompt(record, prompt_ids, field)
         if fitted is None:
             return None
         return fitted, [self.fit_completion(len(fitted), ids) for ids in full]
 
 
-def _prompt_field(record: Record) -> str:
-    return next(f for f in ("prompt", "messages", "chosen") if f in record.data)
+# The fields a record of each kind is read from, (the prompt's, the completions'), for
+# messages that name the field at fault. They follow from the kind, not from the keys present:
+# a record may carry more (UltraFeedback's pairs hold the whole chat in messages too).
+FIELDS_READ: dict[RecordKind, tuple[str, tuple[str, ...]]] = {
+    K.LANGUAGE_MODELING: ("text", ("text",)),
+    K.PROMPT_COMPLETION: ("prompt", ("completion",)),
+    K.CONVERSATIONAL: ("messages", ("messages",)),
+    K.PREFERENCE: ("prompt", ("chosen", "rejected")),
+    K.IMPLICIT_PREFERENCE: ("chosen", ("chosen", "rejected")),
+    K.UNPAIRED: ("prompt", ("completion",)),
+    K.PROMPT_ONLY: ("prompt", ()),
+}
 
 
 PURPOSES = {"sft": (SFT_KINDS, "SFT"), "preference": (PREFERENCE_KINDS, "preference training"),
@@ -304,7 +310,7 @@ def _load(source: str, split: str | None, config: str | None, accepted: Sequence
             continue
         built = build(encoder, record, kind)
         if not built:
-            first_skipped = first_skipped or (record, _prompt_field(record))
+            first_skipped = first_skipped or (record, FIELDS_READ[kind][0])
         examples.extend(built)
     if not examples:  # every record was skipped: say so here, not as an empty batch later
         raise _all_skipped(report, policy, *first_skipped)  # type: ignore[misc]
@@ -347,7 +353,7 @@ def load_sft_dataset(source: str, tokenizer: PreTrainedTokenizerBase, policy: Tr
             prompt, completion = data["messages"][:-1], data["messages"][-1:]
         else:
             prompt, completion = data["prompt"], data["completion"]
-        fitted = enc.pair(record, prompt, [completion], _prompt_field(record))
+        fitted = enc.pair(record, kind, prompt, [completion])
         if fitted is None:
             return []
         prompt_ids, (completion_ids,) = fitted
@@ -365,7 +371,7 @@ def load_preference_dataset(source: str, tokenizer: PreTrainedTokenizerBase,
 
     def build(enc: _Encoder, record: Record, kind: RecordKind) -> list[PreferenceExample]:
         prompt, chosen, rejected = preference_parts(record, kind)
-        fitted = enc.pair(record, prompt, [chosen, rejected], _prompt_field(record))
+        fitted = enc.pair(record, kind, prompt, [chosen, rejected])
         if fitted is None:
             return []
         prompt_ids, (chosen_ids, rejected_ids) = fitted
@@ -388,7 +394,7 @@ def load_unpaired_dataset(source: str, tokenizer: PreTrainedTokenizerBase,
         else:
             prompt, *completions = preference_parts(record, kind)
             labels = [True, False]
-        fitted = enc.pair(record, prompt, completions, _prompt_field(record))
+        fitted = enc.pair(record, kind, prompt, completions)
         if fitted is None:
             return []
         prompt_ids, completion_ids = fitted
@@ -412,7 +418,7 @@ def load_prompt_dataset(source: str, tokenizer: PreTrainedTokenizerBase,
             prompt = preference_parts(record, kind)[0]
         else:
             prompt = record.data["prompt"]
-        field = _prompt_field(record)
+        field = FIELDS_READ[kind][0]
         ids, text = enc.prompt(record, prompt, field)
         fitted = enc.fit_prompt(record, ids, field)
         if fitted is None:

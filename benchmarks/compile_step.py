@@ -20,7 +20,7 @@ from common import LLAMA_20M
 def worker(mode: str, length: int) -> None:
     import torch
 
-    from preflab.tiny import build_random_causal_lm
+    from preflab.models.tiny import build_random_causal_lm
 
     model = build_random_causal_lm("llama", 8000, **LLAMA_20M, max_positions=600, seed=0)
     model.train()

@@ -31,7 +31,7 @@ def main() -> None:
 
     from preflab import models
     from preflab.generation import generate
-    from preflab.tiny import save_tiny_model
+    from preflab.models.tiny import save_tiny_model
 
     words = [f"w{i}" for i in range(8000)]
     with tempfile.TemporaryDirectory() as tmp:

@@ -224,7 +224,7 @@ def prepare_model(args, work: Path) -> Path:
     if args.tiny:
         target = work / "tiny-model"
         if not (target / "config.json").exists():
-            from preflab.tiny import save_tiny_model
+            from preflab.models.tiny import save_tiny_model
 
             save_tiny_model(target, vocabulary(), arch="llama", hidden_size=64, num_layers=2,
                             num_heads=4, max_positions=2 * args.max_length)

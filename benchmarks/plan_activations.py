@@ -35,10 +35,11 @@ import os
 
 import torch
 
-from preflab import fused_head, models
+from preflab import models
 from preflab.compare.plan import plan_memory
 from preflab.compare.plan_arch import head_working_bytes, parse_arch, read_config
-from preflab.logprobs import concatenated_forward, forward_logps
+from preflab.models import fused_head
+from preflab.models.logprobs import concatenated_forward, forward_logps
 from preflab.runtime.memory import human_bytes, range_peaks, saved_tensor_bytes
 from preflab.runtime.precision import MODES
 

@@ -4,7 +4,7 @@ the same process, alternating, best of ``--repeats``; and each decoding step's t
 this machine's bound for it.
 
 Both sample at temperature 1 from the full softmax with the KV cache. preflab decodes with its
-own loop (``preflab.decoding``), draws each token itself (``generation.draw``: one uniform per
+own loop (``preflab.generation.decoding``), draws each token itself (``generation.draw``: one uniform per
 row, inverting the cumulative distribution), records every token's log-prob and decodes the
 completions; transformers draws with ``torch.multinomial`` (one exponential per vocabulary
 entry). A third side is preflab through ``model.generate`` (its path before its own loop, and
@@ -194,8 +194,7 @@ def main() -> None:
         StaticCache,
     )
 
-    from preflab import decoding
-    from preflab.generation import generate
+    from preflab.generation import decoding, generate
 
     with tempfile.TemporaryDirectory() as tmp:
         path, words = model_and_words(Path(tmp), args.model, vocab=args.vocab, **LLAMA_20M)

@@ -27,7 +27,7 @@ BATCH = 8
 
 
 def build(workdir: Path, steps: int) -> tuple[Path, Path]:
-    from preflab.tiny import save_tiny_model
+    from preflab.models.tiny import save_tiny_model
 
     model_dir = save_tiny_model(
         workdir / "model", VOCAB_WORDS, arch="llama", **LLAMA_20M, max_positions=SEQ_LEN + 8,

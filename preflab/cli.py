@@ -10,43 +10,44 @@ piped into a reader that stops early (``preflab --help | head``) ends quietly wi
 from __future__ import annotations
 
 import importlib
-import os
-import select
 import signal
 import sys
 import threading
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "sft": ("preflab.algorithms.sft", "supervised fine-tuning on completions"),
-    "dpo": ("preflab.algorithms.dpo", "direct preference optimisation: DPO, cDPO, IPO, hinge, robust, SimPO, ORPO"),
-    "rm": ("preflab.algorithms.rm", "reward model: a Bradley-Terry scalar head on preference pairs"),
-    "kto": ("preflab.algorithms.kto", "KTO: good/bad labels instead of pairs, or pairs split "
-            "into both"),
-    "online-dpo": ("preflab.algorithms.online_dpo", "online DPO: rounds of sampling from the "
-                   "policy, judging, pairing best against worst, and DPO steps"),
-    "bon": ("preflab.bon", "best-of-n: sample n, keep the reward model's favourite; gold and "
-            "proxy reward against n and the KL bound"),
-    "ppo": ("preflab.algorithms.ppo", "PPO on prompts: policy, value, reward and reference roles"),
-    "rloo": ("preflab.algorithms.rloo", "RLOO on prompts: K completions each, the leave-one-out "
-             "baseline, no value model"),
-    "grpo": ("preflab.algorithms.grpo", "GRPO on prompts: K completions each, group-normalised "
-             "advantages, no value model"),
-    "sample": ("preflab.sample", "K completions per prompt from a policy, for a judge to label"),
-    "label": ("preflab.label", "AI feedback: pairs or KTO labels from samples and a judge "
-              "(LM, chat endpoint, reward, world); a human-labelling round trip"),
-    "world": ("preflab.world.cli", "the built-in task: build it, label pairs (again), score a policy"),
-    "compare": ("preflab.compare.cli", "RLHF and DPO from the same SFT model, the DPO-vs-RLHF "
-                "comparison table measured, with a report"),
-    "report": ("preflab.compare.report", "render a comparison's report again from its "
+from preflab import algorithms
+from preflab.runtime.exits import (  # noqa: F401 (EXIT_STDOUT_CLOSED, run_module: the face)
+    EXIT_STDOUT_CLOSED,
+    _guarded,
+    quiet_libraries,
+    run_module,
+)
+
+TOOLS: dict[str, tuple[str, str]] = {
+    "bon": ("preflab.commands.bon", "best-of-n: sample n, keep the reward model's favourite; gold "
+            "and proxy reward against n and the KL bound"),
+    "sample": ("preflab.commands.sample", "K completions per prompt from a policy, for a judge to "
+               "label"),
+    "label": ("preflab.commands.label", "AI feedback: pairs or KTO labels from samples and a "
+              "judge (LM, chat endpoint, reward, world); a human-labelling round trip"),
+    "world": ("preflab.commands.world", "the built-in task: build it, label pairs (again), score "
+              "a policy"),
+    "compare": ("preflab.commands.compare", "RLHF and DPO from the same SFT model, the "
+                "DPO-vs-RLHF comparison table measured, with a report"),
+    "report": ("preflab.commands.report", "render a comparison's report again from its "
                "results.json"),
-    "plan": ("preflab.compare.plan", "GPU memory per method and role, from the config.json or "
+    "plan": ("preflab.commands.plan", "GPU memory per method and role, from the config.json or "
              "GGUF metadata of a Llama, Mistral, Qwen2, GPT-2 or GPT-NeoX model"),
-    "reviews": ("preflab.reviews", "a real model's task: review prompts, VADER sentiment as the gold "
-                "reward, pairs from the model's own samples (the DPO paper's experiment)"),
-    "demo": ("preflab.demo", "RLHF and DPO on the built-in task, measured and reported, offline, in minutes"),
-    "export": ("preflab.export", "write a model directory as one GGUF file (f32, f16 or q8_0) "
-               "for llama.cpp, Ollama and LM Studio"),
+    "reviews": ("preflab.commands.reviews", "a real model's task: review prompts, VADER sentiment "
+                "as the gold reward, pairs from the model's own samples (the DPO paper's "
+                "experiment)"),
+    "demo": ("preflab.commands.demo", "RLHF and DPO on the built-in task, measured and reported, "
+             "offline, in minutes"),
+    "export": ("preflab.commands.export", "write a model directory as one GGUF file (f32, f16 or "
+               "q8_0) for llama.cpp, Ollama and LM Studio"),
 }
+"""The commands that are not training methods; the methods come from ``preflab.algorithms``."""
+COMMANDS: dict[str, tuple[str, str]] = {**algorithms.commands(), **TOOLS}
+"""Every command: (the module whose ``main(argv)`` runs it, its line in the usage)."""
 
 USAGE = """usage: preflab <command> [flags]    (preflab <command> --help for its flags)
 
@@ -61,67 +62,6 @@ def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {doc}" for name, (_, doc) in COMMANDS.items()]
     return USAGE.format(commands="\n".join(lines))
-
-
-def quiet_libraries() -> None:
-    # Library chatter (load bars, advisory warnings) would bury preflab's own output.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-EXIT_STDOUT_CLOSED = 141
-"""The exit code when the reader of stdout has gone (``preflab ... | head``): 128 + SIGPIPE,
-what the shell reports for ``cat``, ``grep`` or ``yes`` in the same place, so a script under
-``set -o pipefail`` sees preflab as it sees them. Not 0: a training command whose output pipe
-closes stops at its next print, unfinished (no ``final/``)."""
-
-
-def _stdout_closed() -> bool:
-    """Whether stdout is a pipe whose reader has gone (``poll`` reports an error on it), so
-    that a BrokenPipeError from another pipe or socket is not mistaken for it."""
-    try:
-        fd = sys.stdout.fileno()
-        poller = select.poll()
-    except (AttributeError, OSError, ValueError):  # no real stdout, or no poll (Windows)
-        return False
-    poller.register(fd, select.POLLOUT)
-    return any(events & select.POLLERR for _, events in poller.poll(0))
-
-
-def _end_quietly(exc: BrokenPipeError) -> int:
-    """After a BrokenPipeError on stdout: point stdout at /dev/null, so that the
-    interpreter's last flush at exit writes nowhere instead of raising again (an "Exception
-    ignored" message and exit 120), and return ``EXIT_STDOUT_CLOSED``. Any other broken pipe
-    is raised again."""
-    if not _stdout_closed():
-        raise exc
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    return EXIT_STDOUT_CLOSED
-
-
-def _guarded(call) -> int:
-    """``call()``, its exit code, with stdout flushed before returning: buffered output meets
-    a closed pipe here, where it is caught, and not in the interpreter's last flush. So does
-    argparse's ``--help`` (a SystemExit after printing)."""
-    try:
-        try:
-            code = int(call() or 0)
-        except SystemExit:
-            sys.stdout.flush()
-            raise
-        sys.stdout.flush()
-        return code
-    except BrokenPipeError as exc:
-        return _end_quietly(exc)
-
-
-def run_module(module_main) -> int:
-    """A module's ``if __name__ == "__main__"`` entry: ``sys.exit(run_module(main))`` runs
-    ``main()`` with a closed stdout handled as ``preflab`` handles it."""
-    return _guarded(module_main)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from preflab.compare import report
-from preflab.compare.cli import derive
+from preflab.compare.run import derive
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"

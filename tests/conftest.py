@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from preflab.tiny import build_word_tokenizer, save_tiny_model
+from preflab.models.tiny import build_word_tokenizer, save_tiny_model
 
 WORDS = (
     "the a movie film was is great good bad awful not very really but and plot acting "
@@ -62,7 +62,7 @@ def tiny_config(path: Path, **changes) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
-    from preflab.world import build_world
+    from preflab.world.build import build_world
 
     return build_world(tmp_path_factory.mktemp("world") / "w", num_reviews=300,
                        num_prompts_train=60, num_prompts_eval=24, hidden_size=16, num_layers=1,

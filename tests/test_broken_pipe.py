@@ -17,8 +17,8 @@ ENTRIES = [
     ["preflab.cli", "--help"],
     ["preflab.cli", "--version"],
     ["preflab.cli", "report", "--help"],
-    ["preflab.sample", "--help"],
-    ["preflab.world.cli", "--help"],
+    ["preflab.commands.sample", "--help"],
+    ["preflab.commands.world", "--help"],
 ]
 
 

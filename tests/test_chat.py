@@ -20,7 +20,7 @@ from preflab.data.chat import PromptText, render_chat_prompt, tokenize_prompt
 from preflab.errors import DataError
 from preflab.generation import generate
 from preflab.models import load_tokenizer
-from preflab.tiny import build_random_causal_lm, build_word_tokenizer
+from preflab.models.tiny import build_random_causal_lm, build_word_tokenizer
 from tests.conftest import WORDS
 
 CHAT = [{"role": "user", "content": "the movie was"}]

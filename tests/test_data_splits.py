@@ -125,7 +125,7 @@ def test_row_numbers_in_errors_count_within_the_split_file(tmp_path):
     bad[1]["rejected"] = None
     write_parquet(root / "train-00001-of-00002.parquet", bad)
     write_parquet(root / "test-00000-of-00001.parquet", rows("test", 2))
-    from preflab.tiny import build_word_tokenizer
+    from preflab.models.tiny import build_word_tokenizer
     from tests.conftest import WORDS
 
     tokenizer = build_word_tokenizer(WORDS)

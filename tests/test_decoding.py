@@ -1,5 +1,5 @@
 """preflab's own decoding loop against transformers' generate: the same tokens, the same
-log-probs, on every architecture family of ``preflab.tiny``; and the fall-back to generate for
+log-probs, on every architecture family of ``preflab.models.tiny``; and the fall-back to generate for
 a model the loop cannot drive."""
 
 from __future__ import annotations
@@ -7,9 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from preflab import decoding
-from preflab.generation import generate
-from preflab.tiny import ARCHITECTURES, build_random_causal_lm
+from preflab.generation import decoding, generate
+from preflab.models.tiny import ARCHITECTURES, build_random_causal_lm
 
 # lengths 1 to 9 words: batches of 4 mix lengths (left padding) and some hold one length
 PROMPTS = ["i", "the movie", "a film was not very good", "the plot was great but the acting",

@@ -2,7 +2,7 @@
 module, a module's attribute, or ``module:function`` as a reward spec names one) in
 README.md, docs/ and the comments and docstrings of preflab/, tests/ and benchmarks/
 imports and resolves. A quoted name in code (a profiler range's name in
-``preflab/fused_head.py``) is a value, not a reference, and is left out."""
+``preflab/models/fused_head.py``) is a value, not a reference, and is left out."""
 
 from __future__ import annotations
 
@@ -59,5 +59,5 @@ def test_dotted_preflab_names_resolve():
 def test_a_stale_name_is_caught():
     assert unresolved("preflab.rl.rollouts.per_token_rewards") is not None
     assert unresolved("preflab.generation.no_such_function") is not None
-    assert unresolved("preflab.reviews:no_such_reward") is not None
+    assert unresolved("preflab.commands.reviews:no_such_reward") is not None
     assert unresolved("preflab.generation.generate") is None

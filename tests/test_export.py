@@ -8,8 +8,8 @@ import torch
 
 pytest.importorskip("gguf")
 
-from preflab import export as export_module  # noqa: E402
 from preflab.cli import main  # noqa: E402
+from preflab.commands import export as export_module  # noqa: E402
 from preflab.models import load_causal_lm, load_tokenizer  # noqa: E402
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
@@ -260,7 +260,7 @@ def refused(capsys, *argv) -> str:
 
 
 def test_an_unsupported_architecture_is_refused_by_name(tmp_path, tokenizer, capsys):
-    from preflab.tiny import build_random_causal_lm
+    from preflab.models.tiny import build_random_causal_lm
 
     model = build_random_causal_lm("gpt2", len(tokenizer))
     model.save_pretrained(tmp_path / "gpt2")
@@ -271,7 +271,7 @@ def test_an_unsupported_architecture_is_refused_by_name(tmp_path, tokenizer, cap
 
 
 def test_a_word_level_tokenizer_is_refused_by_name(tmp_path, capsys):
-    from preflab.tiny import save_tiny_model
+    from preflab.models.tiny import save_tiny_model
 
     model_dir = save_tiny_model(tmp_path / "words", ["the", "movie"], arch="llama")
     err = refused(capsys, str(model_dir), "--gguf", str(tmp_path / "w.gguf"))

@@ -1,4 +1,4 @@
-"""The fused head (``preflab.fused_head``) against the plain logits path: equal values and
+"""The fused head (``preflab.models.fused_head``) against the plain logits path: equal values and
 gradients (float32, tied and untied heads, LoRA on the head or not), and no ``[B, T, V]``
 tensor anywhere in forward or backward."""
 
@@ -9,9 +9,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from preflab.fused_head import fused_head_supported, head_token_logps
-from preflab.logprobs import forward_logps, model_token_logps, packed_forward_logps
-from preflab.tiny import build_random_causal_lm
+from preflab.models.fused_head import fused_head_supported, head_token_logps
+from preflab.models.logprobs import forward_logps, model_token_logps, packed_forward_logps
+from preflab.models.tiny import build_random_causal_lm
 
 VOCAB = 97
 

@@ -7,7 +7,7 @@ import torch
 
 from preflab.errors import ConfigError, NonFiniteProbabilities
 from preflab.generation import Sample, _make_sample, draw, generate
-from preflab.tiny import build_random_causal_lm
+from preflab.models.tiny import build_random_causal_lm
 
 PROMPTS = ["the movie", "a film was not very good", "i", "the plot was great but the acting"]
 
@@ -97,7 +97,7 @@ def test_batches_group_prompts_of_like_length(model, tiny_tokenizer, monkeypatch
     """Two short and two long prompts, interleaved, batches of 2: each decoded batch holds
     prompts of one length (no row padded to the other's width), and every result is still
     prompt i's own, greedy-equal to sampling it alone."""
-    from preflab import decoding
+    from preflab.generation import decoding
 
     prompts = ["i", "the plot was great but the acting was not", "a",
                "the movie was not very good and the film"]

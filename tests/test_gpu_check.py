@@ -11,7 +11,7 @@ import pytest
 
 from preflab.data.formats import RecordKind, detect_kind, validate
 from preflab.data.readers import read_records
-from preflab.tiny import build_word_tokenizer
+from preflab.models.tiny import build_word_tokenizer
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 

@@ -238,7 +238,7 @@ TRL_METRICS = ("reward", "reward_std", "frac_reward_zero_std", "kl", "entropy",
 
 
 def capture(monkeypatch) -> dict:
-    from preflab.rl import loop
+    from preflab.rl import common
     from preflab.rl import roles as roles_module
 
     captured: dict = {}
@@ -251,7 +251,7 @@ def capture(monkeypatch) -> dict:
         captured["start"] = {id(p): p.detach().clone() for m in modules for p in m.parameters()}
         return roles, reward
 
-    monkeypatch.setattr(loop, "build_roles", wrapper)
+    monkeypatch.setattr(common, "build_roles", wrapper)
     return captured
 
 
@@ -411,7 +411,8 @@ from preflab.rl.group import group_update
 from functools import partial
 from preflab.rl.roles import _forward_token_logps
 from preflab.rl.tensors import pack_rollout
-from preflab.runtime import distributed, session
+from preflab.runtime import distributed
+from preflab.training import session
 from preflab.runtime.precision import MODES
 
 model_dir, out = sys.argv[1], Path(sys.argv[2])
@@ -444,7 +445,7 @@ for aggregation, method in (("token", "grpo"), ("sequence", "rloo"), ("fixed", "
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     mod = __import__(f"preflab.algorithms.{method}", fromlist=["METHOD"])
-    group_update(roles, optimizer, scheduler, batch, old, advantages[rows], cfg, mod.METHOD, run,
+    group_update(roles, optimizer, scheduler, batch, old, advantages[rows], cfg, mod.GROUP, run,
                  torch.Generator().manual_seed(2), lambda: None)
     results[aggregation] = {k: v.tolist() for k, v in model.state_dict().items()}
 if ctx.rank == 0:

@@ -28,7 +28,7 @@ def test_cli_help_is_light():
 
 def test_no_algorithm_imports_another():
     """docs/architecture.md's layers: an algorithm file never imports another algorithm file; what two
-    of them share lives a layer down (e.g. ``preflab.direct`` for dpo and online-dpo)."""
+    of them share lives a layer down (e.g. ``preflab.training.direct`` for dpo and online-dpo)."""
     import ast
     from pathlib import Path
 

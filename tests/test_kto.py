@@ -12,11 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from preflab import models, reference
+from preflab import models
 from preflab.algorithms import kto
 from preflab.data import UnpairedExample
-from preflab.logprobs import forward_logps
+from preflab.models.logprobs import forward_logps
 from preflab.runtime.distributed import DistContext
+from preflab.training import reference
 from tests.sft_data import write_jsonl
 from tests.test_dpo import pair_records
 

@@ -1,4 +1,4 @@
-"""preflab.logprobs against brute force: the shift, the masks, padding, chunking, one forward."""
+"""preflab.models.logprobs against brute force: the shift, the masks, padding, chunking, one forward."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from preflab.logprobs import (
+from preflab.models.logprobs import (
     completion_window,
     concatenated_forward,
     forward_logps,
@@ -16,7 +16,7 @@ from preflab.logprobs import (
     sequence_logps,
     token_logps,
 )
-from preflab.tiny import build_random_causal_lm
+from preflab.models.tiny import build_random_causal_lm
 
 VOCAB = 50
 PAD = 0
@@ -256,7 +256,7 @@ def test_padded_batch_equals_unpadded_sequences(model, side):
 def test_a_model_without_logits_to_keep_scores_the_same_on_all_positions(model):
     """A forward that does not take ``logits_to_keep`` gets every position's logits, and the
     same completion log-probs."""
-    from preflab.logprobs import takes_logits_to_keep
+    from preflab.models.logprobs import takes_logits_to_keep
 
     class Plain(torch.nn.Module):
         def __init__(self, inner):
@@ -350,7 +350,7 @@ def test_padding_free_gives_the_padded_losses_and_gradients(tiny_model_dir):
     the padded batch gives, to float tolerance."""
     from transformers import AutoModelForCausalLM
 
-    from preflab.logprobs import forward_logps, pack, packed_forward_logps
+    from preflab.models.logprobs import forward_logps, pack, packed_forward_logps
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).train()
     for module in model.modules():  # dropout would differ between the two passes
@@ -380,7 +380,7 @@ def test_packing_check_refuses_attention_that_crosses_sequences(tiny_model_dir, 
     packed rows; the check sees the log-probs change and refuses."""
     from transformers import AutoModelForCausalLM, masking_utils
 
-    from preflab.logprobs import check_packing
+    from preflab.models.logprobs import check_packing
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     check_packing(model, vocab_size=model.config.vocab_size)  # honoured: passes

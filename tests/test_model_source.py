@@ -19,8 +19,9 @@ import pytest
 from preflab import models
 from preflab.algorithms.dpo import DPOConfig
 from preflab.cli import main
-from preflab.config import check_output_dir, check_paths, looks_like_local_path, parse_config
+from preflab.config import check_output_dir, check_paths, parse_config
 from preflab.errors import ConfigError, ModelLoadError
+from preflab.models import looks_like_local_path
 
 UNKNOWN_ID = "preflab-tests/no-such-model"  # never in a real cache
 CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens there

@@ -9,7 +9,7 @@ import torch
 
 from preflab import models
 from preflab.errors import ModelLoadError
-from preflab.tiny import build_random_causal_lm
+from preflab.models.tiny import build_random_causal_lm
 
 EXPECTED_TARGETS = {
     "llama": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},

@@ -10,18 +10,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from preflab import fused_head, models
+from preflab import models
 from preflab.algorithms import dpo, ppo, rm, sft
 from preflab.cli import main as cli_main
+from preflab.commands.plan import PlanConfig
 from preflab.compare import plan_arch
-from preflab.compare.plan import PlanConfig, parse_memory, plan_memory
+from preflab.compare.plan import parse_memory, plan_memory
 from preflab.compare.plan_arch import parse_arch, read_config
-from preflab.logprobs import concatenated_forward, forward_logps
-from preflab.rl.heads import token_values
+from preflab.models import fused_head
+from preflab.models.heads import token_values
+from preflab.models.logprobs import concatenated_forward, forward_logps
+from preflab.models.tiny import save_tiny_model
 from preflab.rl.roles import disable_dropout
 from preflab.runtime.memory import range_peaks, saved_tensor_bytes
 from preflab.runtime.precision import MODES
-from preflab.tiny import save_tiny_model
 from tests.conftest import WORDS
 from tests.sft_data import sft_records, write_jsonl
 from tests.test_dpo import pair_records

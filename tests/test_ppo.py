@@ -106,7 +106,7 @@ def test_the_head_runs_only_on_the_response_window(tiny_model_dir):
     whole sequence's, computed by the head on the positions from it to the end alone."""
     from transformers import AutoModelForCausalLM
 
-    from preflab.fused_head import fused_head_supported
+    from preflab.models.fused_head import fused_head_supported
     from preflab.rl.roles import _forward_token_logps
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -203,9 +203,9 @@ def capture_roles(monkeypatch) -> dict:
                              for p in m.parameters()}
         return roles, reward
 
-    from preflab.rl import loop
+    from preflab.rl import common
 
-    monkeypatch.setattr(loop, "build_roles", wrapper)
+    monkeypatch.setattr(common, "build_roles", wrapper)
     for cls in (roles_module.ClassicRoles, roles_module.SharedRoles):
         original = cls.save_value
 
@@ -230,7 +230,7 @@ def assert_saved_value_matches(out: Path, want: torch.Tensor) -> None:
     """``final/value`` loads as a sequence classifier whose head gives the trained values."""
     from transformers import AutoModelForSequenceClassification
 
-    from preflab.rl.heads import token_values
+    from preflab.models.heads import token_values
 
     value = AutoModelForSequenceClassification.from_pretrained(out / "final/value").eval()
     mask = (VALUE_PROBE != 0).long()
@@ -467,12 +467,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 from preflab.algorithms.ppo import ppo_update
 from preflab.losses import gae
-from preflab.rl.heads import token_values
-from preflab.rl.loop import global_whiten
+from preflab.models.heads import token_values
+from preflab.rl.common import global_whiten
 from functools import partial
 from preflab.rl.roles import _forward_token_logps
 from preflab.rl.tensors import pack_rollout, per_token_rewards, response_slice
-from preflab.runtime import distributed, session
+from preflab.runtime import distributed
+from preflab.training import session
 from preflab.runtime.precision import MODES
 
 model_dir, out = sys.argv[1], Path(sys.argv[2])

@@ -14,9 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from preflab.algorithms import dpo
-from preflab.runtime import precision, session, signals
+from preflab.models.tiny import save_tiny_model
+from preflab.runtime import precision, signals
 from preflab.runtime.distributed import DistContext
-from preflab.tiny import save_tiny_model
+from preflab.training import session
 from tests.conftest import WORDS
 from tests.sft_data import write_jsonl
 from tests.test_dpo import pair_records

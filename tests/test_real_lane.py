@@ -63,8 +63,8 @@ def test_a_length_set_for_one_stage_is_refused(key, tiny_world, tmp_path, capsys
 
 
 def test_expected_times_and_budgets_scale_with_the_models_parameters(tmp_path):
-    from preflab.compare.cli import time_scale
-    from preflab.tiny import save_tiny_model
+    from preflab.compare.run import time_scale
+    from preflab.models.tiny import save_tiny_model
 
     pairs, prompts = user_data(tmp_path)
     model = save_tiny_model(tmp_path / "m", ["a", "b"], arch="llama", hidden_size=64,
@@ -124,7 +124,7 @@ def test_real_cpu_preset_runs_dpo_the_rlhf_road_and_a_critic_free_method(tiny_mo
 # --- the reviews task --------------------------------------------------------------------------
 
 def test_review_prompts_are_distinct_chat_prompts_that_ask_for_no_sentiment():
-    from preflab.reviews import review_prompts
+    from preflab.commands.reviews import review_prompts
 
     prompts = review_prompts(seed=0)
     texts = [p[0]["content"] for p in prompts]
@@ -136,7 +136,7 @@ def test_review_prompts_are_distinct_chat_prompts_that_ask_for_no_sentiment():
 
 
 def test_gold_reward_is_vaders_compound_score():
-    from preflab.reviews import gold_reward
+    from preflab.commands.reviews import gold_reward
 
     scores = gold_reward(["p"] * 3, ["A wonderful, delightful film. I loved it!",
                                      "Terrible. The worst book I have ever read.",
@@ -146,7 +146,7 @@ def test_gold_reward_is_vaders_compound_score():
 
 
 def test_simulated_people_prefer_by_a_bradley_terry_draw_on_gold():
-    from preflab.reviews import annotators
+    from preflab.commands.reviews import annotators
     from preflab.world.annotators import sigmoid
 
     people = annotators(temperature=0.1, seed=0)
@@ -162,9 +162,9 @@ def test_simulated_people_prefer_by_a_bradley_terry_draw_on_gold():
 
 def test_reviews_build_writes_conversational_pairs_the_loaders_read(tmp_path, capsys):
     from preflab import models
+    from preflab.commands.reviews import gold_reward, review_prompts
     from preflab.data import TruncationPolicy, load_preference_dataset
-    from preflab.reviews import gold_reward, review_prompts
-    from preflab.tiny import save_tiny_model
+    from preflab.models.tiny import save_tiny_model
 
     words = sorted({w for p in review_prompts() for w in p[0]["content"].split()}
                    | {"great", "awful", "fine"})

@@ -163,7 +163,7 @@ def test_a_huge_learning_rate_stops_at_the_first_nonfinite_step(tiny_model_dir, 
 def test_a_nan_gradient_stops_the_run_or_is_skipped(command, tiny_model_dir, inputs, tmp_path,
                                                     capsys, monkeypatch):
     """A NaN injected into one parameter's gradient at step 3."""
-    from preflab.runtime import session
+    from preflab.training import session
 
     original = session.optimizer_step
 
@@ -389,7 +389,8 @@ def test_a_model_setting_the_machine_cannot_meet_is_one_paragraph(flags, says, t
 
 def test_a_signal_on_a_save_step_writes_that_checkpoint_once(tiny_model_dir, inputs, tmp_path,
                                                              monkeypatch):
-    from preflab.runtime import session, signals
+    from preflab.runtime import signals
+    from preflab.training import session
 
     saves, calls = [], []
     real_save = session.save_step
@@ -431,7 +432,7 @@ def test_sigterm_stops_any_other_command_with_one_line(monkeypatch, capsys):
 def test_a_signal_before_the_first_step_stops_at_once(tiny_model_dir, inputs, tmp_path, capsys,
                                                       monkeypatch):
     """During loading there is nothing to checkpoint: the run stops there, not after step 1."""
-    from preflab.runtime import session
+    from preflab.training import session
 
     real = session.load_trainable
     steps: list[int] = []

@@ -8,6 +8,8 @@ import torch
 
 from preflab.data import pad_sequences
 from preflab.errors import ConfigError
+from preflab.models.heads import sequence_scores
+from preflab.models.tiny import save_tiny_model
 from preflab.rewards import (
     CombinedReward,
     RewardComponent,
@@ -17,8 +19,6 @@ from preflab.rewards import (
     load_reward,
     parse_reward_specs,
 )
-from preflab.rl.heads import sequence_scores
-from preflab.tiny import save_tiny_model
 from tests.conftest import WORDS
 
 REWARD_FILE = '''

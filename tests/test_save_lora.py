@@ -16,7 +16,7 @@ from torch.utils._pytree import tree_leaves
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from preflab import models
-from preflab.tiny import build_random_causal_lm
+from preflab.models.tiny import build_random_causal_lm
 
 VOCAB = 40
 IDS = torch.tensor([[1, 5, 6, 7, 9, 2], [0, 0, 1, 9, 10, 2]])
@@ -192,7 +192,7 @@ def _value_model_as_before(roles, tokenizer):
     """The value model that ``SharedRoles.save_value`` wrote before it merged layer by layer:
     a copy of the PEFT model with the value adapter merged in, and the value head as its
     score."""
-    from preflab.rl.heads import body_and_head
+    from preflab.models.heads import body_and_head
 
     merged = copy.deepcopy(roles.peft).merge_and_unload(adapter_names=["value"])
     config = copy.deepcopy(merged.config)
@@ -211,8 +211,8 @@ def test_shared_value_export_is_unchanged(tiny_model_dir, tiny_tokenizer, tmp_pa
     """``final/value`` of shared mode: the same weights and scores as before, and the roles'
     model untouched (the policy adapter active again)."""
     from preflab.rl import roles as roles_module
-    from preflab.runtime import session
     from preflab.runtime.precision import MODES
+    from preflab.training import session
 
     cfg = SimpleNamespace(model=str(tiny_model_dir), allow_pickle=False, trust_remote_code=False,
                           gradient_checkpointing=False, lora_rank=2, lora_alpha=0.0,

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from preflab.commands.world import main
 from preflab.errors import ConfigError, DataError
 from preflab.generation import Sample
 from preflab.world import load_world
 from preflab.world.build import build_world
-from preflab.world.cli import main, make_pairs
+from preflab.world.tasks import make_pairs
 
 SMALL = dict(num_reviews=300, num_prompts_train=24, num_prompts_eval=8, hidden_size=32,
              num_layers=1, num_heads=4, max_positions=64)
@@ -127,7 +128,7 @@ def _corpus_policy(world_dir: Path, prompt_file: Path):
 def test_make_pairs_with_deterministic_annotator_agrees_with_gold(world_dir, tmp_path,
                                                                 monkeypatch):
     import preflab.generation
-    import preflab.world.cli as world_cli
+    import preflab.world.tasks as world_cli
 
     prompts = tmp_path / "prompts.jsonl"
     monkeypatch.setattr(preflab.generation, "generate", _corpus_policy(world_dir, prompts))

@@ -3,7 +3,7 @@
     preflab dpo --model SFT_MODEL --data PAIRS --output-dir RUN [--loss sigmoid|cdpo|ipo|...]
 
 Each step: chosen and rejected go through the policy in ONE concatenated forward; the
-reference's log-probs come from wherever ``preflab.reference`` holds it (a frozen copy,
+reference's log-probs come from wherever ``preflab.training.reference`` holds it (a frozen copy,
 the LoRA base with adapters off, a precomputed cache, or nowhere for SimPO/ORPO); the loss
 comes from the registry in ``preflab.losses``, which also says whether log-probs are summed
 or averaged over tokens and whether an SFT term is added. With gradient accumulation the
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from preflab import models, reference
+from preflab import models
+from preflab.algorithms import Compared, Method
 from preflab.config import parse_config
 from preflab.data import (
     TruncationPolicy,
@@ -29,7 +30,12 @@ from preflab.data import (
     load_preference_dataset,
     split_train_eval,
 )
-from preflab.direct import (
+from preflab.losses import get_direct_loss
+from preflab.runtime import distributed, memory
+from preflab.runtime.metrics import format_metrics
+from preflab.runtime.stream import ExampleStream
+from preflab.training import reference, session
+from preflab.training.direct import (
     STAT_KEYS,
     DirectConfig,
     evaluate,
@@ -37,10 +43,6 @@ from preflab.direct import (
     preference_step,
     to_device,
 )
-from preflab.losses import get_direct_loss
-from preflab.runtime import distributed, memory, session
-from preflab.runtime.metrics import format_metrics
-from preflab.runtime.stream import ExampleStream
 
 
 @dataclass
@@ -185,6 +187,35 @@ def train(cfg: DPOConfig) -> dict:
     )
     distributed.teardown(run.ctx)
     return summary
+
+
+_WORLD = {"learning_rate": 5e-4, "beta": 0.5, "batch_size": 32, "max_steps": 300,
+          "warmup_ratio": 0.1, "eval_every": 50}
+METHOD = Method(
+    name="dpo", road="direct",
+    summary="direct preference optimisation: DPO, cDPO, IPO, hinge, robust, SimPO, ORPO",
+    config=DPOConfig, roles=("policy", "reference"), trains=("policy",), prior_seconds=65,
+    memory=(("dpo-copy", "dpo, reference copy"), ("dpo-adapter-off", "dpo, adapter-off"),
+            ("dpo-precomputed", "dpo, precomputed"), ("simpo-orpo", "simpo / orpo")),
+    compared=(
+        Compared("dpo", "DPO", "DPO (sigmoid loss), a frozen copy of the SFT model as reference",
+                 "DPO, reference copy", flags={"loss": "sigmoid"}, world=_WORLD,
+                 user={"eval_every": 100},
+                 real_cpu={"learning_rate": 5e-6, "beta": 0.1, "batch_size": 4, "grad_accum": 2,
+                           "max_steps": 40, "warmup_ratio": 0.1, "eval_every": 0}),
+        Compared("ipo", "IPO", "IPO: squared loss toward a margin of 1/(2 beta) on "
+                 "token-averaged log-probs", "IPO, reference copy", flags={"loss": "ipo"},
+                 world=_WORLD, user={"eval_every": 100}),
+        Compared("simpo", "SimPO", "SimPO: length-normalised, no reference model",
+                 "reference-free (SimPO)", flags={"loss": "simpo"},
+                 world={**_WORLD, "learning_rate": 1e-4, "beta": 2.0, "gamma": 0.5},
+                 user={"beta": 2.0, "gamma": 0.5, "eval_every": 100}),
+        Compared("dpo-precomputed", "DPO (precomputed ref)", "DPO with the reference's log-probs "
+                 "computed once before training and the reference freed",
+                 "DPO, precomputed reference", flags={"loss": "sigmoid", "precompute_ref": True},
+                 section="dpo"),
+    ),
+)
 
 
 def main(argv: list[str] | None = None) -> int:

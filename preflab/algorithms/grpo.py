@@ -29,11 +29,12 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from preflab.algorithms import Compared, Method
 from preflab.config import arg, parse_config
 from preflab.losses import REWARD_SCALES, group_advantages
+from preflab.rl.common import global_moments
 from preflab.rl.group import GroupConfig, GroupMethod, train
-from preflab.rl.loop import global_moments
-from preflab.runtime import session
+from preflab.training import session
 
 
 @dataclass
@@ -58,12 +59,33 @@ def advantages(cfg: GRPOConfig, scores: Tensor, old: dict, mask: Tensor,
     return group_advantages(rewards, scale=cfg.scale_rewards, batch_std=batch_std).view(-1)
 
 
-METHOD = GroupMethod("grpo", advantages,
+GROUP = GroupMethod("grpo", advantages,
                      importance={"token": "token", "sequence": "sequence-mean"},
                      kl_estimator="k3", kl_in_loss=True)
 
 
+METHOD = Method(
+    name="grpo", road="rlhf",
+    summary="GRPO on prompts: K completions each, group-normalised advantages, no value model",
+    config=GRPOConfig, roles=("policy", "reward", "reference"), trains=("policy",),
+    prior_seconds=80,
+    compared=(Compared(
+        "grpo", "GRPO (no critic)", "reward model (full fine-tuning), then GRPO: K completions "
+        "per prompt, group-normalised advantages, the KL as a loss term; three models: policy, "
+        "reward, reference", "GRPO, no value model (3 models)", shape="rlhf",
+        # Dr. GRPO's unscaled advantages: with the group std, gold fell as KL ran to 6-7 (see
+        # docs/algorithms/grpo.md)
+        world={"learning_rate": 2e-4, "kl_coef": 0.1, "scale_rewards": "none",
+               "rollout_batch_size": 16, "num_generations": 4, "num_iterations": 4,
+               "num_minibatches": 4, "batch_size": 16, "max_steps": 60, "eval_every": 10},
+        user={"eval_every": 20},
+        real_cpu={"learning_rate": 1e-5, "kl_coef": 0.05, "rollout_batch_size": 4,
+                  "num_generations": 4, "num_iterations": 1, "num_minibatches": 2,
+                  "batch_size": 8, "max_steps": 12, "eval_every": 0}),),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(GRPOConfig, argv, prog="preflab grpo", description=__doc__)
-    session.run_command(lambda c: train(c, METHOD), cfg)
+    session.run_command(lambda c: train(c, GROUP), cfg)
     return 0

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from preflab import models, reference
+from preflab import models
+from preflab.algorithms import Compared, Method
 from preflab.config import arg, fsdp_arg, parse_config
 from preflab.data import (
     TruncationPolicy,
@@ -40,11 +41,12 @@ from preflab.data import (
     split_train_eval,
 )
 from preflab.evaluation import SampledEvalConfig, evaluate_policy
-from preflab.logprobs import forward_logps
 from preflab.losses import kto_loss
-from preflab.runtime import distributed, memory, session
+from preflab.models.logprobs import forward_logps
+from preflab.runtime import distributed, memory
 from preflab.runtime.metrics import format_metrics
 from preflab.runtime.stream import ExampleStream
+from preflab.training import reference, session
 
 # Sums over a batch: loss, then per class (chosen = desirable, rejected = undesirable) the
 # implicit reward beta * r, the policy log-prob and the count; then the reference point.
@@ -328,6 +330,19 @@ def train(cfg: KTOConfig) -> dict:
     )
     distributed.teardown(run.ctx)
     return summary
+
+
+METHOD = Method(
+    name="kto", road="direct",
+    summary="KTO: good/bad labels instead of pairs, or pairs split into both",
+    config=KTOConfig, roles=("policy", "reference"), trains=("policy",), prior_seconds=75,
+    compared=(Compared(
+        "kto", "KTO", "KTO: each pair split into a desirable (chosen) and an undesirable "
+        "(rejected) example, a frozen copy as reference", "KTO, reference copy",
+        world={"learning_rate": 3e-4, "beta": 1.0, "batch_size": 32, "max_steps": 300,
+               "warmup_ratio": 0.1, "eval_every": 50},
+        user={"eval_every": 100}),),
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,8 @@ from pathlib import Path
 
 import torch
 
-from preflab import models, reference
+from preflab import models
+from preflab.algorithms import Compared, Method
 from preflab.config import arg, flag, fsdp_arg, parse_config
 from preflab.data import (
     PreferenceExample,
@@ -52,7 +53,15 @@ from preflab.data import (
     write_jsonl,
 )
 from preflab.data.writers import write_text
-from preflab.direct import (
+from preflab.errors import ConfigError
+from preflab.generation import generate
+from preflab.losses import get_direct_loss
+from preflab.rewards import check_reward_specs, load_reward
+from preflab.runtime import distributed, memory
+from preflab.runtime.metrics import format_metrics
+from preflab.runtime.stream import ExampleStream
+from preflab.training import reference, session
+from preflab.training.direct import (
     STAT_KEYS,
     DirectConfig,
     evaluate,
@@ -60,13 +69,6 @@ from preflab.direct import (
     preference_step,
     to_device,
 )
-from preflab.errors import ConfigError
-from preflab.generation import generate
-from preflab.losses import get_direct_loss
-from preflab.rewards import check_reward_specs, load_reward
-from preflab.runtime import distributed, memory, session
-from preflab.runtime.metrics import format_metrics
-from preflab.runtime.stream import ExampleStream
 
 REFERENCES = ("fixed", "moving")
 
@@ -401,6 +403,23 @@ def train(cfg: OnlineDPOConfig) -> dict:
     )
     distributed.teardown(run.ctx)
     return summary
+
+
+METHOD = Method(
+    name="online-dpo", road="direct",
+    summary="online DPO: rounds of sampling from the policy, judging, pairing best against "
+            "worst, and DPO steps",
+    config=OnlineDPOConfig, roles=("policy", "reference", "reward"), trains=("policy",),
+    prior_seconds=200,
+    compared=(Compared(
+        "online-dpo", "Online DPO (RM judge)", "the hybrid: the RLHF road's reward model labels "
+        "the policy's own samples (best against worst of 4) for DPO, in rounds",
+        "online DPO: reference copy + reward model", shape="online",
+        world={"learning_rate": 5e-4, "beta": 0.5, "batch_size": 32, "rounds": 4,
+               "pairs_per_round": 1024, "steps_per_round": 75, "warmup_ratio": 0.1,
+               "eval_every": 75},
+        user={"eval_every": 100}),),
+)
 
 
 def main(argv: list[str] | None = None) -> int:

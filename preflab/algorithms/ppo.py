@@ -6,7 +6,7 @@ One step is one PPO iteration (Ziegler et al. 2019; Huang et al. 2024, "The N+
 implementation details of RLHF with PPO"), every detail below traceable to a line:
 
 1. Rollout: ``--rollout-batch-size`` prompts; one response each, sampled by the policy in
-   eval mode with the KV cache (``preflab.rl.loop.collect_rollout``, through
+   eval mode with the KV cache (``preflab.rl.common.collect_rollout``, through
    ``preflab.rl.tensors.sample_rollout`` and ``preflab.generation.generate``): the full
    softmax at ``--temperature`` (``--top-p`` below 1 is refused), at most
    ``--response-length`` tokens. Responses end at their first EOS.
@@ -43,11 +43,11 @@ from dataclasses import dataclass
 
 import torch
 
+from preflab.algorithms import Compared, Method
 from preflab.config import arg, parse_config
 from preflab.errors import ConfigError
 from preflab.losses import KL_ESTIMATORS, gae, ppo_policy_loss, ppo_value_loss
-from preflab.rl.kl_control import kl_controller
-from preflab.rl.loop import (
+from preflab.rl.common import (
     RolloutConfig,
     close_run,
     collect_rollout,
@@ -60,6 +60,7 @@ from preflab.rl.loop import (
     sync_gradients,
     trainable_params,
 )
+from preflab.rl.kl_control import kl_controller
 from preflab.rl.roles import MEMORY_MODES
 from preflab.rl.tensors import (
     explained_variance,
@@ -70,15 +71,16 @@ from preflab.rl.tensors import (
     sequence_sum,
     update_logprobs,
 )
-from preflab.runtime import memory, session
+from preflab.runtime import memory
 from preflab.runtime.metrics import format_metrics
 from preflab.runtime.stream import ExampleStream
+from preflab.training import session
 
 
 @dataclass
 class PPOConfig(RolloutConfig):
     """``preflab ppo``: the shared flags (``--batch-size`` = micro-batch of every forward), the
-    rollout flags (``preflab.rl.loop.RolloutConfig``) and PPO's."""
+    rollout flags (``preflab.rl.common.RolloutConfig``) and PPO's."""
 
     learning_rate: float = arg(1e-5, "Peak learning rate of AdamW (policy and value).", gt=0)
     memory_mode: str = arg("classic", "classic: four models; shared: one frozen base with "
@@ -125,7 +127,7 @@ def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg
     """``--ppo-epochs`` passes over shuffled minibatches; returns the mean update statistics.
 
     ``live``: the differentiable ``logprobs`` and ``values`` of the whole batch in a single
-    pass (``rl.loop.single_pass``), used instead of a new forward pass.
+    pass (``rl.common.single_pass``), used instead of a new forward pass.
     Each minibatch's loss and gradient norm are checked before its optimizer step
     (``session.optimizer_step``): a non-finite one stops the run, or is skipped."""
     P, mask = batch["context_length"], batch["response_mask"].to(run.device)
@@ -272,6 +274,31 @@ def train(cfg: PPOConfig) -> dict:
     return close_run(setup, cfg, logger=logger, throughput=throughput, final_eval=final_eval,
                      final_metrics={k: v for k, v in record.items() if k.startswith("objective/")},
                      extra={"single_pass": single})
+
+
+_WORLD = {"learning_rate": 3e-4, "kl_coef": 0.05, "rollout_batch_size": 64,
+          "num_minibatches": 4, "batch_size": 16, "max_steps": 60, "eval_every": 10}
+METHOD = Method(
+    name="ppo", road="rlhf",
+    summary="PPO on prompts: policy, value, reward and reference roles",
+    config=PPOConfig, roles=("policy", "value", "reward", "reference"),
+    trains=("policy", "value"), prior_seconds=55,
+    memory=(("ppo-classic", "ppo classic"), ("ppo-shared", "ppo shared")),
+    compared=(
+        Compared("ppo", "RLHF (PPO)", "reward model (full fine-tuning), then PPO with four "
+                 "models: policy, value, reward, reference", "RLHF, classic (4 models)",
+                 shape="rlhf", flags={"memory_mode": "classic"}, world=_WORLD,
+                 user={"eval_every": 20},
+                 real_cpu={"learning_rate": 1e-5, "kl_coef": 0.05, "rollout_batch_size": 16,
+                           "num_minibatches": 2, "batch_size": 8, "ppo_epochs": 1,
+                           "max_steps": 12, "eval_every": 0}),
+        Compared("ppo-shared", "RLHF (PPO, shared)", "reward model as a LoRA adapter, then PPO "
+                 "with policy, value and reward as adapters on one frozen base",
+                 "RLHF, shared base (adapters)", shape="rlhf", flags={"memory_mode": "shared"},
+                 world={**_WORLD, "learning_rate": 2e-4, "lora_rank": 32},
+                 user={"lora_rank": 16, "eval_every": 20}, reward_section="rm-lora"),
+    ),
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,12 +29,13 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from preflab.algorithms import Compared, Method
 from preflab.config import arg, parse_config
 from preflab.losses import kl_per_token, normalize, rloo_advantages
+from preflab.rl.common import global_moments
 from preflab.rl.group import GroupConfig, GroupMethod, train
-from preflab.rl.loop import global_moments
 from preflab.rl.tensors import sequence_sum
-from preflab.runtime import session
+from preflab.training import session
 
 
 @dataclass
@@ -62,11 +63,28 @@ def advantages(cfg: RLOOConfig, scores: Tensor, old: dict, mask: Tensor,
     return adv
 
 
-METHOD = GroupMethod("rloo", advantages, importance={"sequence": "sequence-sum", "token": "token"},
+GROUP = GroupMethod("rloo", advantages, importance={"sequence": "sequence-sum", "token": "token"},
                      kl_estimator="k1", kl_in_loss=False)
+
+
+METHOD = Method(
+    name="rloo", road="rlhf",
+    summary="RLOO on prompts: K completions each, the leave-one-out baseline, no value model",
+    config=RLOOConfig, roles=("policy", "reward", "reference"), trains=("policy",),
+    prior_seconds=65,
+    compared=(Compared(
+        "rloo", "RLOO (no critic)", "reward model (full fine-tuning), then RLOO: K completions "
+        "per prompt, the leave-one-out baseline; three models: policy, reward, reference",
+        "RLOO, no value model (3 models)", shape="rlhf",
+        # PPO's samples: 60 rollouts of 64 completions (16 prompts x 4), 16 updates each
+        world={"learning_rate": 2e-4, "kl_coef": 0.1, "rollout_batch_size": 16,
+               "num_generations": 4, "num_iterations": 4, "num_minibatches": 4,
+               "batch_size": 16, "max_steps": 60, "eval_every": 10},
+        user={"eval_every": 20}),),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(RLOOConfig, argv, prog="preflab rloo", description=__doc__)
-    session.run_command(lambda c: train(c, METHOD), cfg)
+    session.run_command(lambda c: train(c, GROUP), cfg)
     return 0

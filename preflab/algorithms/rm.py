@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from preflab import models
+from preflab.algorithms import Method
 from preflab.config import TrainConfig, arg, fsdp_arg, parse_config
 from preflab.data import (
     TruncationPolicy,
@@ -36,10 +37,11 @@ from preflab.data import (
     split_train_eval,
 )
 from preflab.losses import reward_model_loss
-from preflab.rl.heads import SequenceScorer
-from preflab.runtime import distributed, memory, session
+from preflab.models.heads import SequenceScorer
+from preflab.runtime import distributed, memory
 from preflab.runtime.metrics import format_metrics
 from preflab.runtime.stream import ExampleStream
+from preflab.training import session
 
 STAT_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
@@ -204,6 +206,14 @@ def train(cfg: RMConfig) -> dict:
     )
     distributed.teardown(run.ctx)
     return summary
+
+
+METHOD = Method(
+    name="rm", road="reward",
+    summary="reward model: a Bradley-Terry scalar head on preference pairs",
+    config=RMConfig, roles=("reward",), trains=("reward",), prior_seconds=40,
+    memory=(("rm", "rm"),),
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from preflab import models
+from preflab.algorithms import Method
 from preflab.config import TrainConfig, arg, fsdp_arg, parse_config
 from preflab.data import (
     TruncationPolicy,
@@ -25,13 +26,14 @@ from preflab.data import (
     load_sft_dataset,
     split_train_eval,
 )
-from preflab.logprobs import (
+from preflab.models.logprobs import (
     forward_logps,
     packed_forward_logps,
 )
-from preflab.runtime import distributed, memory, session
+from preflab.runtime import distributed, memory
 from preflab.runtime.metrics import format_metrics
 from preflab.runtime.stream import ExampleStream
+from preflab.training import session
 
 
 @dataclass
@@ -192,6 +194,13 @@ def train(cfg: SFTConfig) -> dict:
     )
     distributed.teardown(run.ctx)
     return summary
+
+
+METHOD = Method(
+    name="sft", road="sft", summary="supervised fine-tuning on completions",
+    config=SFTConfig, roles=("policy",), trains=("policy",), prior_seconds=130,
+    memory=(("sft", "sft"),),
+)
 
 
 def main(argv: list[str] | None = None) -> int:

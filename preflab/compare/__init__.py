@@ -6,6 +6,8 @@ reused when finished), ``data`` and ``score`` (compare's own small jobs), ``meas
 ``criteria``, ``stats`` and ``sections`` (``results.json``: the rows, their intervals and
 tests), ``report`` and ``figures`` (``report.md``,
 ``report.html``, ``figures/``), ``plan`` and ``plan_arch`` (``preflab plan``).
+
+May import: errors, config, data, models, runtime, rewards, evaluation, world, algorithms (the registry).
 """
 
 
@@ -22,7 +24,7 @@ def compare(output_dir: str, *, config: str | None = None, **settings) -> dict:
         results = compare("cmp", world="world", preset="quick")
         {row["criterion"]: row["winner"] for row in results["rows"]}
     """
-    from preflab.compare.cli import run
+    from preflab.compare.run import run
     from preflab.compare.settings import CompareConfig
     from preflab.config import parse_config
 

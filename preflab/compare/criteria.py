@@ -12,10 +12,10 @@ from the numbers stored beside it, so every figure in the report can be traced t
 from __future__ import annotations
 
 import statistics
-from dataclasses import fields as dataclass_fields
 
 from preflab.compare import stats
 from preflab.compare.methods import DIRECT, RLHF
+from preflab.config import NOT_HYPERPARAMETERS  # noqa: F401 (read by tests as criteria.NOT_HYPERPARAMETERS)
 
 ARTICLE = {
     "simplicity": ("Simplicity", "Complex (3 stages)", "Simple (2 stages)", "DPO"),
@@ -32,22 +32,6 @@ ARTICLE = {
 NO_DIFFERENCE = "no significant difference"
 UNTESTED = "not tested"
 COUNTED = "counted"
-# Settings that are not hyperparameters of the method: data, output, logging, evaluation.
-NOT_HYPERPARAMETERS = {
-    "model", "data", "data_split", "data_config", "output_dir", "eval_data", "eval_data_split",
-    "eval_fraction", "seed", "log_every", "eval_every",
-    "eval_batch_size", "save_every", "save_total_limit", "resume", "overwrite", "report_to",
-    "progress", "allow_pickle", "trust_remote_code", "device", "precision", "attn_implementation",
-    "gradient_checkpointing",
-    "eval_prompts", "gold_reward", "eval_num_prompts", "eval_max_new_tokens", "eval_temperature",
-    "ref_model", "value_model", "reward", "memory_mode", "generation_batch_size", "precompute_ref",
-    "max_length", "max_prompt_length", "overlong", "lora_target_modules", "lora_dropout",
-    "top_p",  # PPO refuses anything but 1.0 (its training passes score the full softmax)
-    # how a run executes, not what it computes: the same losses and weights either way
-    "fsdp", "padding_free",
-    # what a step with a non-finite loss does (stop, or skip it): a safeguard, not the method
-    "nonfinite",
-}
 
 
 def f(x: float | None, digits: int = 3) -> str:
@@ -491,24 +475,13 @@ def training_time(results: dict) -> dict:
 
 
 def _knobs(command: str) -> tuple[int, int]:
-    """(method-specific hyperparameters, all hyperparameters) a command exposes."""
-    from preflab.config import TrainConfig
+    """(method-specific hyperparameters, all hyperparameters) a command exposes, as its
+    registry entry counts them (``preflab.algorithms.Method.knobs``); 0, 0 for a command that
+    trains nothing (best-of-n)."""
+    from preflab.algorithms import registry
 
-    module = {"dpo": "preflab.algorithms.dpo", "rm": "preflab.algorithms.rm",
-              "ppo": "preflab.algorithms.ppo", "kto": "preflab.algorithms.kto",
-              "online-dpo": "preflab.algorithms.online_dpo", "rloo": "preflab.algorithms.rloo",
-              "grpo": "preflab.algorithms.grpo"}.get(command)
-    if module is None:
-        return 0, 0
-    import importlib
-
-    mod = importlib.import_module(module)
-    # the command's own config, defined in its module (not one it imports to build on)
-    cls = next(v for v in vars(mod).values() if isinstance(v, type)
-               and issubclass(v, TrainConfig) and v.__module__ == mod.__name__)
-    shared = {x.name for x in dataclass_fields(TrainConfig)} - NOT_HYPERPARAMETERS
-    own = {x.name for x in dataclass_fields(cls)} - NOT_HYPERPARAMETERS
-    return len(own - shared), len(own)
+    method = registry().get(command)
+    return method.knobs() if method is not None else (0, 0)
 
 
 def hyperparameters(results: dict) -> dict:

@@ -33,17 +33,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from preflab.algorithms import registry
 from preflab.runtime.signals import Interrupted, requested_signal
 
-# Seconds a job of each command takes with the built-in world's settings on 2 CPU cores; the
-# ETA uses these until jobs of the same command have finished in this session. A preset may
-# bring its own (measured for the model size it was made for); either is scaled by the
-# compared model's parameters over that size (``time_scale``).
-PRIOR_SECONDS = {"world": 10, "sft": 130, "pairs": 25, "relabel": 4, "data": 3, "dpo": 65,
-                 "rm": 40, "ppo": 55, "kto": 75, "online-dpo": 200, "rloo": 65, "grpo": 80,
-                 "score": 10}
+# Seconds a job of each kind takes with the built-in world's settings on 2 CPU cores; the
+# ETA uses these until jobs of the same kind have finished in this session. A training
+# method's comes from its declaration (``preflab.algorithms``: ``Method.prior_seconds``); these
+# are compare's own jobs. A preset may bring its own (measured for the model size it was made
+# for); either is scaled by the compared model's parameters over that size (``time_scale``).
+JOB_SECONDS = {"world": 10, "pairs": 25, "relabel": 4, "data": 3, "score": 10}
+PRIOR_SECONDS = {**JOB_SECONDS, **{m.name: m.prior_seconds for m in registry().values()}}
+TRAINING_COMMANDS = tuple(registry())
+"""The jobs that train (``--launcher`` prefixes them): every registered method."""
 MIN_BUDGET_S, BUDGET_FACTOR = 3600.0, 5.0
-TRAINING_COMMANDS = ("sft", "rm", "dpo", "ppo", "kto", "online-dpo", "rloo", "grpo")
 
 
 @dataclass

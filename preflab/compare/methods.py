@@ -20,7 +20,9 @@ that need the same reward model (PPO at several KL coefficients) share one run.
     bon               SFT -> rm (full, shared with ppo) -> bon (no training: the SFT model's
                       samples, the reward model's favourite of n; scored as best-of-max(n))
 
-A new method registers a ``Method`` with ``register``.
+The training methods come from ``preflab.algorithms`` (each algorithm file's ``METHOD``
+declares how compare runs it, ``Compared``); best-of-n, which trains nothing, is declared
+here.
 """
 
 from __future__ import annotations
@@ -203,7 +205,7 @@ def _reward_model(inputs: Inputs, hp: dict, variant: Variant, rm_section: str,
     return Stage(rm_key, "rm", tuple(flags(rm_values)), trains=("reward",), hyper=rm_section)
 
 
-def _online(name: str, rm_section: str, section: str) -> Callable:
+def _online(name: str, rm_section: str, section: str, command: str = "online-dpo") -> Callable:
     """The article's hybrid: a reward model trained on the pairs labels the policy's own
     samples for DPO, round after round (``preflab online-dpo --judge RM``)."""
     def build(inputs: Inputs, hp: dict, variant: Variant) -> list[Stage]:
@@ -215,7 +217,7 @@ def _online(name: str, rm_section: str, section: str) -> Callable:
         if variant.probe:
             values.pop("gold_reward", None)
             values.update(eval_prompts="", rounds=1, steps_per_round=2, pairs_per_round=8)
-        return [rm, Stage(f"{name}-{variant.suffix()}", "online-dpo", tuple(flags(values)),
+        return [rm, Stage(f"{name}-{variant.suffix()}", command, tuple(flags(values)),
                           after=(rm.key,), trains=("policy",), hyper=section)]
 
     return build
@@ -273,50 +275,37 @@ def _best_of_n(name: str, rm_section: str, section: str) -> Callable:
     return build
 
 
-register(Method("dpo", "DPO", DIRECT, "DPO (sigmoid loss), a frozen copy of the SFT model as "
-                "reference", "DPO, reference copy", _direct("dpo", "dpo", {"loss": "sigmoid"}),
-                sections=("dpo",)))
-register(Method("ipo", "IPO", DIRECT, "IPO: squared loss toward a margin of 1/(2 beta) on "
-                "token-averaged log-probs", "IPO, reference copy",
-                _direct("ipo", "ipo", {"loss": "ipo"}), sections=("ipo",)))
-register(Method("simpo", "SimPO", DIRECT, "SimPO: length-normalised, no reference model",
-                "reference-free (SimPO)", _direct("simpo", "simpo", {"loss": "simpo"}),
-                sections=("simpo",)))
-register(Method("dpo-precomputed", "DPO (precomputed ref)", DIRECT,
-                "DPO with the reference's log-probs computed once before training and the "
-                "reference freed", "DPO, precomputed reference",
-                _direct("dpo-precomputed", "dpo", {"loss": "sigmoid", "precompute_ref": True}),
-                sections=("dpo",)))
-register(Method("kto", "KTO", DIRECT, "KTO: each pair split into a desirable (chosen) and an "
-                "undesirable (rejected) example, a frozen copy as reference", "KTO, reference copy",
-                _direct("kto", "kto", {}, command="kto"), sections=("kto",)))
-register(Method("online-dpo", "Online DPO (RM judge)", DIRECT, "the hybrid: the RLHF road's "
-                "reward model labels the policy's own samples (best against worst of 4) for DPO, "
-                "in rounds", "online DPO: reference copy + reward model",
-                _online("online-dpo", "rm", "online-dpo"), sections=("rm", "online-dpo")))
-register(Method("ppo", "RLHF (PPO)", RLHF, "reward model (full fine-tuning), then PPO with four "
-                "models: policy, value, reward, reference", "RLHF, classic (4 models)",
-                _rlhf("ppo", "rm", "ppo", {}, {"memory_mode": "classic"}), strength="kl_coef",
-                sections=("rm", "ppo")))
-register(Method("ppo-shared", "RLHF (PPO, shared)", RLHF, "reward model as a LoRA adapter, "
-                "then PPO with policy, value and reward as adapters on one frozen base",
-                "RLHF, shared base (adapters)",
-                _rlhf("ppo-shared", "rm-lora", "ppo-shared", {}, {"memory_mode": "shared"}),
-                strength="kl_coef", sections=("rm-lora", "ppo-shared")))
-register(Method("rloo", "RLOO (no critic)", RLHF, "reward model (full fine-tuning), then RLOO: "
-                "K completions per prompt, the leave-one-out baseline; three models: policy, "
-                "reward, reference", "RLOO, no value model (3 models)",
-                _rlhf("rloo", "rm", "rloo", {}, {}, command="rloo", trains=("policy",)),
-                strength="kl_coef", sections=("rm", "rloo")))
-register(Method("grpo", "GRPO (no critic)", RLHF, "reward model (full fine-tuning), then GRPO: "
-                "K completions per prompt, group-normalised advantages, the KL as a loss term; "
-                "three models: policy, reward, reference", "GRPO, no value model (3 models)",
-                _rlhf("grpo", "rm", "grpo", {}, {}, command="grpo", trains=("policy",)),
-                strength="kl_coef", sections=("rm", "grpo")))
-register(Method("bon", "Best-of-n (RM)", RLHF, "no training: sample n from the SFT model and "
-                "keep the reward model's favourite (the reward model shared with PPO); two "
-                "models: policy (sampling only) and reward", "best-of-n: SFT + reward model",
-                _best_of_n("bon", "rm", "bon"), strength="n", sections=("rm", "bon")))
+def _from_registry(method, entry) -> Method:
+    """A training method's compare entry (``preflab.algorithms.Compared``) as a compare Method."""
+    section = entry.hyper_section
+    if entry.shape == "direct":
+        build = _direct(entry.name, section, entry.flags, command=method.name)
+        sections: tuple[str, ...] = (section,)
+    elif entry.shape == "online":
+        build = _online(entry.name, entry.reward_section, section, command=method.name)
+        sections = (entry.reward_section, section)
+    else:
+        build = _rlhf(entry.name, entry.reward_section, section, {}, entry.flags,
+                      command=method.name, trains=entry.trains or method.trains)
+        sections = (entry.reward_section, section)
+    road = DIRECT if method.road == "direct" else RLHF
+    return Method(entry.name, entry.label, road, entry.description, entry.memory_label, build,
+                  strength="beta" if road == DIRECT else "kl_coef", sections=sections)
+
+
+def _register_all() -> None:
+    from preflab.algorithms import compared
+
+    for method, entry in compared().values():
+        register(_from_registry(method, entry))
+    # not a training method: the reward model's favourite of the SFT model's samples
+    register(Method("bon", "Best-of-n (RM)", RLHF, "no training: sample n from the SFT model and "
+                    "keep the reward model's favourite (the reward model shared with PPO); two "
+                    "models: policy (sampling only) and reward", "best-of-n: SFT + reward model",
+                    _best_of_n("bon", "rm", "bon"), strength="n", sections=("rm", "bon")))
+
+
+_register_all()
 
 
 def with_variant(variant: Variant, **changes) -> Variant:

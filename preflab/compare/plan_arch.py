@@ -28,7 +28,7 @@ vocabulary, nh heads of hd dims, L layers, T sequence length, r LoRA rank), as m
                 dropout    1 byte per element of each residual dropout with p > 0 (a CUDA bool
                            mask; PPO switches dropout off)
                 (under LoRA, layer 0's first norm keeps nothing: its input needs no gradient)
-    once        final norm as above; an LM head keeps no logits (``preflab.fused_head`` makes
+    once        final norm as above; an LM head keeps no logits (``preflab.models.fused_head`` makes
                 them chunk by chunk and recomputes them in backward): it saves its input,
                 sH (s bytes of the residual stream, the weights' dtype: float32 under the
                 mixed modes' full fine-tuning, where autocast leaves the stream in float32,
@@ -362,7 +362,7 @@ def activation_bytes(arch: Arch, *, b: int, rows: int, seq_len: int, head: str =
 
 
 HEAD_CHUNK_BYTES = 64 * 2**20
-"""``preflab.fused_head.CHUNK_BYTES``, copied so that planning needs no torch (a test ties them)."""
+"""``preflab.models.fused_head.CHUNK_BYTES``, copied so that planning needs no torch (a test ties them)."""
 
 
 def head_chunk(vocab: int) -> int:
@@ -372,7 +372,7 @@ def head_chunk(vocab: int) -> int:
 
 def head_working_bytes(arch: Arch, *, b: int, tokens: int, stream: int | None = None,
                        trains: bool = False) -> dict[str, int]:
-    """The most the fused LM head (``preflab.fused_head``) holds at once beyond the saved
+    """The most the fused LM head (``preflab.models.fused_head``) holds at once beyond the saved
     activations, in its forward and in its backward, over ``tokens`` scored positions: read
     from the code and measured with the profiler's allocation events (tests/test_plan.py).
 

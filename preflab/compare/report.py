@@ -1,4 +1,4 @@
-"""``preflab report CMP``: report.md, report.html and figures/, rendered from results.json alone.
+"""The comparison's report: report.md, report.html and figures/, rendered from results.json alone.
 
 ``render(cmp_dir)`` reads ``CMP/results.json``, draws the figures (``preflab.compare.figures``)
 and writes ``report.md`` and ``report.html``. The HTML is one self-contained file: the CSS is
@@ -8,11 +8,9 @@ Every figure in the table is a number stored in results.json beside the run it c
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
-import sys
 from pathlib import Path
 
 from preflab.compare.criteria import NO_DIFFERENCE, UNTESTED, scale_text
@@ -489,19 +487,3 @@ def render(root: str | Path) -> dict[str, Path]:
     (root / "report.md").write_text(markdown(results), encoding="utf-8")
     (root / "report.html").write_text(html_report(results, root), encoding="utf-8")
     return {"results": path, "markdown": root / "report.md", "html": root / "report.html"}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="preflab report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dir", help="a comparison directory (preflab compare --output-dir)")
-    args = parser.parse_args(argv)
-    paths = render(args.dir)
-    print(f"wrote {paths['markdown']} and {paths['html']}")
-    return 0
-
-
-if __name__ == "__main__":
-    from preflab.cli import run_module
-
-    sys.exit(run_module(main))

@@ -60,7 +60,7 @@ def score(args) -> dict:
     from preflab import models, rewards
     from preflab.data.chat import model_prompts, read_prompts
     from preflab.evaluation import evaluate_policy, preference_accuracy
-    from preflab.world.cli import world_rewards
+    from preflab.world.tasks import world_rewards
 
     started = time.perf_counter()
     device = models.resolve_device(args.device)
@@ -124,7 +124,7 @@ def score(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from preflab.cli import quiet_libraries
+    from preflab.runtime.exits import quiet_libraries
 
     quiet_libraries()
     args = _parser().parse_args(argv)
@@ -146,6 +146,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from preflab.cli import run_module
+    from preflab.runtime.exits import run_module
 
     sys.exit(run_module(main))

@@ -29,68 +29,49 @@ HACK_SHARE = "1/4"  # the reward-hacking runs' weak preference data: few pairs
 HACK_STRENGTH = 0.02  # ... and their regulariser (beta, kl_coef): 50x smaller
 GRID = (1 / 3, 1.0, 3.0)
 
-# Hyperparameters for the built-in world's model (1.1M parameters, trained from scratch):
-# the DPO paper's lr of 1e-6 is for pretrained billions-parameter models and does not move it.
-WORLD_HYPER: dict[str, dict] = {
-    "sft": {},  # the world's own sft.yaml
-    "dpo": {"learning_rate": 5e-4, "beta": 0.5, "batch_size": 32, "max_steps": 300,
-            "warmup_ratio": 0.1, "eval_every": 50},
-    "ipo": {"learning_rate": 5e-4, "beta": 0.5, "batch_size": 32, "max_steps": 300,
-            "warmup_ratio": 0.1, "eval_every": 50},
-    "simpo": {"learning_rate": 1e-4, "beta": 2.0, "gamma": 0.5, "batch_size": 32,
-              "max_steps": 300, "warmup_ratio": 0.1, "eval_every": 50},
-    "rm": {"learning_rate": 1e-3, "num_epochs": 2, "batch_size": 32, "warmup_ratio": 0.05,
-           "eval_fraction": 0.05},
-    "kto": {"learning_rate": 3e-4, "beta": 1.0, "batch_size": 32, "max_steps": 300,
-            "warmup_ratio": 0.1, "eval_every": 50},
-    "online-dpo": {"learning_rate": 5e-4, "beta": 0.5, "batch_size": 32, "rounds": 4,
-                   "pairs_per_round": 1024, "steps_per_round": 75, "warmup_ratio": 0.1,
-                   "eval_every": 75},
-    "ppo": {"learning_rate": 3e-4, "kl_coef": 0.05, "rollout_batch_size": 64,
-            "num_minibatches": 4, "batch_size": 16, "max_steps": 60, "eval_every": 10},
-    "rm-lora": {"learning_rate": 1e-3, "num_epochs": 2, "batch_size": 32, "warmup_ratio": 0.05,
-                "eval_fraction": 0.05, "lora_rank": 32},
-    "ppo-shared": {"learning_rate": 2e-4, "kl_coef": 0.05, "rollout_batch_size": 64,
-                   "num_minibatches": 4, "batch_size": 16, "max_steps": 60, "eval_every": 10,
-                   "lora_rank": 32},
-    # PPO's samples: 60 rollouts of 64 completions (16 prompts x 4), 16 updates each
-    "rloo": {"learning_rate": 2e-4, "kl_coef": 0.1, "rollout_batch_size": 16,
-             "num_generations": 4, "num_iterations": 4, "num_minibatches": 4, "batch_size": 16,
-             "max_steps": 60, "eval_every": 10},
-    # Dr. GRPO's unscaled advantages: with the group std, gold fell as KL ran to 6-7 (see
-    # docs/algorithms/grpo.md)
-    "grpo": {"learning_rate": 2e-4, "kl_coef": 0.1, "scale_rewards": "none",
-             "rollout_batch_size": 16, "num_generations": 4, "num_iterations": 4,
-             "num_minibatches": 4, "batch_size": 16, "max_steps": 60, "eval_every": 10},
-    # best-of-16 is scored (KL bound 1.83 nats); the curve over n is the frontier
-    "bon": {"n": "1,2,4,8,16", "batch_size": 64},
+# Hyperparameters per stage. Each training method declares its own in its algorithm file
+# (``preflab.algorithms``: ``Compared.world``, ``.user``, ``.real_cpu``); here are compare's
+# own stages: the SFT model every method starts from, the reward models, best-of-n.
+# For the built-in world's model (1.1M parameters, trained from scratch): the DPO paper's lr
+# of 1e-6 is for pretrained billions-parameter models and does not move it.
+_RM_WORLD = {"learning_rate": 1e-3, "num_epochs": 2, "batch_size": 32, "warmup_ratio": 0.05,
+             "eval_fraction": 0.05}
+STAGE_HYPER: dict[str, dict[str, dict]] = {
+    "world": {
+        "sft": {},  # the world's own sft.yaml
+        "rm": _RM_WORLD,
+        "rm-lora": {**_RM_WORLD, "lora_rank": 32},
+        # best-of-16 is scored (KL bound 1.83 nats); the curve over n is the frontier
+        "bon": {"n": "1,2,4,8,16", "batch_size": 64},
+    },
+    # On the user's data: each command's own defaults (the papers' values).
+    "user": {"sft": {}, "rm": {}, "rm-lora": {"lora_rank": 16}, "bon": {"n": "1,2,4,8,16"}},
+    # A real pretrained model (sized on SmolLM2-135M-Instruct, 2 CPU cores) from its own
+    # checkpoint: every method is short, so the learning rates are above the papers' (the DPO
+    # paper's 1e-6 is for batch 64 over thousands of steps); full fine-tuning, as the article
+    # compares it.
+    "real_cpu": {"rm": {"learning_rate": 1e-5, "num_epochs": 1, "batch_size": 8,
+                        "warmup_ratio": 0.05, "eval_fraction": 0.1}},
 }
-# On the user's data: each command's own defaults (the papers' values), evaluated now and then.
-USER_HYPER: dict[str, dict] = {
-    "sft": {},
-    "dpo": {"eval_every": 100}, "ipo": {"eval_every": 100},
-    "simpo": {"beta": 2.0, "gamma": 0.5, "eval_every": 100}, "rm": {}, "kto": {"eval_every": 100},
-    "online-dpo": {"eval_every": 100},
-    "ppo": {"eval_every": 20}, "rm-lora": {"lora_rank": 16},
-    "ppo-shared": {"lora_rank": 16, "eval_every": 20},
-    "rloo": {"eval_every": 20}, "grpo": {"eval_every": 20}, "bon": {"n": "1,2,4,8,16"},
-}
+
+
+def _hyper(mode: str) -> dict[str, dict]:
+    """Flags per stage in ``mode`` (world, user, real_cpu): compare's stages, then each
+    compared method's section, as its algorithm file declares it."""
+    from preflab.algorithms import compared
+
+    out = dict(STAGE_HYPER[mode])
+    for _, entry in compared().values():
+        values = getattr(entry, mode)
+        if values is not None and entry.hyper_section == entry.name:  # not a borrowed section
+            out[entry.name] = dict(values)
+    return out
+
+
+WORLD_HYPER = _hyper("world")
+USER_HYPER = _hyper("user")
+REAL_CPU_HYPER = _hyper("real_cpu")
 COMMON = {"log_every": 10, "progress": False}
-# A real pretrained model (sized on SmolLM2-135M-Instruct, 2 CPU cores) from its own checkpoint:
-# every method is short, so the learning rates are above the papers' (the DPO paper's 1e-6 is
-# for batch 64 over thousands of steps); full fine-tuning, as the article compares it.
-REAL_CPU_HYPER: dict[str, dict] = {
-    "dpo": {"learning_rate": 5e-6, "beta": 0.1, "batch_size": 4, "grad_accum": 2,
-            "max_steps": 40, "warmup_ratio": 0.1, "eval_every": 0},
-    "rm": {"learning_rate": 1e-5, "num_epochs": 1, "batch_size": 8, "warmup_ratio": 0.05,
-           "eval_fraction": 0.1},
-    "ppo": {"learning_rate": 1e-5, "kl_coef": 0.05, "rollout_batch_size": 16,
-            "num_minibatches": 2, "batch_size": 8, "ppo_epochs": 1, "max_steps": 12,
-            "eval_every": 0},
-    "grpo": {"learning_rate": 1e-5, "kl_coef": 0.05, "rollout_batch_size": 4,
-             "num_generations": 4, "num_iterations": 1, "num_minibatches": 2, "batch_size": 8,
-             "max_steps": 12, "eval_every": 0},
-}
 # The lengths every sampling method and the evaluation share (--max-new-tokens); set per stage,
 # one method would be scored at lengths it never produced.
 LENGTH_KEYS = ("response_length", "max_new_tokens", "eval_max_new_tokens")
@@ -122,7 +103,7 @@ class Preset:
     max_new_tokens: int = 0
     """Longest sampled completion (0: the mode's default)."""
     prior_seconds: dict | None = None
-    """Seconds per job kind at ``prior_params`` parameters (None: harness.PRIOR_SECONDS)."""
+    """Seconds per job kind at ``prior_params`` parameters (None: ``harness.prior_seconds()``)."""
     prior_params: int = WORLD_PARAMS
 
 

@@ -8,6 +8,8 @@
 
 Every problem a user's data can have is a ``preflab.errors.DataError`` naming the file, the
 line and the field.
+
+May import: errors.
 """
 
 from preflab.data.chat import PromptText, render_chat_prompt, tokenize_prompt

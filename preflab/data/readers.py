@@ -358,16 +358,20 @@ def _read_json(path: Path) -> list[Record]:
     return records
 
 
+# Every field a record of a known format has (``formats.ALL_FIELDS``, which a test holds equal):
+# a JSON object whose one list is under one of these names is a record, not a wrapper.
+RECORD_FIELDS = frozenset({"text", "prompt", "completion", "messages", "chosen", "rejected",
+                           "label"})
+
+
 def _records_list(document: Any, path: Path) -> list:
     """The list of records in a JSON document: the array itself, or ``{"data": [...]}``."""
     if isinstance(document, list):
         return document
     if isinstance(document, dict):
-        from preflab.data.formats import ALL_FIELDS  # here: formats imports this module
-
         lists = [k for k, v in document.items() if isinstance(v, list)]
         # {"messages": [...]} is one record, not a wrapper around a list of records.
-        if len(lists) == 1 and lists[0] not in ALL_FIELDS:
+        if len(lists) == 1 and lists[0] not in RECORD_FIELDS:
             return document[lists[0]]
     raise DataError(
         f"the document is a JSON {_json_type(document)}, not a list of records", path=str(path),

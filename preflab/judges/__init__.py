@@ -23,6 +23,8 @@ call that suit it). ``load_judge(spec)`` builds one from a spec:
 ``load_judge(spec, cache=FILE)`` wraps the judge in a ``CachedJudge`` (``judges.cache``):
 answers are kept on disk as they come, so an interrupted labelling job loses nothing and a
 repeated question is never asked twice.
+
+May import: errors, models, rewards, world.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ confidence. The formula also gives ``P(b better) = 1 - P(a better)``, the contra
 judge keeps.
 
 Rows are left-padded with position ids counted over real tokens
-(``preflab.logprobs.position_ids_from_attention_mask``), so padding changes nothing, and
+(``preflab.models.logprobs.position_ids_from_attention_mask``), so padding changes nothing, and
 only the last position's logits are computed where the model supports ``logits_to_keep``.
 A rendered question longer than the model's context keeps its last tokens (counted in
 ``truncated``): the answer is read at the end.
@@ -116,7 +116,7 @@ class LMJudge:
         normalised over the two answer tokens."""
         import torch
 
-        from preflab.logprobs import position_ids_from_attention_mask
+        from preflab.models.logprobs import position_ids_from_attention_mask
 
         rows = [self._encode(render(self.template, p, x, y, self.answers))
                 for p, x, y in zip(prompts, first, second)]

@@ -2,6 +2,8 @@
 
 ``direct``: the DPO family, SimPO, ORPO, KTO. ``rl``: reward-model loss, GAE, whitening,
 PPO's clipped losses, KL estimators; RLOO's and GRPO's advantages and clipped loss. ``registry``: each direct loss's needs as data.
+
+May import: errors.
 """
 
 from preflab.losses.direct import (

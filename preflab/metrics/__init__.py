@@ -1,4 +1,7 @@
-"""Measurements of trained policies: diversity (``diversity``), and more to come."""
+"""Measurements of trained policies: diversity (``diversity``), and more to come.
+
+May import: nothing of preflab's.
+"""
 
 from preflab.metrics.diversity import across_input, distinct_n, diversity_report, ead, per_input
 

@@ -7,4 +7,6 @@
     kl_control the fixed and the adaptive KL coefficient (Ziegler et al. 2019)
     roles      policy, value, reward and reference held as four models (``classic``) or as
                adapters on one frozen base (``shared``), with tensor bytes per role
+
+May import: errors, config, data, losses, models, runtime, rewards, generation, evaluation, training.
 """

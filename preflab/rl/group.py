@@ -40,7 +40,7 @@ from torch import Tensor
 from preflab.config import arg
 from preflab.errors import ConfigError
 from preflab.losses import LOSS_AGGREGATIONS, clipped_policy_loss, kl_per_token
-from preflab.rl.loop import (
+from preflab.rl.common import (
     RolloutConfig,
     close_run,
     collect_rollout,
@@ -58,8 +58,9 @@ from preflab.rl.tensors import (
     sequence_sum,
     update_logprobs,
 )
-from preflab.runtime import memory, session
+from preflab.runtime import memory
 from preflab.runtime.metrics import format_metrics
+from preflab.training import session
 
 
 @dataclass
@@ -112,7 +113,7 @@ def group_update(roles, optimizer, scheduler, batch, old, advantages, cfg, metho
     """``--num-iterations`` passes over shuffled minibatches; returns the mean statistics.
 
     ``live``: the differentiable ``logprobs`` of the whole batch in a single pass
-    (``rl.loop.single_pass``), used instead of a new forward pass.
+    (``rl.common.single_pass``), used instead of a new forward pass.
 
     Each micro-batch's loss is weighted by its share of the minibatch's tokens (``token``
     aggregation) or completions (``sequence``, ``fixed``) counted over every process, so the

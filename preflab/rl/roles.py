@@ -39,14 +39,15 @@ import torch
 
 from preflab import models, rewards
 from preflab.errors import ConfigError
-from preflab.rl.heads import (
+from preflab.models.heads import (
     TokenValues,
     body_and_head,
     head_outputs,
     new_scalar_head,
     scores_at_last_token,
 )
-from preflab.runtime import distributed, memory, precision, session
+from preflab.runtime import distributed, memory, precision
+from preflab.training import session
 
 MEMORY_MODES = ("classic", "shared")
 POLICY_ADAPTER = "default"  # the usual name, so final/adapter/ is a plain PEFT adapter
@@ -70,7 +71,7 @@ def _forward_token_logps(model, input_ids, attention_mask, keep_from: int = 0, *
     """``logprobs.model_token_logps`` of the tokens after position ``keep_from``: ``[B, T -
     keep_from - 1]``; the head runs from ``keep_from`` on (a rollout's prompt makes no
     logits). ``kwargs``: ``scored``, ``temperature``, ``entropy``."""
-    from preflab.logprobs import model_token_logps
+    from preflab.models.logprobs import model_token_logps
 
     return model_token_logps(model, input_ids, attention_mask=attention_mask,
                              keep=input_ids.shape[1] - keep_from, **kwargs)

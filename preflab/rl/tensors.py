@@ -41,7 +41,7 @@ from torch import Tensor
 from preflab.data import pad_sequences
 from preflab.generation import Sample, generate
 from preflab.losses import kl_per_token, masked_var
-from preflab.rl.heads import last_token_index
+from preflab.models.heads import last_token_index
 
 
 def truncate_after_eos(ids: Sequence[int], eos_token_id: int | None) -> tuple[list[int], bool]:

@@ -4,4 +4,6 @@
 ``metrics`` (JSONL/stdout/TensorBoard/W&B logger), ``memory`` (peak RSS, CUDA, tensor bytes
 by role), ``optim`` (AdamW + schedules), ``stream`` (deterministic, resumable batch order),
 ``rng`` (seeding and RNG state), ``distributed`` (torchrun / accelerate process groups).
+
+May import: errors, models.
 """

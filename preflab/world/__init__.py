@@ -10,7 +10,9 @@ A world directory holds ordinary files (an HF model directory, JSONL datasets) a
 
 Modules: ``grammar`` (vocabulary, generator, acceptor), ``gold`` (gold reward and
 harmlessness), ``annotators`` (Bradley-Terry labelers), ``build`` (writing a world,
-``build_world``), ``cli`` (``preflab world build | pairs | score``).
+``build_world``), ``tasks`` (label pairs, score a policy: the jobs behind ``preflab world``).
+
+May import: errors, data, models, generation, rewards, evaluation (``tasks`` and ``build``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ WORLD_NAME = "reviews"
 WORLD_VERSION = 1
 WORLD_FILE = "world.json"
 
-__all__ = ["World", "load_world", "build_world", "WORLD_FILE", "Grammar", "GoldReward",
+__all__ = ["World", "load_world", "WORLD_FILE", "Grammar", "GoldReward",
            "Harmlessness", "Annotator"]
 
 
@@ -110,10 +112,3 @@ def load_world(path: str | Path) -> World:
         gold_reward=GoldReward(grammar, params),
         harmlessness=Harmlessness(lexicon, params),
     )
-
-
-def build_world(out_dir, **kwargs) -> Path:
-    """Write a world to ``out_dir``; see ``preflab.world.build.build_world``."""
-    from preflab.world.build import build_world as _build
-
-    return _build(out_dir, **kwargs)

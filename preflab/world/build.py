@@ -9,7 +9,7 @@ so the same seed and sizes give the same files, byte for byte.
 - ``prompts_train.jsonl`` / ``prompts_eval.jsonl``: ``{"prompt": prefix}`` taken from other
   reviews than the SFT corpus; each file's prompts are distinct, and no eval prompt is also a
   train prompt.
-- ``model/``: the word-level tokenizer (``preflab.tiny.build_word_tokenizer``, saved as a
+- ``model/``: the word-level tokenizer (``preflab.models.tiny.build_word_tokenizer``, saved as a
   fast tokenizer with special tokens and a chat template) and a randomly initialised Llama.
 - ``sft.yaml``: the SFT budget the model is sized for, as a ``preflab sft --config`` file
   (hyperparameters only: pass ``--model DIR/model --data DIR/sft.jsonl`` with it).
@@ -151,7 +151,7 @@ def _save_model(model_dir: Path, words: list[str], *, seed: int, hidden_size: in
                 num_layers: int, num_heads: int, max_positions: int, check: list[str]) -> dict:
     from transformers import AutoTokenizer
 
-    from preflab.tiny import build_random_causal_lm, build_word_tokenizer
+    from preflab.models.tiny import build_random_causal_lm, build_word_tokenizer
 
     tokenizer = build_word_tokenizer(words)
     tokenizer.model_max_length = max_positions

@@ -51,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from preflab.compare import cli as compare
+    from preflab.compare import run as compare
+    from preflab.compare.settings import CompareConfig
+    from preflab.config import parse_config
 
     args = _parser().parse_args(argv)
     out = Path(args.output_dir)
@@ -71,4 +73,4 @@ def main(argv: list[str] | None = None) -> int:
         compare_args.append("--fresh")
     if not args.progress:
         compare_args.append("--no-progress")
-    return compare.main(compare_args)
+    return compare.run_and_print(parse_config(CompareConfig, compare_args, prog="preflab compare"))

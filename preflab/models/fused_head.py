@@ -45,7 +45,7 @@ CHUNK_BYTES = 64 * 2**20
 """float32 logits computed at once: 341 positions at a 49,152-token vocabulary."""
 
 
-FORWARD_RANGE, BACKWARD_RANGE = "preflab.fused_head.forward", "preflab.fused_head.backward"
+FORWARD_RANGE, BACKWARD_RANGE = "preflab.models.fused_head.forward", "preflab.models.fused_head.backward"
 """The profiler ranges of the fused head's forward and backward: what ``preflab plan``'s
 working memory of the head is measured against (``runtime.memory.range_peaks``)."""
 
@@ -241,8 +241,6 @@ def fused_head_supported(model) -> bool:
     known = _SUPPORTED.get(head)
     if known is not None:
         return known
-    from preflab.logprobs import token_logps
-
     vocab = _vocab_size(model)
     config = getattr(inner_model(model), "config", None)
     # soft-capping squashes large logits after the head; a random test model's small
@@ -257,7 +255,8 @@ def fused_head_supported(model) -> bool:
         model.eval()
         try:
             with torch.no_grad():
-                plain = token_logps(model(input_ids=ids, use_cache=False).logits, ids)
+                logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+                plain = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
                 with swapped_head(model, ids[:, 1:], scored):
                     fused = model(input_ids=ids, use_cache=False).logits
         finally:

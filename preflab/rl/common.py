@@ -28,9 +28,10 @@ from preflab.rl.tensors import (
     rollout_forward,
     sample_rollout,
 )
-from preflab.runtime import distributed, session
+from preflab.runtime import distributed
 from preflab.runtime.metrics import format_metrics
 from preflab.runtime.stream import ExampleStream
+from preflab.training import session
 
 
 @dataclass

@@ -11,6 +11,8 @@ list[float]``. A source is named on the command line by a spec:
 Every source is called the same way, so a trainer or evaluator never asks what kind it has.
 ``load_reward_function`` and ``score`` are the single-function layer; ``load_reward`` builds
 a weighted sum whose parts are returned one by one, to be logged on their own.
+
+May import: errors, data, models.
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ class RewardModel:
 
         from preflab import models
         from preflab.models import load_sequence_classifier
-        from preflab.rl.heads import sequence_scores
+        from preflab.models.heads import sequence_scores
 
         tokenizer = models.load_tokenizer(path, trust_remote_code=trust_remote_code)
         model = load_sequence_classifier(

@@ -192,7 +192,7 @@ def shard_if_asked(cfg, run: Run, model: torch.nn.Module) -> torch.nn.Module:
 def require_packing(model: torch.nn.Module, tokenizer) -> None:
     """``--padding-free``: refuse (``ConfigError``) a model whose attention reaches across
     packed sequences (``logprobs.check_packing``), before any training."""
-    from preflab.logprobs import check_packing
+    from preflab.models.logprobs import check_packing
 
     try:
         check_packing(model, vocab_size=min(len(tokenizer),

@@ -19,7 +19,7 @@ itself, in ``_SamplingWarper`` (``draw``: inversion of the cumulative distributi
 uniform per row), which also records the log-probability of every drawn token under the exact
 distribution it was drawn from.
 
-The decoding steps are preflab's own loop (``preflab.decoding``: one prefill, then one forward
+The decoding steps are preflab's own loop (``preflab.generation.decoding``: one prefill, then one forward
 of the new tokens per step, a KV cache that grows in place) wherever it can drive the model,
 and transformers' ``generate`` otherwise (``decoding.fits``; always for a sharded model). Both
 give the same tokens for the same seed (``tests/test_decoding.py``). Through ``generate``, the
@@ -51,6 +51,8 @@ Reproducibility: the sampler draws from torch's global generator, seeded with ``
 prompts and arguments give the same samples; a different ``batch_size`` gives different (but
 equally distributed) samples, since rows share the generator's stream. Greedy decoding
 (``temperature=0``) does not depend on batching.
+
+May import: errors, data, models, runtime.
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ class _SamplingWarper:
     """The sampler: temperature, nucleus, the draw, and a record of each drawn token's log-prob.
 
     ``pick`` takes a step's next-token logits and returns the drawn tokens (``draw``, or the
-    argmax for greedy decoding); preflab's own loop (``preflab.decoding``) calls it directly.
+    argmax for greedy decoding); preflab's own loop (``preflab.generation.decoding``) calls it directly.
     Under ``model.generate`` it is the last logits processor: transformers calls it once per
     step with the ids so far and the logits, and it returns scores that are -inf everywhere but
     at the drawn token, so transformers' greedy step (the config says ``do_sample=False``)
@@ -243,7 +245,7 @@ def generate(
     """
     from transformers import LogitsProcessorList
 
-    from preflab import decoding
+    from preflab.generation import decoding
 
     _validate(num_samples, max_new_tokens, temperature, top_p, batch_size)
     pad_id = tokenizer.pad_token_id

@@ -10,6 +10,8 @@ directory that holds exactly one ``.gguf`` and no ``config.json`` (``gguf_locati
 transformers reads its config, tokenizer and chat template from the file and dequantizes the
 weights to the asked dtype; the loaded model is then an ordinary one (``_from_gguf`` drops
 the marker that would stop ``save_pretrained``), so a run's ``final/`` is safetensors.
+
+May import: errors.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ import contextlib
 import functools
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from preflab.config import looks_like_local_path
 from preflab.errors import ConfigError, ModelLoadError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -37,6 +39,22 @@ GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+# A hub id, of a model or a `datasets` dataset: "name" or "owner/name".
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def looks_like_local_path(text: str, *, suffixes: tuple[str, ...] = ()) -> bool:
+    """Whether ``text`` can only mean a path on this machine, not a hub id: it exists; starts
+    with ``.``, ``/`` or ``~``; has a separator no hub id has (a second ``/``, or ``\\`` on
+    Windows); ends with one of ``suffixes``; or is not spelled like a hub id at all."""
+    if Path(os.path.expanduser(text)).exists() or text.startswith((".", "/", "~")):
+        return True
+    separators = {os.sep, os.altsep} - {None, "/"}
+    if any(s in text for s in separators) or text.count("/") > 1:
+        return True
+    return text.lower().endswith(suffixes) or not HUB_ID.fullmatch(text)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -166,7 +184,7 @@ _HUB_STATUS: dict[tuple[str, int], str | None] = {}  # (host, port) -> why unrea
 def check_model_source(path: str, *, flag: str | None = "--model", network: bool = True) -> None:
     """Fail in seconds, with a hint, on a model that cannot be loaded from where it is said to be.
 
-    A local path (``config.looks_like_local_path``) must be an existing directory. A hub id
+    A local path (``looks_like_local_path``) must be an existing directory. A hub id
     must be in the local Hugging Face cache, or the hub (``HF_ENDPOINT``, default
     https://huggingface.co, or the proxy in front of it) must accept a connection within
     ``HUB_TIMEOUT_S``: unchecked, an offline machine spends about 50 s in download retries

@@ -9,7 +9,7 @@ padding); its column 0 is dropped (token 0 has no prediction) and the rest align
 Memory: a vocabulary of 50k to 150k makes ``[B, T, V]`` logits the largest tensor of a step.
 The training and reference passes (``model_token_logps``, ``forward_logps``,
 ``packed_forward_logps``) never make them: the model's head is swapped for the fused one of
-``preflab.fused_head``, which goes from the final hidden states to each scored token's
+``preflab.models.fused_head``, which goes from the final hidden states to each scored token's
 log-prob chunk by chunk. ``token_logps`` works on logits someone already has (the plain path,
 for a model the fused head does not fit): it upcasts one chunk at a time, and its backward
 recomputes each chunk's softmax from the saved (low-precision) logits, so the extra memory is
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from preflab.fused_head import fused_head_supported, inner_model, swapped_head
+from preflab.models.fused_head import fused_head_supported, inner_model, swapped_head
 
 DEFAULT_CHUNK_SIZE = 1024
 """(batch, position) pairs upcast at once: 1024 x V=150k x 4 bytes ~ 600 MB of float32."""
@@ -249,7 +249,7 @@ def model_token_logps(
     model's default. The head runs only on the last ``K`` positions where the model takes
     ``logits_to_keep``.
 
-    The log-probs come from the fused head (``preflab.fused_head``): no ``[B, K, V]``
+    The log-probs come from the fused head (``preflab.models.fused_head``): no ``[B, K, V]``
     logits are held, in forward or backward. ``fused=None`` uses it wherever
     ``fused_head_supported(model)``; ``False`` computes the full logits and
     ``token_logps`` on them (the reference the fused path is tested against).

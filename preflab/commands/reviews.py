@@ -21,7 +21,7 @@ KL for each method. Here the same experiment runs on any chat model that a user 
 
     preflab reviews build --model SmolLM2-135M-Instruct.Q4_1.gguf --out task
     preflab compare --model SmolLM2-135M-Instruct.Q4_1.gguf --pairs task/pairs.jsonl \\
-        --prompts task/prompts.jsonl --gold-reward preflab.reviews:gold_reward \\
+        --prompts task/prompts.jsonl --gold-reward preflab.commands.reviews:gold_reward \\
         --preset real-cpu --output-dir cmp
 
 ``task/task.json`` records the settings, the mean gold score of the samples and how often the
@@ -257,7 +257,7 @@ def build(cfg: ReviewsConfig) -> dict:
                "pair_prompts": len(pair_prompts), "rl_prompts": len(rl_prompts),
                "mean_gold": sum(golds) / len(golds) if golds else 0.0,
                "labels_agreeing_with_gold": agreement(labels)[0],
-               "gold_reward": "preflab.reviews:gold_reward"}
+               "gold_reward": "preflab.commands.reviews:gold_reward"}
     (out / "task.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return summary
 
@@ -282,6 +282,6 @@ def main(argv: list[str] | None = None) -> int:
 __all__ = ["review_prompts", "gold_reward", "annotators", "build", "ReviewsConfig"]
 
 if __name__ == "__main__":
-    from preflab.cli import run_module
+    from preflab.runtime.exits import run_module
 
     sys.exit(run_module(main))

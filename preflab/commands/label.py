@@ -49,10 +49,10 @@ from pathlib import Path
 
 from preflab.config import check_new_file
 from preflab.data.formats import check_prompt_messages
+from preflab.data.human_labels import FORMATS, export_for_people, read_people_labels
 from preflab.data.readers import read_records
 from preflab.data.writers import write_jsonl, write_text
 from preflab.errors import ConfigError, DataError
-from preflab.human_labels import FORMATS, export_for_people, read_people_labels
 from preflab.judges import JudgeOptions, check_judge_spec, load_judge
 from preflab.judges.cache import CachedJudge, JudgeCache, JudgeError
 from preflab.judges.pairing import PAIRINGS, Group, agreement, comparisons, make_outputs
@@ -380,6 +380,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from preflab.cli import run_module
+    from preflab.runtime.exits import run_module
 
     sys.exit(run_module(main))

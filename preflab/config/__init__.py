@@ -11,6 +11,8 @@ Precedence: field default < ``--config FILE.yaml`` < flags given on the command 
 must also be finite), then calls the class's ``validate()`` (rules between fields), so a bad
 value fails in a second. A command then checks the paths its fields name (``check_paths``)
 before it loads anything.
+
+May import: errors, data, models.
 """
 
 from __future__ import annotations
@@ -130,6 +132,25 @@ def fsdp_arg(role: str, note: str = "") -> Any:
                "processes with FSDP2 (torch.distributed.fsdp.fully_shard), one unit per "
                f"transformer block{note}. Needs torchrun or accelerate launch with 2 or more "
                "processes, and full fine-tuning (docs/scaling.md).")
+
+
+# Settings of TrainConfig and the trainers' configs that are not hyperparameters of a method
+# (data, output, logging, evaluation), left out when compare counts a method's knobs.
+NOT_HYPERPARAMETERS = {
+    "model", "data", "data_split", "data_config", "output_dir", "eval_data", "eval_data_split",
+    "eval_fraction", "seed", "log_every", "eval_every",
+    "eval_batch_size", "save_every", "save_total_limit", "resume", "overwrite", "report_to",
+    "progress", "allow_pickle", "trust_remote_code", "device", "precision", "attn_implementation",
+    "gradient_checkpointing",
+    "eval_prompts", "gold_reward", "eval_num_prompts", "eval_max_new_tokens", "eval_temperature",
+    "ref_model", "value_model", "reward", "memory_mode", "generation_batch_size", "precompute_ref",
+    "max_length", "max_prompt_length", "overlong", "lora_target_modules", "lora_dropout",
+    "top_p",  # PPO refuses anything but 1.0 (its training passes score the full softmax)
+    # how a run executes, not what it computes: the same losses and weights either way
+    "fsdp", "padding_free",
+    # what a step with a non-finite loss does (stop, or skip it): a safeguard, not the method
+    "nonfinite",
+}
 
 
 @dataclass
@@ -282,6 +303,7 @@ class TrainConfig:
     def validate_data_splits(self) -> None:
         """--data-config only for a hub --data; a held-out split that is not the training one."""
         from preflab.data.readers import SUFFIXES
+        from preflab.models import looks_like_local_path
 
         check_source_config(self, "data", "data_config")
         if not self.eval_data_split:
@@ -617,28 +639,13 @@ def config_from_dict(cls: type, values: dict[str, Any]):
 
 # --- Paths: what each `path=` field names must be usable, checked before anything loads ------
 
-# A hub id, of a model or a `datasets` dataset: "name" or "owner/name".
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 # Filesystems of the kernel's own: a root process may pass os.access there, yet not mkdir.
 KERNEL_FILESYSTEMS = ("proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs",
                       "tracefs", "securityfs", "configfs", "pstore", "bpf", "mqueue")
-
-
-def looks_like_local_path(text: str, *, suffixes: tuple[str, ...] = ()) -> bool:
-    """Whether ``text`` can only mean a path on this machine, not a hub id: it exists; starts
-    with ``.``, ``/`` or ``~``; has a separator no hub id has (a second ``/``, or ``\\`` on
-    Windows); ends with one of ``suffixes``; or is not spelled like a hub id at all."""
-    if Path(os.path.expanduser(text)).exists() or text.startswith((".", "/", "~")):
-        return True
-    separators = {os.sep, os.altsep} - {None, "/"}
-    if any(s in text for s in separators) or text.count("/") > 1:
-        return True
-    return text.lower().endswith(suffixes) or not HUB_ID.fullmatch(text)
-
-
 def check_data_path(value: str, name: str) -> None:
     """Data meant as a local file or directory must exist (a hub name is the data layer's)."""
     from preflab.data.readers import SUFFIXES
+    from preflab.models import looks_like_local_path
 
     if looks_like_local_path(value, suffixes=SUFFIXES) and not Path(value).expanduser().exists():
         raise ConfigError(f"--{flag(name)}: no such file or directory", path=value, field=name,
@@ -650,6 +657,7 @@ def check_source_config(cfg: Any, source: str, config: str) -> None:
     """A configuration flag (``config``) names a configuration of a hub dataset: refused when
     the data flag it belongs to (``source``) is a local path."""
     from preflab.data.readers import SUFFIXES
+    from preflab.models import looks_like_local_path
 
     if getattr(cfg, config) and looks_like_local_path(getattr(cfg, source), suffixes=SUFFIXES):
         raise ConfigError(f"--{flag(config)} names a configuration of a hub dataset, and "

@@ -168,6 +168,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from preflab.cli import run_module
+    from preflab.runtime.exits import run_module
 
     sys.exit(run_module(main))

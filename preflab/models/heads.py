@@ -20,7 +20,7 @@ from torch import Tensor
 
 from preflab import models
 from preflab.errors import ModelLoadError
-from preflab.logprobs import position_ids_from_attention_mask
+from preflab.models.logprobs import position_ids_from_attention_mask
 
 
 def last_token_index(attention_mask: Tensor) -> Tensor:

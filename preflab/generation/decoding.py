@@ -30,7 +30,7 @@ import torch
 from transformers import GenerationMixin
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from preflab.logprobs import position_ids_from_attention_mask
+from preflab.models.logprobs import position_ids_from_attention_mask
 
 CACHE_ARGUMENTS = ("cache", "past_key_values")
 """The forward's name for the KV cache: ``cache`` on recent transformers 5.x, earlier

@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from preflab import models
-from preflab.logprobs import SequenceLogps, concatenated_forward, forward_logps
-from preflab.runtime import memory, session
+from preflab.models.logprobs import SequenceLogps, concatenated_forward, forward_logps
+from preflab.runtime import memory
+from preflab.training import session
 
 MODES = ("copy", "adapter-off", "precomputed", "none")
 

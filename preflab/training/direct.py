@@ -4,7 +4,7 @@
 
 The loss comes from the registry in ``preflab.losses``, which also says whether log-probs
 are summed or averaged over tokens and whether an SFT term is added; the reference's
-log-probs come from wherever ``preflab.reference`` holds it.
+log-probs come from wherever ``preflab.training.reference`` holds it.
 """
 
 from __future__ import annotations
@@ -13,15 +13,16 @@ from dataclasses import dataclass
 
 import torch
 
-from preflab import models, reference
+from preflab import models
 from preflab.config import arg, fsdp_arg
 from preflab.data import collate_preference
 from preflab.errors import ConfigError
 from preflab.evaluation import SampledEvalConfig, evaluate_policy
-from preflab.logprobs import concatenated_forward
 from preflab.losses import DIRECT_LOSSES, compute_direct_loss, get_direct_loss
 from preflab.losses.registry import check_direct_loss_args
-from preflab.runtime import distributed, session
+from preflab.models.logprobs import concatenated_forward
+from preflab.runtime import distributed
+from preflab.training import reference, session
 
 STAT_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
              "rewards/accuracies", "logps/chosen", "logps/rejected")

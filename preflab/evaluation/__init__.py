@@ -27,6 +27,8 @@ best-of-n has no density to take a sampled KL from.
 
 A reward function is ``fn(prompts, completions, **kwargs) -> list[float]``; it receives
 ``ended_with_eos`` when it accepts it, so it can penalise unfinished text.
+
+May import: errors, config, data, metrics, models, rewards, generation.
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ from preflab.data import SFTExample, collate_sft
 from preflab.data.chat import prompt_ids_for
 from preflab.errors import ConfigError
 from preflab.generation import Sample, generate
-from preflab.logprobs import forward_logps
 from preflab.metrics.best_of_n import kl_bound
 from preflab.metrics.diversity import distinct_n, diversity_report
+from preflab.models.logprobs import forward_logps
 from preflab.rewards import RewardFn, check_reward_specs, score
 
 
@@ -212,7 +214,7 @@ def preference_accuracy(policy, reference, examples: Sequence, *, pad_token_id: 
     Returns ``eval/preference_accuracy`` and ``eval/implicit_margin`` (the mean difference).
     """
     from preflab.data import collate_preference
-    from preflab.logprobs import concatenated_forward
+    from preflab.models.logprobs import concatenated_forward
 
     device = next(policy.parameters()).device
     wins, margin_sum = 0.0, 0.0

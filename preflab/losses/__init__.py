@@ -18,7 +18,9 @@ from preflab.losses.direct import (
 )
 from preflab.losses.registry import (
     DIRECT_LOSSES,
+    LOSS_PARAMS,
     DirectLossOutput,
+    LossParam,
     LossSpec,
     check_direct_loss_args,
     compute_direct_loss,
@@ -45,6 +47,8 @@ from preflab.losses.rl import (
 
 __all__ = [
     "DIRECT_LOSSES",
+    "LOSS_PARAMS",
+    "LossParam",
     "KL_ESTIMATORS",
     "DirectLossOutput",
     "IMPORTANCE_LEVELS",

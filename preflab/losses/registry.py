@@ -2,17 +2,23 @@
 
 A trainer resolves ``--loss NAME`` once with ``get_direct_loss`` and then asks the spec:
 load a reference model? (``needs_reference``) reduce token log-probs by sum or mean?
-(``logps``) add the SFT term on chosen? (``adds_sft_term``). ``compute_direct_loss`` calls
-any of them the same way.
+(``logps``) add the SFT term on chosen, and with what weight? (``sft_weight``).
+``compute_direct_loss`` calls any of them the same way.
 
-    name     fn           reference  logps  sft  label_smoothing  gamma
-    sigmoid  dpo_loss     yes        sum    no   no               no
-    cdpo     dpo_loss     yes        sum    no   yes              no
-    ipo      ipo_loss     yes        mean   no   no               no
-    hinge    hinge_loss   yes        sum    no   no               no
-    robust   robust_loss  yes        sum    no   yes              no
-    simpo    simpo_loss   no         mean   no   no               yes
-    orpo     orpo_loss    no         mean   yes  no               no
+A loss's own hyperparameters (beyond ``beta``) are declared with it (``LossSpec.params``, a
+``LossParam`` each): the direct trainers get one flag per name in ``LOSS_PARAMS`` from here
+(``preflab.training.direct``), and a value set away from its default for a loss that does not
+declare it is refused. A new loss with a new hyperparameter is one entry here and its function
+in ``direct.py``.
+
+    name     fn           reference  logps  sft          its own hyperparameters
+    sigmoid  dpo_loss     yes        sum    no
+    cdpo     dpo_loss     yes        sum    no           label_smoothing
+    ipo      ipo_loss     yes        mean   no
+    hinge    hinge_loss   yes        sum    no
+    robust   robust_loss  yes        sum    no           label_smoothing
+    simpo    simpo_loss   no         mean   no           gamma
+    orpo     orpo_loss    no         mean   yes (1)
 """
 
 from __future__ import annotations
@@ -34,6 +40,23 @@ from preflab.losses.direct import (
 
 
 @dataclass(frozen=True)
+class LossParam:
+    """A hyperparameter a loss declares: the flag ``--NAME`` of the direct trainers."""
+
+    default: float
+    help: str
+    ge: float | None = None
+    """Lowest value the flag takes (inclusive); None: no bound."""
+    lt: float | None = None
+    """The flag's values stay below this; None: no bound."""
+
+
+LABEL_SMOOTHING = LossParam(0.0, "Assumed label-flip rate eps for --loss cdpo and robust.",
+                            ge=0, lt=0.5)
+GAMMA = LossParam(0.5, "SimPO's target reward margin gamma (used by --loss simpo only).", ge=0)
+
+
+@dataclass(frozen=True)
 class LossSpec:
     """One direct-preference loss and what it needs from the trainer."""
 
@@ -47,19 +70,36 @@ class LossSpec:
     """Consumes (chosen, rejected) pairs; False would mean unpaired labels (as KTO)."""
     logps: str
     """How the caller reduces token log-probs per sequence: ``"sum"`` or ``"mean"``."""
-    adds_sft_term: bool
-    """The caller adds the mean token NLL of the chosen completion to the loss (ORPO)."""
-    uses_label_smoothing: bool
-    """Takes ``label_smoothing`` (the assumed label-flip probability eps)."""
-    uses_gamma: bool
-    """Takes ``gamma`` (SimPO's target reward margin)."""
     description: str
     """One line for ``--help`` and the docs."""
+    params: dict[str, LossParam] = field(default_factory=dict)
+    """Its own hyperparameters, passed to ``fn`` by name (``LOSS_PARAMS``: every loss's)."""
+    sft_weight: float | str = 0.0
+    """The caller adds ``w *`` the mean token NLL of the chosen completion to the loss: ``w`` is
+    this number (ORPO: 1), or the value of the hyperparameter it names; 0: no SFT term."""
     extra_outputs: tuple[str, ...] = field(default=())
     """Names of what ``fn`` returns after ``(losses, chosen_rewards, rejected_rewards)``."""
 
+    @property
+    def adds_sft_term(self) -> bool:
+        return self.sft_weight != 0.0
 
-_REF = dict(needs_reference=True, paired=True, adds_sft_term=False, uses_gamma=False)
+    @property
+    def uses_label_smoothing(self) -> bool:
+        return "label_smoothing" in self.params
+
+    @property
+    def uses_gamma(self) -> bool:
+        return "gamma" in self.params
+
+    def sft_weight_of(self, params: dict[str, float]) -> float:
+        """The SFT term's weight under ``params`` (the run's values of ``LOSS_PARAMS``)."""
+        if isinstance(self.sft_weight, str):
+            return float(params[self.sft_weight])
+        return float(self.sft_weight)
+
+
+_REF = dict(needs_reference=True, paired=True)
 
 DIRECT_LOSSES: dict[str, LossSpec] = {
     spec.name: spec
@@ -68,7 +108,6 @@ DIRECT_LOSSES: dict[str, LossSpec] = {
             name="sigmoid",
             fn=dpo_loss,
             logps="sum",
-            uses_label_smoothing=False,
             description="DPO (Rafailov et al. 2023): -log sigmoid(beta h)",
             **_REF,
         ),
@@ -76,7 +115,7 @@ DIRECT_LOSSES: dict[str, LossSpec] = {
             name="cdpo",
             fn=dpo_loss,
             logps="sum",
-            uses_label_smoothing=True,
+            params={"label_smoothing": LABEL_SMOOTHING},
             description="conservative DPO: (1-eps) DPO(h) + eps DPO(-h), eps = label_smoothing",
             **_REF,
         ),
@@ -84,7 +123,6 @@ DIRECT_LOSSES: dict[str, LossSpec] = {
             name="ipo",
             fn=ipo_loss,
             logps="mean",
-            uses_label_smoothing=False,
             description="IPO (Azar et al. 2023): (h - 1/(2 beta))^2 on token-averaged log-probs",
             **_REF,
         ),
@@ -92,7 +130,6 @@ DIRECT_LOSSES: dict[str, LossSpec] = {
             name="hinge",
             fn=hinge_loss,
             logps="sum",
-            uses_label_smoothing=False,
             description="SLiC hinge: relu(1 - beta h)",
             **_REF,
         ),
@@ -100,7 +137,7 @@ DIRECT_LOSSES: dict[str, LossSpec] = {
             name="robust",
             fn=robust_loss,
             logps="sum",
-            uses_label_smoothing=True,
+            params={"label_smoothing": LABEL_SMOOTHING},
             description="robust DPO (Chowdhury et al. 2024): unbiased under label-flip rate eps",
             **_REF,
         ),
@@ -110,9 +147,7 @@ DIRECT_LOSSES: dict[str, LossSpec] = {
             needs_reference=False,
             paired=True,
             logps="mean",
-            adds_sft_term=False,
-            uses_label_smoothing=False,
-            uses_gamma=True,
+            params={"gamma": GAMMA},
             description="SimPO (Meng et al. 2024): -log sigmoid(beta (avg_w - avg_l) - gamma), "
             "no reference",
         ),
@@ -122,15 +157,28 @@ DIRECT_LOSSES: dict[str, LossSpec] = {
             needs_reference=False,
             paired=True,
             logps="mean",
-            adds_sft_term=True,
-            uses_label_smoothing=False,
-            uses_gamma=False,
+            sft_weight=1.0,
             description="ORPO (Hong et al. 2024): SFT NLL + beta * -log sigmoid(log odds ratio), "
             "no reference",
             extra_outputs=("log_odds_ratio",),
         ),
     )
 }
+
+
+
+
+def _all_params() -> dict[str, LossParam]:
+    out: dict[str, LossParam] = {}
+    for spec in DIRECT_LOSSES.values():
+        for name, param in spec.params.items():
+            if out.setdefault(name, param) != param:
+                raise ValueError(f"losses declare {name!r} differently: one flag, one meaning")
+    return out
+
+
+LOSS_PARAMS: dict[str, LossParam] = _all_params()
+"""Every loss's own hyperparameters by name: one flag each on the direct trainers."""
 
 
 def get_direct_loss(name: str) -> LossSpec:
@@ -145,33 +193,34 @@ def get_direct_loss(name: str) -> LossSpec:
         ) from None
 
 
-def check_direct_loss_args(spec: LossSpec, *, beta: float, label_smoothing: float, gamma: float):
+def check_direct_loss_args(spec: LossSpec, *, beta: float, **params: float) -> None:
     """Reject settings ``spec`` would silently ignore or cannot take; call at start-up.
-
-    Raises ``ConfigError`` naming the field.
-    """
+    ``params``: values of ``LOSS_PARAMS`` (one left out is at its default). Raises
+    ``ConfigError`` naming the field."""
     if beta <= 0:
         raise ConfigError(f"beta must be positive, got {beta}", field="beta")
-    if label_smoothing and not spec.uses_label_smoothing:
-        raise ConfigError(
-            f"loss {spec.name!r} does not use label_smoothing (got {label_smoothing})",
-            field="label_smoothing",
-            expected="0, or a loss that uses it: "
-            + ", ".join(n for n, s in DIRECT_LOSSES.items() if s.uses_label_smoothing),
-        )
-    if spec.uses_label_smoothing and not 0.0 <= label_smoothing < 0.5:
-        raise ConfigError(
-            f"label_smoothing {label_smoothing} is out of range for loss {spec.name!r}",
-            field="label_smoothing",
-            expected="0 <= label_smoothing < 0.5 (the assumed label-flip probability)",
-        )
-    if gamma and not spec.uses_gamma:
-        raise ConfigError(
-            f"loss {spec.name!r} does not use gamma (got {gamma})",
-            field="gamma",
-            expected="0, or a loss that uses it: "
-            + ", ".join(n for n, s in DIRECT_LOSSES.items() if s.uses_gamma),
-        )
+    for name, value in params.items():
+        if name not in LOSS_PARAMS:
+            raise ValueError(f"no loss declares the hyperparameter {name!r}")
+        if name not in spec.params:
+            if value != LOSS_PARAMS[name].default and value:
+                raise ConfigError(
+                    f"loss {spec.name!r} does not use {name} (got {value})",
+                    field=name,
+                    expected=f"{LOSS_PARAMS[name].default:g}, or a loss that uses it: "
+                    + ", ".join(n for n, s in DIRECT_LOSSES.items() if name in s.params),
+                )
+            continue
+        param = spec.params[name]
+        if (param.ge is not None and value < param.ge) or (param.lt is not None
+                                                             and value >= param.lt):
+            low = "" if param.ge is None else f"{param.ge:g} <= "
+            high = "" if param.lt is None else f" < {param.lt:g}"
+            raise ConfigError(
+                f"{name} {value} is out of range for loss {spec.name!r}",
+                field=name,
+                expected=f"{low}{name}{high} ({param.help})",
+            )
 
 
 @dataclass
@@ -198,27 +247,26 @@ def compute_direct_loss(
     ref_chosen_logps: Tensor | None = None,
     ref_rejected_logps: Tensor | None = None,
     beta: float,
-    label_smoothing: float = 0.0,
-    gamma: float = 0.0,
+    **params: float,
 ) -> DirectLossOutput:
     """Call ``spec.fn`` with exactly the arguments it takes; a trainer never branches on names.
 
     Log-probs are ``[B]``, reduced as ``spec.logps`` says. Reference log-probs are required
-    when ``spec.needs_reference`` and ignored otherwise. Settings the loss does not use must
-    be 0 (``check_direct_loss_args``). The SFT term of ``adds_sft_term`` losses is NOT added
-    here: it needs token-level log-probs, which the caller has.
+    when ``spec.needs_reference`` and ignored otherwise. ``params`` are values of
+    ``LOSS_PARAMS``; one the loss does not declare must be 0 or its default
+    (``check_direct_loss_args``), one it declares and that is left out takes its default. The
+    SFT term of ``adds_sft_term`` losses is NOT added here: it needs token-level log-probs,
+    which the caller has (``spec.sft_weight_of``).
     """
-    check_direct_loss_args(spec, beta=beta, label_smoothing=label_smoothing, gamma=gamma)
+    check_direct_loss_args(spec, beta=beta, **params)
     args: list[Tensor] = [policy_chosen_logps, policy_rejected_logps]
     kwargs: dict[str, float] = {"beta": beta}
     if spec.needs_reference:
         if ref_chosen_logps is None or ref_rejected_logps is None:
             raise ValueError(f"loss {spec.name!r} needs ref_chosen_logps and ref_rejected_logps")
         args += [ref_chosen_logps, ref_rejected_logps]
-    if spec.uses_label_smoothing:
-        kwargs["label_smoothing"] = label_smoothing
-    if spec.uses_gamma:
-        kwargs["gamma"] = gamma
+    for name, param in spec.params.items():
+        kwargs[name] = params.get(name, param.default)
     losses, chosen_rewards, rejected_rewards, *rest = spec.fn(*args, **kwargs)
     extras = dict(zip(spec.extra_outputs, rest, strict=True))
     return DirectLossOutput(losses, chosen_rewards, rejected_rewards, extras)

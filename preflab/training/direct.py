@@ -9,7 +9,7 @@ log-probs come from wherever ``preflab.training.reference`` holds it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 
 import torch
 
@@ -18,7 +18,7 @@ from preflab.config import arg, fsdp_arg
 from preflab.data import collate_preference
 from preflab.errors import ConfigError
 from preflab.evaluation import SampledEvalConfig, evaluate_policy
-from preflab.losses import DIRECT_LOSSES, compute_direct_loss, get_direct_loss
+from preflab.losses import DIRECT_LOSSES, LOSS_PARAMS, compute_direct_loss, get_direct_loss
 from preflab.losses.registry import check_direct_loss_args
 from preflab.models.logprobs import concatenated_forward
 from preflab.runtime import distributed
@@ -28,6 +28,17 @@ STAT_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
              "rewards/accuracies", "logps/chosen", "logps/rejected")
 
 
+def with_loss_params(cls: type) -> type:
+    """``cls`` with one flag per loss hyperparameter (``preflab.losses.LOSS_PARAMS``), as each
+    loss declares it: a new loss's hyperparameter reaches every direct trainer from there."""
+    extra = [(name, float, arg(p.default, p.help, ge=p.ge, lt=p.lt))
+             for name, p in LOSS_PARAMS.items()]
+    out = make_dataclass(cls.__name__, extra, bases=(cls,))
+    out.__module__, out.__qualname__, out.__doc__ = cls.__module__, cls.__qualname__, cls.__doc__
+    return out
+
+
+@with_loss_params
 @dataclass
 class DirectConfig(SampledEvalConfig):
     """The shared training flags plus the direct-preference ones (``preflab dpo`` and
@@ -41,11 +52,6 @@ class DirectConfig(SampledEvalConfig):
         0.1, "beta: strength of the KL tie to the reference (ORPO: weight of the odds-ratio term).",
         gt=0,
     )
-    label_smoothing: float = arg(
-        0.0, "Assumed label-flip rate eps for --loss cdpo and robust.", ge=0, lt=0.5
-    )
-    gamma: float = arg(0.5, "SimPO's target reward margin gamma (used by --loss simpo only).",
-                       ge=0)
     ref_model: str = arg(
         "", "Reference model (default: --model). With LoRA and no --ref-model, the reference "
         "is the base with adapters off.", path="model"
@@ -64,11 +70,14 @@ class DirectConfig(SampledEvalConfig):
     fsdp: bool = fsdp_arg("policy", "; the reference stays whole on each process, "
                           "and --eval-prompts samples on every process in lockstep")
 
+    def loss_params(self) -> dict[str, float]:
+        """This run's values of every loss's own hyperparameters (``LOSS_PARAMS``)."""
+        return {name: getattr(self, name) for name in LOSS_PARAMS}
+
     def validate(self) -> None:
         super().validate()
         spec = get_direct_loss(self.loss)
-        check_direct_loss_args(spec, beta=self.beta, label_smoothing=self.label_smoothing,
-                               gamma=self.gamma if spec.uses_gamma else 0.0)
+        check_direct_loss_args(spec, beta=self.beta, **self.loss_params())
         if self.precompute_ref and not spec.needs_reference:
             raise ConfigError(f"--precompute-ref: --loss {self.loss} uses no reference model",
                               field="precompute_ref")
@@ -99,12 +108,11 @@ def preference_step(model, ref: reference.Reference, spec, cfg: DirectConfig, ba
         ref_chosen_logps=ref_chosen,
         ref_rejected_logps=ref_rejected,
         beta=cfg.beta,
-        label_smoothing=cfg.label_smoothing,
-        gamma=cfg.gamma if spec.uses_gamma else 0.0,
+        **{name: getattr(cfg, name) for name in spec.params},
     )
     losses = out.losses
-    if spec.adds_sft_term:  # ORPO: mean token NLL of the chosen completion
-        losses = losses - chosen.mean
+    if spec.adds_sft_term:  # ORPO, CPO: the weighted mean token NLL of the chosen completion
+        losses = losses - spec.sft_weight_of(cfg.loss_params()) * chosen.mean
     stats = torch.stack([
         losses.detach(), out.chosen_rewards, out.rejected_rewards,
         out.chosen_rewards - out.rejected_rewards,

@@ -91,6 +91,27 @@ def test_llama2_7b_parameters_and_bytes_per_role_by_hand():
         "reward": (4 * A + head, 0, 0), "reference": (0, 0, 0), "generation": (0, 0, 0)}
 
 
+def test_the_methods_with_no_value_model_hold_ppo_less_the_value():
+    """The critic-free row (RLOO, GRPO, ...): PPO classic's policy, reward and reference, no
+    value model; its update peak is PPO's less the value's weights, gradients, AdamW state."""
+    from preflab.algorithms import registry
+
+    plan = plan_memory(LLAMA2_7B, precision="bf16-mixed", seq_len=1024, batch_size=2)
+    free, ppo = plan["methods"]["critic-free"], plan["methods"]["ppo-classic"]
+    declaring = [m.name for m in registry().values() if "critic-free" in m.memory]
+    assert {"rloo", "grpo"} <= set(declaring) and free["label"] == " / ".join(declaring)
+    assert set(free["roles"]) == {"policy", "reward", "reference", "generation"}
+    for role in ("policy", "reward", "reference", "generation"):
+        assert free["roles"][role] == ppo["roles"][role]
+    value = ppo["roles"]["value"]
+    held = value["params"] + value["grads"] + value["optimizer"]
+    update = max(free["roles"]["policy"]["activations"], value["activations"])
+    assert ppo["phases"]["update"] - free["phases"]["update"] == (
+        held + update - free["roles"]["policy"]["activations"])
+    assert ppo["phases"]["generation"] - free["phases"]["generation"] == (
+        value["params"] + value["optimizer"])
+
+
 def test_llama2_7b_activations_by_hand():
     """SFT, bf16-true (b = 2), one sequence of T = 1024, full fine-tuning, SDPA. Per token per
     layer: norms 2 x (4H + 4 + bH) = 49,160 (float32 input and 1/rms, normalised x for the

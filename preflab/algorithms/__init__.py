@@ -58,6 +58,9 @@ class Compared:
     """The reward-model stage's section (shapes ``rlhf`` and ``online``)."""
     trains: tuple[str, ...] = ()
     """Roles its last stage trains (default: the method's ``trains``)."""
+    plan: str = ""
+    """The plan row its memory is counted by, when compare checks ``--gpu-memory`` (default:
+    the method's first ``memory`` kind)."""
 
     @property
     def hyper_section(self) -> str:
@@ -82,9 +85,9 @@ class Method:
     prior_seconds: float
     """One run on the built-in world's model with compare's settings: the harness's first
     guess at its time, before a run has been measured."""
-    memory: tuple[tuple[str, str], ...] = ()
-    """``preflab plan``'s rows for it: (the plan's way of counting, its label); see
-    ``preflab.compare.plan.KINDS``."""
+    memory: tuple[str, ...] = ()
+    """The ways ``preflab plan`` counts its memory, a row each (``preflab.compare.plan.KINDS``:
+    ``dpo-copy``, ``ppo-classic``, ``critic-free``, ...)."""
     compared: tuple[Compared, ...] = ()
     module: str = ""
     """Filled by ``registry()``: the module that declared it."""

@@ -195,8 +195,7 @@ METHOD = Method(
     name="dpo", road="direct",
     summary="direct preference optimisation: DPO, cDPO, IPO, hinge, robust, SimPO, ORPO",
     config=DPOConfig, roles=("policy", "reference"), trains=("policy",), prior_seconds=65,
-    memory=(("dpo-copy", "dpo, reference copy"), ("dpo-adapter-off", "dpo, adapter-off"),
-            ("dpo-precomputed", "dpo, precomputed"), ("simpo-orpo", "simpo / orpo")),
+    memory=("dpo-copy", "dpo-adapter-off", "dpo-precomputed", "simpo-orpo"),
     compared=(
         Compared("dpo", "DPO", "DPO (sigmoid loss), a frozen copy of the SFT model as reference",
                  "DPO, reference copy", flags={"loss": "sigmoid"}, world=_WORLD,
@@ -207,12 +206,13 @@ METHOD = Method(
                  "token-averaged log-probs", "IPO, reference copy", flags={"loss": "ipo"},
                  world=_WORLD, user={"eval_every": 100}),
         Compared("simpo", "SimPO", "SimPO: length-normalised, no reference model",
-                 "reference-free (SimPO)", flags={"loss": "simpo"},
+                 "reference-free (SimPO)", flags={"loss": "simpo"}, plan="simpo-orpo",
                  world={**_WORLD, "learning_rate": 1e-4, "beta": 2.0, "gamma": 0.5},
                  user={"beta": 2.0, "gamma": 0.5, "eval_every": 100}),
         Compared("dpo-precomputed", "DPO (precomputed ref)", "DPO with the reference's log-probs "
                  "computed once before training and the reference freed",
                  "DPO, precomputed reference", flags={"loss": "sigmoid", "precompute_ref": True},
+                 plan="dpo-precomputed",
                  section="dpo"),
     ),
 )

@@ -68,7 +68,7 @@ METHOD = Method(
     name="grpo", road="rlhf",
     summary="GRPO on prompts: K completions each, group-normalised advantages, no value model",
     config=GRPOConfig, roles=("policy", "reward", "reference"), trains=("policy",),
-    prior_seconds=80,
+    prior_seconds=80, memory=("critic-free",),
     compared=(Compared(
         "grpo", "GRPO (no critic)", "reward model (full fine-tuning), then GRPO: K completions "
         "per prompt, group-normalised advantages, the KL as a loss term; three models: policy, "

@@ -283,7 +283,7 @@ METHOD = Method(
     summary="PPO on prompts: policy, value, reward and reference roles",
     config=PPOConfig, roles=("policy", "value", "reward", "reference"),
     trains=("policy", "value"), prior_seconds=55,
-    memory=(("ppo-classic", "ppo classic"), ("ppo-shared", "ppo shared")),
+    memory=("ppo-classic", "ppo-shared"),
     compared=(
         Compared("ppo", "RLHF (PPO)", "reward model (full fine-tuning), then PPO with four "
                  "models: policy, value, reward, reference", "RLHF, classic (4 models)",
@@ -296,7 +296,8 @@ METHOD = Method(
                  "with policy, value and reward as adapters on one frozen base",
                  "RLHF, shared base (adapters)", shape="rlhf", flags={"memory_mode": "shared"},
                  world={**_WORLD, "learning_rate": 2e-4, "lora_rank": 32},
-                 user={"lora_rank": 16, "eval_every": 20}, reward_section="rm-lora"),
+                 user={"lora_rank": 16, "eval_every": 20}, reward_section="rm-lora",
+                 plan="ppo-shared"),
     ),
 )
 

@@ -71,7 +71,7 @@ METHOD = Method(
     name="rloo", road="rlhf",
     summary="RLOO on prompts: K completions each, the leave-one-out baseline, no value model",
     config=RLOOConfig, roles=("policy", "reward", "reference"), trains=("policy",),
-    prior_seconds=65,
+    prior_seconds=65, memory=("critic-free",),
     compared=(Compared(
         "rloo", "RLOO (no critic)", "reward model (full fine-tuning), then RLOO: K completions "
         "per prompt, the leave-one-out baseline; three models: policy, reward, reference",

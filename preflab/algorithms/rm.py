@@ -212,7 +212,7 @@ METHOD = Method(
     name="rm", road="reward",
     summary="reward model: a Bradley-Terry scalar head on preference pairs",
     config=RMConfig, roles=("reward",), trains=("reward",), prior_seconds=40,
-    memory=(("rm", "rm"),),
+    memory=("rm",),
 )
 
 

@@ -199,7 +199,7 @@ def train(cfg: SFTConfig) -> dict:
 METHOD = Method(
     name="sft", road="sft", summary="supervised fine-tuning on completions",
     config=SFTConfig, roles=("policy",), trains=("policy",), prior_seconds=130,
-    memory=(("sft", "sft"),),
+    memory=("sft",),
 )
 
 

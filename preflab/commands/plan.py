@@ -6,9 +6,10 @@ GPT-NeoX; any other ``model_type`` is refused with exit 2).
                  [--seq-len 1024 --batch-size 4] [--gradient-checkpointing]
 
 For each method (sft, rm, dpo with each way of holding the reference, simpo/orpo, ppo classic
-and shared) and each role (policy, reference, reward, value, generation) it counts the bytes
-of parameters, gradients, AdamW state and activations, says whether the method's peak fits
-``--gpu-memory``, and finds the largest micro-batch that does. ``plan_memory`` is the same
+and shared, the RL methods with no value model: one row per way of counting that the methods
+declare, ``preflab.algorithms``) and each role (policy, reference, reward, value, generation)
+it counts the bytes of parameters, gradients, AdamW state and activations, says whether the
+method's peak fits ``--gpu-memory``, and finds the largest micro-batch that does. ``plan_memory`` is the same
 as a library call, for the compare report.
 
 How preflab trains, which is what the planner counts (``PRECISION``, per ``--precision``, as
@@ -85,9 +86,11 @@ class PlanConfig:
     gradient_checkpointing: bool = arg(False, "Plan with activation checkpointing of each layer.")
     attention: str = arg("sdpa", "Attention kernel: sdpa (fused, no T x T scores kept) or eager.",
                          choices=("sdpa", "eager"))
-    rollout_batch_size: int = arg(64, "PPO: prompts per rollout, for the generation KV cache.")
-    response_length: int = arg(48, "PPO: response tokens within --seq-len (the rest is the "
-                               "prompt, prefilled at once in generation).")
+    rollout_batch_size: int = arg(64, "RL methods: sequences generated at once, for the "
+                                  "generation KV cache (PPO: prompts; RLOO, GRPO: prompts x "
+                                  "completions per prompt).")
+    response_length: int = arg(48, "RL methods: response tokens within --seq-len (the rest is "
+                               "the prompt, prefilled at once in generation).")
     json: str = arg("", "Also write every figure to this JSON file.")
 
     def validate(self) -> None:

@@ -21,11 +21,17 @@ from preflab.errors import ConfigError
 PRECISION_BYTES = {  # (trained, frozen, compute): bytes per element (runtime.precision.MODES)
     "fp32": (4, 4, 4), "bf16-mixed": (4, 2, 2), "fp16-mixed": (4, 2, 2), "bf16-true": (2, 2, 2)}
 UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-METHODS = {
+KINDS = {
     "sft": "sft", "rm": "rm", "dpo-copy": "dpo, reference copy",
     "dpo-adapter-off": "dpo, adapter-off", "dpo-precomputed": "dpo, precomputed",
     "simpo-orpo": "simpo / orpo", "ppo-classic": "ppo classic", "ppo-shared": "ppo shared",
+    "critic-free": "{methods}",
 }
+"""The ways the planner counts a method's memory, each a row with its label: a method names
+the ones it runs as (``preflab.algorithms.Method.memory``); ``{methods}`` is filled with the
+names of the methods that declare the row."""
+RL_KINDS = ("ppo-classic", "ppo-shared", "critic-free")
+"""Rows with a generation phase (a rollout's KV cache) and no pairs."""
 NEEDS_LORA = {
     "dpo-adapter-off": "needs --lora-rank > 0 (the reference is the LoRA base, adapters off)",
     "ppo-shared": "needs --lora-rank > 0 (the roles are LoRA adapters on one frozen base)",
@@ -168,6 +174,22 @@ class _Step:
         return cache + prefill + self.rollout * a.vocab * (b + 12)
 
 
+def rows() -> dict[str, str]:
+    """``{kind: label}``: the rows ``preflab plan`` prints, each a kind some registered method
+    declares, in ``KINDS``' order."""
+    from preflab.algorithms import registry
+
+    declared: dict[str, list[str]] = {}
+    for method in registry().values():
+        for kind in method.memory:
+            if kind not in KINDS:
+                raise ValueError(f"{method.module}: plan kind {kind!r} is not one of "
+                                 f"{', '.join(KINDS)}")
+            declared.setdefault(kind, []).append(method.name)
+    return {kind: label.format(methods=" / ".join(declared[kind]))
+            for kind, label in KINDS.items() if kind in declared}
+
+
 def _method(step: _Step, name: str, B: int) -> dict | None:
     """Roles and phase peaks of one method at micro-batch ``B``; None if it does not apply."""
     if name in NEEDS_LORA and not step.rank:
@@ -175,8 +197,8 @@ def _method(step: _Step, name: str, B: int) -> dict | None:
     if name == "rm":  # chosen and rejected through the reward model in one forward
         reward = _acting(step.scorer(True), step.saved(2 * B, "scalar"))
         return {"roles": {"reward": reward}, "phases": {"train": reward["total"]}}
-    if name.startswith("ppo"):
-        return _ppo(step, name, B)
+    if name in RL_KINDS:
+        return _rl(step, name, B)
     rows = B if name == "sft" else 2 * B  # the others: chosen and rejected in one forward
     policy = step.lm(True)
     saved, working = step.saved(rows, "lm"), step.head_working(rows)
@@ -196,9 +218,14 @@ def _method(step: _Step, name: str, B: int) -> dict | None:
     return {"roles": roles, "phases": phases}
 
 
-def _ppo(step: _Step, name: str, B: int) -> dict:
-    """Generation, then policy and value updates one after the other (dropout off)."""
-    if name == "ppo-classic":
+def _rl(step: _Step, name: str, B: int) -> dict:
+    """Generation, then policy and value updates one after the other (dropout off); the
+    critic-free methods (RLOO, GRPO, REINFORCE++) hold no value model, and their rollout is
+    ``--rollout-batch-size`` completions generated at once."""
+    if name == "critic-free":
+        roles = {"policy": step.lm(True), "reward": step.scorer(False),
+                 "reference": _role(step.reference())}
+    elif name == "ppo-classic":
         roles = {"policy": step.lm(True), "value": step.scorer(True),
                  "reward": step.scorer(False), "reference": _role(step.reference())}
     else:  # one frozen base (counted under policy) with policy, value and reward adapters
@@ -207,9 +234,10 @@ def _ppo(step: _Step, name: str, B: int) -> dict:
         roles = {"policy": step.lm(True), "value": _role(value, value, 2 * value),
                  "reward": _role(a + step.frozen * h), "reference": _role()}
     policy_saved = step.saved(B, "lm", dropout=False)
-    value_saved = step.saved(B, "scalar", dropout=False)
+    value_saved = step.saved(B, "scalar", dropout=False) if "value" in roles else 0
     roles["policy"] = _acting(roles["policy"], policy_saved, step.head_working(B))
-    roles["value"] = _acting(roles["value"], value_saved)
+    if "value" in roles:
+        roles["value"] = _acting(roles["value"], value_saved)
     roles["generation"] = _acting(_role(), 0, step.generation())
     params, grads, optimizer = (sum(r[k] for r in roles.values())
                                 for k in ("params", "grads", "optimizer"))
@@ -238,7 +266,7 @@ def _largest(fits, cap: int) -> int:
 def _fitting(step: _Step, name: str, budget: int, batch_size: int) -> dict[str, int]:
     """``max_micro_batch`` under ``budget`` bytes; for PPO also ``max_rollout_batch``, the
     largest rollout whose generation phase fits (it does not depend on the micro-batch)."""
-    ppo = name.startswith("ppo")
+    ppo = name in RL_KINDS
 
     def peak(B: int) -> int:
         return max(_method(step, name, B)["phases"].values())
@@ -272,7 +300,7 @@ def plan_memory(config: dict, *, precision: str = "bf16-mixed", lora_rank: int =
                  seq_len, gradient_checkpointing, attention, rollout_batch_size,
                  response_length)
     methods: dict[str, dict] = {}
-    for name, label in METHODS.items():
+    for name, label in rows().items():
         figures = _method(step, name, batch_size)
         if figures is None:
             methods[name] = {"label": label, "applicable": False, "why": NEEDS_LORA[name]}
@@ -329,21 +357,22 @@ def render(plan: dict, *, model: str) -> str:
         *textwrap.wrap(
             f"settings: {s['precision']}, {lora}; seq-len {s['seq_len']}, micro-batch "
             f"{s['batch_size']}, gradient checkpointing {checkpointing}, attention "
-            f"{s['attention']}; PPO rollout {s['rollout_batch_size']} prompts", 100,
+            f"{s['attention']}; RL rollout {s['rollout_batch_size']} sequences", 100,
             subsequent_indent="  ", break_on_hyphens=False),
         f"GPU memory: {gpu / 2**30:.2f} GiB (GB means GiB, 2^30 bytes)" if gpu else "",
         *textwrap.wrap(f"precision: {plan['precision']}", 100, subsequent_indent="  ",
                        break_on_hyphens=False), "",
     ]
-    head = f"{'method':<20} {'role':<11}" + "".join(f"{c:>12}" for c in COLUMNS)
+    w = max(20, *(len(entry["label"]) for entry in plan["methods"].values()))
+    head = f"{'method':<{w}} {'role':<11}" + "".join(f"{c:>12}" for c in COLUMNS)
     lines += [head + f"   ({unit})", "-" * len(head)]
     for entry in plan["methods"].values():
         if not entry["applicable"]:
-            lines += [f"{entry['label']:<20} {entry['why']}", ""]
+            lines += [f"{entry['label']:<{w}} {entry['why']}", ""]
             continue
         for i, (role, r) in enumerate(entry["roles"].items()):
             cells = "".join(f"{r[c] / size:>12.2f}" for c in COLUMNS)
-            lines.append(f"{entry['label'] if i == 0 else '':<20} {role:<11}{cells}")
+            lines.append(f"{entry['label'] if i == 0 else '':<{w}} {role:<11}{cells}")
         verdict = ""
         if "fits" in entry:
             verdict = (f"{'fits' if entry['fits'] else 'DOES NOT FIT'}, max micro-batch "
@@ -353,12 +382,13 @@ def render(plan: dict, *, model: str) -> str:
         others = [f"{k} {v / size:.2f}" for k, v in entry["phases"].items()
                   if k != entry["peak_phase"]]
         phases = "; ".join([entry["peak_phase"], *others])
-        lines.append(f"{'':<20} {'peak':<11}{'':>48}{entry['peak'] / size:>12.2f}   "
+        lines.append(f"{'':<{w}} {'peak':<11}{'':>48}{entry['peak'] / size:>12.2f}   "
                      f"{verdict} ({phases})")
         lines.append("")
     lines += textwrap.wrap(
-        "peak: the largest phase of a step (train; dpo precomputed: precompute; ppo: update or "
-        "generation, whose KV cache and prefill are estimates), not the sum of the rows. max "
+        "peak: the largest phase of a step (train; dpo precomputed: precompute; ppo and the "
+        "methods with no value model: update or generation, whose KV cache and prefill are "
+        "estimates), not the sum of the rows. max "
         "micro-batch: the largest --batch-size whose peak fits; max rollout: the largest "
         "--rollout-batch-size whose generation fits. Not counted: the CUDA context and "
         "allocator fragmentation.", 100)

@@ -9,9 +9,6 @@ from preflab.compare.methods import DIRECT, RLHF
 
 DIVERSITY_KEYS = ("distinct_n/per_input", "distinct_n/across_input", "self_bleu/per_input",
                   "self_bleu/across_input", "ead/per_input", "ead/across_input")
-PLAN_NAMES = {"dpo": "dpo-copy", "ipo": "dpo-copy", "dpo-precomputed": "dpo-precomputed",
-              "simpo": "simpo-orpo", "ppo": "ppo-classic", "ppo-shared": "ppo-shared",
-              "kto": "dpo-copy"}
 
 
 def frontier(results: dict) -> dict:
@@ -150,11 +147,14 @@ def _fits(results: dict) -> dict[str, bool] | None:
     hyper = inputs.get("hyperparameters", {})
     config = read_config(inputs["sft"])
     seq_len = inputs.get("max_length", 512)
+    from preflab.algorithms import compared
+
     out = {}
-    for method, plan_name in PLAN_NAMES.items():
-        section = {"dpo-precomputed": "dpo", "ppo": "ppo", "ppo-shared": "ppo-shared"}.get(
-            method, method)
-        h = hyper.get(section, {})
+    for method, (trainer, entry) in compared().items():
+        plan_name = entry.plan or next(iter(trainer.memory), "")
+        if not plan_name:
+            continue  # a method plan does not count (KTO, online DPO): not checked
+        h = hyper.get(entry.hyper_section, {})
         plan = plan_memory(config, precision="bf16-mixed", lora_rank=int(h.get("lora_rank", 0)),
                            seq_len=seq_len, batch_size=int(h.get("batch_size", 8)),
                            gpu_memory=memory)

@@ -20,7 +20,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from preflab.compare.methods import get_method
+from preflab.compare.methods import REGISTRY, get_method
 from preflab.config import arg, config_arg, split_arg
 from preflab.errors import ConfigError
 
@@ -109,7 +109,7 @@ class Preset:
 
 ALL_METHODS = ("dpo", "ipo", "simpo", "dpo-precomputed", "ppo", "ppo-shared")
 # Registered, and run when asked for with --methods; in no preset yet (their times are measured).
-EXTRA_METHODS = ("kto", "online-dpo", "rloo", "grpo", "bon")
+EXTRA_METHODS = tuple(name for name in REGISTRY if name not in ALL_METHODS)
 PRESETS = {
     "quick": Preset(methods=("dpo", "ipo", "ppo", "ppo-shared"),
                     probes=("dpo-precomputed", "simpo"), pair_prompts=768,

@@ -426,7 +426,8 @@ def test_kl_estimators():
 
 
 def test_registry_names_and_fields():
-    assert list(DIRECT_LOSSES) == ["sigmoid", "cdpo", "ipo", "hinge", "robust", "simpo", "orpo"]
+    assert list(DIRECT_LOSSES) == ["sigmoid", "cdpo", "ipo", "hinge", "robust", "simpo", "cpo",
+                                   "orpo"]
     for name, spec in DIRECT_LOSSES.items():
         assert get_direct_loss(name) is spec and spec.name == name
         assert spec.logps in ("sum", "mean") and spec.paired and spec.description
@@ -435,7 +436,7 @@ def test_registry_names_and_fields():
         spec = get_direct_loss(name)
         assert not spec.needs_reference and spec.logps == "mean"
     assert get_direct_loss("orpo").adds_sft_term
-    assert [n for n, s in DIRECT_LOSSES.items() if s.adds_sft_term] == ["orpo"]
+    assert [n for n, s in DIRECT_LOSSES.items() if s.adds_sft_term] == ["cpo", "orpo"]
 
 
 def test_unknown_loss_raises_config_error_listing_names():

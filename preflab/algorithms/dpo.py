@@ -11,7 +11,8 @@ per-example losses are summed and divided by the global batch size, so any split
 batch into micro-batches gives the same update.
 
 Implicit rewards (logged as ``rewards/*``) are beta * (log pi - log pi_ref) for the
-reference-based losses and beta * log pi (length-averaged) for the reference-free ones.
+reference-based losses and beta * log pi for the reference-free ones (length-averaged for
+SimPO and ORPO, summed for CPO).
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ _WORLD = {"learning_rate": 5e-4, "beta": 0.5, "batch_size": 32, "max_steps": 300
           "warmup_ratio": 0.1, "eval_every": 50}
 METHOD = Method(
     name="dpo", road="direct",
-    summary="direct preference optimisation: DPO, cDPO, IPO, hinge, robust, SimPO, ORPO",
+    summary="direct preference optimisation: DPO, cDPO, IPO, hinge, robust, SimPO, CPO, ORPO",
     config=DPOConfig, roles=("policy", "reference"), trains=("policy",), prior_seconds=65,
     memory=("dpo-copy", "dpo-adapter-off", "dpo-precomputed", "simpo-orpo"),
     compared=(
@@ -209,6 +210,10 @@ METHOD = Method(
                  "reference-free (SimPO)", flags={"loss": "simpo"}, plan="simpo-orpo",
                  world={**_WORLD, "learning_rate": 1e-4, "beta": 2.0, "gamma": 0.5},
                  user={"beta": 2.0, "gamma": 0.5, "eval_every": 100}),
+        Compared("cpo", "CPO", "CPO: reference-free DPO on summed log-probs, plus alpha times "
+                 "the chosen completion's NLL", "reference-free (CPO)", flags={"loss": "cpo"},
+                 plan="simpo-orpo", world={**_WORLD, "learning_rate": 1e-4, "beta": 0.1},
+                 user={"eval_every": 100}),
         Compared("dpo-precomputed", "DPO (precomputed ref)", "DPO with the reference's log-probs "
                  "computed once before training and the reference freed",
                  "DPO, precomputed reference", flags={"loss": "sigmoid", "precompute_ref": True},

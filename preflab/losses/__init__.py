@@ -7,6 +7,7 @@ May import: errors.
 """
 
 from preflab.losses.direct import (
+    cpo_loss,
     dpo_loss,
     hinge_loss,
     ipo_loss,
@@ -71,6 +72,7 @@ __all__ = [
     "log_odds",
     "masked_mean",
     "masked_var",
+    "cpo_loss",
     "orpo_loss",
     "ppo_policy_loss",
     "ppo_value_loss",

@@ -18,6 +18,7 @@ in ``direct.py``.
     hinge    hinge_loss   yes        sum    no
     robust   robust_loss  yes        sum    no           label_smoothing
     simpo    simpo_loss   no         mean   no           gamma
+    cpo      cpo_loss     no         sum    yes (alpha)  cpo_alpha
     orpo     orpo_loss    no         mean   yes (1)
 """
 
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from preflab.errors import ConfigError
 from preflab.losses.direct import (
+    cpo_loss,
     dpo_loss,
     hinge_loss,
     ipo_loss,
@@ -54,6 +56,8 @@ class LossParam:
 LABEL_SMOOTHING = LossParam(0.0, "Assumed label-flip rate eps for --loss cdpo and robust.",
                             ge=0, lt=0.5)
 GAMMA = LossParam(0.5, "SimPO's target reward margin gamma (used by --loss simpo only).", ge=0)
+CPO_ALPHA = LossParam(1.0, "CPO's weight alpha of the NLL term on the chosen completion (used "
+                      "by --loss cpo only).", ge=0)
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,17 @@ DIRECT_LOSSES: dict[str, LossSpec] = {
             params={"gamma": GAMMA},
             description="SimPO (Meng et al. 2024): -log sigmoid(beta (avg_w - avg_l) - gamma), "
             "no reference",
+        ),
+        LossSpec(
+            name="cpo",
+            fn=cpo_loss,
+            needs_reference=False,
+            paired=True,
+            logps="sum",
+            params={"cpo_alpha": CPO_ALPHA},
+            sft_weight="cpo_alpha",
+            description="CPO (Xu et al. 2024): -log sigmoid(beta (log pi_w - log pi_l)) + "
+            "alpha NLL(y_w), no reference",
         ),
         LossSpec(
             name="orpo",

@@ -13,37 +13,26 @@ batch into micro-batches gives the same update.
 Implicit rewards (logged as ``rewards/*``) are beta * (log pi - log pi_ref) for the
 reference-based losses and beta * log pi for the reference-free ones (length-averaged for
 SimPO and ORPO, summed for CPO).
+
+The loop is ``preflab.training.steps``; its direct-road side, shared with online-dpo, is
+``preflab.training.direct.DirectSteps``; this file sets it up (``setup``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from preflab import models
 from preflab.algorithms import Compared, Method
 from preflab.config import parse_config
 from preflab.data import (
     TruncationPolicy,
-    check_dataset,
     collate_preference,
     load_preference_dataset,
     split_train_eval,
 )
 from preflab.losses import get_direct_loss
-from preflab.runtime import distributed, memory
-from preflab.runtime.metrics import format_metrics
-from preflab.runtime.stream import ExampleStream
-from preflab.training import reference, session
-from preflab.training.direct import (
-    STAT_KEYS,
-    DirectConfig,
-    evaluate,
-    means,
-    preference_step,
-    to_device,
-)
+from preflab.training import reference, session, steps
+from preflab.training.direct import DirectConfig, DirectSteps, to_device
 
 
 @dataclass
@@ -82,19 +71,13 @@ def build_reference(cfg: DPOConfig, spec, run, model, tokenizer, train_examples,
     return reference.Reference("precomputed", cache=cache)
 
 
-@session.trainer
-def train(cfg: DPOConfig) -> dict:
-    check_dataset(cfg.data, "preference", **cfg.data_source(), split_flag="--data-split")
-    eval_data, eval_source = cfg.eval_source()
-    check_dataset(eval_data, "preference", **eval_source, split_flag="--eval-data-split")
-    check_dataset(cfg.eval_prompts, "prompt")
-    run = session.start_run(cfg, "dpo")
-    session.check_fsdp(cfg, run)
+def setup(cfg: DPOConfig, run: session.Run, tokenizer) -> DirectSteps:
+    """DPO's side of the step loop: the pairs, the policy, and the reference as the flags ask."""
     spec = get_direct_loss(cfg.loss)
-    tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     policy = TruncationPolicy(cfg.max_length, cfg.max_prompt_length or None, cfg.overlong)
     examples, data_report = load_preference_dataset(cfg.data, tokenizer, policy,
                                                     **cfg.data_source())
+    eval_data, eval_source = cfg.eval_source()
     if eval_data:
         eval_examples, _ = load_preference_dataset(eval_data, tokenizer, policy, **eval_source)
     else:
@@ -113,81 +96,19 @@ def train(cfg: DPOConfig) -> dict:
     session.shard_if_asked(cfg, run, model)  # after the reference copy: that stays whole
     if run.ctx.is_main:
         print(f"loss: {spec.name} ({spec.description}); reference: {ref.mode}", flush=True)
-    steps = session.total_steps(cfg, len(examples), run.ctx)
-    optimizer, scheduler = session.build_optimization(cfg, model, steps)
-    stream = ExampleStream(list(range(len(examples))), seed=cfg.seed, rank=run.ctx.rank,
-                           world_size=run.ctx.world_size)
-    start_step = session.maybe_resume(cfg, run, models={"policy": model}, optimizer=optimizer,
-                                      scheduler=scheduler, stream=stream)
-    ddp_model = distributed.wrap_ddp(model, run.ctx, run.device)
-    logger = session.open_logger(run, start_step)
-    pad_id = tokenizer.pad_token_id
-    eval_args = dict(tokenizer=tokenizer, prompts=prompts, gold_fn=gold_fn)
-    if start_step == 0:
-        logger.log(0, evaluate(model, ref, spec, cfg, eval_examples, pad_id, run, **eval_args))
-
-    global_batch = cfg.batch_size * cfg.grad_accum * run.ctx.world_size
-    throughput = session.Throughput()
-    bar = session.progress_bar(run, total=steps, initial=start_step, desc=f"dpo ({spec.name})")
-    state = dict(models={"policy": model}, optimizer=optimizer, scheduler=scheduler, stream=stream)
-    totals = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
-    counted = 0
-    def measure_roles() -> dict[str, dict[str, int]]:
-        seen: set[int] = set()  # the LoRA base counts once, under the policy
-        return {"policy": memory.role_tensor_bytes(model, optimizer, seen=seen),
-                "reference": ref.tensor_bytes(seen)}
-
-    roles = None
-    step = start_step
-    for step in range(start_step + 1, steps + 1):
-        step_loss = torch.zeros((), device=run.device)
-        for i in range(cfg.grad_accum):
-            idx = stream.next_batch(cfg.batch_size)
-            batch = collate_preference([examples[j] for j in idx], pad_id)
-            batch["index"] = torch.tensor(idx)
-            sync = i == cfg.grad_accum - 1 or not run.ctx.enabled
-            with distributed.gradient_sync(ddp_model, sync):
-                losses, stats = preference_step(ddp_model, ref, spec, cfg, to_device(batch, run.device), "train")
-                # DDP averages over ranks; scale so the update is the mean over the global batch.
-                session.backward(run, losses.sum() * run.ctx.world_size / global_batch)
-            step_loss += losses.detach().sum()
-            totals += stats
-            counted += len(idx)
-            throughput.add(int(batch["attention_mask"].sum()))
-        grad_norm = session.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm,
-                                           run=run, step=step, loss=step_loss)
-        if roles is None:  # while gradients and optimizer state both exist
-            roles = measure_roles()
-        optimizer.zero_grad(set_to_none=True)
-        bar.update(1)
-
-        if step % cfg.log_every == 0 or step == steps:
-            reduced = distributed.all_reduce_sum(torch.cat([totals, torch.tensor([float(counted)],
-                                                            dtype=torch.float64)]), run.ctx)
-            record = means(reduced[:-1], reduced[-1].item())
-            record.update(session.run_metrics(run, scheduler, throughput, stream, grad_norm))
-            totals.zero_()
-            counted = 0
-            if cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
-                record.update(evaluate(model, ref, spec, cfg, eval_examples, pad_id, run, **eval_args))
-            logger.log(step, record)
-            bar.set_postfix_str(format_metrics(record, ("loss", "rewards/accuracies", "eval/gold_reward")))
-        session.step_boundary(run, step, steps, **state)
-    bar.close()
-
-    final_eval = evaluate(model, ref, spec, cfg, eval_examples, pad_id, run, **eval_args)
-    roles = roles or measure_roles()
-    final_metrics = {**final_eval, **{f"memory/tensor_bytes/{role}": figures["total"]
-                                      for role, figures in roles.items()}}
-    summary = session.finish_run(
-        run, logger=logger, final_log=final_eval,
+    return DirectSteps(
+        cfg=cfg, run=run, spec=spec, model=model, reference=ref, tokenizer=tokenizer,
+        examples=examples, eval_examples=eval_examples, prompts=prompts, gold_fn=gold_fn,
+        data_report=data_report, desc=f"dpo ({spec.name})",
+        postfix=("loss", "rewards/accuracies", "eval/gold_reward"),
         headline=("eval/rewards/accuracies", "eval/gold_reward", "eval/kl"),
-        model=model, tokenizer=tokenizer, steps=step, tokens=throughput.tokens * run.ctx.world_size,
-        roles=roles, final_metrics=final_metrics, data_report=data_report.as_dict(),
         extra={"loss": spec.name, "reference_mode": ref.mode},
     )
-    distributed.teardown(run.ctx)
-    return summary
+
+
+@session.trainer
+def train(cfg: DPOConfig) -> dict:
+    return steps.train(cfg, setup, command="dpo", data="preference")
 
 
 _WORLD = {"learning_rate": 5e-4, "beta": 0.5, "batch_size": 32, "max_steps": 300,

@@ -19,6 +19,8 @@ losses are summed and divided by the global batch, as in ``preflab dpo``.
 
 The paper recommends ``w_D n_D / (w_U n_U)`` in [1, 4/3] (n: examples of each class); the
 run warns with the weights that meet it when the data is imbalanced.
+
+The loop is ``preflab.training.steps``; ``KTOSteps`` is what KTO brings to it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from preflab.config import arg, fsdp_arg, parse_config
 from preflab.data import (
     TruncationPolicy,
     UnpairedExample,
-    check_dataset,
     collate_unpaired,
     load_unpaired_dataset,
     split_train_eval,
@@ -43,10 +44,8 @@ from preflab.data import (
 from preflab.evaluation import SampledEvalConfig, evaluate_policy
 from preflab.losses import kto_loss
 from preflab.models.logprobs import forward_logps
-from preflab.runtime import distributed, memory
-from preflab.runtime.metrics import format_metrics
-from preflab.runtime.stream import ExampleStream
-from preflab.training import reference, session
+from preflab.runtime import distributed
+from preflab.training import reference, session, steps
 
 # Sums over a batch: loss, then per class (chosen = desirable, rejected = undesirable) the
 # implicit reward beta * r, the policy log-prob and the count; then the reference point.
@@ -217,119 +216,78 @@ def evaluate(model, ref: reference.Reference, cfg: KTOConfig, examples, pad_id, 
     return out
 
 
+class KTOSteps:
+    """KTO's side of the step loop (``preflab.training.steps``): the labelled examples, the
+    policy and reference, the reference point of each optimizer batch, one micro-batch's
+    losses."""
+
+    role, desc = "policy", "kto"
+    postfix = ("loss", "rewards/margins", "kl", "eval/gold_reward")
+    headline = ("eval/rewards/margins", "eval/gold_reward", "eval/kl")
+
+    def __init__(self, cfg: KTOConfig, run: session.Run, tokenizer) -> None:
+        self.cfg, self.run, self.tokenizer = cfg, run, tokenizer
+        policy = TruncationPolicy(cfg.max_length, cfg.max_prompt_length or None, cfg.overlong)
+        examples, self.data_report = load_unpaired_dataset(cfg.data, tokenizer, policy,
+                                                           **cfg.data_source())
+        eval_data, eval_source = cfg.eval_source()
+        if eval_data:
+            eval_examples, _ = load_unpaired_dataset(eval_data, tokenizer, policy, **eval_source)
+        else:
+            examples, eval_examples = split_train_eval(examples, cfg.eval_fraction, cfg.seed)
+        self.examples, self.eval_examples = examples, eval_examples
+        self.prompts, self.gold_fn = session.sampled_evaluation(cfg, run, tokenizer, policy)
+        n_good = sum(e.label for e in examples)
+        if run.ctx.is_main:
+            print(f"data: {len(examples)} train examples ({n_good} desirable, "
+                  f"{len(examples) - n_good} undesirable) / {len(eval_examples)} eval; "
+                  f"{self.data_report.summary()}", flush=True)
+            warning = check_balance(cfg, examples)
+            if warning:
+                print(warning, file=sys.stderr, flush=True)
+
+        self.model = self.forward = session.load_trainable(cfg, run)
+        self.model.train()
+        session.claim_run_dir(run)
+        self.reference = reference.live(cfg, run, self.model)
+        session.shard_if_asked(cfg, run, self.model)  # after the reference copy: that stays whole
+        self.partner = partners(len(examples), cfg.seed)
+        self.global_batch = cfg.batch_size * cfg.grad_accum * run.ctx.world_size
+        self.extra = {"reference_mode": self.reference.mode, "desirable_examples": n_good,
+                      "undesirable_examples": len(examples) - n_good}
+
+    def collate(self, drawn: list[list[int]]) -> tuple[list[dict], int]:
+        """The micro-batches, each carrying the step's reference point ``z0``: from the whole
+        optimizer batch (every micro-batch, every process), without gradient."""
+        cfg = self.cfg
+        pad_id, device = self.tokenizer.pad_token_id, self.run.device
+        micro = [batches_for(self.examples, self.partner, idx, cfg, pad_id, device)
+                 for idx in drawn]
+        z0 = reference_point(kl_sum(self.model, self.reference, [kl for _, kl in micro]),
+                             cfg.batch_size * cfg.grad_accum, self.run.ctx)  # no grad: no DDP
+        return [dict(batch, z0=z0) for batch, _ in micro], self.global_batch
+
+    def micro_step(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The summed loss, and the sums of SUM_KEYS with the example count."""
+        losses, sums = kto_step(model, self.reference, self.cfg, batch, batch["z0"])
+        count = torch.tensor([float(len(losses))], dtype=torch.float64)
+        return losses.sum(), torch.cat([sums, count])
+
+    def means(self, totals: torch.Tensor) -> dict[str, float]:
+        return _means(totals[:-1], totals[-1].item())
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.model, self.reference, self.cfg, self.eval_examples,
+                        self.tokenizer.pad_token_id, self.run, tokenizer=self.tokenizer,
+                        prompts=self.prompts, gold_fn=self.gold_fn)
+
+    def measure_roles(self, optimizer) -> dict[str, dict[str, int]]:
+        return steps.measure_roles(self.model, optimizer, reference=self.reference)
+
+
 @session.trainer
 def train(cfg: KTOConfig) -> dict:
-    check_dataset(cfg.data, "unpaired", **cfg.data_source(), split_flag="--data-split")
-    eval_data, eval_source = cfg.eval_source()
-    check_dataset(eval_data, "unpaired", **eval_source, split_flag="--eval-data-split")
-    check_dataset(cfg.eval_prompts, "prompt")
-    run = session.start_run(cfg, "kto")
-    session.check_fsdp(cfg, run)
-    tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    policy = TruncationPolicy(cfg.max_length, cfg.max_prompt_length or None, cfg.overlong)
-    examples, data_report = load_unpaired_dataset(cfg.data, tokenizer, policy,
-                                                  **cfg.data_source())
-    if eval_data:
-        eval_examples, _ = load_unpaired_dataset(eval_data, tokenizer, policy, **eval_source)
-    else:
-        examples, eval_examples = split_train_eval(examples, cfg.eval_fraction, cfg.seed)
-    prompts, gold_fn = session.sampled_evaluation(cfg, run, tokenizer, policy)
-    if run.ctx.is_main:
-        n_good = sum(e.label for e in examples)
-        print(f"data: {len(examples)} train examples ({n_good} desirable, "
-              f"{len(examples) - n_good} undesirable) / {len(eval_examples)} eval; "
-              f"{data_report.summary()}", flush=True)
-        warning = check_balance(cfg, examples)
-        if warning:
-            print(warning, file=sys.stderr, flush=True)
-
-    model = session.load_trainable(cfg, run)
-    model.train()
-    session.claim_run_dir(run)
-    ref = reference.live(cfg, run, model)
-    session.shard_if_asked(cfg, run, model)  # after the reference copy: that stays whole
-    steps = session.total_steps(cfg, len(examples), run.ctx)
-    optimizer, scheduler = session.build_optimization(cfg, model, steps)
-    partner = partners(len(examples), cfg.seed)
-    stream = ExampleStream(list(range(len(examples))), seed=cfg.seed, rank=run.ctx.rank,
-                           world_size=run.ctx.world_size)
-    start_step = session.maybe_resume(cfg, run, models={"policy": model}, optimizer=optimizer,
-                                      scheduler=scheduler, stream=stream)
-    ddp_model = distributed.wrap_ddp(model, run.ctx, run.device)
-    logger = session.open_logger(run, start_step)
-    pad_id = tokenizer.pad_token_id
-    eval_args = dict(tokenizer=tokenizer, prompts=prompts, gold_fn=gold_fn)
-    if start_step == 0:
-        logger.log(0, evaluate(model, ref, cfg, eval_examples, pad_id, run, **eval_args))
-
-    global_batch = cfg.batch_size * cfg.grad_accum * run.ctx.world_size
-    throughput = session.Throughput()
-    bar = session.progress_bar(run, total=steps, initial=start_step, desc="kto")
-    state = dict(models={"policy": model}, optimizer=optimizer, scheduler=scheduler, stream=stream)
-    totals = torch.zeros(len(SUM_KEYS), dtype=torch.float64)
-    counted = 0
-
-    def measure_roles() -> dict[str, dict[str, int]]:
-        seen: set[int] = set()  # the LoRA base counts once, under the policy
-        return {"policy": memory.role_tensor_bytes(model, optimizer, seen=seen),
-                "reference": ref.tensor_bytes(seen)}
-
-    roles = None
-    step = start_step
-    for step in range(start_step + 1, steps + 1):
-        step_loss = torch.zeros((), device=run.device)
-        micro = [batches_for(examples, partner, stream.next_batch(cfg.batch_size), cfg, pad_id,
-                             run.device) for _ in range(cfg.grad_accum)]
-        # z0 from the whole optimizer batch (every micro-batch, every process), no gradient.
-        z0 = reference_point(kl_sum(model, ref, [kl for _, kl in micro]),  # no grad: no DDP
-                             cfg.batch_size * cfg.grad_accum, run.ctx)
-        for i, (batch, _) in enumerate(micro):
-            sync = i == cfg.grad_accum - 1 or not run.ctx.enabled
-            with distributed.gradient_sync(ddp_model, sync):
-                losses, sums = kto_step(ddp_model, ref, cfg, batch, z0)
-                # DDP averages over ranks; scale so the update is the mean over the global batch.
-                session.backward(run, losses.sum() * run.ctx.world_size / global_batch)
-            step_loss += losses.detach().sum()
-            totals += sums
-            counted += len(losses)
-            throughput.add(int(batch["attention_mask"].sum()))
-        grad_norm = session.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm,
-                                           run=run, step=step, loss=step_loss)
-        if roles is None:  # while gradients and optimizer state both exist
-            roles = measure_roles()
-        optimizer.zero_grad(set_to_none=True)
-        bar.update(1)
-
-        if step % cfg.log_every == 0 or step == steps:
-            reduced = distributed.all_reduce_sum(torch.cat([totals, torch.tensor(
-                [float(counted)], dtype=torch.float64)]), run.ctx)
-            record = _means(reduced[:-1], reduced[-1].item())
-            record.update(session.run_metrics(run, scheduler, throughput, stream, grad_norm))
-            totals.zero_()
-            counted = 0
-            if cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
-                record.update(evaluate(model, ref, cfg, eval_examples, pad_id, run, **eval_args))
-            logger.log(step, record)
-            bar.set_postfix_str(format_metrics(record, ("loss", "rewards/margins", "kl",
-                                                        "eval/gold_reward")))
-        session.step_boundary(run, step, steps, **state)
-    bar.close()
-
-    final_eval = evaluate(model, ref, cfg, eval_examples, pad_id, run, **eval_args)
-    roles = roles or measure_roles()
-    final_metrics = {**final_eval, **{f"memory/tensor_bytes/{role}": figures["total"]
-                                      for role, figures in roles.items()}}
-    summary = session.finish_run(
-        run, logger=logger, final_log=final_eval,
-        headline=("eval/rewards/margins", "eval/gold_reward", "eval/kl"),
-        model=model, tokenizer=tokenizer, steps=step, tokens=throughput.tokens * run.ctx.world_size,
-        roles=roles, final_metrics=final_metrics, data_report=data_report.as_dict(),
-        extra={"reference_mode": ref.mode,
-               "desirable_examples": sum(e.label for e in examples),
-               "undesirable_examples": sum(not e.label for e in examples)},
-    )
-    distributed.teardown(run.ctx)
-    return summary
+    return steps.train(cfg, KTOSteps, command="kto", data="unpaired")
 
 
 METHOD = Method(

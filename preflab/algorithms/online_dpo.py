@@ -30,6 +30,12 @@ policy as it was at the start of the round). Each round's samples, scores and pa
 in ``RUN/rounds/round-N/``, the token ids too. A killed run resumes at the round and step where
 it stopped: the round's pairs are read back, and a moving reference is read from that round's
 ``reference.safetensors``.
+
+The DPO steps are ``preflab.training.steps``' loop (``begin``, ``take_steps`` once per round,
+``finish``) over ``preflab.training.direct.DirectSteps``, as in ``preflab dpo``. The rounds
+around them are this file's own ``train``: ``steps.train`` draws every step from one stream of
+fixed examples, while here each round brings new pairs and a new stream, and the checkpoint
+holds the prompt stream instead.
 """
 
 from __future__ import annotations
@@ -39,8 +45,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from preflab import models
 from preflab.algorithms import Compared, Method
 from preflab.config import arg, flag, fsdp_arg, parse_config
@@ -48,7 +52,6 @@ from preflab.data import (
     PreferenceExample,
     TruncationPolicy,
     check_dataset,
-    collate_preference,
     load_prompt_dataset,
     write_jsonl,
 )
@@ -57,18 +60,10 @@ from preflab.errors import ConfigError
 from preflab.generation import generate
 from preflab.losses import get_direct_loss
 from preflab.rewards import check_reward_specs, load_reward
-from preflab.runtime import distributed, memory
-from preflab.runtime.metrics import format_metrics
+from preflab.runtime import distributed
 from preflab.runtime.stream import ExampleStream
-from preflab.training import reference, session
-from preflab.training.direct import (
-    STAT_KEYS,
-    DirectConfig,
-    evaluate,
-    means,
-    preference_step,
-    to_device,
-)
+from preflab.training import reference, session, steps
+from preflab.training.direct import DirectConfig, DirectSteps
 
 REFERENCES = ("fixed", "moving")
 
@@ -239,18 +234,6 @@ def judge_round(cfg: OnlineDPOConfig, run, judge, prompts: list[str], samples: l
     return figures
 
 
-def measure_roles(model, optimizer, ref, judge) -> dict[str, dict[str, int]]:
-    """Tensor bytes per role: the policy, the reference, and the judge's reward models (held
-    in memory for the whole run, as PPO holds its reward model)."""
-    seen: set[int] = set()  # a LoRA base counts once, under the policy
-    roles = {"policy": memory.role_tensor_bytes(model, optimizer, seen=seen),
-             "reference": ref.tensor_bytes(seen)}
-    judges = [p for m in judge.models() for p in m.parameters()]
-    if judges:
-        roles["reward"] = memory.role_tensor_bytes(judges, seen=seen)
-    return roles
-
-
 def read_round(folder: Path) -> tuple[list[PreferenceExample], dict]:
     pairs = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
     examples = [PreferenceExample(p["prompt_ids"], p["chosen_ids"], p["rejected_ids"])
@@ -294,27 +277,24 @@ def train(cfg: OnlineDPOConfig) -> dict:
     ref_model = ref.model  # the frozen copy a moving reference updates (None otherwise)
 
     per_round = cfg.steps_each_round(run.ctx.world_size)
-    steps = cfg.rounds * per_round
-    optimizer, scheduler = session.build_optimization(cfg, model, steps)
+    # The DPO steps of every round, on the pairs of the round (job.examples): the loop of
+    # preflab.training.steps, from begin to finish. Only the rounds' preparation is this file's.
+    job = DirectSteps(
+        cfg=cfg, run=run, spec=spec, model=model, reference=ref, tokenizer=tokenizer,
+        examples=[], eval_examples=[], prompts=eval_prompts, gold_fn=gold_fn,
+        data_report=data_report, desc="online-dpo",
+        postfix=("loss", "round/judge_score", "eval/gold_reward"),
+        headline=("eval/gold_reward", "eval/kl"),
+        extra={"loss": spec.name, "reference_mode": ref.mode, "reference": cfg.reference,
+               "rounds": cfg.rounds, "steps_per_round": per_round},
+        reward_models=judge.models(),
+    )
     prompt_stream = ExampleStream(list(range(len(prompts_all))), seed=cfg.seed,
                                   rank=0, world_size=1)  # every process draws the same prompts
-    state = PromptState(prompt_stream)
-    start_step = session.maybe_resume(cfg, run, models={"policy": model}, optimizer=optimizer,
-                                      scheduler=scheduler, stream=state)
-    ddp_model = distributed.wrap_ddp(model, run.ctx, run.device)
-    logger = session.open_logger(run, start_step)
-    pad_id = tokenizer.pad_token_id
-    eval_args = dict(tokenizer=tokenizer, prompts=eval_prompts, gold_fn=gold_fn)
-    if start_step == 0:
-        logger.log(0, evaluate(model, ref, spec, cfg, [], pad_id, run, **eval_args))
-
+    loop, start_step = steps.begin(cfg, run, job, cfg.rounds * per_round,
+                                   PromptState(prompt_stream))
     global_batch = cfg.batch_size * cfg.grad_accum * run.ctx.world_size
-    throughput = session.Throughput()
-    bar = session.progress_bar(run, total=steps, initial=start_step, desc="online-dpo")
-    checkpointed = dict(models={"policy": model}, optimizer=optimizer, scheduler=scheduler,
-                        stream=state)
-    totals = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
-    counted, roles, step = 0, None, start_step
+    step = start_step
     for number in range(start_step // per_round + 1, cfg.rounds + 1):
         folder = run.dir / "rounds" / f"round-{number}"
         first = (number - 1) * per_round
@@ -343,66 +323,18 @@ def train(cfg: OnlineDPOConfig) -> dict:
                 folder.mkdir(parents=True, exist_ok=True)
                 judge_round(cfg, run, judge, drawn, samples, number, folder)
         distributed.barrier(run.ctx)
-        examples, figures = read_round(folder)
+        job.examples, figures = read_round(folder)
         if run.ctx.is_main and not mid_round:
             print(f"round {number}: {figures['round/pairs']} pairs ({figures['round/ties']} "
                   f"ties), mean judge score {figures['round/judge_score']:.4g}", flush=True)
-        pair_stream = ExampleStream(list(range(len(examples))), seed=cfg.seed * 7919 + number,
+        pair_stream = ExampleStream(list(range(len(job.examples))),
+                                    seed=cfg.seed * 7919 + number,
                                     rank=run.ctx.rank, world_size=run.ctx.world_size)
         pair_stream.position = (max(start_step, first) - first) * global_batch
-
-        for step in range(max(start_step, first) + 1, number * per_round + 1):
-            step_loss = torch.zeros((), device=run.device)
-            for i in range(cfg.grad_accum):
-                idx = pair_stream.next_batch(cfg.batch_size)
-                batch = to_device(collate_preference([examples[j] for j in idx], pad_id),
-                                  run.device)
-                sync = i == cfg.grad_accum - 1 or not run.ctx.enabled
-                with distributed.gradient_sync(ddp_model, sync):
-                    losses, stats = preference_step(ddp_model, ref, spec, cfg, batch, "train")
-                    session.backward(run, losses.sum() * run.ctx.world_size / global_batch)
-                step_loss += losses.detach().sum()
-                totals += stats
-                counted += len(idx)
-                throughput.add(int(batch["attention_mask"].sum()))
-            grad_norm = session.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm,
-                                               run=run, step=step, loss=step_loss)
-            if roles is None:  # while gradients and optimizer state both exist
-                roles = measure_roles(model, optimizer, ref, judge)
-            optimizer.zero_grad(set_to_none=True)
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == steps or step == first + 1:
-                reduced = distributed.all_reduce_sum(torch.cat([totals, torch.tensor(
-                    [float(counted)], dtype=torch.float64)]), run.ctx)
-                record = means(reduced[:-1], reduced[-1].item())
-                record.update(session.run_metrics(run, scheduler, throughput, pair_stream,
-                                                  grad_norm))
-                record.update(figures)
-                totals.zero_()
-                counted = 0
-                if cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
-                    record.update(evaluate(model, ref, spec, cfg, [], pad_id, run, **eval_args))
-                logger.log(step, record)
-                bar.set_postfix_str(format_metrics(record, ("loss", "round/judge_score",
-                                                            "eval/gold_reward")))
-            session.step_boundary(run, step, steps, **checkpointed)
+        step = steps.take_steps(loop, pair_stream, max(start_step, first), number * per_round,
+                                figures=figures, log_at=first + 1)
         start_step = max(start_step, number * per_round)
-    bar.close()
-
-    final_eval = evaluate(model, ref, spec, cfg, [], pad_id, run, **eval_args)
-    roles = roles or measure_roles(model, optimizer, ref, judge)
-    summary = session.finish_run(
-        run, logger=logger, final_log=final_eval,
-        headline=("eval/gold_reward", "eval/kl"), model=model, tokenizer=tokenizer, steps=step,
-        tokens=throughput.tokens * run.ctx.world_size, roles=roles,
-        final_metrics={**final_eval, **{f"memory/tensor_bytes/{r}": f["total"]
-                                        for r, f in roles.items()}},
-        data_report=data_report.as_dict(),
-        extra={"loss": spec.name, "reference_mode": ref.mode, "reference": cfg.reference,
-               "rounds": cfg.rounds, "steps_per_round": per_round},
-    )
-    distributed.teardown(run.ctx)
-    return summary
+    return steps.finish(loop, step, tokenizer)
 
 
 METHOD = Method(

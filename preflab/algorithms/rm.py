@@ -18,6 +18,7 @@ Chosen and rejected go through the model in one batch (``collate_preference``). 
 ranked as labelled) and ``eval/margin``. ``final/`` loads with
 ``AutoModelForSequenceClassification``; with ``--lora-rank`` it also holds ``adapter/``,
 which ``preflab ppo --memory-mode shared`` puts on the policy's base as its reward adapter.
+The loop is ``preflab.training.steps``; ``RMSteps`` is what the reward model brings to it.
 """
 
 from __future__ import annotations
@@ -31,17 +32,14 @@ from preflab.algorithms import Method
 from preflab.config import TrainConfig, arg, fsdp_arg, parse_config
 from preflab.data import (
     TruncationPolicy,
-    check_dataset,
     collate_preference,
     load_preference_dataset,
     split_train_eval,
 )
 from preflab.losses import reward_model_loss
 from preflab.models.heads import SequenceScorer
-from preflab.runtime import distributed, memory
-from preflab.runtime.metrics import format_metrics
-from preflab.runtime.stream import ExampleStream
-from preflab.training import session
+from preflab.runtime import distributed
+from preflab.training import session, steps
 
 STAT_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
@@ -130,82 +128,49 @@ def evaluate(scorer, examples, cfg: RMConfig, pad_id: int, run: session.Run) -> 
             "eval/rejected": mean["rewards/rejected"]}
 
 
+class RMSteps:
+    """The reward model's side of the step loop (``preflab.training.steps``): the pairs, the
+    classifier and its scorer, and one micro-batch's Bradley-Terry losses."""
+
+    role, reference, extra = "reward", None, None
+    desc, postfix = "rm", ("loss", "rewards/accuracies", "eval/accuracy")
+    headline = ("eval/accuracy", "eval/margin")
+
+    def __init__(self, cfg: RMConfig, run: session.Run, tokenizer) -> None:
+        self.cfg, self.run, self.pad_id = cfg, run, tokenizer.pad_token_id
+        self.examples, self.eval_examples, self.data_report = load_data(cfg, tokenizer)
+        if run.ctx.is_main:
+            print(f"data: {len(self.examples)} train / {len(self.eval_examples)} eval pairs; "
+                  f"{self.data_report.summary()}", flush=True)
+        self.model = load_reward_model(cfg, run, self.pad_id)
+        self.forward = SequenceScorer(self.model)
+        session.shard_if_asked(cfg, run, self.forward)  # the scorer's forward runs the model
+        self.forward.train()
+        self.global_pairs = cfg.batch_size * cfg.grad_accum * run.ctx.world_size
+
+    def collate(self, drawn: list[list[int]]) -> tuple[list[dict], int]:
+        return ([collate_preference([self.examples[i] for i in idx], self.pad_id)
+                 for idx in drawn], self.global_pairs)
+
+    def micro_step(self, scorer, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The summed loss, and the sums of STAT_KEYS with the pair count."""
+        losses, stats = pair_step(scorer, batch, self.cfg, self.run.device)
+        pairs = torch.tensor([float(batch["batch_size"])], dtype=torch.float64)
+        return losses.sum(), torch.cat([stats, pairs])
+
+    def means(self, totals: torch.Tensor) -> dict[str, float]:
+        return {k: (totals[i] / totals[-1].clamp(min=1)).item() for i, k in enumerate(STAT_KEYS)}
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.forward, self.eval_examples, self.cfg, self.pad_id, self.run)
+
+    def measure_roles(self, optimizer) -> dict[str, dict[str, int]]:
+        return steps.measure_roles(self.model, optimizer, role="reward")
+
+
 @session.trainer
 def train(cfg: RMConfig) -> dict:
-    check_dataset(cfg.data, "preference", **cfg.data_source(), split_flag="--data-split")
-    eval_data, eval_source = cfg.eval_source()
-    check_dataset(eval_data, "preference", **eval_source, split_flag="--eval-data-split")
-    run = session.start_run(cfg, "rm")
-    session.check_fsdp(cfg, run)
-    tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    examples, eval_examples, data_report = load_data(cfg, tokenizer)
-    if run.ctx.is_main:
-        print(f"data: {len(examples)} train / {len(eval_examples)} eval pairs; "
-              f"{data_report.summary()}", flush=True)
-    pad_id = tokenizer.pad_token_id
-    model = load_reward_model(cfg, run, pad_id)
-    scorer = SequenceScorer(model)
-    session.shard_if_asked(cfg, run, scorer)  # the scorer's forward runs the model
-    scorer.train()
-    steps = session.total_steps(cfg, len(examples), run.ctx)
-    optimizer, scheduler = session.build_optimization(cfg, model, steps)
-    stream = ExampleStream(examples, seed=cfg.seed, rank=run.ctx.rank, world_size=run.ctx.world_size)
-    start_step = session.maybe_resume(
-        cfg, run, models={"reward": model}, optimizer=optimizer, scheduler=scheduler, stream=stream
-    )
-    ddp_scorer = distributed.wrap_ddp(scorer, run.ctx, run.device)
-    logger = session.open_logger(run, start_step)
-    throughput = session.Throughput()
-    if start_step == 0:
-        logger.log(0, evaluate(scorer, eval_examples, cfg, pad_id, run))
-
-    bar = session.progress_bar(run, total=steps, initial=start_step, desc="rm")
-    state = dict(models={"reward": model}, optimizer=optimizer, scheduler=scheduler, stream=stream)
-    step = start_step
-    roles = None
-    running = torch.zeros(len(STAT_KEYS) + 1, dtype=torch.float64)  # stat sums, pair count
-    global_pairs = cfg.batch_size * cfg.grad_accum * run.ctx.world_size
-    for step in range(start_step + 1, steps + 1):
-        step_loss = torch.zeros((), device=run.device)
-        for i in range(cfg.grad_accum):
-            batch = collate_preference(stream.next_batch(cfg.batch_size), pad_id)
-            # DDP averages gradients over ranks; multiply back so the result is sum / pairs.
-            sync = i == cfg.grad_accum - 1 or not run.ctx.enabled
-            with distributed.gradient_sync(ddp_scorer, sync):
-                losses, stats = pair_step(ddp_scorer, batch, cfg, run.device)
-                session.backward(run, losses.sum() * run.ctx.world_size / global_pairs)
-            step_loss += losses.detach().sum()
-            running += torch.cat([stats, torch.tensor([float(batch["batch_size"])],
-                                                      dtype=torch.float64)])
-            throughput.add(int(batch["attention_mask"].sum()))
-        grad_norm = session.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm,
-                                           run=run, step=step, loss=step_loss)
-        if roles is None:  # measured while gradients and optimizer state both exist
-            roles = {"reward": memory.role_tensor_bytes(model, optimizer)}
-        optimizer.zero_grad(set_to_none=True)
-        bar.update(1)
-
-        if step % cfg.log_every == 0 or step == steps:
-            totals = distributed.all_reduce_sum(running, run.ctx)
-            record = {k: (totals[i] / totals[-1].clamp(min=1)).item() for i, k in enumerate(STAT_KEYS)}
-            record.update(session.run_metrics(run, scheduler, throughput, stream, grad_norm))
-            running.zero_()
-            if cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
-                record.update(evaluate(scorer, eval_examples, cfg, pad_id, run))
-            logger.log(step, record)
-            bar.set_postfix_str(format_metrics(record, ("loss", "rewards/accuracies", "eval/accuracy")))
-        session.step_boundary(run, step, steps, **state)
-    bar.close()
-
-    final_eval = evaluate(scorer, eval_examples, cfg, pad_id, run)
-    roles = roles or {"reward": memory.role_tensor_bytes(model, optimizer)}
-    summary = session.finish_run(
-        run, logger=logger, final_log=final_eval, headline=("eval/accuracy", "eval/margin"),
-        model=model, tokenizer=tokenizer, steps=step, tokens=throughput.tokens * run.ctx.world_size,
-        roles=roles, final_metrics=final_eval, data_report=data_report.as_dict(),
-    )
-    distributed.teardown(run.ctx)
-    return summary
+    return steps.train(cfg, RMSteps, command="rm", data="preference")
 
 
 METHOD = Method(

@@ -7,6 +7,8 @@ masked; ``--no-completion-only`` trains on the prompt too). Over gradient accumu
 token-level sums are divided by the number of completion tokens in the *whole* optimizer
 batch, counted before the first backward, so 8 micro-batches of 1 give the same update as
 1 micro-batch of 8 (a mean per micro-batch would weight short examples more).
+
+The loop is ``preflab.training.steps``; ``SFTSteps`` is what SFT brings to it.
 """
 
 from __future__ import annotations
@@ -16,12 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from preflab import models
 from preflab.algorithms import Method
 from preflab.config import TrainConfig, arg, fsdp_arg, parse_config
 from preflab.data import (
     TruncationPolicy,
-    check_dataset,
     collate_sft,
     load_sft_dataset,
     split_train_eval,
@@ -30,10 +30,8 @@ from preflab.models.logprobs import (
     forward_logps,
     packed_forward_logps,
 )
-from preflab.runtime import distributed, memory
-from preflab.runtime.metrics import format_metrics
-from preflab.runtime.stream import ExampleStream
-from preflab.training import session
+from preflab.runtime import distributed
+from preflab.training import session, steps
 
 
 @dataclass
@@ -113,87 +111,54 @@ def evaluate(model, examples, cfg: SFTConfig, pad_id: int, run: session.Run) -> 
     return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0))}
 
 
+class SFTSteps:
+    """SFT's side of the step loop (``preflab.training.steps``): the completions, the model,
+    and one micro-batch's summed NLL over its completion tokens."""
+
+    role, reference, extra = "policy", None, None
+    desc, postfix, headline = "sft", ("loss", "eval/loss", "tokens_per_sec"), ("eval/loss",)
+
+    def __init__(self, cfg: SFTConfig, run: session.Run, tokenizer) -> None:
+        self.cfg, self.run, self.pad_id = cfg, run, tokenizer.pad_token_id
+        self.examples, self.eval_examples, self.data_report = load_data(cfg, tokenizer)
+        if run.ctx.is_main:
+            print(f"data: {len(self.examples)} train / {len(self.eval_examples)} eval examples; "
+                  f"{self.data_report.summary()}", flush=True)
+        self.model = self.forward = session.load_trainable(cfg, run)
+        if cfg.padding_free:
+            session.require_packing(self.model, tokenizer)
+        session.shard_if_asked(cfg, run, self.model)
+        self.model.train()
+
+    def collate(self, drawn: list[list[int]]) -> tuple[list[dict], float]:
+        batches = [collate_sft([self.examples[i] for i in idx], self.pad_id) for idx in drawn]
+        # Normalise by the completion tokens of the whole optimizer batch on every rank.
+        local_tokens = sum(int(b["completion_mask"][:, 1:].sum()) for b in batches)
+        global_tokens = distributed.all_reduce_sum(torch.tensor(float(local_tokens)),
+                                                   self.run.ctx).item()
+        return batches, max(global_tokens, 1.0)
+
+    def micro_step(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The summed NLL, and (NLL, tokens) kept on the device so a micro-batch never waits
+        for the host (float32: MPS has no float64)."""
+        loss_sum, _ = forward_nll(model, batch, self.run.device, self.cfg.padding_free)
+        tokens = batch["completion_mask"][:, 1:].sum().to(loss_sum.device, torch.float32)
+        return loss_sum, torch.stack([loss_sum.detach().float(), tokens])
+
+    def means(self, totals: torch.Tensor) -> dict[str, float]:
+        totals = totals.cpu()
+        return {"loss": (totals[0] / totals[1].clamp(min=1)).item()}
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.model, self.eval_examples, self.cfg, self.pad_id, self.run)
+
+    def measure_roles(self, optimizer) -> dict[str, dict[str, int]]:
+        return steps.measure_roles(self.model, optimizer)
+
+
 @session.trainer
 def train(cfg: SFTConfig) -> dict:
-    check_dataset(cfg.data, "sft", **cfg.data_source(), split_flag="--data-split")
-    eval_data, eval_source = cfg.eval_source()
-    check_dataset(eval_data, "sft", **eval_source, split_flag="--eval-data-split")
-    run = session.start_run(cfg, "sft")
-    session.check_fsdp(cfg, run)
-    tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    examples, eval_examples, data_report = load_data(cfg, tokenizer)
-    if run.ctx.is_main:
-        print(f"data: {len(examples)} train / {len(eval_examples)} eval examples; "
-              f"{data_report.summary()}", flush=True)
-    model = session.load_trainable(cfg, run)
-    if cfg.padding_free:
-        session.require_packing(model, tokenizer)
-    session.shard_if_asked(cfg, run, model)
-    model.train()
-    steps = session.total_steps(cfg, len(examples), run.ctx)
-    optimizer, scheduler = session.build_optimization(cfg, model, steps)
-    stream = ExampleStream(examples, seed=cfg.seed, rank=run.ctx.rank, world_size=run.ctx.world_size)
-    start_step = session.maybe_resume(
-        cfg, run, models={"policy": model}, optimizer=optimizer, scheduler=scheduler, stream=stream
-    )
-    ddp_model = distributed.wrap_ddp(model, run.ctx, run.device)
-    logger = session.open_logger(run, start_step)
-    pad_id = tokenizer.pad_token_id
-    throughput = session.Throughput()
-    if start_step == 0:
-        logger.log(0, evaluate(model, eval_examples, cfg, pad_id, run))
-
-    bar = session.progress_bar(run, total=steps, initial=start_step, desc="sft")
-    state = dict(models={"policy": model}, optimizer=optimizer, scheduler=scheduler, stream=stream)
-    step = start_step
-    roles = None
-    # Summed NLL and token count since the last log, kept on the device so a micro-batch
-    # never waits for the host (float32: MPS has no float64).
-    running_loss = torch.zeros(2, device=run.device)
-    for step in range(start_step + 1, steps + 1):
-        micro_batches = [collate_sft(stream.next_batch(cfg.batch_size), pad_id) for _ in range(cfg.grad_accum)]
-        # Normalise by the completion tokens of the whole optimizer batch on every rank.
-        local_tokens = sum(int(b["completion_mask"][:, 1:].sum()) for b in micro_batches)
-        global_tokens = distributed.all_reduce_sum(torch.tensor(float(local_tokens)), run.ctx).item()
-        step_loss = torch.zeros((), device=run.device)
-        for i, batch in enumerate(micro_batches):
-            # DDP averages gradients over ranks; multiply back so the result is sum / tokens.
-            sync = i == len(micro_batches) - 1 or not run.ctx.enabled
-            with distributed.gradient_sync(ddp_model, sync):
-                loss_sum, _ = forward_nll(ddp_model, batch, run.device, cfg.padding_free)
-                session.backward(run, loss_sum * run.ctx.world_size / max(global_tokens, 1.0))
-            running_loss[0] += loss_sum.detach().float()
-            step_loss += loss_sum.detach().float()
-            throughput.add(int(batch["attention_mask"].sum()))
-        running_loss[1] += local_tokens
-        grad_norm = session.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm,
-                                           run=run, step=step, loss=step_loss)
-        if roles is None:  # measured while gradients and optimizer state both exist
-            roles = {"policy": memory.role_tensor_bytes(model, optimizer)}
-        optimizer.zero_grad(set_to_none=True)
-        bar.update(1)
-
-        if step % cfg.log_every == 0 or step == steps:
-            totals = distributed.all_reduce_sum(running_loss, run.ctx).cpu()
-            record = {"loss": (totals[0] / totals[1].clamp(min=1)).item(),
-                      **session.run_metrics(run, scheduler, throughput, stream, grad_norm)}
-            running_loss.zero_()
-            if cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
-                record.update(evaluate(model, eval_examples, cfg, pad_id, run))
-            logger.log(step, record)
-            bar.set_postfix_str(format_metrics(record, ("loss", "eval/loss", "tokens_per_sec")))
-        session.step_boundary(run, step, steps, **state)
-    bar.close()
-
-    final_eval = evaluate(model, eval_examples, cfg, pad_id, run)
-    roles = roles or {"policy": memory.role_tensor_bytes(model, optimizer)}
-    summary = session.finish_run(
-        run, logger=logger, final_log=final_eval, headline=("eval/loss",),
-        model=model, tokenizer=tokenizer, steps=step, tokens=throughput.tokens * run.ctx.world_size,
-        roles=roles, final_metrics=final_eval, data_report=data_report.as_dict(),
-    )
-    distributed.teardown(run.ctx)
-    return summary
+    return steps.train(cfg, SFTSteps, command="sft", data="sft")
 
 
 METHOD = Method(

@@ -1,6 +1,7 @@
 """The direct-preference step that ``preflab dpo`` and ``preflab online-dpo`` share: the flags
 (``DirectConfig``), one concatenated batch's per-example losses and logged figures
-(``preference_step``), and the held-out evaluation (``evaluate``).
+(``preference_step``), the held-out evaluation (``evaluate``), and what both bring to the
+step loop of ``preflab.training.steps`` (``DirectSteps``).
 
 The loss comes from the registry in ``preflab.losses``, which also says whether log-probs
 are summed or averaged over tokens and whether an SFT term is added; the reference's
@@ -9,7 +10,8 @@ log-probs come from wherever ``preflab.training.reference`` holds it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, make_dataclass
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any
 
 import torch
 
@@ -21,8 +23,8 @@ from preflab.evaluation import SampledEvalConfig, evaluate_policy
 from preflab.losses import DIRECT_LOSSES, LOSS_PARAMS, compute_direct_loss, get_direct_loss
 from preflab.losses.registry import check_direct_loss_args
 from preflab.models.logprobs import concatenated_forward
-from preflab.runtime import distributed
-from preflab.training import reference, session
+from preflab.runtime import distributed, memory
+from preflab.training import reference, session, steps
 
 STAT_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
              "rewards/accuracies", "logps/chosen", "logps/rejected")
@@ -155,3 +157,66 @@ def evaluate(model, ref, spec, cfg, examples, pad_id, run, *, tokenizer, prompts
         ).metrics)
     model.train()
     return out
+
+
+@dataclass
+class DirectSteps:
+    """The direct road's side of the step loop (``preflab.training.steps``): dpo's, and
+    online-dpo's, whose ``examples`` are each round's pairs."""
+
+    cfg: DirectConfig
+    run: session.Run
+    spec: Any
+    """The loss's entry in ``preflab.losses``' registry."""
+    model: torch.nn.Module
+    reference: reference.Reference
+    tokenizer: Any
+    examples: list
+    eval_examples: list
+    prompts: list[str]
+    """``--eval-prompts`` to sample at evaluation, with ``gold_fn`` to score them."""
+    gold_fn: Any
+    data_report: Any
+    desc: str
+    postfix: tuple[str, ...]
+    headline: tuple[str, ...]
+    extra: dict
+    reward_models: list = field(default_factory=list)
+    """Frozen models held for the whole run (online-dpo's judge), counted as ``reward``."""
+    role: str = "policy"
+
+    @property
+    def forward(self) -> torch.nn.Module:
+        return self.model
+
+    def collate(self, drawn: list[list[int]]) -> tuple[list[dict], int]:
+        batches = []
+        for idx in drawn:
+            batch = collate_preference([self.examples[j] for j in idx],
+                                       self.tokenizer.pad_token_id)
+            batch["index"] = torch.tensor(idx)  # where a precomputed reference looks
+            batches.append(batch)
+        return batches, self.cfg.batch_size * self.cfg.grad_accum * self.run.ctx.world_size
+
+    def micro_step(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The summed loss, and the sums of STAT_KEYS with the pair count."""
+        losses, stats = preference_step(model, self.reference, self.spec, self.cfg,
+                                        to_device(batch, self.run.device), "train")
+        return losses.sum(), torch.cat([stats, torch.tensor([float(len(losses))],
+                                                            dtype=torch.float64)])
+
+    def means(self, totals: torch.Tensor) -> dict[str, float]:
+        return means(totals[:-1], totals[-1].item())
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.model, self.reference, self.spec, self.cfg, self.eval_examples,
+                        self.tokenizer.pad_token_id, self.run, tokenizer=self.tokenizer,
+                        prompts=self.prompts, gold_fn=self.gold_fn)
+
+    def measure_roles(self, optimizer) -> dict[str, dict[str, int]]:
+        seen: set[int] = set()  # the LoRA base counts once, under the policy
+        roles = steps.measure_roles(self.model, optimizer, reference=self.reference, seen=seen)
+        judges = [p for m in self.reward_models for p in m.parameters()]
+        if judges:
+            roles["reward"] = memory.role_tensor_bytes(judges, seen=seen)
+        return roles

@@ -1,9 +1,11 @@
-"""The start and end of every training run, shared so each algorithm file holds only its loop.
+"""The start and end of every training run, and the pieces of a step, shared by every trainer.
 
 ``start_run`` resolves the process group, device, precision, run directory and seed;
 ``load_trainable`` loads the policy (full or LoRA); ``build_optimization`` the optimizer and
 schedule; ``maybe_resume`` restores a checkpoint; ``finish_run`` writes ``final/``,
-``summary.json`` and the model card. The loop in between belongs to the algorithm.
+``summary.json`` and the model card. The loop in between is ``preflab.training.steps`` for
+the step-based trainers (sft, rm, dpo, kto, online-dpo's DPO steps); the RL trainers hold
+their own.
 """
 
 from __future__ import annotations

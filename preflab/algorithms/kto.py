@@ -178,8 +178,8 @@ def check_balance(cfg: KTOConfig, examples) -> str | None:
 
 
 @torch.no_grad()
-def evaluate(model, ref: reference.Reference, cfg: KTOConfig, examples, pad_id, run, *, tokenizer,
-             prompts, gold_fn) -> dict[str, float]:
+def held_out_figures(model, ref: reference.Reference, cfg: KTOConfig, examples, pad_id, run,
+                     *, tokenizer, prompts, gold_fn) -> dict[str, float]:
     """Held-out KTO figures, plus sampled figures when --eval-prompts is given."""
     out: dict[str, float] = {}
     model.eval()
@@ -277,7 +277,7 @@ class KTOSteps:
         return _means(totals[:-1], totals[-1].item())
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.model, self.reference, self.cfg, self.eval_examples,
+        return held_out_figures(self.model, self.reference, self.cfg, self.eval_examples,
                         self.tokenizer.pad_token_id, self.run, tokenizer=self.tokenizer,
                         prompts=self.prompts, gold_fn=self.gold_fn)
 

@@ -106,7 +106,8 @@ def pair_step(scorer, batch: dict, cfg: RMConfig, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(scorer, examples, cfg: RMConfig, pad_id: int, run: session.Run) -> dict[str, float]:
+def held_out_figures(scorer, examples, cfg: RMConfig, pad_id: int,
+                     run: session.Run) -> dict[str, float]:
     """Loss, pairwise accuracy and mean margin over the held-out pairs (all ranks combined)."""
     if not examples:
         return {}
@@ -162,7 +163,7 @@ class RMSteps:
         return {k: (totals[i] / totals[-1].clamp(min=1)).item() for i, k in enumerate(STAT_KEYS)}
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.forward, self.eval_examples, self.cfg, self.pad_id, self.run)
+        return held_out_figures(self.forward, self.eval_examples, self.cfg, self.pad_id, self.run)
 
     def measure_roles(self, optimizer) -> dict[str, dict[str, int]]:
         return steps.measure_roles(self.model, optimizer, role="reward")

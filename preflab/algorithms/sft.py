@@ -90,7 +90,8 @@ def forward_nll(model, batch: dict, device: torch.device,
 
 
 @torch.no_grad()
-def evaluate(model, examples, cfg: SFTConfig, pad_id: int, run: session.Run) -> dict[str, float]:
+def held_out_figures(model, examples, cfg: SFTConfig, pad_id: int,
+                     run: session.Run) -> dict[str, float]:
     """Mean NLL per completion token over the held-out examples (all ranks combined)."""
     if not examples:
         return {}
@@ -150,7 +151,7 @@ class SFTSteps:
         return {"loss": (totals[0] / totals[1].clamp(min=1)).item()}
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.model, self.eval_examples, self.cfg, self.pad_id, self.run)
+        return held_out_figures(self.model, self.eval_examples, self.cfg, self.pad_id, self.run)
 
     def measure_roles(self, optimizer) -> dict[str, dict[str, int]]:
         return steps.measure_roles(self.model, optimizer)

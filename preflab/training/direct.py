@@ -129,7 +129,8 @@ def means(totals: torch.Tensor, count: float, prefix: str = "") -> dict[str, flo
 
 
 @torch.no_grad()
-def evaluate(model, ref, spec, cfg, examples, pad_id, run, *, tokenizer, prompts, gold_fn) -> dict:
+def held_out_figures(model, ref, spec, cfg, examples, pad_id, run, *, tokenizer, prompts,
+                     gold_fn) -> dict:
     """Held-out preference figures, plus sampled figures when --eval-prompts is given."""
     out: dict[str, float] = {}
     model.eval()
@@ -209,7 +210,7 @@ class DirectSteps:
         return means(totals[:-1], totals[-1].item())
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.model, self.reference, self.spec, self.cfg, self.eval_examples,
+        return held_out_figures(self.model, self.reference, self.spec, self.cfg, self.eval_examples,
                         self.tokenizer.pad_token_id, self.run, tokenizer=self.tokenizer,
                         prompts=self.prompts, gold_fn=self.gold_fn)
 

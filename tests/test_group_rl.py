@@ -407,7 +407,7 @@ from pathlib import Path
 from types import SimpleNamespace
 import torch
 from transformers import AutoModelForCausalLM
-from preflab.rl.group import group_update
+from preflab.rl.loop import update
 from functools import partial
 from preflab.rl.roles import _forward_token_logps
 from preflab.rl.tensors import pack_rollout
@@ -445,8 +445,8 @@ for aggregation, method in (("token", "grpo"), ("sequence", "rloo"), ("fixed", "
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     mod = __import__(f"preflab.algorithms.{method}", fromlist=["METHOD"])
-    group_update(roles, optimizer, scheduler, batch, old, advantages[rows], cfg, mod.GROUP, run,
-                 torch.Generator().manual_seed(2), lambda: None)
+    update(roles, optimizer, scheduler, batch, old, {"advantages": advantages[rows]}, cfg,
+           mod.GROUP, run, torch.Generator().manual_seed(2), lambda: None)
     results[aggregation] = {k: v.tolist() for k, v in model.state_dict().items()}
 if ctx.rank == 0:
     (out / ("two.json" if ctx.enabled else "one.json")).write_text(json.dumps(results))

@@ -465,10 +465,11 @@ from pathlib import Path
 from types import SimpleNamespace
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-from preflab.algorithms.ppo import ppo_update
+from preflab.algorithms.ppo import PPO
 from preflab.losses import gae
 from preflab.models.heads import token_values
 from preflab.rl.common import global_whiten
+from preflab.rl.loop import update
 from functools import partial
 from preflab.rl.roles import _forward_token_logps
 from preflab.rl.tensors import pack_rollout, per_token_rewards, response_slice
@@ -512,8 +513,8 @@ roles = SimpleNamespace(trainable=trainable,
                         values=lambda ids, am: token_values(value, ids, am))
 optimizer = torch.optim.AdamW(trainable.parameters(), lr=1e-3)
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg, run,
-           torch.Generator().manual_seed(2), lambda: None)
+update(roles, optimizer, scheduler, batch, old, {"advantages": advantages, "returns": returns},
+       cfg, PPO, run, torch.Generator().manual_seed(2), lambda: None)
 if ctx.rank == 0:
     state = {k: v.tolist() for k, v in trainable.state_dict().items()}
     (out / ("two.json" if ctx.enabled else "one.json")).write_text(json.dumps(state))

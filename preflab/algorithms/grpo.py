@@ -4,7 +4,8 @@
 
 The RLHF road without a critic: K completions per prompt, and each one's advantage is its
 reward standardised within the group, so there is no value model. Three roles: policy,
-reference, reward. The loop is ``preflab.rl.group`` (shared with RLOO); what is GRPO's own:
+reference, reward. The loop is ``preflab.rl.loop`` (every RL method's), with the group's part
+in ``preflab.rl.group`` (shared with RLOO); what is GRPO's own:
 
 - Advantage ``A_k = (r_k - mean_j r_j) / (std_j r_j + 1e-4)`` (``preflab.losses.group_advantages``;
   Bessel-corrected std; a group of equal rewards gets 0). ``--scale-rewards batch`` divides
@@ -33,7 +34,8 @@ from preflab.algorithms import Compared, Method
 from preflab.config import arg, parse_config
 from preflab.losses import REWARD_SCALES, group_advantages
 from preflab.rl.common import global_moments
-from preflab.rl.group import GroupConfig, GroupMethod, train
+from preflab.rl.group import GroupConfig, group_algorithm
+from preflab.rl.loop import train
 from preflab.training import session
 
 
@@ -59,9 +61,9 @@ def advantages(cfg: GRPOConfig, scores: Tensor, old: dict, mask: Tensor,
     return group_advantages(rewards, scale=cfg.scale_rewards, batch_std=batch_std).view(-1)
 
 
-GROUP = GroupMethod("grpo", advantages,
-                     importance={"token": "token", "sequence": "sequence-mean"},
-                     kl_estimator="k3", kl_in_loss=True)
+GROUP = group_algorithm("grpo", advantages,
+                        importance={"token": "token", "sequence": "sequence-mean"},
+                        kl_estimator="k3", kl_in_loss=True)
 
 
 METHOD = Method(

@@ -3,7 +3,10 @@
     preflab ppo --model SFT --data PROMPTS --reward RM_DIR --output-dir RUN
 
 One step is one PPO iteration (Ziegler et al. 2019; Huang et al. 2024, "The N+
-implementation details of RLHF with PPO"), every detail below traceable to a line:
+implementation details of RLHF with PPO"), every detail below traceable to a line. The loop
+is the one every RL method runs (``preflab.rl.loop``); this file holds PPO's own: its flags,
+the per-token reward and GAE (``advantages``), the clipped policy and value losses, the
+figures and the KL controller (``PPO``).
 
 1. Rollout: ``--rollout-batch-size`` prompts; one response each, sampled by the policy in
    eval mode with the KV cache (``preflab.rl.common.collect_rollout``, through
@@ -38,42 +41,21 @@ hacking shows in the metrics. Continue from a finished run with a new reward mod
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from preflab.algorithms import Compared, Method
 from preflab.config import arg, parse_config
 from preflab.errors import ConfigError
 from preflab.losses import KL_ESTIMATORS, gae, ppo_policy_loss, ppo_value_loss
-from preflab.rl.common import (
-    RolloutConfig,
-    close_run,
-    collect_rollout,
-    evaluate,
-    global_sums,
-    global_whiten,
-    open_run,
-    reduce_means,
-    single_pass,
-    sync_gradients,
-    trainable_params,
-)
+from preflab.rl import loop
+from preflab.rl.common import Rollout, RolloutConfig, global_whiten, kl_reward_figures
 from preflab.rl.kl_control import kl_controller
+from preflab.rl.loop import Algorithm
 from preflab.rl.roles import MEMORY_MODES
-from preflab.rl.tensors import (
-    explained_variance,
-    micro_batches,
-    per_token_rewards,
-    response_slice,
-    sampler_logprob_gap,
-    sequence_sum,
-    update_logprobs,
-)
-from preflab.runtime import memory
-from preflab.runtime.metrics import format_metrics
-from preflab.runtime.stream import ExampleStream
+from preflab.rl.tensors import explained_variance, per_token_rewards
 from preflab.training import session
 
 
@@ -107,173 +89,59 @@ class PPOConfig(RolloutConfig):
                               field="num_minibatches")
 
 
-class RunState:
-    """What a checkpoint needs beyond weights and optimizer: the prompt stream, the KL coef."""
-
-    def __init__(self, stream: ExampleStream, kl_ctl) -> None:
-        self.stream, self.kl_ctl = stream, kl_ctl
-
-    def state_dict(self) -> dict:
-        return {"stream": self.stream.state_dict(), "kl": self.kl_ctl.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.stream.load_state_dict(state["stream"])
-        self.kl_ctl.load_state_dict(state["kl"])
-
-
-def ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg: PPOConfig,
-               run: session.Run, generator: torch.Generator, on_step, *,
-               iteration: int = 0, live: dict | None = None) -> dict[str, float]:
-    """``--ppo-epochs`` passes over shuffled minibatches; returns the mean update statistics.
-
-    ``live``: the differentiable ``logprobs`` and ``values`` of the whole batch in a single
-    pass (``rl.common.single_pass``), used instead of a new forward pass.
-    Each minibatch's loss and gradient norm are checked before its optimizer step
-    (``session.optimizer_step``): a non-finite one stops the run, or is skipped."""
-    P, mask = batch["context_length"], batch["response_mask"].to(run.device)
-    n_rows = len(mask)
-    size = n_rows // cfg.num_minibatches
-    keys = ("loss/policy", "loss/value", "policy/approxkl", "policy/clipfrac", "val/clipfrac",
-            "val/ratio")
-    totals, updates = torch.zeros(len(keys), dtype=torch.float64), 0
-    world = run.ctx.world_size
-    for _ in range(cfg.ppo_epochs):
-        order = torch.randperm(n_rows, generator=generator)
-        minibatches = [order[s : s + size] for s in range(0, n_rows, size)]
-        local = [float(mask[mb].sum()) for mb in minibatches]
-        counts = global_sums(local, run)  # the minibatch's tokens on every process: one collective
-        for minibatch, local_tokens, tokens in zip(minibatches, local, counts):
-            minibatch_loss = torch.zeros((), dtype=torch.float64)
-            for rows in micro_batches(minibatch, cfg.batch_size):
-                ids = batch["input_ids"][rows].to(run.device)
-                am = batch["attention_mask"][rows].to(run.device)
-                m, part = mask[rows], float(mask[rows].sum())
-                # sync_gradients averages over processes: weigh by the global token count, so
-                # N processes make the update of one holding every rollout
-                share = part * world / max(tokens, 1.0)
-                new_logprobs = update_logprobs(roles, ids, am, P, cfg.temperature, live, rows)
-                pg_loss, pg = ppo_policy_loss(new_logprobs, old["logprobs"][rows], advantages[rows],
-                                              m, clip_range=cfg.clip_range)
-                session.backward(run, pg_loss * share)  # before the value pass: adapters may switch
-                values = (live["values"][rows] if live is not None else
-                          response_slice(roles.values(ids, am), P))
-                vf_loss, vf = ppo_value_loss(values, old["values"][rows], returns[rows], m,
-                                             clip_range_value=cfg.clip_range_value)
-                session.backward(run, cfg.vf_coef * vf_loss * share)
-                stats = (pg_loss, vf_loss, pg["approxkl"], pg["clipfrac"], vf["clipfrac"], pg["ratio"])
-                values_now = [s.item() for s in stats]  # one host sync for all six
-                totals += part / max(local_tokens, 1.0) * torch.tensor(values_now,
-                                                                       dtype=torch.float64)
-                minibatch_loss += share * (values_now[0] + cfg.vf_coef * values_now[1])
-            params = trainable_params(roles)  # after the backward passes: see there
-            sync_gradients(params, run)
-            session.optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm, run=run,
-                                   step=f"iteration {iteration}, update {updates + 1}",
-                                   loss=minibatch_loss)
-            on_step()
-            optimizer.zero_grad(set_to_none=True)
-            updates += 1
-    return {k: (totals[i] / updates).item() for i, k in enumerate(keys)}
+def advantages(cfg: PPOConfig, rollout: Rollout, kl_coef: float, run: session.Run) -> dict:
+    """The per-token reward (the KL at every token, the score at the last), GAE with the value
+    model's rollout-time values, the advantages whitened over every process's tokens."""
+    old, mask = rollout.old, rollout.mask
+    rewards, kl = per_token_rewards(old["logprobs"], old["ref_logprobs"], rollout.scores, mask,
+                                    kl_coef=kl_coef, kl_estimator=cfg.kl_estimator)
+    if cfg.whiten_rewards:
+        rewards = global_whiten(rewards, mask, run, shift_mean=False)
+    advantages, returns = gae(rewards, old["values"], mask, gamma=cfg.gamma,
+                              gae_lambda=cfg.gae_lambda)
+    return {"advantages": global_whiten(advantages, mask, run), "returns": returns, "kl": kl}
 
 
-@session.trainer
+def policy_loss(cfg: PPOConfig, logprobs: Tensor, old: dict, targets: dict, rows: Tensor,
+                mask: Tensor) -> tuple[Tensor, dict]:
+    loss, pg = ppo_policy_loss(logprobs, old["logprobs"][rows], targets["advantages"][rows], mask,
+                               clip_range=cfg.clip_range)
+    return loss, {"policy/approxkl": pg["approxkl"], "policy/clipfrac": pg["clipfrac"],
+                  "val/ratio": pg["ratio"]}
+
+
+def value_loss(cfg: PPOConfig, values: Tensor, old: dict, targets: dict, rows: Tensor,
+               mask: Tensor) -> tuple[Tensor, dict]:
+    loss, vf = ppo_value_loss(values, old["values"][rows], targets["returns"][rows], mask,
+                              clip_range_value=cfg.clip_range_value)
+    return cfg.vf_coef * loss, {"loss/value": loss, "val/clipfrac": vf["clipfrac"]}
+
+
+UPDATE_KEYS = ("loss/policy", "loss/value", "policy/approxkl", "policy/clipfrac", "val/clipfrac",
+               "val/ratio")
+
+
+def figures(cfg: PPOConfig, rollout: Rollout, targets: dict, update: dict, kl_coef: float,
+            run: session.Run) -> dict:
+    """TRL's PPOTrainer names; the update's statistics are this process's."""
+    variance = explained_variance(rollout.old["values"], targets["returns"], rollout.mask)
+    shared = kl_reward_figures(rollout, targets["kl"], kl_coef, run,
+                               **{"val/explained_variance": torch.tensor(variance)})
+    return {"loss": update["loss/policy"] + cfg.vf_coef * update["loss/value"],
+            **{k: update[k] for k in UPDATE_KEYS}, **shared, "objective/kl_coef": kl_coef}
+
+
+PPO = Algorithm(
+    "ppo", passes=lambda cfg: cfg.ppo_epochs, advantages=advantages, policy_loss=policy_loss,
+    value_loss=value_loss, figures=figures,
+    kl_control=lambda cfg: kl_controller(cfg.kl_coef, adaptive=cfg.adaptive_kl,
+                                         target=cfg.target_kl, horizon=cfg.kl_horizon),
+    final_metrics=lambda record: {k: v for k, v in record.items() if k.startswith("objective/")},
+    shown=("objective/scores", "objective/kl", "eval/gold_reward"))
+
+
 def train(cfg: PPOConfig) -> dict:
-    setup = open_run(cfg, "ppo", critic=True)
-    run, tokenizer, roles, reward, gold = (setup.run, setup.tokenizer, setup.roles, setup.reward,
-                                           setup.gold)
-    eval_prompts, iterations, stream = setup.eval_prompts, setup.iterations, setup.stream
-    timers, role_bytes = setup.timers, setup.role_bytes
-    optimizer, scheduler = session.build_optimization(
-        cfg, roles.trainable, iterations * cfg.ppo_epochs * cfg.num_minibatches)
-    kl_ctl = kl_controller(cfg.kl_coef, adaptive=cfg.adaptive_kl, target=cfg.target_kl,
-                           horizon=cfg.kl_horizon)
-    state = RunState(stream, kl_ctl)
-    start = session.maybe_resume(cfg, run, models=roles.checkpoint_models(), optimizer=optimizer,
-                                 scheduler=scheduler, stream=state)
-    logger = session.open_logger(run, start)
-    throughput = session.Throughput()
-
-    def measure() -> None:  # once, while gradients and optimizer state both exist
-        if not role_bytes:
-            role_bytes.update(roles.tensor_bytes(optimizer))
-
-    if start == 0:
-        logger.log(0, evaluate(roles, tokenizer, eval_prompts, reward, gold, cfg))
-    bar = session.progress_bar(run, total=iterations, initial=start, desc="ppo")
-    state_dict = dict(optimizer=optimizer, scheduler=scheduler, stream=state)
-    record: dict = {}
-    single = single_pass(cfg, passes=cfg.ppo_epochs, rows=cfg.rollout_batch_size)
-    for it in range(start + 1, iterations + 1):
-        seed = cfg.seed * 1_000_003 + it * 7919 + run.ctx.rank
-        prompts = [e.prompt for e in stream.next_batch(cfg.rollout_batch_size)]
-        rollout = collect_rollout(roles, reward, tokenizer, prompts, cfg, run, iteration=it,
-                                  seed=seed, single=single)
-        batch, scores, parts, old, mask = (rollout.batch, rollout.scores, rollout.parts,
-                                           rollout.old, rollout.mask)
-        ended = batch["ended"]
-        t_gen, t_score = rollout.seconds["generation"], rollout.seconds["scoring"]
-        timers["generation"] += t_gen
-        timers["scoring"] += t_score
-        clock = time.perf_counter()
-        rewards, kl = per_token_rewards(old["logprobs"], old["ref_logprobs"], scores, mask,
-                                        kl_coef=kl_ctl.value, kl_estimator=cfg.kl_estimator)
-        if cfg.whiten_rewards:
-            rewards = global_whiten(rewards, mask, run, shift_mean=False)
-        advantages, returns = gae(rewards, old["values"], mask, gamma=cfg.gamma,
-                                  gae_lambda=cfg.gae_lambda)
-        advantages = global_whiten(advantages, mask, run)
-        t_fwd = rollout.seconds["forward"] + time.perf_counter() - clock
-        timers["forward"] += t_fwd
-
-        clock = time.perf_counter()
-        generator = torch.Generator().manual_seed(seed)
-        update = ppo_update(roles, optimizer, scheduler, batch, old, advantages, returns, cfg, run,
-                            generator, measure, iteration=it, live=rollout.live)
-        throughput.add(int(batch["attention_mask"].sum()) * cfg.ppo_epochs)
-        timers["training"] += (t_train := time.perf_counter() - clock)
-
-        seq_kl = sequence_sum(kl, mask)
-        non_score = -kl_ctl.value * seq_kl
-        figures = {
-            "objective/kl": seq_kl.mean(), "objective/entropy": sequence_sum(old["entropy"], mask).mean(),
-            "objective/non_score_reward": non_score.mean(), "objective/scores": scores.mean(),
-            "objective/rlhf_reward": (scores + non_score).mean(),
-            "objective/response_length": mask.sum(-1).float().mean(),
-            "val/num_eos_tokens": ended.float().sum(),
-            "val/explained_variance": torch.tensor(explained_variance(old["values"], returns, mask)),
-            "rollout/sampler_logprob_gap": sampler_logprob_gap(batch, old["logprobs"]),
-            **{f"objective/scores/{k}": torch.tensor(v).mean() for k, v in parts.items()},
-        }
-        figures = reduce_means({k: float(v) for k, v in figures.items()}, run,
-                               sums=("val/num_eos_tokens",))
-        kl_coef_used = kl_ctl.value
-        kl_ctl.update(figures["objective/kl"], cfg.rollout_batch_size * run.ctx.world_size)
-        bar.update(1)
-
-        record = {
-            "loss": update["loss/policy"] + cfg.vf_coef * update["loss/value"], **update, **figures,
-            "objective/kl_coef": kl_coef_used, "lr": scheduler.get_last_lr()[0],
-            "tokens_per_sec": throughput.rate() * run.ctx.world_size, "elapsed_s": run.elapsed(),
-            "episode": it * cfg.rollout_batch_size * run.ctx.world_size,
-            "time/generation": t_gen, "time/scoring": t_score, "time/forward": t_fwd,
-            "time/training": t_train, "memory/peak_rss_bytes": memory.peak_rss_bytes(),
-        }
-        if cfg.eval_every and it % cfg.eval_every == 0 and it != iterations:
-            record.update(evaluate(roles, tokenizer, eval_prompts, reward, gold, cfg))
-        if it % cfg.log_every == 0 or it == iterations or "eval/kl" in record:
-            logger.log(it, record)
-        bar.set_postfix_str(format_metrics(record, ("objective/scores", "objective/kl",
-                                                    "eval/gold_reward")))
-        session.step_boundary(run, it, iterations, models=roles.checkpoint_models, **state_dict)
-    bar.close()
-
-    final_eval = evaluate(roles, tokenizer, eval_prompts, reward, gold, cfg)
-    measure()
-    # before final_model(), which drops the value adapter in shared mode
-    roles.save_value(run.dir / "final" / "value", tokenizer, run)
-    return close_run(setup, cfg, logger=logger, throughput=throughput, final_eval=final_eval,
-                     final_metrics={k: v for k, v in record.items() if k.startswith("objective/")},
-                     extra={"single_pass": single})
+    return loop.train(cfg, PPO)
 
 
 _WORLD = {"learning_rate": 3e-4, "kl_coef": 0.05, "rollout_batch_size": 64,

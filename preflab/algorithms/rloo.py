@@ -4,7 +4,8 @@
 
 The RLHF road without a critic: K completions per prompt, and each one's baseline is the mean
 reward of the other K - 1, so there is no value model. Three roles: policy, reference, reward.
-The loop is ``preflab.rl.group`` (shared with GRPO); what is RLOO's own:
+The loop is ``preflab.rl.loop`` (every RL method's), with the group's part in
+``preflab.rl.group`` (shared with GRPO); what is RLOO's own:
 
 - The KL penalty is folded into the sequence reward, as in the paper: with the rollout-time
   log-probs, ``R_k = score_k - kl_coef * sum_t (log pi(y_t) - log pi_ref(y_t))`` (the k1
@@ -33,7 +34,8 @@ from preflab.algorithms import Compared, Method
 from preflab.config import arg, parse_config
 from preflab.losses import kl_per_token, normalize, rloo_advantages
 from preflab.rl.common import global_moments
-from preflab.rl.group import GroupConfig, GroupMethod, train
+from preflab.rl.group import GroupConfig, group_algorithm
+from preflab.rl.loop import train
 from preflab.rl.tensors import sequence_sum
 from preflab.training import session
 
@@ -63,8 +65,9 @@ def advantages(cfg: RLOOConfig, scores: Tensor, old: dict, mask: Tensor,
     return adv
 
 
-GROUP = GroupMethod("rloo", advantages, importance={"sequence": "sequence-sum", "token": "token"},
-                     kl_estimator="k1", kl_in_loss=False)
+GROUP = group_algorithm("rloo", advantages,
+                        importance={"sequence": "sequence-sum", "token": "token"},
+                        kl_estimator="k1", kl_in_loss=False)
 
 
 METHOD = Method(

@@ -1,6 +1,13 @@
-"""The RLHF road's shared pieces below the trainers (``rm``, ``ppo``, and any online method).
+"""The RLHF road's shared pieces below the algorithm files (``rm``, ``ppo``, ``rloo``, ``grpo``, and
+any online method), and the one loop the RL methods run.
 
-    heads      scalar heads on a transformer body: a reward score per sequence, a value per token
+    loop       the loop of every RL method on prompts (``train``, ``update``) and what a method
+               gives it (``Algorithm``)
+    group      what RLOO and GRPO share in it: the group flags, the clipped surrogate, TRL's
+               figures
+    common     the rollout flags, opening and closing a run, collecting a scored rollout, the
+               held-out evaluation, cross-process averages and whitening
+
     tensors    sampled responses as tensors: the rollout batch and its no-grad passes, EOS
                truncation, the missing-EOS penalty, the per-token reward (KL at every token,
                score at the last)

@@ -1,9 +1,10 @@
-"""What every on-policy trainer on prompts shares (``ppo``, ``rloo``, ``grpo``): the rollout
-flags, the prompt data, collecting a scored rollout, the held-out evaluation, and the
-cross-process averages.
+"""What every on-policy method on prompts shares (``ppo``, ``rloo``, ``grpo``)
+below its loop (``preflab.rl.loop``): the rollout flags, the prompt data,
+opening and closing a run, collecting a scored rollout, the held-out evaluation, the
+cross-process averages, and the figures of a KL-penalised per-token reward.
 
 ``RolloutConfig`` holds the flags of the roles, the reward sources, sampling and evaluation;
-each trainer's config adds its own (PPO's value and GAE flags, RLOO's and GRPO's group flags).
+each method's config adds its own (PPO's value and GAE flags, RLOO's and GRPO's group flags).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from preflab.rl.tensors import (
     live_forward,
     rollout_forward,
     sample_rollout,
+    sampler_logprob_gap,
+    sequence_sum,
 )
 from preflab.runtime import distributed
 from preflab.runtime.metrics import format_metrics
@@ -282,6 +285,28 @@ def collect_rollout(roles, reward, tokenizer, prompts: list[str], cfg: RolloutCo
     return Rollout(samples, batch, scores, parts, old, batch["response_mask"].to(run.device),
                    {"generation": t_gen, "scoring": t_score,
                     "forward": time.perf_counter() - clock}, live)
+
+
+def kl_reward_figures(rollout: Rollout, kl: torch.Tensor, kl_coef: float, run: session.Run,
+                      **extra: torch.Tensor) -> dict[str, float]:
+    """The figures of a method whose per-token reward holds ``-kl_coef * kl`` (PPO), by the
+    names of TRL's PPOTrainer, with ``extra`` among them: averaged over processes,
+    ``val/num_eos_tokens`` summed. ``kl``: ``[B, R]``, 0 at padding."""
+    scores, mask, old = rollout.scores, rollout.mask, rollout.old
+    seq_kl = sequence_sum(kl, mask)
+    non_score = -kl_coef * seq_kl
+    figures = {
+        "objective/kl": seq_kl.mean(),
+        "objective/entropy": sequence_sum(old["entropy"], mask).mean(),
+        "objective/non_score_reward": non_score.mean(), "objective/scores": scores.mean(),
+        "objective/rlhf_reward": (scores + non_score).mean(),
+        "objective/response_length": mask.sum(-1).float().mean(),
+        "val/num_eos_tokens": rollout.batch["ended"].float().sum(), **extra,
+        "rollout/sampler_logprob_gap": sampler_logprob_gap(rollout.batch, old["logprobs"]),
+        **{f"objective/scores/{k}": torch.tensor(v).mean() for k, v in rollout.parts.items()},
+    }
+    return reduce_means({k: float(v) for k, v in figures.items()}, run,
+                        sums=("val/num_eos_tokens",))
 
 
 @dataclass

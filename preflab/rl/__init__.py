@@ -1,5 +1,5 @@
-"""The RLHF road's shared pieces below the algorithm files (``rm``, ``ppo``, ``rloo``, ``grpo``, and
-any online method), and the one loop the RL methods run.
+"""The RLHF road's shared pieces below the algorithm files (``rm``, ``ppo``, ``rloo``, ``grpo``,
+``reinforce-pp``, and any online method), and the one loop the RL methods run.
 
     loop       the loop of every RL method on prompts (``train``, ``update``) and what a method
                gives it (``Algorithm``)

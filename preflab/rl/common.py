@@ -1,5 +1,5 @@
-"""What every on-policy method on prompts shares (``ppo``, ``rloo``, ``grpo``)
-below its loop (``preflab.rl.loop``): the rollout flags, the prompt data,
+"""What every on-policy method on prompts shares (``ppo``, ``rloo``, ``grpo``,
+``reinforce-pp``) below its loop (``preflab.rl.loop``): the rollout flags, the prompt data,
 opening and closing a run, collecting a scored rollout, the held-out evaluation, the
 cross-process averages, and the figures of a KL-penalised per-token reward.
 
@@ -289,9 +289,9 @@ def collect_rollout(roles, reward, tokenizer, prompts: list[str], cfg: RolloutCo
 
 def kl_reward_figures(rollout: Rollout, kl: torch.Tensor, kl_coef: float, run: session.Run,
                       **extra: torch.Tensor) -> dict[str, float]:
-    """The figures of a method whose per-token reward holds ``-kl_coef * kl`` (PPO), by the
-    names of TRL's PPOTrainer, with ``extra`` among them: averaged over processes,
-    ``val/num_eos_tokens`` summed. ``kl``: ``[B, R]``, 0 at padding."""
+    """The figures of a method whose per-token reward holds ``-kl_coef * kl`` (PPO,
+    REINFORCE++), by the names of TRL's PPOTrainer, with ``extra`` among them: averaged over
+    processes, ``val/num_eos_tokens`` summed. ``kl``: ``[B, R]``, 0 at padding."""
     scores, mask, old = rollout.scores, rollout.mask, rollout.old
     seq_kl = sequence_sum(kl, mask)
     non_score = -kl_coef * seq_kl

@@ -1,14 +1,15 @@
-"""The one loop of every RL method on prompts (``ppo``, ``rloo``, ``grpo``).
+"""The one loop of every RL method on prompts (``ppo``, ``rloo``, ``grpo``, ``reinforce-pp``).
 
-    preflab ppo|rloo|grpo --model SFT --data PROMPTS --reward RM --output-dir RUN
+    preflab ppo|rloo|grpo|reinforce-pp --model SFT --data PROMPTS --reward RM --output-dir RUN
 
 ``train`` reads top to bottom; one step is one iteration:
 
-1. Rollout: ``--rollout-batch-size`` prompts, ``Algorithm.samples`` responses each (PPO one,
-   RLOO and GRPO ``--num-generations``), sampled by the policy in eval mode
+1. Rollout: ``--rollout-batch-size`` prompts, ``Algorithm.samples`` responses each (PPO and
+   REINFORCE++ one, RLOO and GRPO ``--num-generations``), sampled by the policy in eval mode
    with the KV cache, scored, with their no-grad passes (``rl.common.collect_rollout``).
 2. Advantages: the method's own (``Algorithm.advantages``): PPO's GAE on the per-token reward
-   with its value model, RLOO's leave-one-out baseline, GRPO's group normalisation.
+   with its value model, RLOO's leave-one-out baseline, GRPO's group normalisation,
+   REINFORCE++'s returns normalised over the batch.
 3. Updates (``update``): ``Algorithm.passes`` passes over ``--num-minibatches`` shuffled
    minibatches, split into micro-batches of ``--batch-size``: the method's policy loss (and
    PPO's value loss), gradient clipping, one AdamW step per minibatch.

@@ -5,8 +5,8 @@
 One step is one PPO iteration (Ziegler et al. 2019; Huang et al. 2024, "The N+
 implementation details of RLHF with PPO"), every detail below traceable to a line. The loop
 is the one every RL method runs (``preflab.rl.loop``); this file holds PPO's own: its flags,
-the per-token reward and GAE (``advantages``), the clipped policy and value losses, the
-figures and the KL controller (``PPO``).
+the per-token reward and GAE (``advantages``), the clipped value loss, the figures and the KL
+controller (``PPO``); the clipped policy loss is ``preflab.rl.common.token_policy_loss``.
 
 1. Rollout: ``--rollout-batch-size`` prompts; one response each, sampled by the policy in
    eval mode with the KV cache (``preflab.rl.common.collect_rollout``, through
@@ -49,9 +49,15 @@ from torch import Tensor
 from preflab.algorithms import Compared, Method
 from preflab.config import arg, parse_config
 from preflab.errors import ConfigError
-from preflab.losses import KL_ESTIMATORS, gae, ppo_policy_loss, ppo_value_loss
+from preflab.losses import KL_ESTIMATORS, gae, ppo_value_loss
 from preflab.rl import loop
-from preflab.rl.common import Rollout, RolloutConfig, global_whiten, kl_reward_figures
+from preflab.rl.common import (
+    Rollout,
+    RolloutConfig,
+    global_whiten,
+    kl_reward_figures,
+    token_policy_loss,
+)
 from preflab.rl.kl_control import kl_controller
 from preflab.rl.loop import Algorithm
 from preflab.rl.roles import MEMORY_MODES
@@ -102,14 +108,6 @@ def advantages(cfg: PPOConfig, rollout: Rollout, kl_coef: float, run: session.Ru
     return {"advantages": global_whiten(advantages, mask, run), "returns": returns, "kl": kl}
 
 
-def policy_loss(cfg: PPOConfig, logprobs: Tensor, old: dict, targets: dict, rows: Tensor,
-                mask: Tensor) -> tuple[Tensor, dict]:
-    loss, pg = ppo_policy_loss(logprobs, old["logprobs"][rows], targets["advantages"][rows], mask,
-                               clip_range=cfg.clip_range)
-    return loss, {"policy/approxkl": pg["approxkl"], "policy/clipfrac": pg["clipfrac"],
-                  "val/ratio": pg["ratio"]}
-
-
 def value_loss(cfg: PPOConfig, values: Tensor, old: dict, targets: dict, rows: Tensor,
                mask: Tensor) -> tuple[Tensor, dict]:
     loss, vf = ppo_value_loss(values, old["values"][rows], targets["returns"][rows], mask,
@@ -132,7 +130,7 @@ def figures(cfg: PPOConfig, rollout: Rollout, targets: dict, update: dict, kl_co
 
 
 PPO = Algorithm(
-    "ppo", passes=lambda cfg: cfg.ppo_epochs, advantages=advantages, policy_loss=policy_loss,
+    "ppo", passes=lambda cfg: cfg.ppo_epochs, advantages=advantages, policy_loss=token_policy_loss,
     value_loss=value_loss, figures=figures,
     kl_control=lambda cfg: kl_controller(cfg.kl_coef, adaptive=cfg.adaptive_kl,
                                          target=cfg.target_kl, horizon=cfg.kl_horizon),

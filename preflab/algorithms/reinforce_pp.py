@@ -15,8 +15,8 @@ loop is ``preflab.rl.loop`` (every RL method's); what is REINFORCE++'s own:
 - Advantages: the returns normalised over the global batch, ``(G_t - mean) / sqrt(var +
   1e-8)`` with the mean and (Bessel-corrected) variance of every response token of every
   sequence of every process (``preflab.rl.common.global_whiten``).
-- PPO's clipped surrogate per token (``preflab.losses.ppo_policy_loss``, ``--clip-range``
-  0.2), the loss a mean over the minibatch's tokens (over every process's); no KL term in
+- PPO's clipped surrogate per token (``preflab.rl.common.token_policy_loss``, through
+  ``preflab.losses.ppo_policy_loss``; ``--clip-range`` 0.2), the loss a mean over the minibatch's tokens (over every process's); no KL term in
   the loss.
 
 Metric names are PPO's (TRL's PPOTrainer): ``objective/*``, ``policy/*``, ``loss/policy``.
@@ -32,9 +32,9 @@ from torch import Tensor
 from preflab.algorithms import Compared, Method
 from preflab.config import arg, parse_config
 from preflab.errors import ConfigError
-from preflab.losses import gae, ppo_policy_loss
-from preflab.rl.common import Rollout, RolloutConfig, global_whiten, kl_reward_figures
-from preflab.rl.loop import Algorithm, train
+from preflab.losses import gae
+from preflab.rl.common import RolloutConfig, global_whiten, kl_reward_figures, token_policy_loss
+from preflab.rl.loop import Algorithm, Rollout, train
 from preflab.rl.tensors import per_token_rewards
 from preflab.training import session
 
@@ -76,14 +76,6 @@ def advantages(cfg: ReinforcePPConfig, rollout: Rollout, kl_coef: float,
     return {"advantages": global_whiten(G, mask, run), "returns": G, "kl": kl}
 
 
-def policy_loss(cfg: ReinforcePPConfig, logprobs: Tensor, old: dict, targets: dict, rows: Tensor,
-                mask: Tensor) -> tuple[Tensor, dict]:
-    loss, pg = ppo_policy_loss(logprobs, old["logprobs"][rows], targets["advantages"][rows], mask,
-                               clip_range=cfg.clip_range)
-    return loss, {"policy/approxkl": pg["approxkl"], "policy/clipfrac": pg["clipfrac"],
-                  "val/ratio": pg["ratio"]}
-
-
 def figures(cfg: ReinforcePPConfig, rollout: Rollout, targets: dict, update: dict,
             kl_coef: float, run: session.Run) -> dict:
     """PPO's names less the value model's; the update's statistics are this process's."""
@@ -93,7 +85,7 @@ def figures(cfg: ReinforcePPConfig, rollout: Rollout, targets: dict, update: dic
 
 REINFORCE_PP = Algorithm(
     "reinforce-pp", passes=lambda cfg: cfg.num_iterations, advantages=advantages,
-    policy_loss=policy_loss, figures=figures,
+    policy_loss=token_policy_loss, figures=figures,
     final_metrics=lambda record: {k: v for k, v in record.items() if k.startswith("objective/")},
     shown=("objective/scores", "objective/kl", "eval/gold_reward"))
 

@@ -20,7 +20,7 @@ from preflab.config import TrainConfig, arg, fsdp_arg
 from preflab.data import TruncationPolicy, check_dataset, load_prompt_dataset, split_train_eval
 from preflab.errors import ConfigError
 from preflab.evaluation import evaluate_policy
-from preflab.losses import whiten
+from preflab.losses import ppo_policy_loss, whiten
 from preflab.rewards import check_reward_specs, load_reward
 from preflab.rl.roles import MEMORY_MODES, build_roles
 from preflab.rl.tensors import (
@@ -285,6 +285,16 @@ def collect_rollout(roles, reward, tokenizer, prompts: list[str], cfg: RolloutCo
     return Rollout(samples, batch, scores, parts, old, batch["response_mask"].to(run.device),
                    {"generation": t_gen, "scoring": t_score,
                     "forward": time.perf_counter() - clock}, live)
+
+
+def token_policy_loss(cfg: RolloutConfig, logprobs: torch.Tensor, old: dict, targets: dict,
+                      rows: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """PPO's clipped surrogate with an advantage per token (``losses.ppo_policy_loss``,
+    ``--clip-range``), a mean over the tokens (PPO, REINFORCE++); TRL's PPOTrainer names."""
+    loss, pg = ppo_policy_loss(logprobs, old["logprobs"][rows], targets["advantages"][rows], mask,
+                               clip_range=cfg.clip_range)
+    return loss, {"policy/approxkl": pg["approxkl"], "policy/clipfrac": pg["clipfrac"],
+                  "val/ratio": pg["ratio"]}
 
 
 def kl_reward_figures(rollout: Rollout, kl: torch.Tensor, kl_coef: float, run: session.Run,

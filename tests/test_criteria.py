@@ -246,16 +246,20 @@ def test_spikes_by_hand():
 
 
 def test_hyperparameters_count_each_commands_own_flags():
-    """By hand. dpo: beta, loss, label_smoothing, gamma (4). rm: margin, center_rewards_coef
-    (2). ppo: the rollout's kl_coef, clip_range, num_minibatches, rollout_batch_size,
+    """By hand. dpo: beta, loss (2), and a loss's own hyperparameters only for the loss that
+    declares them: label_smoothing for cdpo and robust, gamma for simpo, cpo_alpha for cpo
+    (simpo, cpo: 3; the stage's hyperparameter section names its loss). rm: margin,
+    center_rewards_coef (2). ppo: the rollout's kl_coef, clip_range, num_minibatches, rollout_batch_size,
     response_length, temperature, missing_eos_penalty, penalize_missing_eos, and its own
     ppo_epochs, gamma, gae_lambda, vf_coef, clip_range_value, whiten_rewards, kl_estimator,
     adaptive_kl, target_kl, kl_horizon (18): PPOConfig's, not only the RolloutConfig it builds
     on and imports. --fsdp and --padding-free change how a run executes, not what it computes,
     and --nonfinite what a step with a non-finite loss does: none is counted. With the
-    optimiser's and the other shared training settings: dpo 18, rm 16, ppo 32."""
-    assert criteria._knobs("dpo")[0] == 4
+    optimiser's and the other shared training settings: dpo 16, rm 16, ppo 32."""
+    assert criteria._knobs("dpo")[0] == 2
+    assert criteria._knobs("dpo", "dpo") == criteria._knobs("dpo", "ipo") == (2, 16)
+    assert criteria._knobs("dpo", "simpo") == criteria._knobs("dpo", "cpo") == (3, 17)
     assert criteria._knobs("rm")[0] == 2
     assert criteria._knobs("ppo")[0] == 18
     assert {"fsdp", "padding_free", "nonfinite"} <= criteria.NOT_HYPERPARAMETERS
-    assert [criteria._knobs(c)[1] for c in ("dpo", "rm", "ppo")] == [18, 16, 32]
+    assert [criteria._knobs(c)[1] for c in ("dpo", "rm", "ppo")] == [16, 16, 32]

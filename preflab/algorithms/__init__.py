@@ -95,15 +95,22 @@ class Method:
     def main(self, argv: list[str] | None = None) -> int:
         return importlib.import_module(self.module).main(argv)
 
-    def knobs(self) -> tuple[int, int]:
+    def knobs(self, loss: str = "") -> tuple[int, int]:
         """(hyperparameters of its own, all it exposes): its config's fields beyond
-        ``TrainConfig``'s, and all of them, leaving out those that are not hyperparameters."""
-        from dataclasses import fields
+        ``TrainConfig``'s, and all of them, leaving out those that are not hyperparameters and
+        the loss hyperparameters the run's ``loss`` (default: its config's) does not use."""
+        from dataclasses import MISSING, fields
 
         from preflab.config import NOT_HYPERPARAMETERS, TrainConfig
+        from preflab.losses import LOSS_PARAMS, get_direct_loss
 
+        declared = {f.name: f for f in fields(self.config)}
+        unused: set[str] = set()
+        if "loss" in declared and declared["loss"].default is not MISSING:
+            used = get_direct_loss(loss or declared["loss"].default).params
+            unused = set(LOSS_PARAMS) - set(used)
         shared = {f.name for f in fields(TrainConfig)} - NOT_HYPERPARAMETERS
-        own = {f.name for f in fields(self.config)} - NOT_HYPERPARAMETERS
+        own = set(declared) - NOT_HYPERPARAMETERS - unused
         return len(own - shared), len(own)
 
 

@@ -474,14 +474,18 @@ def training_time(results: dict) -> dict:
                 basis=_runs_basis(len(cpu_by[RLHF]), len(cpu_by[DIRECT])), test=test)
 
 
-def _knobs(command: str) -> tuple[int, int]:
-    """(method-specific hyperparameters, all hyperparameters) a command exposes, as its
-    registry entry counts them (``preflab.algorithms.Method.knobs``); 0, 0 for a command that
-    trains nothing (best-of-n)."""
+def _knobs(command: str, section: str = "") -> tuple[int, int]:
+    """(method-specific hyperparameters, all hyperparameters) a stage's command exposes, as
+    its registry entry counts them (``preflab.algorithms.Method.knobs``), with the loss its
+    compare entry passes (``section``: the stage's hyperparameter section); 0, 0 for a
+    command that trains nothing (best-of-n)."""
     from preflab.algorithms import registry
 
     method = registry().get(command)
-    return method.knobs() if method is not None else (0, 0)
+    if method is None:
+        return 0, 0
+    entry = next((c for c in method.compared if c.hyper_section == section), None)
+    return method.knobs(loss=entry.flags.get("loss", "") if entry else "")
 
 
 def hyperparameters(results: dict) -> dict:
@@ -492,7 +496,8 @@ def hyperparameters(results: dict) -> dict:
         if rep is None:
             sides[road] = _missing("not run")
             continue
-        counts = [(results["stages"][k]["command"], *_knobs(results["stages"][k]["command"]))
+        counts = [(results["stages"][k]["command"],
+                   *_knobs(results["stages"][k]["command"], results["stages"][k].get("hyper", "")))
                   for k in rep["stages"]]
         own, total = sum(c[1] for c in counts), sum(c[2] for c in counts)
         knobs[road] = own

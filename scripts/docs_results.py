@@ -15,7 +15,8 @@ A generated part is marked in the Markdown, so it reads as ordinary text:
     in a sentence, <!-- r SOURCE NAME -->0.428<!-- /r --> (one value)
 
 SOURCE is a directory under docs/results/ (``full``: ``preflab compare --preset full``;
-``demo``: ``make demo``; ``real-cpu``: ``make demo-real``). KIND is a key of ``BLOCKS``
+``demo``: ``make demo``; ``real-cpu``: ``make demo-real``; ``registry``: the quick preset with
+the methods added to prove the registry, CPO and REINFORCE++, beside DPO and PPO). KIND is a key of ``BLOCKS``
 below; NAME a key of ``VALUES`` or a path into results.json with a format (``lookup``). ``tests/test_docs_results.py`` runs ``--check``, so a number
 edited by hand, or a kept comparison replaced without regenerating the docs, fails the tests.
 A kept comparison's report renders again with ``preflab report docs/results/SOURCE``.
@@ -161,7 +162,21 @@ def _diversity(results: dict, argument: str) -> str:
     return f"{row[key]:.3f}"
 
 
+def _gain(results: dict, method: str) -> str:
+    """gain=cpo: a main run's quality over SFT's with its 95% t interval over the held-out
+    prompts (paired by prompt), as the report gives the quality row's: ``+0.064 [+0.039,
+    +0.089]``."""
+    from preflab.compare.stats import mean_ci
+
+    metric = results["quality"]["metric"]
+    run = next(r for r in results["runs"] if r["method"] == method and r["experiment"] == "main")
+    sft = results["sft"]["per_prompt"][metric]
+    ci = mean_ci([a - b for a, b in zip(run["per_prompt"][metric], sft, strict=True)])
+    return f"{ci.mean:+.3f} [{ci.low:+.3f}, {ci.high:+.3f}]"
+
+
 FUNCTIONS: dict[str, Callable[[dict, str], str]] = {
+    "gain": _gain,  # gain=cpo: quality over SFT with its interval over held-out prompts
     "diversity": _diversity,
     "best-within": _best_within,
     "beyond": _beyond,  # beyond=ppo: peak RSS minus tensor bytes

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 import torch
 
-from preflab import models
 from preflab.algorithms import Compared, Method
 from preflab.config import arg, fsdp_arg, parse_config
 from preflab.data import (
@@ -41,11 +40,12 @@ from preflab.data import (
     load_unpaired_dataset,
     split_train_eval,
 )
-from preflab.evaluation import SampledEvalConfig, evaluate_policy
+from preflab.evaluation import SampledEvalConfig
 from preflab.losses import kto_loss
 from preflab.models.logprobs import forward_logps
 from preflab.runtime import distributed
 from preflab.training import reference, session, steps
+from preflab.training.direct import sampled_figures
 
 # Sums over a batch: loss, then per class (chosen = desirable, rejected = undesirable) the
 # implicit reward beta * r, the policy log-prob and the count; then the reference point.
@@ -204,14 +204,7 @@ def held_out_figures(model, ref: reference.Reference, cfg: KTOConfig, examples, 
             kto_step(model, ref, cfg, batch, z0)
         totals = distributed.all_reduce_sum(totals, run.ctx)
         out.update(_means(totals, float(len(examples)), prefix="eval/"))
-    if prompts and session.samples_here(cfg, run):
-        out.update(evaluate_policy(
-            models.unwrap(model), tokenizer, prompts,
-            rewards={"gold_reward": gold_fn} if gold_fn is not None else None,
-            reference=ref.sequence_logps_fn(),
-            max_new_tokens=cfg.eval_max_new_tokens, temperature=cfg.eval_temperature,
-            batch_size=max(cfg.eval_batch_size, 32), seed=cfg.seed,
-        ).metrics)
+    out.update(sampled_figures(model, ref, cfg, run, tokenizer, prompts, gold_fn))
     model.train()
     return out
 

@@ -112,14 +112,11 @@ def held_out_figures(scorer, examples, cfg: RMConfig, pad_id: int,
     if not examples:
         return {}
     scorer.eval()
-    size = cfg.eval_batch_size or cfg.batch_size
-    mine = examples[run.ctx.rank :: run.ctx.world_size]
-    starts = distributed.even_starts(len(mine), size, run.ctx, even=cfg.fsdp)
     totals = torch.zeros(len(STAT_KEYS) + 1, dtype=torch.float64)
-    for start in starts:
-        chunk = mine[start : start + size] if start is not None else (mine or examples)[:1]
+    for idx, counted in steps.held_out_batches(len(examples), cfg, run):
+        chunk = [examples[i] for i in idx]
         _, stats = pair_step(scorer, collate_preference(chunk, pad_id), cfg, run.device)
-        if start is not None:
+        if counted:
             totals += torch.cat([stats, torch.tensor([float(len(chunk))], dtype=torch.float64)])
     totals = distributed.all_reduce_sum(totals, run.ctx)
     scorer.train()

@@ -96,15 +96,11 @@ def held_out_figures(model, examples, cfg: SFTConfig, pad_id: int,
     if not examples:
         return {}
     model.eval()
-    size = cfg.eval_batch_size or cfg.batch_size
-    mine = examples[run.ctx.rank :: run.ctx.world_size]
-    starts = distributed.even_starts(len(mine), size, run.ctx, even=cfg.fsdp)
     totals = torch.zeros(2, dtype=torch.float64)
-    for start in starts:
-        rows = mine[start : start + size] if start is not None else (mine or examples)[:1]
-        loss_sum, count = forward_nll(model, collate_sft(rows, pad_id), run.device,
-                                      cfg.padding_free)
-        if start is not None:
+    for idx, counted in steps.held_out_batches(len(examples), cfg, run):
+        loss_sum, count = forward_nll(model, collate_sft([examples[i] for i in idx], pad_id),
+                                      run.device, cfg.padding_free)
+        if counted:
             totals += torch.tensor([loss_sum.item(), float(count)], dtype=torch.float64)
     totals = distributed.all_reduce_sum(totals, run.ctx)
     model.train()

@@ -135,29 +135,33 @@ def held_out_figures(model, ref, spec, cfg, examples, pad_id, run, *, tokenizer,
     out: dict[str, float] = {}
     model.eval()
     if examples:
-        size = cfg.eval_batch_size or cfg.batch_size
-        mine = list(range(run.ctx.rank, len(examples), run.ctx.world_size))
-        starts = distributed.even_starts(len(mine), size, run.ctx, even=cfg.fsdp)
         totals = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
-        for start in starts:
-            idx = mine[start : start + size] if start is not None else (mine or [0])[:1]
+        for idx, counted in steps.held_out_batches(len(examples), cfg, run):
             batch = collate_preference([examples[i] for i in idx], pad_id)
             batch["index"] = torch.tensor(idx)
             stats = preference_step(model, ref, spec, cfg, to_device(batch, run.device), "eval")[1]
-            if start is not None:
+            if counted:
                 totals += stats
         totals = distributed.all_reduce_sum(totals, run.ctx)
         out.update(means(totals, float(len(examples)), prefix="eval/"))
-    if prompts and session.samples_here(cfg, run):
-        out.update(evaluate_policy(
-            models.unwrap(model), tokenizer, prompts,
-            rewards={"gold_reward": gold_fn} if gold_fn is not None else None,
-            reference=ref.sequence_logps_fn(), max_new_tokens=cfg.eval_max_new_tokens,
-            temperature=cfg.eval_temperature, batch_size=max(cfg.eval_batch_size, 32),
-            seed=cfg.seed,
-        ).metrics)
+    out.update(sampled_figures(model, ref, cfg, run, tokenizer, prompts, gold_fn))
     model.train()
     return out
+
+
+def sampled_figures(model, ref, cfg, run, tokenizer, prompts, gold_fn) -> dict[str, float]:
+    """What the policy writes on ``--eval-prompts`` (none given: nothing), scored by the gold
+    reward and its KL to the reference (``evaluation.evaluate_policy``): the direct road's
+    sampled evaluation, dpo's, online-dpo's and kto's."""
+    if not prompts or not session.samples_here(cfg, run):
+        return {}
+    return evaluate_policy(
+        models.unwrap(model), tokenizer, prompts,
+        rewards={"gold_reward": gold_fn} if gold_fn is not None else None,
+        reference=ref.sequence_logps_fn(), max_new_tokens=cfg.eval_max_new_tokens,
+        temperature=cfg.eval_temperature, batch_size=max(cfg.eval_batch_size, 32),
+        seed=cfg.seed,
+    ).metrics
 
 
 @dataclass

@@ -168,6 +168,20 @@ def finish(loop: Loop, step: int, tokenizer) -> dict:
     return summary
 
 
+def held_out_batches(n: int, cfg, run: session.Run):
+    """This process's share of ``n`` held-out examples in evaluation batches of
+    ``--eval-batch-size`` (else ``--batch-size``): ``(indices, counted)`` pairs. Under
+    ``--fsdp`` every process runs as many batches as the one with the most, since a sharded
+    model's forwards are collective; the spare batches hold one example and are not counted."""
+    size = cfg.eval_batch_size or cfg.batch_size
+    mine = list(range(run.ctx.rank, n, run.ctx.world_size))
+    for start in distributed.even_starts(len(mine), size, run.ctx, even=cfg.fsdp):
+        if start is None:
+            yield (mine or [0])[:1], False
+        else:
+            yield mine[start : start + size], True
+
+
 def measure_roles(model: torch.nn.Module, optimizer, role: str = "policy", reference=None,
                   seen: set[int] | None = None) -> dict[str, dict[str, int]]:
     """Tensor bytes of the trained ``role`` (weights, gradients, optimizer state) and of the

@@ -99,7 +99,7 @@ def test_the_methods_with_no_value_model_hold_ppo_less_the_value():
     plan = plan_memory(LLAMA2_7B, precision="bf16-mixed", seq_len=1024, batch_size=2)
     free, ppo = plan["methods"]["critic-free"], plan["methods"]["ppo-classic"]
     declaring = [m.name for m in registry().values() if "critic-free" in m.memory]
-    assert {"rloo", "grpo"} <= set(declaring) and free["label"] == " / ".join(declaring)
+    assert {"rloo", "grpo"} <= set(declaring) and free["methods"] == declaring
     assert set(free["roles"]) == {"policy", "reward", "reference", "generation"}
     for role in ("policy", "reward", "reference", "generation"):
         assert free["roles"][role] == ppo["roles"][role]

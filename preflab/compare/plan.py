@@ -25,11 +25,10 @@ KINDS = {
     "sft": "sft", "rm": "rm", "dpo-copy": "dpo, reference copy",
     "dpo-adapter-off": "dpo, adapter-off", "dpo-precomputed": "dpo, precomputed",
     "simpo-orpo": "simpo / orpo", "ppo-classic": "ppo classic", "ppo-shared": "ppo shared",
-    "critic-free": "{methods}",
+    "critic-free": "critic-free rl",
 }
 """The ways the planner counts a method's memory, each a row with its label: a method names
-the ones it runs as (``preflab.algorithms.Method.memory``); ``{methods}`` is filled with the
-names of the methods that declare the row."""
+the ones it runs as (``preflab.algorithms.Method.memory``)."""
 RL_KINDS = ("ppo-classic", "ppo-shared", "critic-free")
 """Rows with a generation phase (a rollout's KV cache) and no pairs."""
 NEEDS_LORA = {
@@ -174,9 +173,9 @@ class _Step:
         return cache + prefill + self.rollout * a.vocab * (b + 12)
 
 
-def rows() -> dict[str, str]:
-    """``{kind: label}``: the rows ``preflab plan`` prints, each a kind some registered method
-    declares, in ``KINDS``' order."""
+def rows() -> dict[str, tuple[str, list[str]]]:
+    """``{kind: (label, methods)}``: the rows ``preflab plan`` prints, each a kind some
+    registered method declares, in ``KINDS``' order, with the methods that declare it."""
     from preflab.algorithms import registry
 
     declared: dict[str, list[str]] = {}
@@ -186,8 +185,7 @@ def rows() -> dict[str, str]:
                 raise ValueError(f"{method.module}: plan kind {kind!r} is not one of "
                                  f"{', '.join(KINDS)}")
             declared.setdefault(kind, []).append(method.name)
-    return {kind: label.format(methods=" / ".join(declared[kind]))
-            for kind, label in KINDS.items() if kind in declared}
+    return {kind: (label, declared[kind]) for kind, label in KINDS.items() if kind in declared}
 
 
 def _method(step: _Step, name: str, B: int) -> dict | None:
@@ -300,13 +298,14 @@ def plan_memory(config: dict, *, precision: str = "bf16-mixed", lora_rank: int =
                  seq_len, gradient_checkpointing, attention, rollout_batch_size,
                  response_length)
     methods: dict[str, dict] = {}
-    for name, label in rows().items():
+    for name, (label, declared_by) in rows().items():
         figures = _method(step, name, batch_size)
         if figures is None:
-            methods[name] = {"label": label, "applicable": False, "why": NEEDS_LORA[name]}
+            methods[name] = {"label": label, "methods": declared_by, "applicable": False,
+                             "why": NEEDS_LORA[name]}
             continue
         peak_phase = max(figures["phases"], key=figures["phases"].get)
-        entry = {"label": label, "applicable": True, **figures,
+        entry = {"label": label, "methods": declared_by, "applicable": True, **figures,
                  "peak": figures["phases"][peak_phase], "peak_phase": peak_phase}
         if gpu_memory is not None:
             entry["fits"] = entry["peak"] <= gpu_memory
@@ -363,16 +362,15 @@ def render(plan: dict, *, model: str) -> str:
         *textwrap.wrap(f"precision: {plan['precision']}", 100, subsequent_indent="  ",
                        break_on_hyphens=False), "",
     ]
-    w = max(20, *(len(entry["label"]) for entry in plan["methods"].values()))
-    head = f"{'method':<{w}} {'role':<11}" + "".join(f"{c:>12}" for c in COLUMNS)
+    head = f"{'method':<20} {'role':<11}" + "".join(f"{c:>12}" for c in COLUMNS)
     lines += [head + f"   ({unit})", "-" * len(head)]
     for entry in plan["methods"].values():
         if not entry["applicable"]:
-            lines += [f"{entry['label']:<{w}} {entry['why']}", ""]
+            lines += [f"{entry['label']:<20} {entry['why']}", ""]
             continue
         for i, (role, r) in enumerate(entry["roles"].items()):
             cells = "".join(f"{r[c] / size:>12.2f}" for c in COLUMNS)
-            lines.append(f"{entry['label'] if i == 0 else '':<{w}} {role:<11}{cells}")
+            lines.append(f"{entry['label'] if i == 0 else '':<20} {role:<11}{cells}")
         verdict = ""
         if "fits" in entry:
             verdict = (f"{'fits' if entry['fits'] else 'DOES NOT FIT'}, max micro-batch "
@@ -382,7 +380,7 @@ def render(plan: dict, *, model: str) -> str:
         others = [f"{k} {v / size:.2f}" for k, v in entry["phases"].items()
                   if k != entry["peak_phase"]]
         phases = "; ".join([entry["peak_phase"], *others])
-        lines.append(f"{'':<{w}} {'peak':<11}{'':>48}{entry['peak'] / size:>12.2f}   "
+        lines.append(f"{'':<20} {'peak':<11}{'':>48}{entry['peak'] / size:>12.2f}   "
                      f"{verdict} ({phases})")
         lines.append("")
     lines += textwrap.wrap(
@@ -392,4 +390,6 @@ def render(plan: dict, *, model: str) -> str:
         "micro-batch: the largest --batch-size whose peak fits; max rollout: the largest "
         "--rollout-batch-size whose generation fits. Not counted: the CUDA context and "
         "allocator fragmentation.", 100)
+    lines += [f"{e['label']}: {', '.join(e['methods'])}" for e in plan["methods"].values()
+              if len(e["methods"]) > 1]
     return "\n".join(lines)

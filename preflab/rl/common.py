@@ -156,7 +156,8 @@ def sync_gradients(params: list[torch.nn.Parameter], run: session.Run) -> None:
         p.grad /= run.ctx.world_size
 
 
-def evaluate(roles, tokenizer, prompts, reward, gold, cfg: RolloutConfig) -> dict[str, float]:
+def sampled_figures(roles, tokenizer, prompts, reward, gold,
+                    cfg: RolloutConfig) -> dict[str, float]:
     """``eval/*`` on the held-out prompts (``preflab.evaluation``): one sample per prompt,
     ``eval/proxy_reward`` the training reward (no EOS penalty), ``eval/gold_reward`` the
     evaluation-only one, ``eval/kl`` to the reference."""

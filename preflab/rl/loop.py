@@ -38,9 +38,9 @@ from preflab.rl.common import (
     RolloutConfig,
     close_run,
     collect_rollout,
-    evaluate,
     global_sums,
     open_run,
+    sampled_figures,
     single_pass,
     sync_gradients,
     trainable_params,
@@ -202,7 +202,8 @@ def train(cfg: RolloutConfig, algorithm: Algorithm) -> dict:
             role_bytes.update(roles.tensor_bytes(optimizer))
 
     def evaluation() -> dict[str, float]:
-        return evaluate(roles, setup.tokenizer, setup.eval_prompts, setup.reward, setup.gold, cfg)
+        return sampled_figures(roles, setup.tokenizer, setup.eval_prompts, setup.reward,
+                               setup.gold, cfg)
 
     if start == 0:
         logger.log(0, evaluation())

@@ -11,6 +11,11 @@ transformers reads its config, tokenizer and chat template from the file and deq
 weights to the asked dtype; the loaded model is then an ordinary one (``_from_gguf`` drops
 the marker that would stop ``save_pretrained``), so a run's ``final/`` is safetensors.
 
+Beside the loading path: ``logprobs`` (token log-probs of a causal LM, through ``fused_head``,
+which computes them chunk by chunk without a ``[B, T, V]`` logits tensor), ``heads`` (scalar
+heads on a transformer body: a reward per sequence, a value per token) and ``tiny`` (the small
+random Llamas and word-level tokenizers that tests and the built-in world build).
+
 May import: errors.
 """
 

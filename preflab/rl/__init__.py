@@ -15,5 +15,8 @@
     roles      policy, value, reward and reference held as four models (``classic``) or as
                adapters on one frozen base (``shared``), with tensor bytes per role
 
-May import: errors, config, data, losses, models, runtime, rewards, generation, evaluation, training.
+The scalar heads (a reward per sequence, a value per token) are ``preflab.models.heads``.
+
+May import: errors, config, data, losses, models, runtime, rewards, generation, evaluation,
+training.
 """

@@ -129,7 +129,8 @@ METHOD = Method(
                  world=_WORLD, user={"eval_every": 100}),
         Compared("simpo", "SimPO", "SimPO: length-normalised, no reference model",
                  "reference-free (SimPO)", flags={"loss": "simpo"}, plan="simpo-orpo",
-                 world={**_WORLD, "learning_rate": 1e-4, "beta": 2.0, "gamma": 0.5},
+                 world={"learning_rate": 1e-4, "beta": 2.0, "gamma": 0.5, "batch_size": 32,
+                        "max_steps": 300, "warmup_ratio": 0.1, "eval_every": 50},
                  user={"beta": 2.0, "gamma": 0.5, "eval_every": 100}),
         Compared("cpo", "CPO", "CPO: reference-free DPO on summed log-probs, plus alpha times "
                  "the chosen completion's NLL", "reference-free (CPO)", flags={"loss": "cpo"},

@@ -16,8 +16,8 @@ loop is ``preflab.rl.loop`` (every RL method's); what is REINFORCE++'s own:
   1e-8)`` with the mean and (Bessel-corrected) variance of every response token of every
   sequence of every process (``preflab.rl.common.global_whiten``).
 - PPO's clipped surrogate per token (``preflab.rl.common.token_policy_loss``, through
-  ``preflab.losses.ppo_policy_loss``; ``--clip-range`` 0.2), the loss a mean over the minibatch's tokens (over every process's); no KL term in
-  the loss.
+  ``preflab.losses.ppo_policy_loss``; ``--clip-range`` 0.2), the loss a mean over the
+  minibatch's tokens (over every process's); no KL term in the loss.
 
 Metric names are PPO's (TRL's PPOTrainer): ``objective/*``, ``policy/*``, ``loss/policy``.
 """

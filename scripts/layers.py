@@ -1,6 +1,7 @@
 """preflab's import graph: its floors, its arrows, and whatever breaks the layering.
 
     python scripts/layers.py            # floors, arrows, circles, arrows up, largest modules
+    python scripts/layers.py OTHER/preflab   # the same for another checkout (an older commit)
 
 Reads every ``import`` in ``preflab/`` (top-level and deferred ones inside functions alike),
 without importing anything. A node is a package (``preflab.data``) or a top-level module
@@ -115,8 +116,8 @@ class Graph:
                       key=lambda x: -x[1])
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
+def _module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -141,7 +142,7 @@ def _targets(module: str, path: Path, node: ast.AST, modules: dict[str, Path]) -
 
 
 def read(package: Path = PACKAGE) -> Graph:
-    modules = {_module_name(p): p for p in sorted(package.rglob("*.py"))}
+    modules = {_module_name(p, package.parent): p for p in sorted(package.rglob("*.py"))}
     imports: dict[str, set[str]] = {}
     declared: dict[str, tuple[str, ...]] = {name: deps for name, deps in TOP.items()}
     for module, path in modules.items():
@@ -166,17 +167,23 @@ def commands_importing_commands(graph: Graph, commands: dict[str, str]) -> list[
     return sorted((m, t) for m in mains for t in graph.imports.get(m, ()) if t in mains and t != m)
 
 
-def main() -> int:
-    graph = read()
-    floors = graph.floors()
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    graph = read(Path(args[0]).resolve() if args else PACKAGE)
     arrows = graph.arrows()
     print(f"{len(graph.nodes)} nodes (packages and top-level modules), "
-          f"{sum(map(len, arrows.values()))} arrows, {max(floors.values())} floors")
-    for level in range(max(floors.values()), 0, -1):
-        print(f"  floor {level}: {', '.join(n for n in graph.nodes if floors[n] == level)}")
+          f"{sum(map(len, arrows.values()))} arrows")
+    if all(graph.declared.get(n) is not None for n in graph.nodes):
+        floors = graph.floors()
+        print(f"{max(floors.values())} floors")
+        for level in range(max(floors.values()), 0, -1):
+            print(f"  floor {level}: {', '.join(n for n in graph.nodes if floors[n] == level)}")
+    else:
+        print("floors: not every package declares what it may import")
     print(f"circles: {graph.circles() or 0}")
-    print(f"arrows up: {graph.arrows_up() or 0}")
-    print(f"imports not declared: {graph.undeclared() or 0}")
+    if all(graph.declared.get(n) is not None for n in graph.nodes):
+        print(f"arrows up: {graph.arrows_up() or 0}")
+        print(f"imports not declared: {graph.undeclared() or 0}")
     print("largest modules: " + ", ".join(f"{m} {n}" for m, n in graph.lines()[:5]))
     return 0
 

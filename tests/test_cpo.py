@@ -29,7 +29,7 @@ def test_cpo_hand_values():
     """log pi(y_w) = -2, log pi(y_l) = -5 (summed), beta = 0.1: the logit is 0.1 * 3 = 0.3 and
     the loss -log sigmoid(0.3) = log(1 + e^-0.3) = log 1.7408182 = 0.5543552; rewards are
     beta * log pi: -0.2 and -0.5. Equal log-probs give log 2."""
-    losses, chosen, rejected = cpo_loss(t(-2.0, -1.0), t(-5.0, -1.0), beta=0.1, cpo_alpha=1.0)
+    losses, chosen, rejected = cpo_loss(t(-2.0, -1.0), t(-5.0, -1.0), beta=0.1)
     torch.testing.assert_close(losses, t(0.5543552, math.log(2.0)))
     torch.testing.assert_close(chosen, t(-0.2, -0.1))
     torch.testing.assert_close(rejected, t(-0.5, -0.1))

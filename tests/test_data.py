@@ -405,11 +405,3 @@ def test_split_train_eval_is_deterministic():
     assert [len(p) for p in split_train_eval([1, 2], 0.01, seed=0)] == [1, 1]
     assert split_train_eval([1], 0.5, seed=0) == ([1], [])
     assert split_train_eval(items, 0.0, seed=0)[1] == []
-
-
-def test_readers_know_every_record_field():
-    """readers tells a one-record JSON object from a wrapper by the record fields it names."""
-    from preflab.data.formats import ALL_FIELDS
-    from preflab.data.readers import RECORD_FIELDS
-
-    assert RECORD_FIELDS == ALL_FIELDS

@@ -560,3 +560,19 @@ def test_the_activation_benchmark_runs_on_a_tiny_model(tiny, monkeypatch, capsys
     assert len(rows) == 5, rows
     assert rows["saved, sft 2 x 24"] == pytest.approx(1, abs=0.1)
     assert rows["saved, dpo 2 pairs x 24"] == pytest.approx(1, abs=0.1)
+
+
+def test_compare_checks_each_method_against_its_plan_row(tiny_model_dir):
+    """--gpu-memory in compare: each compared method is checked against the plan row its
+    registry entry names (KTO as DPO with a reference copy, the critic-free methods by theirs);
+    online DPO, which plan does not count, is not checked."""
+    from preflab.compare import sections
+
+    results = {"constraints": {"gpu_memory_bytes": 80 * GIB},
+               "inputs": {"sft": str(tiny_model_dir), "max_length": 64,
+                          "hyperparameters": {"ppo-shared": {"lora_rank": 4}}}}
+    fits = sections._fits(results)
+    assert {"dpo", "kto", "simpo", "cpo", "ppo", "ppo-shared", "grpo", "rloo"} <= set(fits)
+    assert "online-dpo" not in fits and all(fits.values())
+    results["constraints"]["gpu_memory_bytes"] = 1
+    assert not any(sections._fits(results).values())

@@ -15,146 +15,86 @@ evaluation, training, judges, rl.
 
 from __future__ import annotations
 
-import ast
 import functools
 import importlib
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+import os
+import re
+
+TYPE_CHECKING = False  # typing's own costs preflab's start 2 ms
+if TYPE_CHECKING:
+    from preflab.algorithms._declare import Compared, Method
 
 ROADS = ("sft", "reward", "direct", "rlhf")
 """sft: supervised fine-tuning; reward: a reward model; direct: preference data straight into
 the policy (the article's DPO road); rlhf: a reward signal and reinforcement learning."""
 
-SHAPES = ("direct", "rlhf", "online")
-"""How compare runs a method from the SFT checkpoint: ``direct`` (one stage on the pairs),
-``rlhf`` (a reward model on the pairs, then the method on the prompts with ``--reward``),
-``online`` (a reward model, then the method on the prompts with ``--judge``)."""
+FOLDER = os.path.dirname(__file__)  # os.path, not pathlib: preflab's start stays light
 
 
-@dataclass(frozen=True)
-class Compared:
-    """One way ``preflab compare`` runs a method (``--methods NAME``); a method may offer
-    several (the dpo command: DPO, IPO, SimPO, CPO, DPO with a precomputed reference)."""
-
-    name: str
-    label: str
-    """Its name in the report's tables and figures."""
-    description: str
-    memory_label: str
-    """What the memory figure holds, e.g. ``RLHF, classic (4 models)``."""
-    shape: str = "direct"
-    """One of ``SHAPES``."""
-    flags: dict = field(default_factory=dict)
-    """Flags every run of it passes (``{"loss": "ipo"}``)."""
-    section: str = ""
-    """Its hyperparameter section in compare's --config (default: ``name``)."""
-    world: dict = field(default_factory=dict)
-    """Its hyperparameters on the built-in world (1.1M parameters, trained from scratch)."""
-    user: dict = field(default_factory=dict)
-    """Over the command's defaults on the user's data (the papers' values)."""
-    real_cpu: dict | None = None
-    """For ``--preset real-cpu`` (a ~100M model on 2 CPU cores); None: not in that preset."""
-    reward_section: str = "rm"
-    """The reward-model stage's section (shapes ``rlhf`` and ``online``)."""
-    trains: tuple[str, ...] = ()
-    """Roles its last stage trains (default: the method's ``trains``)."""
-    plan: str = ""
-    """The plan row its memory is counted by, when compare checks ``--gpu-memory`` (default:
-    the method's first ``memory`` kind)."""
-
-    @property
-    def hyper_section(self) -> str:
-        return self.section or self.name
+def _files() -> list[str]:
+    """The algorithm files: every module here but ``__init__`` and ``_declare``."""
+    return sorted(os.path.join(FOLDER, name) for name in os.listdir(FOLDER)
+                  if name.endswith(".py") and not name.startswith("_"))
 
 
-@dataclass(frozen=True)
-class Method:
-    name: str
-    """The command: ``preflab NAME``."""
-    road: str
-    """One of ``ROADS``."""
-    summary: str
-    """Its line in ``preflab --help``."""
-    config: type
-    """Its Config dataclass. Its own hyperparameters are the fields it adds to
-    ``config.TrainConfig`` (``Method.knobs``); a loss's own are declared with the loss."""
-    roles: tuple[str, ...]
-    """Models it holds: policy, reference, reward, value (a reward function holds none)."""
-    trains: tuple[str, ...]
-    """Roles whose weights it trains."""
-    prior_seconds: float
-    """One run on the built-in world's model with compare's settings: the harness's first
-    guess at its time, before a run has been measured."""
-    memory: tuple[str, ...] = ()
-    """The ways ``preflab plan`` counts its memory, a row each (``preflab.compare.plan.KINDS``:
-    ``dpo-copy``, ``ppo-classic``, ``critic-free``, ...)."""
-    compared: tuple[Compared, ...] = ()
-    module: str = ""
-    """Filled by ``registry()``: the module that declared it."""
+def __getattr__(name: str):
+    """``Method``, ``Compared`` and ``SHAPES`` load with ``_declare`` when an algorithm file or a
+    reader of the registry first asks for them."""
+    if name in ("Method", "Compared", "SHAPES"):
+        from preflab.algorithms import _declare
 
-    def main(self, argv: list[str] | None = None) -> int:
-        return importlib.import_module(self.module).main(argv)
-
-    def knobs(self, loss: str = "") -> tuple[int, int]:
-        """(hyperparameters of its own, all it exposes): its config's fields beyond
-        ``TrainConfig``'s, and all of them, leaving out those that are not hyperparameters and
-        the loss hyperparameters the run's ``loss`` (default: its config's) does not use."""
-        from dataclasses import MISSING, fields
-
-        from preflab.config import NOT_HYPERPARAMETERS, TrainConfig
-        from preflab.losses import LOSS_PARAMS, get_direct_loss
-
-        declared = {f.name: f for f in fields(self.config)}
-        unused: set[str] = set()
-        if "loss" in declared and declared["loss"].default is not MISSING:
-            used = get_direct_loss(loss or declared["loss"].default).params
-            unused = set(LOSS_PARAMS) - set(used)
-        shared = {f.name for f in fields(TrainConfig)} - NOT_HYPERPARAMETERS
-        own = set(declared) - NOT_HYPERPARAMETERS - unused
-        return len(own - shared), len(own)
+        return getattr(_declare, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-FOLDER = Path(__file__).parent
-
-
-def _files() -> list[Path]:
-    return sorted(p for p in FOLDER.glob("*.py") if p.name != "__init__.py")
-
-
-def _literal(call: ast.Call, key: str) -> str:
-    for keyword in call.keywords:
-        if keyword.arg == key:
-            return ast.literal_eval(keyword.value)
-    raise ValueError(f"METHOD = Method(...) gives no {key}=")
+DECLARATION = re.compile(
+    r'^METHOD = Method\(\s*name="([\w-]+)", road="(\w+)",\s*summary=((?:\s*"[^"\n]*")+)', re.M)
+"""The start of a declaration as ``commands()`` reads it: ``name``, ``road`` and ``summary``
+first, in that order, each a plain string (the summary may be split into adjacent ones)."""
 
 
 @functools.cache
-def commands() -> dict[str, tuple[str, str]]:
-    """``{command: (module, summary)}`` from each file's ``METHOD = Method(name=..., road=...,
-    summary=...)`` read as text, so ``preflab --help`` lists the methods without importing
-    torch; in the order of ``ROADS``, then by name."""
+def _declarations() -> tuple[tuple[str, str, str, str], ...]:
+    """(name, road, module, summary) of every file's declaration read as text, in the order of
+    ``ROADS``, then by name."""
     found = []
     for path in _files():
-        for node in ast.parse(path.read_text()).body:
-            if (isinstance(node, ast.Assign) and [getattr(t, "id", "") for t in node.targets]
-                    == ["METHOD"] and isinstance(node.value, ast.Call)
-                    and getattr(node.value.func, "id", "") == "Method"):
-                road = _literal(node.value, "road")
-                if road not in ROADS:
-                    raise ValueError(f"{path.name}: METHOD's road {road!r} is not one of {ROADS}")
-                found.append((ROADS.index(road), _literal(node.value, "name"),
-                              f"{__name__}.{path.stem}", _literal(node.value, "summary")))
-    return {name: (module, summary) for _, name, module, summary in sorted(found)}
+        with open(path, encoding="utf-8") as file:
+            match = DECLARATION.search(file.read())
+        if match is None:
+            raise ValueError(f"{path}: no declaration; an algorithm file ends with METHOD = "
+                             'Method(name="...", road="...", summary="...", ...)')
+        name, road, summary = match.groups()
+        if road not in ROADS:
+            raise ValueError(f"{path}: METHOD's road {road!r} is not one of {ROADS}")
+        stem = os.path.splitext(os.path.basename(path))[0]
+        found.append((ROADS.index(road), name, road, f"{__name__}.{stem}",
+                      "".join(re.findall(r'"([^"\n]*)"', summary))))
+    return tuple(entry[1:] for entry in sorted(found))
+
+
+def commands() -> dict[str, tuple[str, str]]:
+    """``{command: (module, summary)}`` from the start of each file's declaration read as text
+    (``DECLARATION``): every ``preflab`` command looks its module up here, so this imports no
+    torch and parses no Python. ``registry()`` checks that each module's ``METHOD`` says the
+    same."""
+    return {name: (module, summary) for name, _, module, summary in _declarations()}
 
 
 @functools.cache
 def registry() -> dict[str, Method]:
     """Every method by command name, each module imported (torch with it)."""
+    from dataclasses import replace
+
+    from preflab.algorithms._declare import Method
+
     out = {}
-    for name, (module_name, _) in commands().items():
+    for name, road, module_name, summary in _declarations():
         method = importlib.import_module(module_name).METHOD
-        if not isinstance(method, Method) or method.name != name:
-            raise TypeError(f"{module_name}.METHOD is not the Method named {name!r}")
+        if not isinstance(method, Method) or (method.name, method.road, method.summary) != (
+                name, road, summary):
+            raise TypeError(f"{module_name}.METHOD is not the Method {name!r} its text declares "
+                            f"(road {road!r}, summary {summary!r})")
         out[name] = replace(method, module=module_name)
     return out
 

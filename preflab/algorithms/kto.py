@@ -290,6 +290,7 @@ METHOD = Method(
     compared=(Compared(
         "kto", "KTO", "KTO: each pair split into a desirable (chosen) and an undesirable "
         "(rejected) example, a frozen copy as reference", "KTO, reference copy",
+        plan="dpo-copy",  # a policy and a reference copy: counted as DPO
         world={"learning_rate": 3e-4, "beta": 1.0, "batch_size": 32, "max_steps": 300,
                "warmup_ratio": 0.1, "eval_every": 50},
         user={"eval_every": 100}),),

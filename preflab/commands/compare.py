@@ -21,8 +21,8 @@ CMP/results.json (every number, with the run it came from), CMP/report.md, CMP/r
 --dry-run prints every command instead, in dependency order, for a scheduler;
 --launcher "torchrun --nproc-per-node 8" prefixes each training command.
 
---config compare.yaml takes these flags, and flags per stage under `hyperparameters`
-(sections sft, dpo, ipo, simpo, kto, online-dpo, rm, ppo, rm-lora, ppo-shared, rloo, grpo), e.g.
+--config compare.yaml takes these flags, and flags per stage under `hyperparameters` (a
+section each for sft, rm, rm-lora, bon and every method --methods names), e.g.
     hyperparameters: {dpo: {beta: 0.1, learning_rate: 5.0e-7}, ppo: {kl_coef: 0.02}}
 
 Exit status: 0 when every run finished, 3 when the report was written but some runs did

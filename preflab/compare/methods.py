@@ -7,18 +7,11 @@ into the ordinary ``preflab`` commands to run, as ``Stage``s. The last stage of 
 writes the policy that gets scored. Stages are named by what they compute, so two methods
 that need the same reward model (PPO at several KL coefficients) share one run.
 
-    dpo               SFT -> dpo (sigmoid loss, a frozen copy as reference)
-    ipo               SFT -> dpo --loss ipo
-    simpo             SFT -> dpo --loss simpo (reference-free)
-    dpo-precomputed   SFT -> dpo --precompute-ref (reference log-probs computed once, freed)
-    ppo               SFT -> rm (full) -> ppo --memory-mode classic (four models)
-    ppo-shared        SFT -> rm (LoRA) -> ppo --memory-mode shared (one base, adapters)
-    kto               SFT -> kto (each pair split into a desirable and an undesirable example)
-    online-dpo        SFT -> rm (full, shared with ppo) -> online-dpo --judge RM (rounds)
-    rloo              SFT -> rm (full, shared with ppo) -> rloo (K completions per prompt, no value)
-    grpo              SFT -> rm (full, shared with ppo) -> grpo (K completions per prompt, no value)
-    bon               SFT -> rm (full, shared with ppo) -> bon (no training: the SFT model's
-                      samples, the reward model's favourite of n; scored as best-of-max(n))
+The stages follow from each method's shape: ``direct`` (SFT -> the command, e.g. ``dpo --loss
+ipo``), ``rlhf`` (SFT -> rm -> the command with ``--reward``: ppo, rloo, grpo, reinforce-pp),
+``online`` (SFT -> rm -> the command with ``--judge``: online-dpo); best-of-n is SFT -> rm ->
+bon, no training (the SFT model's samples, the reward model's favourite of n; scored as
+best-of-max(n)). ``preflab compare --help`` lists the methods; docs/compare.md describes each.
 
 The training methods come from ``preflab.algorithms`` (each algorithm file's ``METHOD``
 declares how compare runs it, ``Compared``); best-of-n, which trains nothing, is declared
@@ -177,7 +170,7 @@ def _eval_flags(inputs: Inputs) -> dict:
     return values
 
 
-def _direct(name: str, section: str, extra: dict, command: str = "dpo") -> Callable:
+def _direct(name: str, section: str, extra: dict, command: str) -> Callable:
     def build(inputs: Inputs, hp: dict, variant: Variant) -> list[Stage]:
         values = {"model": inputs.sft, "data": _pairs(inputs, variant), "seed": variant.seed,
                   "max_length": inputs.max_length, **_eval_flags(inputs),
@@ -191,25 +184,24 @@ def _direct(name: str, section: str, extra: dict, command: str = "dpo") -> Calla
     return build
 
 
-def _reward_model(inputs: Inputs, hp: dict, variant: Variant, rm_section: str,
-                  extra_rm: dict) -> Stage:
+def _reward_model(inputs: Inputs, hp: dict, variant: Variant, rm_section: str) -> Stage:
     """The reward-model stage; its key says what it depends on, so methods that need the same
     reward model (PPO at several KL coefficients, online DPO) share one run."""
     rm_variant = Variant(seed=variant.seed, pairs=variant.pairs)
     rm_key = f"{rm_section}-{rm_variant.suffix()}"
     rm_values = {"model": inputs.sft, "data": _pairs(inputs, variant), "seed": variant.seed,
-                 "max_length": inputs.max_length, **hp.get(rm_section, {}), **extra_rm}
+                 "max_length": inputs.max_length, **hp.get(rm_section, {})}
     if variant.probe:
         rm_values["max_steps"] = min(int(rm_values.get("max_steps", 10)), 10)
         rm_key = f"{rm_section}-{variant.suffix()}"
     return Stage(rm_key, "rm", tuple(flags(rm_values)), trains=("reward",), hyper=rm_section)
 
 
-def _online(name: str, rm_section: str, section: str, command: str = "online-dpo") -> Callable:
+def _online(name: str, rm_section: str, section: str, command: str) -> Callable:
     """The article's hybrid: a reward model trained on the pairs labels the policy's own
     samples for DPO, round after round (``preflab online-dpo --judge RM``)."""
     def build(inputs: Inputs, hp: dict, variant: Variant) -> list[Stage]:
-        rm = _reward_model(inputs, hp, variant, rm_section, {})
+        rm = _reward_model(inputs, hp, variant, rm_section)
         values = {"model": inputs.sft, "data": inputs.prompts, "judge": f"@{rm.key}",
                   "seed": variant.seed, "max_length": inputs.max_length,
                   "max_new_tokens": inputs.max_new_tokens, **_eval_flags(inputs),
@@ -223,11 +215,12 @@ def _online(name: str, rm_section: str, section: str, command: str = "online-dpo
     return build
 
 
-def _rlhf(name: str, rm_section: str, ppo_section: str, extra_rm: dict, extra_ppo: dict,
-          command: str = "ppo", trains: tuple[str, ...] = ("policy", "value")):
-    """SFT -> reward model -> an RL trainer on the prompts (``command``: ppo, rloo, grpo)."""
+def _rlhf(name: str, rm_section: str, ppo_section: str, extra_ppo: dict, command: str,
+          trains: tuple[str, ...]):
+    """SFT -> reward model -> an RL trainer on the prompts (``command``: ppo, rloo, grpo,
+    reinforce-pp)."""
     def build(inputs: Inputs, hp: dict, variant: Variant) -> list[Stage]:
-        rm = _reward_model(inputs, hp, variant, rm_section, extra_rm)
+        rm = _reward_model(inputs, hp, variant, rm_section)
         rm_key = rm.key
         # One length: the RL method samples its rollouts at the length every policy is scored
         # at (compare's --max-new-tokens), so none is judged on lengths it never produced.
@@ -256,7 +249,7 @@ def _best_of_n(name: str, rm_section: str, section: str) -> Callable:
     stage measures every n on the evaluation prompts (its curve is the method's frontier); the
     score job scores best-of-max(n) the way it scores every trained policy."""
     def build(inputs: Inputs, hp: dict, variant: Variant) -> list[Stage]:
-        rm = _reward_model(inputs, hp, variant, rm_section, {})
+        rm = _reward_model(inputs, hp, variant, rm_section)
         values = {"model": inputs.sft, "prompts": inputs.eval_prompts, "reward": f"@{rm.key}",
                   "seed": variant.seed, "max_length": inputs.max_length,
                   "num_prompts": inputs.eval_num_prompts, "max_new_tokens": inputs.max_new_tokens,
@@ -285,7 +278,7 @@ def _from_registry(method, entry) -> Method:
         build = _online(entry.name, entry.reward_section, section, command=method.name)
         sections = (entry.reward_section, section)
     else:
-        build = _rlhf(entry.name, entry.reward_section, section, {}, entry.flags,
+        build = _rlhf(entry.name, entry.reward_section, section, entry.flags,
                       command=method.name, trains=entry.trains or method.trains)
         sections = (entry.reward_section, section)
     road = DIRECT if method.road == "direct" else RLHF

@@ -140,6 +140,7 @@ def _fits(results: dict) -> dict[str, bool] | None:
     memory = results["constraints"].get("gpu_memory_bytes")
     if not memory:
         return None
+    from preflab.algorithms import compared
     from preflab.compare.plan import plan_memory
     from preflab.compare.plan_arch import read_config
 
@@ -147,19 +148,19 @@ def _fits(results: dict) -> dict[str, bool] | None:
     hyper = inputs.get("hyperparameters", {})
     config = read_config(inputs["sft"])
     seq_len = inputs.get("max_length", 512)
-    from preflab.algorithms import compared
-
+    plans: dict[tuple[int, int], dict] = {}  # one plan per (LoRA rank, micro-batch): every row
     out = {}
     for method, (trainer, entry) in compared().items():
-        plan_name = entry.plan or next(iter(trainer.memory), "")
-        if not plan_name:
-            continue  # a method plan does not count (KTO, online DPO): not checked
+        row = entry.plan or next(iter(trainer.memory), "")
+        if not row:
+            continue  # a method plan does not count (online DPO): not checked
         h = hyper.get(entry.hyper_section, {})
-        plan = plan_memory(config, precision="bf16-mixed", lora_rank=int(h.get("lora_rank", 0)),
-                           seq_len=seq_len, batch_size=int(h.get("batch_size", 8)),
-                           gpu_memory=memory)
-        entry = plan["methods"].get(plan_name, {})
-        out[method] = bool(entry.get("applicable") and entry.get("fits"))
+        shape = (int(h.get("lora_rank", 0)), int(h.get("batch_size", 8)))
+        if shape not in plans:
+            plans[shape] = plan_memory(config, precision="bf16-mixed", lora_rank=shape[0],
+                                       seq_len=seq_len, batch_size=shape[1], gpu_memory=memory)
+        figures = plans[shape]["methods"].get(row, {})
+        out[method] = bool(figures.get("applicable") and figures.get("fits"))
     return out
 
 

@@ -35,7 +35,14 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from preflab.data.readers import EXCERPT_CHARS, Record, excerpt, field_names
+from preflab.data.readers import (
+    EXCERPT_CHARS,
+    FORMAT_FIELDS,
+    RECORD_FIELDS,
+    Record,
+    excerpt,
+    field_names,
+)
 from preflab.errors import DataError
 
 ROLES = ("system", "user", "assistant")
@@ -67,16 +74,8 @@ class RecordKind(enum.Enum):
         return f"{self.value} {{{', '.join(self.fields)}}}"
 
 
-_FIELDS = {
-    RecordKind.LANGUAGE_MODELING: ("text",),
-    RecordKind.PROMPT_COMPLETION: ("prompt", "completion"),
-    RecordKind.CONVERSATIONAL: ("messages",),
-    RecordKind.PREFERENCE: ("prompt", "chosen", "rejected"),
-    RecordKind.IMPLICIT_PREFERENCE: ("chosen", "rejected"),
-    RecordKind.UNPAIRED: ("prompt", "completion", "label"),
-    RecordKind.PROMPT_ONLY: ("prompt",),
-}
-ALL_FIELDS = frozenset(f for fields in _FIELDS.values() for f in fields)
+_FIELDS = {kind: FORMAT_FIELDS[kind.value] for kind in RecordKind}
+ALL_FIELDS = RECORD_FIELDS
 
 
 def _error(record: Record, message: str, field: str | None = None,

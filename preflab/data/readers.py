@@ -358,10 +358,19 @@ def _read_json(path: Path) -> list[Record]:
     return records
 
 
-# Every field a record of a known format has (``formats.ALL_FIELDS``, which a test holds equal):
-# a JSON object whose one list is under one of these names is a record, not a wrapper.
-RECORD_FIELDS = frozenset({"text", "prompt", "completion", "messages", "chosen", "rejected",
-                           "label"})
+FORMAT_FIELDS = {
+    "language-modeling": ("text",),
+    "prompt-completion": ("prompt", "completion"),
+    "conversational": ("messages",),
+    "preference": ("prompt", "chosen", "rejected"),
+    "implicit-preference": ("chosen", "rejected"),
+    "unpaired": ("prompt", "completion", "label"),
+    "prompt-only": ("prompt",),
+}
+"""The fields that identify each record format, by its name (``formats.RecordKind`` reads
+them here): a JSON object whose one list is under one of these names is a record, not a
+wrapper around a list of records."""
+RECORD_FIELDS = frozenset(f for fields in FORMAT_FIELDS.values() for f in fields)
 
 
 def _records_list(document: Any, path: Path) -> list:

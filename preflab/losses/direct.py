@@ -163,21 +163,17 @@ def cpo_loss(
     policy_rejected_logps: Tensor,
     *,
     beta: float,
-    cpo_alpha: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """CPO's preference term (Xu et al. 2024), no reference: ``-log sigmoid(beta (log pi(y_w) -
     log pi(y_l)))`` on SUMMED log-probs, DPO with the reference's log-ratio left out.
 
     The full CPO loss adds ``cpo_alpha`` times the NLL of the chosen completion (the paper's
     L_NLL, weight 1; TRL's ``cpo_alpha``), which the caller computes as the mean over the
-    chosen completion's tokens (``LossSpec.sft_weight``); ``cpo_alpha`` is taken here only so
-    the registry's check knows the loss uses it.
+    chosen completion's tokens (``LossSpec.sft_weight``).
 
     Returns ``(losses [B], chosen_rewards [B], rejected_rewards [B])`` with rewards
     ``beta * log pi``, detached.
     """
-    if cpo_alpha < 0:
-        raise ValueError(f"cpo_alpha must be >= 0, got {cpo_alpha}")
     losses = -F.logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps))
     return (losses, *_implicit_rewards(policy_chosen_logps, policy_rejected_logps, beta))
 

@@ -77,7 +77,8 @@ class LossSpec:
     description: str
     """One line for ``--help`` and the docs."""
     params: dict[str, LossParam] = field(default_factory=dict)
-    """Its own hyperparameters, passed to ``fn`` by name (``LOSS_PARAMS``: every loss's)."""
+    """Its own hyperparameters, passed to ``fn`` by name but for the one ``sft_weight`` names
+    (``LOSS_PARAMS``: every loss's)."""
     sft_weight: float | str = 0.0
     """The caller adds ``w *`` the mean token NLL of the chosen completion to the loss: ``w`` is
     this number (ORPO: 1), or the value of the hyperparameter it names; 0: no SFT term."""
@@ -87,14 +88,6 @@ class LossSpec:
     @property
     def adds_sft_term(self) -> bool:
         return self.sft_weight != 0.0
-
-    @property
-    def uses_label_smoothing(self) -> bool:
-        return "label_smoothing" in self.params
-
-    @property
-    def uses_gamma(self) -> bool:
-        return "gamma" in self.params
 
     def sft_weight_of(self, params: dict[str, float]) -> float:
         """The SFT term's weight under ``params`` (the run's values of ``LOSS_PARAMS``)."""
@@ -281,7 +274,8 @@ def compute_direct_loss(
             raise ValueError(f"loss {spec.name!r} needs ref_chosen_logps and ref_rejected_logps")
         args += [ref_chosen_logps, ref_rejected_logps]
     for name, param in spec.params.items():
-        kwargs[name] = params.get(name, param.default)
+        if name != spec.sft_weight:  # the SFT term's weight is the caller's, not the function's
+            kwargs[name] = params.get(name, param.default)
     losses, chosen_rewards, rejected_rewards, *rest = spec.fn(*args, **kwargs)
     extras = dict(zip(spec.extra_outputs, rest, strict=True))
     return DirectLossOutput(losses, chosen_rewards, rejected_rewards, extras)
